@@ -1,0 +1,81 @@
+"""Core's own plugin: the call-control tools and the event-log observer."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from vc.call import CallInfo
+from vc.hookspecs import hookimpl
+from vc.providers import Observer, Tool, ToolCall
+
+log = logging.getLogger("vc.events")
+
+
+async def end_call(call: ToolCall) -> dict[str, Any]:
+    """Hang up once the goodbye has been heard."""
+    if not call.spoke_this_turn and call.profile.goodbye:
+        await call.say(call.profile.goodbye)
+    call.after_speech(lambda: call.end("the bot ended the call"))
+    return {"status": "ending the call", "_final": True}
+
+
+async def transfer_call(call: ToolCall) -> dict[str, Any]:
+    """Blind-transfer the caller once the bot has finished speaking."""
+    target = str(call.arguments.get("target") or call.profile.transfer_target or "").strip()
+    if not target:
+        return {"error": "no transfer destination is configured; tell the caller you cannot transfer"}
+    if not call.spoke_this_turn:
+        await call.say("Transferring your call now.")
+
+    async def transfer() -> None:
+        await call.connection.transfer(target)
+
+    call.after_speech(transfer)
+    return {"status": f"transferring to {target}", "_final": True}
+
+
+END_CALL = Tool(
+    name="end_call",
+    description="End the phone call. Use it when the caller says goodbye or asks to hang up.",
+    handler=end_call,
+)
+TRANSFER_CALL = Tool(
+    name="transfer_call",
+    description="Transfer the caller to a human agent or another number.",
+    handler=transfer_call,
+    parameters={
+        "target": {
+            "type": "string",
+            "description": "phone number or SIP URI; leave empty for the default destination",
+        }
+    },
+)
+
+
+class EventLog(Observer):
+    """Logs call events (transcripts, turns, barge-ins, tool calls) as structured lines."""
+
+    name = "event-log"
+
+    def call_started(self, info: CallInfo, profile: str) -> None:
+        log.info("call started", extra={"call_id": info.call_id, "data": {**info.as_dict(), "profile": profile}})
+
+    def call_ended(self, info: CallInfo, outcome: str, duration: float) -> None:
+        log.info("call ended", extra={"call_id": info.call_id,
+                                      "data": {"outcome": outcome, "duration": round(duration, 3)}})
+
+    def event(self, info: CallInfo, name: str, data: dict[str, Any]) -> None:
+        level = logging.INFO if name in ("transcript", "turn", "barge_in", "tool_call") else logging.DEBUG
+        log.log(level, name, extra={"call_id": info.call_id, "data": data})
+
+
+@hookimpl
+def register_tools(register):
+    register(END_CALL)
+    register(TRANSFER_CALL)
+
+
+@hookimpl
+def register_observers(register):
+    register(EventLog)

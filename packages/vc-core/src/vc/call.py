@@ -1,0 +1,195 @@
+"""What a transport hands core for each call: identity, audio format and call control.
+
+A transport plugin subclasses :class:`CallConnection` once per call. Core drives it:
+
+* inbound audio, DTMF, played marks and hang-ups go *to* core through ``self.events``;
+* outbound audio is *pulled* by the transport from ``self.playout`` on its own clock
+  (Twilio: real-time pacing with a small lead; RTP: an absolute 20 ms clock with silence fill);
+* core calls :meth:`clear` on barge-in, :meth:`hangup`, :meth:`transfer` and :meth:`send_dtmf`
+  for call control.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from abc import ABC, abstractmethod
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+if TYPE_CHECKING:
+    from vc.profiles import Profile
+
+
+class CallControlError(Exception):
+    """A call-control request (hang up, transfer, DTMF) the transport could not carry out."""
+
+
+@attrs.define
+class CallInfo:
+    """Who is calling whom, through which transport, and what the transport passed along."""
+
+    call_id: str
+    transport: str
+    from_: str = ""
+    to: str = ""
+    user: str = ""
+    direction: str = "inbound"
+    params: dict[str, str] = attrs.field(factory=dict)
+    started_at: float = attrs.field(factory=time.time)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "call_id": self.call_id,
+            "transport": self.transport,
+            "from": self.from_,
+            "to": self.to,
+            "user": self.user,
+            "direction": self.direction,
+            "params": dict(self.params),
+        }
+
+
+@attrs.frozen
+class Mark:
+    """A named point in the outbound audio; reported back once the caller has heard it."""
+
+    name: str
+
+
+class PlayoutBuffer:
+    """Outbound audio queued for one call, in fixed-size frames, with marks in between.
+
+    Core writes (``write``/``mark``/``clear``); the transport reads one frame at a time on its
+    own clock. ``write`` applies back-pressure so that at most ``max_ahead_ms`` of audio waits
+    here: what the transport has read is what the caller hears, give or take its lead.
+    """
+
+    def __init__(self, sample_rate: int, frame_ms: int = 20, max_ahead_ms: int = 60) -> None:
+        self.sample_rate = sample_rate
+        self.frame_ms = frame_ms
+        self.frame_bytes = sample_rate * frame_ms // 1000 * 2
+        self.max_ahead_frames = max(1, max_ahead_ms // frame_ms)
+        self._items: deque[bytes | Mark] = deque()
+        self._partial = bytearray()
+        self._frames = 0
+        self._space = asyncio.Event()
+        self._space.set()
+        self._generation = 0
+        self.frames_played = 0
+
+    @property
+    def queued_frames(self) -> int:
+        return self._frames
+
+    def is_idle(self) -> bool:
+        return self._frames == 0 and not self._partial
+
+    async def write(self, pcm: bytes) -> None:
+        """Queue PCM16 audio at ``sample_rate``; waits while too much is queued."""
+        generation = self._generation
+        self._partial += pcm
+        while len(self._partial) >= self.frame_bytes:
+            while self._frames >= self.max_ahead_frames:
+                self._space.clear()
+                await self._space.wait()
+                if generation != self._generation:
+                    return  # cleared while waiting: this audio is no longer wanted
+            frame = bytes(self._partial[: self.frame_bytes])
+            del self._partial[: self.frame_bytes]
+            self._items.append(frame)
+            self._frames += 1
+
+    def flush_partial(self) -> None:
+        """Pad and queue the last incomplete frame (end of an utterance)."""
+        if self._partial:
+            self._partial += bytes(self.frame_bytes - len(self._partial))
+            self._items.append(bytes(self._partial))
+            self._frames += 1
+            self._partial.clear()
+
+    def mark(self, name: str) -> None:
+        """Queue a mark after the audio written so far."""
+        self.flush_partial()
+        self._items.append(Mark(name))
+
+    def clear(self) -> list[Mark]:
+        """Drop all queued audio (barge-in); returns the marks that were dropped with it."""
+        dropped = [i for i in self._items if isinstance(i, Mark)]
+        self._items.clear()
+        self._partial.clear()
+        self._frames = 0
+        self._generation += 1
+        self._space.set()
+        return dropped
+
+    def read(self) -> bytes | Mark | None:
+        """Take the next frame or mark, or None when nothing is queued."""
+        if not self._items:
+            return None
+        item = self._items.popleft()
+        if not isinstance(item, Mark):
+            self._frames -= 1
+            self.frames_played += 1
+            if self._frames < self.max_ahead_frames:
+                self._space.set()
+        return item
+
+
+class CallEvents(ABC):
+    """Core's side of a call, called by the transport. All methods are non-blocking."""
+
+    @abstractmethod
+    def audio(self, pcm: bytes) -> None:
+        """Caller audio: PCM16 mono at the connection's ``sample_rate``, any length."""
+
+    @abstractmethod
+    def dtmf(self, digit: str) -> None:
+        """The caller pressed a key (0-9, *, #, A-D)."""
+
+    @abstractmethod
+    def mark_played(self, name: str) -> None:
+        """The caller has heard everything up to the mark ``name``."""
+
+    @abstractmethod
+    def hangup(self, reason: str = "caller hung up") -> None:
+        """The call is over on the transport side; core stops the pipeline at once."""
+
+
+class CallConnection(ABC):
+    """One live call on a transport. Subclassed by transport plugins."""
+
+    #: PCM sample rate of the call's audio after codec decoding (8000 for G.711).
+    sample_rate: int = 8000
+    #: Outbound frame duration the transport reads from :attr:`playout`.
+    frame_ms: int = 20
+    #: How far ahead of real time core may queue outbound audio.
+    max_ahead_ms: int = 60
+
+    def __init__(self, info: CallInfo) -> None:
+        self.info = info
+        self.events: CallEvents | None = None
+        self.profile: Profile | None = None
+        self.playout = PlayoutBuffer(self.sample_rate, self.frame_ms, self.max_ahead_ms)
+
+    def attach(self, events: CallEvents) -> None:
+        """Called by core before the call starts."""
+        self.events = events
+
+    @abstractmethod
+    async def clear(self) -> None:
+        """Barge-in: drop audio buffered beyond :attr:`playout` (e.g. Twilio ``clear``)."""
+
+    @abstractmethod
+    async def hangup(self) -> None:
+        """End the call from the bot's side. Hanging up an ended call is not an error."""
+
+    async def transfer(self, target: str) -> None:
+        """Blind-transfer the caller to ``target`` (a number or SIP URI)."""
+        raise CallControlError(f"{self.info.transport} calls cannot be transferred")
+
+    async def send_dtmf(self, digits: str) -> None:
+        """Send DTMF digits to the caller's side."""
+        raise CallControlError(f"{self.info.transport} calls cannot send DTMF")

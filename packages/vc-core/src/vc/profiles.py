@@ -1,0 +1,104 @@
+"""Per-call profiles: what the bot says and how, chosen per call by stable rules.
+
+``[profile.<name>]`` sections, evaluated in file order; the first whose ``match.*`` rules
+all match the call wins, and ``default`` (built in if not configured) catches the rest.
+A transport parameter ``profile`` (Twilio ``<Parameter>``, OpenSIPS ``extra_params``) naming
+an existing profile selects it directly.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import TYPE_CHECKING
+
+import attrs
+
+from vc.settings import setting
+
+if TYPE_CHECKING:
+    from vc.call import CallInfo
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a friendly voice assistant on a phone call. Answer in one or two short, plain "
+    "sentences without lists, markdown or emoji. If the caller says goodbye, say goodbye "
+    "and end the call."
+)
+DEFAULT_GREETING = "Hello! How can I help you today?"
+
+
+@attrs.define
+class ProfileSettings:
+    """Keys of a ``[profile.<name>]`` section."""
+
+    system_prompt: str = setting(DEFAULT_SYSTEM_PROMPT, help="the LLM's system prompt")
+    greeting: str = setting(
+        DEFAULT_GREETING, help="spoken as soon as the call is answered (empty: none)"
+    )
+    language: str = setting("en", help="conversation language (BCP-47, e.g. en, tr)")
+    voice: str = setting("", help="TTS voice for this profile (provider-specific; empty: default)")
+    llm_model: str = setting("", help="LLM model for this profile (provider-specific; empty: default)")
+    temperature: float | None = setting(None, help="LLM sampling temperature (empty: provider default)")
+    max_tokens: int | None = setting(None, help="cap on the LLM's reply length in tokens")
+    stt: str = setting("", help="STT provider for this profile (empty: [stt] provider)")
+    llm: str = setting("", help="LLM provider for this profile (empty: [llm] provider)")
+    tts: str = setting("", help="TTS provider for this profile (empty: [tts] provider)")
+    vad_stop_secs: float | None = setting(None, help="silence that ends the caller's turn")
+    vad_start_secs: float | None = setting(None, help="speech that starts the caller's turn")
+    vad_confidence: float | None = setting(None, help="Silero VAD confidence threshold")
+    interruptions: bool | None = setting(None, help="let the caller interrupt the bot")
+    min_words: int | None = setting(None, help="words needed to interrupt the bot (0: any speech)")
+    tools: list[str] = setting(
+        factory=lambda: ["end_call", "transfer_call"], help="tools the LLM may call"
+    )
+    transfer_target: str = setting("", help="where transfer_call sends the caller by default")
+    goodbye: str = setting("Goodbye!", help="said before the bot hangs up when the LLM asks")
+    match_to: list[str] = setting(
+        factory=list, help="glob(s) on the called number / SIP user", aliases=("match.to",)
+    )
+    match_from: list[str] = setting(factory=list, help="glob(s) on the caller", aliases=("match.from",))
+    match_transport: list[str] = setting(
+        factory=list, help="transport name(s)", aliases=("match.transport",)
+    )
+
+
+@attrs.define
+class Profile:
+    """A resolved profile."""
+
+    name: str
+    settings: ProfileSettings = attrs.field(factory=ProfileSettings)
+    match_params: dict[str, list[str]] = attrs.field(factory=dict)
+
+    def __getattr__(self, item: str):
+        # Profile.language, Profile.greeting... read through to the settings.
+        if item.startswith("__"):
+            raise AttributeError(item)
+        return getattr(self.settings, item)
+
+    def matches(self, info: CallInfo) -> bool:
+        s = self.settings
+        rules = [
+            (s.match_to, [info.to, info.user]),
+            (s.match_from, [info.from_]),
+            (s.match_transport, [info.transport]),
+        ]
+        rules += [(globs, [info.params.get(k, "")]) for k, globs in self.match_params.items()]
+        if not any(globs for globs, _ in rules):
+            return False
+        return all(
+            any(fnmatch.fnmatchcase(v, g) for g in globs for v in values if v)
+            for globs, values in rules
+            if globs
+        )
+
+
+def select_profile(profiles: list[Profile], info: CallInfo) -> Profile:
+    """The profile for a call: explicit ``profile`` parameter, else first match, else default."""
+    by_name = {p.name: p for p in profiles}
+    wanted = info.params.get("profile")
+    if wanted and wanted in by_name:
+        return by_name[wanted]
+    for p in profiles:
+        if p.name != "default" and p.matches(info):
+            return p
+    return by_name.get("default") or Profile("default")

@@ -1,0 +1,242 @@
+"""Base classes for what plugins register: providers of each kind, observers, tools, catalogues.
+
+A provider class is registered once; core builds one instance per configured provider at
+startup (``__init__`` + ``await start()``: load models, open connections, warm caches), then
+asks it for a pipecat service for each call (``create_service``). Nothing slow may happen in
+``create_service``: it runs while the caller waits.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import attrs
+
+if TYPE_CHECKING:
+    from fastapi import APIRouter
+    from pipecat.services.llm_service import LLMService
+    from pipecat.services.stt_service import STTService
+    from pipecat.services.tts_service import TTSService
+
+    from vc.call import CallConnection, CallInfo
+    from vc.profiles import Profile
+
+
+class ProviderError(Exception):
+    """A provider could not start or serve; the message says what to do about it."""
+
+
+@attrs.define
+class CallContext:
+    """What a provider sees of one call when it builds that call's service."""
+
+    info: CallInfo
+    profile: Profile
+    #: Sample rate the STT receives (the pipeline's input rate).
+    input_sample_rate: int
+    #: Sample rate the TTS should produce (the call's wire rate; core resamples if it differs).
+    output_sample_rate: int
+    log: logging.LoggerAdapter[Any]
+
+    @property
+    def call_id(self) -> str:
+        return self.info.call_id
+
+    @property
+    def language(self) -> str:
+        return self.profile.language
+
+
+@attrs.define
+class ProviderContext:
+    """What a provider sees of the running system at startup."""
+
+    profiles: list[Profile]
+    log: logging.Logger
+    observe: Callable[[str, float, dict[str, str]], None] = lambda name, value, labels: None
+
+
+class Provider:
+    """Common base: a name, a settings schema, supported languages, a start/stop lifecycle."""
+
+    kind: ClassVar[str] = ""
+    #: Name used in configuration (``[stt] provider = <name>``).
+    name: ClassVar[str] = ""
+    #: attrs class of this provider's settings (see :mod:`vc.settings`), or None.
+    Settings: ClassVar[type | None] = None
+    #: Languages supported, as BCP-47 primary tags (``"en"``, ``"tr"``); ``"*"`` = any.
+    languages: ClassVar[tuple[str, ...]] = ("*",)
+    description: ClassVar[str] = ""
+
+    def __init__(self, settings: Any, context: ProviderContext) -> None:
+        self.settings = settings
+        self.context = context
+        self.log = context.log
+
+    async def start(self) -> None:
+        """Load models, open connections, warm up. Raise ProviderError with a clear message."""
+
+    async def stop(self) -> None:
+        """Release everything ``start`` acquired."""
+
+    def ready(self) -> bool:
+        """Whether this provider can take calls now (reported by ``/readyz``)."""
+        return True
+
+    @classmethod
+    def supports_language(cls, language: str) -> bool:
+        primary = language.split("-")[0].lower()
+        return "*" in cls.languages or primary in cls.languages
+
+
+class STTProvider(Provider):
+    """Speech to text. ``create_service`` returns a pipecat ``STTService``."""
+
+    kind = "stt"
+    #: The sample rate the STT wants its input at.
+    sample_rate: ClassVar[int] = 16000
+
+    def create_service(self, call: CallContext) -> STTService:
+        raise NotImplementedError
+
+
+class LLMProvider(Provider):
+    """Language model. ``create_service`` returns a pipecat ``LLMService`` (see vc.llm)."""
+
+    kind = "llm"
+    #: Whether the model can call tools (``end_call``, ``transfer_call``...).
+    supports_tools: ClassVar[bool] = False
+
+    def create_service(self, call: CallContext) -> LLMService:
+        raise NotImplementedError
+
+
+@attrs.frozen
+class AudioClip:
+    """Mono PCM16 audio."""
+
+    pcm: bytes
+    sample_rate: int
+
+    @property
+    def duration(self) -> float:
+        return len(self.pcm) / 2 / self.sample_rate
+
+
+class TTSProvider(Provider):
+    """Text to speech. ``create_service`` returns a pipecat ``TTSService``."""
+
+    kind = "tts"
+
+    def create_service(self, call: CallContext) -> TTSService:
+        raise NotImplementedError
+
+    async def synthesize(self, text: str, profile: Profile) -> AudioClip:
+        """Speak ``text`` whole (used to pre-render greetings at startup)."""
+        raise NotImplementedError
+
+
+class CallHost:
+    """Core's side of the process, as transports see it."""
+
+    accepting: bool = True
+
+    def select_profile(self, info: CallInfo) -> Profile:
+        raise NotImplementedError
+
+    async def run_call(self, connection: CallConnection) -> str:
+        """Run the conversation until it ends; returns the outcome (``completed``, ``error``...)."""
+        raise NotImplementedError
+
+
+class TransportProvider(Provider):
+    """A telephony transport: accepts calls and hands each to ``host.run_call``."""
+
+    kind = "transport"
+
+    def __init__(self, settings: Any, context: ProviderContext) -> None:
+        super().__init__(settings, context)
+        self.host: CallHost | None = None
+
+    def routes(self) -> APIRouter | None:
+        """HTTP routes to mount on vc's server (webhooks, WebSocket endpoints), if any."""
+        return None
+
+    async def start(self, host: CallHost) -> None:  # type: ignore[override]
+        """Start listening; calls go to ``host.run_call``."""
+        self.host = host
+
+
+class Observer:
+    """A metrics, logging or tracing sink. Every method is optional and must not block."""
+
+    name: ClassVar[str] = ""
+    Settings: ClassVar[type | None] = None
+
+    def __init__(self, settings: Any = None) -> None:
+        self.settings = settings
+
+    def call_started(self, info: CallInfo, profile: str) -> None: ...
+
+    def call_ended(self, info: CallInfo, outcome: str, duration: float) -> None: ...
+
+    def latency(self, info: CallInfo, stage: str, seconds: float) -> None: ...
+
+    def event(self, info: CallInfo, name: str, data: dict[str, Any]) -> None: ...
+
+
+@attrs.define
+class ToolCall:
+    """What a tool handler receives: the arguments and the call it acts on."""
+
+    arguments: dict[str, Any]
+    connection: CallConnection
+    info: CallInfo
+    profile: Profile
+    #: Run an action once the bot's current speech has been heard (e.g. hang up after goodbye).
+    after_speech: Callable[[Callable[[], Awaitable[None]]], None]
+    #: Speak a sentence now, through the TTS.
+    say: Callable[[str], Awaitable[None]]
+    #: End the call from the bot's side (hangs up and stops the pipeline).
+    end: Callable[[str], Awaitable[None]]
+    #: Whether the model already said something in the reply that called this tool.
+    spoke_this_turn: bool = False
+
+
+@attrs.frozen
+class Tool:
+    """A function the LLM may call. ``parameters`` is a JSON-schema ``properties`` mapping."""
+
+    name: str
+    description: str
+    handler: Callable[[ToolCall], Awaitable[Any]]
+    parameters: dict[str, Any] = attrs.field(factory=dict)
+    required: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class ModelInfo:
+    """One model a catalogue knows about."""
+
+    name: str
+    kind: str
+    installed: bool
+    location: str = ""
+    detail: str = ""
+    install_hint: str = ""
+
+
+class ModelCatalog:
+    """Lists and prepares the models one plugin can use (``vc models``)."""
+
+    name: ClassVar[str] = ""
+
+    def list(self) -> list[ModelInfo]:
+        return []
+
+    def prepare(self, model: str, progress: Callable[[int, int], None]) -> Path | str:
+        """Make ``model`` usable (assemble, verify, pull); returns where it is."""
+        raise ProviderError(f"{self.name}: nothing to prepare for {model}")

@@ -1,0 +1,152 @@
+"""``vc serve``: one asyncio process with the HTTP server, the engine and every transport.
+
+The HTTP server answers from the first moment (``/healthz``); ``/readyz`` turns ready once
+plugins are loaded, providers started (models warm, greetings rendered) and every transport
+is listening. SIGTERM flips ``/readyz`` to not-ready, stops new calls, waits up to
+``[server] drain_timeout`` for active calls and then exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from vc import __version__
+from vc.config import Config
+from vc.engine import Engine
+from vc.plugins import Registry
+from vc.providers import ProviderContext, TransportProvider
+
+log = logging.getLogger("vc.server")
+
+
+class App:
+    """The running service: engine + transports + HTTP routes."""
+
+    def __init__(self, config: Config, registry: Registry) -> None:
+        self.config = config
+        self.registry = registry
+        self.engine = Engine(config, registry)
+        self.transports: dict[str, TransportProvider] = {}
+        for name, choice in config.transports.items():
+            cls = registry.provider("transport", name)
+            assert cls is not None
+            self.transports[name] = cls(  # type: ignore[assignment]
+                choice.settings,
+                ProviderContext(profiles=config.profiles, log=logging.getLogger(f"vc.transport.{name}")),
+            )
+        self.started_at = time.monotonic()
+        self.ready_at: float | None = None
+        self.error: str | None = None
+        self.stopping = False
+        self.http = self._build_http()
+
+    def _build_http(self) -> FastAPI:
+        http = FastAPI(title="vc", version=__version__, docs_url=None, redoc_url=None)
+
+        @http.get("/healthz")
+        async def healthz() -> dict[str, Any]:
+            return {"status": "ok", "version": __version__}
+
+        @http.get("/readyz")
+        async def readyz() -> JSONResponse:
+            checks = self.checks()
+            ok = all(checks.values())
+            body = {"ready": ok, "checks": checks}
+            if self.error:
+                body["error"] = self.error
+            return JSONResponse(body, status_code=200 if ok else 503)
+
+        @http.get("/metrics")
+        async def metrics() -> Response:
+            return Response(generate_latest(self.engine.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+        for transport in self.transports.values():
+            router = transport.routes()
+            if router is not None:
+                http.include_router(router)
+        return http
+
+    def checks(self) -> dict[str, bool]:
+        out = {"plugins": not self.registry.conflicts, "engine": self.engine.ready(),
+               "draining": not self.stopping}
+        for name, t in self.transports.items():
+            out[f"transport.{name}"] = t.ready() and self.engine.started
+        return out
+
+    async def start(self) -> None:
+        """Start providers, then transports. Raises EngineStartError with every failure."""
+        await self.engine.start()
+        for name, transport in self.transports.items():
+            await transport.start(self.engine)
+            log.info("transport %s started", name)
+        self.ready_at = time.monotonic()
+        self.engine.metrics.ready.set(1)
+        log.info("ready in %.2fs", self.ready_at - self.started_at)
+
+    async def stop(self) -> None:
+        self.stopping = True
+        drain = self.config.server.drain_timeout
+        left = await self.engine.drain(drain)
+        if left:
+            log.warning("%d call(s) still active after %.0fs drain: hung up", left, drain)
+        for transport in self.transports.values():
+            try:
+                await transport.stop()
+            except Exception as e:
+                log.warning("transport %s failed to stop cleanly: %s", transport.name, e)
+        await self.engine.stop()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: vc drains calls first."""
+
+    def install_signal_handlers(self) -> None:
+        pass
+
+
+async def serve(config: Config, registry: Registry, *, port: int | None = None) -> int:
+    app = App(config, registry)
+    host = config.server.host
+    port = port or int(os.environ.get("PORT") or config.server.port)
+    server = _Server(uvicorn.Config(app.http, host=host, port=port, log_config=None,
+                                    lifespan="off", ws_max_size=1 << 20))
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    http_task = asyncio.create_task(server.serve())
+    while not server.started and not http_task.done():
+        await asyncio.sleep(0.01)
+    if http_task.done():
+        return 1
+    log.info("listening on http://%s:%d", host, port)
+    try:
+        starting = asyncio.create_task(app.start())
+        await asyncio.wait({starting, asyncio.create_task(stop.wait())},
+                           return_when=asyncio.FIRST_COMPLETED)
+        if starting.done() and starting.exception() is not None:
+            app.error = str(starting.exception())
+            log.error("startup failed: %s", app.error)
+            server.should_exit = True
+            await http_task
+            return 1
+        await stop.wait()
+        log.info("shutting down: draining calls (up to %.0fs)", config.server.drain_timeout)
+        if not starting.done():
+            starting.cancel()
+        await app.stop()
+    finally:
+        server.should_exit = True
+        await http_task
+    return 0

@@ -1,0 +1,366 @@
+"""One call: its pipecat pipeline, built from provider services, and its lifecycle.
+
+    transport in -> Silero VAD -> STT -> DTMF -> user aggregator -> LLM -> TTS
+                 -> transport out -> assistant aggregator
+
+The builder knows nothing about any provider: it asks each configured provider for a
+service and wires them together. The greeting is pre-rendered and written straight into the
+playout buffer as soon as the call starts, while the pipeline is still starting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from pipecat.audio.vad.silero import SileroVADAnalyzer
+from pipecat.audio.vad.vad_analyzer import VADParams
+from pipecat.frames.frames import EndFrame, TTSSpeakFrame
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.runner import PipelineRunner
+from pipecat.pipeline.task import PipelineParams, PipelineTask
+from pipecat.processors.aggregators.dtmf_aggregator import DTMFAggregator
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import (
+    LLMContextAggregatorPair,
+    LLMUserAggregatorParams,
+)
+from pipecat.processors.audio.vad_processor import VADProcessor
+from pipecat.services.llm_service import FunctionCallParams
+from pipecat.turns.user_start import MinWordsUserTurnStartStrategy, VADUserTurnStartStrategy
+from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy
+from pipecat.turns.user_turn_strategies import UserTurnStrategies
+
+from vc.call import CallConnection, CallEvents
+from vc.llm import tools_schema
+from vc.media import CallTransport
+from vc.monitor import MonotonicClock, TurnMonitor
+from vc.providers import CallContext, Tool, ToolCall
+
+if TYPE_CHECKING:
+    from vc.engine import Engine
+
+AFTER_SPEECH_TIMEOUT = 20.0
+
+
+class CallSession(CallEvents):
+    """Runs one call from answer to hang-up."""
+
+    def __init__(self, engine: Engine, connection: CallConnection) -> None:
+        self.engine = engine
+        self.connection = connection
+        self.info = connection.info
+        self.profile = connection.profile or engine.select_profile(self.info)
+        connection.profile = self.profile
+        self.log = logging.LoggerAdapter(
+            logging.getLogger("vc.call"), {"call_id": self.info.call_id}
+        )
+        self.outcome = "completed"
+        self.ended_by = ""
+        self._task: PipelineTask | None = None
+        self._transport: CallTransport | None = None
+        self._marks: dict[str, asyncio.Future[None]] = {}
+        self._mark_seq = 0
+        self._after_speech: list[Callable[[], Awaitable[None]]] = []
+        self._llm_busy = False
+        self._spoke_this_turn = False
+        self._greeting_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self.monitor: TurnMonitor | None = None
+        self.context: LLMContext | None = None
+        self.barge_ins = 0
+
+    # -- CallEvents (called by the transport) ---------------------------------------------
+
+    def audio(self, pcm: bytes) -> None:
+        if self._transport is not None:
+            self._transport.input().feed_audio(pcm)
+
+    def dtmf(self, digit: str) -> None:
+        if self._transport is not None:
+            self._spawn(self._transport.input().feed_dtmf(digit))
+        self.engine.event(self.info, "dtmf", {"digit": digit})
+
+    def mark_played(self, name: str) -> None:
+        fut = self._marks.pop(name, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+        self.engine.event(self.info, "mark_played", {"name": name})
+
+    def hangup(self, reason: str = "caller hung up") -> None:
+        if not self.ended_by:
+            self.ended_by = reason
+            self.log.info("call ended: %s", reason)
+        if self._task is not None:
+            self._spawn(self._task.cancel(reason=reason))
+
+    # -- building ------------------------------------------------------------------------
+
+    def _call_context(self, stt_rate: int) -> CallContext:
+        return CallContext(
+            info=self.info,
+            profile=self.profile,
+            input_sample_rate=stt_rate,
+            output_sample_rate=self.connection.sample_rate,
+            log=self.log,
+        )
+
+    def build(self) -> PipelineTask:
+        engine, profile = self.engine, self.profile
+        stt_p = engine.provider("stt", profile.stt)
+        llm_p = engine.provider("llm", profile.llm)
+        tts_p = engine.provider("tts", profile.tts)
+        stt_rate = stt_p.sample_rate
+        ctx = self._call_context(stt_rate)
+
+        stt = stt_p.create_service(ctx)
+        llm = llm_p.create_service(ctx)
+        tts = tts_p.create_service(ctx)
+
+        self._transport = transport = CallTransport(
+            self.connection,
+            on_barge_in=self._on_barge_in,
+            on_utterance_written=self._on_utterance_written,
+            on_first_audio=self._on_first_audio,
+        )
+
+        vad_cfg = engine.config.vad
+        vad = engine.take_vad(
+            VADParams(
+                confidence=profile.vad_confidence if profile.vad_confidence is not None else vad_cfg.confidence,
+                start_secs=profile.vad_start_secs if profile.vad_start_secs is not None else vad_cfg.effective_start_secs(),
+                stop_secs=profile.vad_stop_secs if profile.vad_stop_secs is not None else vad_cfg.effective_stop_secs(),
+                min_volume=engine.min_volume(),
+            ),
+            stt_rate,
+        )
+
+        tools = self._tools(llm_p)
+        messages: list[dict[str, Any]] = []
+        if profile.greeting:
+            messages.append({"role": "assistant", "content": profile.greeting})
+        self.context = context = LLMContext(messages=messages, tools=tools_schema(tools) if tools else None)
+        for tool in tools:
+            llm.register_function(tool.name, self._tool_handler(tool))
+
+        interrupt_cfg = engine.config.interruption
+        interruptions = profile.interruptions if profile.interruptions is not None else interrupt_cfg.enabled
+        min_words = profile.min_words if profile.min_words is not None else interrupt_cfg.effective_min_words()
+        start = (
+            [MinWordsUserTurnStartStrategy(min_words=min_words, enable_interruptions=interruptions)]
+            if min_words > 1
+            else [VADUserTurnStartStrategy(enable_interruptions=interruptions)]
+        )
+        user_agg, assistant_agg = LLMContextAggregatorPair(
+            context,
+            user_params=LLMUserAggregatorParams(
+                user_turn_strategies=UserTurnStrategies(
+                    start=start,
+                    stop=[SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=0.0)],
+                ),
+            ),
+        )
+        self._watch_llm(llm)
+
+        pipeline = Pipeline(
+            [
+                transport.input(),
+                VADProcessor(vad_analyzer=vad),
+                stt,
+                DTMFAggregator(prefix="The caller pressed keys: "),
+                user_agg,
+                llm,
+                tts,
+                transport.output(),
+                assistant_agg,
+            ]
+        )
+        clock = MonotonicClock()
+        self.monitor = TurnMonitor(
+            clock,
+            report=lambda stage, s: engine.latency(self.info, stage, s),
+            event=lambda name, data: engine.event(self.info, name, data),
+        )
+        self._task = PipelineTask(
+            pipeline,
+            params=PipelineParams(
+                audio_in_sample_rate=stt_rate,
+                audio_out_sample_rate=self.connection.sample_rate,
+                enable_metrics=True,
+            ),
+            clock=clock,
+            observers=[self.monitor],
+            idle_timeout_secs=None,
+            enable_rtvi=False,
+            check_dangling_tasks=False,
+        )
+        return self._task
+
+    def _tools(self, llm_provider: Any) -> list[Tool]:
+        if not llm_provider.supports_tools:
+            return []
+        wanted = self.profile.tools
+        return [t for name, (t, _) in self.engine.registry.tools.items() if name in wanted]
+
+    def _tool_handler(self, tool: Tool) -> Callable[[FunctionCallParams], Awaitable[None]]:
+        async def handle(params: FunctionCallParams) -> None:
+            self.engine.event(self.info, "tool_call", {"name": tool.name, "arguments": dict(params.arguments)})
+            call = ToolCall(
+                arguments=dict(params.arguments),
+                connection=self.connection,
+                info=self.info,
+                profile=self.profile,
+                after_speech=self.after_speech,
+                say=self.say,
+                end=self.end,
+                spoke_this_turn=self._spoke_this_turn,
+            )
+            try:
+                result = await tool.handler(call)
+            except Exception as e:
+                self.log.error("tool %s failed: %s", tool.name, e)
+                await params.result_callback({"error": str(e)})
+                return
+            from pipecat.frames.frames import FunctionCallResultProperties
+
+            run_llm = not (isinstance(result, dict) and result.get("_final"))
+            if isinstance(result, dict):
+                result = {k: v for k, v in result.items() if k != "_final"}
+            await params.result_callback(result, properties=FunctionCallResultProperties(run_llm=run_llm))
+
+        return handle
+
+    def _watch_llm(self, llm: Any) -> None:
+        from pipecat.frames.frames import LLMFullResponseEndFrame, LLMFullResponseStartFrame, LLMTextFrame
+
+        original = llm.push_frame
+
+        async def push_frame(frame, direction=None):
+            if isinstance(frame, LLMFullResponseStartFrame):
+                self._llm_busy, self._spoke_this_turn = True, False
+            elif isinstance(frame, LLMTextFrame) and frame.text.strip():
+                self._spoke_this_turn = True
+            elif isinstance(frame, LLMFullResponseEndFrame):
+                self._llm_busy = False
+            if direction is None:
+                return await original(frame)
+            return await original(frame, direction)
+
+        llm.push_frame = push_frame
+
+    # -- running -------------------------------------------------------------------------
+
+    async def run(self) -> str:
+        started = time.monotonic()
+        self.connection.attach(self)
+        self.engine.call_started(self.info, self.profile.name)
+        try:
+            self._start_greeting()
+            task = self.build()
+            runner = PipelineRunner(handle_sigint=False, handle_sigterm=False)
+            await runner.run(task)
+        except asyncio.CancelledError:
+            self.outcome = "cancelled"
+            raise
+        except Exception as e:
+            self.outcome = "error"
+            self.log.exception("call failed: %s", e)
+        finally:
+            for t in list(self._background):
+                t.cancel()
+            if self._greeting_task:
+                self._greeting_task.cancel()
+            if not self.ended_by:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.connection.hangup())
+            self.engine.call_ended(self.info, self.outcome, time.monotonic() - started)
+        return self.outcome
+
+    def _start_greeting(self) -> None:
+        clip = self.engine.greeting_audio(self.profile, self.connection.sample_rate)
+        if clip:
+            self._greeting_task = asyncio.create_task(self._play_greeting(clip))
+
+    async def _play_greeting(self, pcm: bytes) -> None:
+        await self.connection.playout.write(pcm)
+        self.connection.playout.mark(self._next_mark("greeting"))
+
+    def _next_mark(self, prefix: str = "utt") -> str:
+        self._mark_seq += 1
+        name = f"{prefix}-{self._mark_seq}"
+        self._marks[name] = asyncio.get_running_loop().create_future()
+        return name
+
+    def _on_first_audio(self) -> None:
+        if self.monitor is not None:
+            self.monitor.first_audio_written()
+
+    def _on_utterance_written(self) -> None:
+        self.connection.playout.mark(self._next_mark())
+
+    def _on_barge_in(self, had_audio: bool) -> None:
+        if had_audio:
+            self.barge_ins += 1
+            self.engine.event(self.info, "barge_in", {})
+        if self._greeting_task and not self._greeting_task.done():
+            self._greeting_task.cancel()
+        # Marks dropped with the audio will never be echoed as played.
+        for name, fut in list(self._marks.items()):
+            if not fut.done():
+                fut.cancel()
+            self._marks.pop(name, None)
+
+    # -- call control for tools -------------------------------------------------------------
+
+    async def say(self, text: str) -> None:
+        """Speak ``text`` now (through the TTS, so it is interruptible and heard-tracked)."""
+        if self._task is not None:
+            await self._task.queue_frame(TTSSpeakFrame(text))
+
+    def after_speech(self, action: Callable[[], Awaitable[None]]) -> None:
+        """Run ``action`` once everything the bot is saying has been heard by the caller."""
+        self._spawn(self._run_after_speech(action))
+
+    async def _run_after_speech(self, action: Callable[[], Awaitable[None]]) -> None:
+        deadline = time.monotonic() + AFTER_SPEECH_TIMEOUT
+        output = self._transport.output() if self._transport else None
+        # Wait for the model to finish and the audio to drain into the transport...
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            busy = self._llm_busy or (output is not None and output.bot_audio_pending())
+            if not busy:
+                break
+        # ...then for the transport to confirm the caller heard it.
+        name = self._next_mark("final")
+        self.connection.playout.mark(name)
+        fut = self._marks.get(name)
+        if fut is not None:
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(fut, max(0.1, deadline - time.monotonic()))
+        await action()
+
+    async def end(self, reason: str) -> None:
+        """Bot-side hang-up."""
+        if not self.ended_by:
+            self.ended_by = reason
+            self.log.info("bot ends the call: %s", reason)
+        try:
+            await self.connection.hangup()
+        finally:
+            if self._task is not None:
+                await self._task.queue_frame(EndFrame())
+                self._spawn(self._cancel_soon())
+
+    async def _cancel_soon(self) -> None:
+        await asyncio.sleep(1.0)
+        if self._task is not None and not self._task.has_finished():
+            await self._task.cancel(reason="call ended")
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)

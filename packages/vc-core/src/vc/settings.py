@@ -1,0 +1,242 @@
+"""Typed settings schemas (attrs classes) and their conversion from INI/env strings.
+
+A plugin declares its settings as an attrs class whose fields are made with :func:`setting`::
+
+    @attrs.define
+    class Settings:
+        model: str = setting("tiny.en", help="Whisper model name or directory")
+        beam_size: int = setting(1, help="beam width; 1 is fastest")
+        api_key: str = setting("", help="API key", secret=True)
+
+Values arrive as strings (INI file or environment) and are converted by the field's type:
+``str``, ``int``, ``float``, ``bool``, ``pathlib.Path``, ``list[str]`` (comma separated),
+``Literal[...]`` (one of the choices) and ``X | None`` (empty string means None).
+A value ``$env:NAME`` or ``$file:/path`` is read from that variable or file (for secrets).
+"""
+
+from __future__ import annotations
+
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import attrs
+
+_META = "vc"
+
+
+@attrs.frozen
+class ConfigError:
+    """One problem found in the configuration, in terms a user can act on."""
+
+    section: str
+    key: str
+    value: str | None
+    expected: str
+    source: str = ""
+
+    def __str__(self) -> str:
+        where = f"[{self.section}]" + (f" {self.key}" if self.key else "")
+        got = "" if self.value is None else f" = {self.value!r}"
+        src = f" (from {self.source})" if self.source else ""
+        return f"{where}{got}{src}: {self.expected}"
+
+
+def setting(
+    default: Any = attrs.NOTHING,
+    *,
+    help: str,
+    secret: bool = False,
+    factory: Any = None,
+    validator: Any = None,
+    aliases: tuple[str, ...] = (),
+) -> Any:
+    """An attrs field carrying the documentation vc shows in `vc config show` and the docs."""
+    metadata = {_META: {"help": help, "secret": secret, "aliases": aliases}}
+    if factory is not None:
+        return attrs.field(factory=factory, metadata=metadata, validator=validator)
+    return attrs.field(default=default, metadata=metadata, validator=validator)
+
+
+@attrs.frozen
+class FieldInfo:
+    """What the schema says about one key."""
+
+    name: str
+    type_name: str
+    default: Any
+    required: bool
+    help: str
+    secret: bool
+    aliases: tuple[str, ...]
+
+
+def describe(cls: type) -> list[FieldInfo]:
+    """List the keys of a settings class, in declaration order."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in attrs.fields(cls):
+        meta = f.metadata.get(_META, {})
+        default = f.default
+        if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+            default = default.factory()
+        out.append(
+            FieldInfo(
+                name=f.name,
+                type_name=type_name(hints[f.name]),
+                default=None if default is attrs.NOTHING else default,
+                required=default is attrs.NOTHING,
+                help=meta.get("help", ""),
+                secret=bool(meta.get("secret", False)) or looks_secret(f.name),
+                aliases=tuple(meta.get("aliases", ())),
+            )
+        )
+    return out
+
+
+def looks_secret(key: str) -> bool:
+    """Keys whose values are redacted when shown, whatever the schema says."""
+    k = key.lower()
+    return any(w in k for w in ("secret", "password", "token", "api_key", "apikey", "auth"))
+
+
+def type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (types.UnionType, typing.Union):
+        return " | ".join(type_name(a) for a in get_args(tp))
+    if origin in (list, tuple):
+        return f"list of {type_name(get_args(tp)[0])}"
+    if tp is type(None):
+        return "empty"
+    return getattr(tp, "__name__", str(tp))
+
+
+_TRUE = {"1", "true", "yes", "on", "y", "t"}
+_FALSE = {"0", "false", "no", "off", "n", "f", ""}
+
+
+def resolve_reference(raw: str) -> str:
+    """Resolve ``$env:NAME`` and ``$file:/path`` references (used for secrets)."""
+    if raw.startswith("$env:"):
+        name = raw[5:]
+        if name not in os.environ:
+            raise ValueError(f"environment variable {name} is not set")
+        return os.environ[name]
+    if raw.startswith("$file:"):
+        path = Path(raw[6:])
+        try:
+            return path.read_text().strip()
+        except OSError as e:
+            raise ValueError(f"cannot read {path}: {e.strerror}") from None
+    return raw
+
+
+def convert(raw: str, tp: Any) -> Any:
+    """Convert one string to ``tp``; raises ValueError with what was expected."""
+    origin = get_origin(tp)
+    if origin in (types.UnionType, typing.Union):
+        args = get_args(tp)
+        if type(None) in args and raw.strip() in ("", "none", "None"):
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return convert(raw, a)
+            except ValueError as e:
+                errors.append(str(e))
+        raise ValueError(" or ".join(errors))
+    if origin is Literal:
+        choices = get_args(tp)
+        value = raw.strip()
+        for c in choices:
+            if str(c) == value or (isinstance(c, str) and c.lower() == value.lower()):
+                return c
+        raise ValueError("one of " + ", ".join(repr(c) for c in choices))
+    if origin in (list, tuple):
+        (item,) = get_args(tp)[:1]
+        items = [convert(p.strip(), item) for p in raw.split(",") if p.strip()]
+        return items if origin is list else tuple(items)
+    if tp is bool:
+        v = raw.strip().lower()
+        if v in _TRUE:
+            return True
+        if v in _FALSE:
+            return False
+        raise ValueError("a boolean (true/false, yes/no, on/off, 1/0)")
+    if tp is int:
+        try:
+            return int(raw.strip())
+        except ValueError:
+            raise ValueError("an integer") from None
+    if tp is float:
+        try:
+            return float(raw.strip())
+        except ValueError:
+            raise ValueError("a number") from None
+    if tp is Path:
+        if not raw.strip():
+            raise ValueError("a path")
+        return Path(raw.strip()).expanduser()
+    if tp is str:
+        return raw.strip()
+    raise ValueError(f"a value of type {type_name(tp)} (unsupported in INI)")
+
+
+def build(
+    cls: type,
+    values: dict[str, tuple[str, str]],
+    section: str,
+    *,
+    allow_unknown: bool = False,
+) -> tuple[Any, list[ConfigError]]:
+    """Build ``cls`` from ``{key: (raw, source)}``; returns (instance or None, all errors)."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in attrs.fields(cls)}
+    alias_of = {}
+    for f in fields.values():
+        for a in f.metadata.get(_META, {}).get("aliases", ()):
+            alias_of[a] = f.name
+    kwargs: dict[str, Any] = {}
+    errors: list[ConfigError] = []
+    for key, (raw, source) in values.items():
+        name = key if key in fields else alias_of.get(key)
+        if name is None:
+            if not allow_unknown:
+                known = ", ".join(fields) or "(none)"
+                errors.append(ConfigError(section, key, raw, f"unknown key; known keys: {known}", source))
+            continue
+        if name in kwargs and key != name:
+            continue  # the canonical key wins over an alias
+        try:
+            kwargs[name] = convert(resolve_reference(raw), hints[name])
+        except ValueError as e:
+            shown = "<redacted>" if looks_secret(name) else raw
+            errors.append(ConfigError(section, key, shown, f"expected {e}", source))
+    for f in fields.values():
+        if f.default is attrs.NOTHING and f.name not in kwargs:
+            errors.append(ConfigError(section, f.name, None, "required key is missing"))
+    if errors:
+        return None, errors
+    try:
+        return cls(**kwargs), []
+    except (ValueError, TypeError) as e:
+        return None, [ConfigError(section, "", None, f"invalid settings: {e}")]
+
+
+def show_value(name: str, value: Any, secret: bool) -> str:
+    """Render a value for display, redacting secrets."""
+    if value is None:
+        return ""
+    if secret or looks_secret(name):
+        return "<redacted>" if value not in ("", None) else ""
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

@@ -1,0 +1,48 @@
+"""Test helpers for vc and its plugins: contract suites, fakes, and real calls in tests.
+
+* :mod:`vc.testing.contracts` - subclass ``STTContract``/``LLMContract``/``TTSContract``/
+  ``TransportContract`` in your plugin's tests to prove it honours vc's contract.
+* :mod:`vc.testing.calls` - :class:`LoopbackConnection` and :func:`speech` to drive a call.
+* :mod:`vc.testing.fakes` - instant providers (``VC_FAKE_PROVIDERS=1`` or ``fake_registry()``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+
+from vc.config import Config, load
+from vc.plugins import Registry, load_plugins
+
+
+def fake_registry(env: Mapping[str, str] | None = None, **kwargs) -> Registry:
+    """Plugins as installed, plus the fake providers."""
+    env = dict(os.environ if env is None else env)
+    env["VC_FAKE_PROVIDERS"] = "1"
+    return load_plugins(env=env, **kwargs)
+
+
+def config_from_ini(text: str, registry: Registry, env: Mapping[str, str] | None = None) -> Config:
+    """Resolve an INI text; raises AssertionError listing every error."""
+    with tempfile.NamedTemporaryFile("w", suffix=".ini", delete=False, encoding="utf-8") as f:
+        f.write(text)
+    try:
+        cfg, errors = load(f.name, registry, env or {})
+    finally:
+        os.unlink(f.name)
+    assert not errors, "\n".join(str(e) for e in errors)
+    assert cfg is not None
+    return cfg
+
+
+FAKE_STACK = """
+[vc]
+transports =
+[stt]
+provider = fake
+[llm]
+provider = fake
+[tts]
+provider = fake
+"""

@@ -1,0 +1,199 @@
+"""Instant, deterministic providers for tests (enabled with ``VC_FAKE_PROVIDERS=1``).
+
+* ``fake`` STT: a segmented STT that answers each VAD segment with the next line of its
+  script (so tests can speak real audio and know what was "heard").
+* ``fake`` LLM: streams "You said: <text>." word by word; says goodbye and calls ``end_call``
+  when the caller says goodbye; fails on demand ("fail" in the text).
+* ``fake`` TTS: a 440 Hz tone, ``ms_per_char`` long per character, in 20 ms chunks.
+
+They are real pipecat services and exercise the same frame protocol as real providers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
+
+import attrs
+import numpy as np
+from pipecat.frames.frames import ErrorFrame, Frame, TranscriptionFrame
+from pipecat.services.stt_service import SegmentedSTTService
+from pipecat.services.tts_service import TTSService
+from pipecat.utils.time import time_now_iso8601
+
+from vc.hookspecs import hookimpl
+from vc.llm import StreamingLLMService, ToolCallRequest
+from vc.providers import (
+    AudioClip,
+    CallContext,
+    LLMProvider,
+    STTProvider,
+    TTSProvider,
+)
+from vc.settings import setting
+
+
+@attrs.define
+class FakeSTTSettings:
+    script: list[str] = setting(factory=lambda: ["hello there"], help="transcripts, in order (cycled)")
+    delay: float = setting(0.0, help="seconds each transcription takes")
+
+
+class FakeSTTService(SegmentedSTTService):
+    def __init__(self, script: list[str], delay: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._script = script
+        self._delay = delay
+        self._n = 0
+        self.segments: list[int] = []  # bytes of each segment received
+
+    @property
+    def wants_wav_segments(self) -> bool:
+        return False
+
+    async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame, None]:
+        self.segments.append(len(audio))
+        if self._delay:
+            await asyncio.sleep(self._delay)
+        text = self._script[self._n % len(self._script)] if self._script else ""
+        self._n += 1
+        yield TranscriptionFrame(text, self._user_id, time_now_iso8601(), finalized=True)
+
+
+class FakeSTT(STTProvider):
+    name = "fake"
+    Settings = FakeSTTSettings
+    description = "scripted transcripts (tests)"
+
+    def create_service(self, call: CallContext) -> FakeSTTService:
+        return FakeSTTService(self.settings.script, self.settings.delay, sample_rate=call.input_sample_rate)
+
+
+@attrs.define
+class FakeLLMSettings:
+    first_token_delay: float = setting(0.0, help="seconds before the first token")
+    token_delay: float = setting(0.0, help="seconds between tokens")
+    first_token_timeout: float = setting(10.0, help="seconds to wait for the first token")
+
+
+class FakeLLMService(StreamingLLMService):
+    def __init__(self, settings: FakeLLMSettings, **kwargs: Any) -> None:
+        super().__init__(first_token_timeout=settings.first_token_timeout, **kwargs)
+        self._s = settings
+        self.requests: list[list[dict[str, Any]]] = []
+        self.cancelled = 0
+
+    async def stream(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+    ) -> AsyncIterator[str | ToolCallRequest]:
+        self.requests.append(messages)
+        last = next((m for m in reversed(messages) if m["role"] in ("user", "tool")), None)
+        text = str(last.get("content", "")) if last else ""
+        if last and last["role"] == "tool":
+            return
+        try:
+            if self._s.first_token_delay:
+                await asyncio.sleep(self._s.first_token_delay)
+            if "fail" in text.lower():
+                raise ConnectionError("the fake model failed as asked")
+            if "goodbye" in text.lower() and any(t["function"]["name"] == "end_call" for t in tools):
+                yield "Goodbye, have a nice day."
+                yield ToolCallRequest("end_call", {})
+                return
+            words = f"You said: {text.strip().rstrip('.')}.".split(" ")
+            for i, word in enumerate(words):
+                if i and self._s.token_delay:
+                    await asyncio.sleep(self._s.token_delay)
+                yield (" " if i else "") + word
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+
+
+class FakeLLM(LLMProvider):
+    name = "fake"
+    Settings = FakeLLMSettings
+    supports_tools = True
+    description = "echoes the caller (tests)"
+
+    def create_service(self, call: CallContext) -> FakeLLMService:
+        return FakeLLMService(self.settings, system_prompt=call.profile.system_prompt)
+
+
+@attrs.define
+class FakeTTSSettings:
+    ms_per_char: float = setting(30.0, help="milliseconds of tone per character")
+    sample_rate: int = setting(16000, help="rate of the generated audio")
+    first_audio_delay: float = setting(0.0, help="seconds before the first chunk")
+
+
+def tone(seconds: float, rate: int, freq: float = 440.0) -> bytes:
+    n = int(seconds * rate)
+    t = np.arange(n) / rate
+    return (np.sin(2 * math.pi * freq * t) * 8000).astype("<i2").tobytes()
+
+
+class FakeTTSService(TTSService):
+    def __init__(self, settings: FakeTTSSettings, **kwargs: Any) -> None:
+        super().__init__(push_start_frame=True, push_stop_frames=True, stop_frame_timeout_s=0.3, **kwargs)
+        self._s = settings
+        self.spoken: list[str] = []
+
+    def can_generate_metrics(self) -> bool:
+        return True
+
+    async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame, None]:
+        self.spoken.append(text)
+        if not text.strip():
+            return
+        if "tts-fail" in text:
+            yield ErrorFrame(error="the fake TTS failed as asked")
+            return
+        pcm = tone(len(text) * self._s.ms_per_char / 1000, self._s.sample_rate)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            if self._s.first_audio_delay:
+                await asyncio.sleep(self._s.first_audio_delay)
+            step = self._s.sample_rate // 50 * 2
+            for i in range(0, len(pcm), step):
+                yield pcm[i : i + step]
+
+        async for frame in self._stream_audio_frames_from_iterator(
+            chunks(), in_sample_rate=self._s.sample_rate, context_id=context_id
+        ):
+            await self.stop_ttfb_metrics()
+            yield frame
+
+
+class FakeTTS(TTSProvider):
+    name = "fake"
+    Settings = FakeTTSSettings
+    description = "a tone per character (tests)"
+
+    def create_service(self, call: CallContext) -> FakeTTSService:
+        return FakeTTSService(self.settings, sample_rate=call.output_sample_rate)
+
+    async def synthesize(self, text: str, profile: Any) -> AudioClip:
+        return AudioClip(tone(len(text) * self.settings.ms_per_char / 1000, self.settings.sample_rate),
+                         self.settings.sample_rate)
+
+
+@hookimpl
+def register_stt(register):
+    register(FakeSTT)
+
+
+@hookimpl
+def register_llm(register):
+    register(FakeLLM)
+
+
+@hookimpl
+def register_tts(register):
+    register(FakeTTS)
+
+
+__all__ = ["FakeLLM", "FakeSTT", "FakeTTS", "time"]

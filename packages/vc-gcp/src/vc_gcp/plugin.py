@@ -1,0 +1,3 @@
+"""vc plugin entry point for vc-gcp (hook implementations)."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""vc plugin entry point for vc-llm-llama-ws (hook implementations)."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""vc plugin entry point for vc-stt-faster-whisper (hook implementations)."""
+
+from __future__ import annotations

@@ -1,0 +1,288 @@
+"""Contract test suites: subclass one in your plugin's tests to prove it honours vc's contract.
+
+    from vc.testing.contracts import STTContract
+    from vc_stt_mine import MySTTProvider
+
+    class TestMySTT(STTContract):
+        provider = MySTTProvider
+        def make_settings(self):
+            return MySTTProvider.Settings(model="small")
+
+Each suite starts the provider as vc would (``Provider(settings, context)`` then
+``await start()``), builds a service for a call and drives it with real frames through a real
+pipecat pipeline. Override ``make_settings``, ``language`` or the sample inputs as needed.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, ClassVar
+
+import attrs
+import pytest
+from pipecat.frames.frames import (
+    ErrorFrame,
+    InputAudioRawFrame,
+    LLMContextFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    LLMTextFrame,
+    TranscriptionFrame,
+    TTSAudioRawFrame,
+    TTSSpeakFrame,
+    TTSStartedFrame,
+    TTSStoppedFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
+from pipecat.pipeline.task import PipelineParams
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.tests.utils import run_test
+
+from vc.call import CallInfo
+from vc.plugins import load_plugins
+from vc.profiles import Profile, ProfileSettings
+from vc.providers import (
+    CallContext,
+    CallHost,
+    LLMProvider,
+    Provider,
+    ProviderContext,
+    STTProvider,
+    TransportProvider,
+    TTSProvider,
+)
+from vc.settings import describe
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[^\W_]+", text.lower()))
+
+
+class ProviderContract:
+    """Checks every provider kind shares: metadata, schema, registration, lifecycle."""
+
+    provider: ClassVar[type[Provider]]
+    #: Profile language used for the call contexts.
+    language: ClassVar[str] = "en"
+    #: Set False for a provider you test without installing it (no entry point to find).
+    check_entry_point: ClassVar[bool] = True
+
+    def make_settings(self) -> Any:
+        cls = self.provider.Settings
+        return cls() if cls is not None else None
+
+    def make_profile(self) -> Profile:
+        return Profile("default", ProfileSettings(language=self.language, greeting="Hello."))
+
+    def make_provider(self) -> Any:
+        return self.provider(
+            self.make_settings(),
+            ProviderContext(profiles=[self.make_profile()], log=logging.getLogger("vc.contract")),
+        )
+
+    def call_context(self, input_rate: int = 16000, output_rate: int = 8000) -> CallContext:
+        info = CallInfo(call_id="contract-call", transport="contract")
+        return CallContext(info=info, profile=self.make_profile(), input_sample_rate=input_rate,
+                           output_sample_rate=output_rate,
+                           log=logging.LoggerAdapter(logging.getLogger("vc.contract"), {}))
+
+    def test_metadata(self) -> None:
+        p = self.provider
+        assert p.kind in ("transport", "stt", "llm", "tts"), "subclass a vc.providers base class"
+        assert re.fullmatch(r"[a-z0-9][a-z0-9-]*", p.name), f"provider name {p.name!r} must be kebab-case"
+        assert p.description, "describe the provider in one line (shown by vc list-plugins)"
+        assert p.languages and all(isinstance(x, str) for x in p.languages)
+
+    def test_settings_schema_is_documented(self) -> None:
+        if self.provider.Settings is None:
+            return
+        assert attrs.has(self.provider.Settings), "Settings must be an attrs class"
+        for field in describe(self.provider.Settings):
+            assert field.help, f"setting {field.name!r} has no help text (use vc.settings.setting)"
+
+    def test_registered_through_entry_point(self) -> None:
+        if not self.check_entry_point:
+            pytest.skip("entry point check disabled")
+        registry = load_plugins(env={})
+        found = registry.provider(self.provider.kind, self.provider.name)
+        assert found is self.provider, (
+            f"no installed plugin registers {self.provider.kind} provider {self.provider.name!r}; "
+            "check the [project.entry-points.vc] table and the register_* hook"
+        )
+
+    @pytest.mark.asyncio
+    async def test_start_and_stop(self) -> None:
+        provider = self.make_provider()
+        await provider.start()
+        try:
+            assert provider.ready()
+        finally:
+            await provider.stop()
+
+
+class STTContract(ProviderContract):
+    """Speech to text: real speech in, a transcript out."""
+
+    provider: ClassVar[type[STTProvider]]
+    #: What to say (espeak-ng), the espeak voice, and words the transcript must contain (any).
+    phrase: ClassVar[str] = "please call me back tomorrow morning"
+    voice: ClassVar[str] = "en-us"
+    expected_words: ClassVar[tuple[str, ...]] = ("call", "back", "tomorrow", "morning")
+
+    def make_audio(self, rate: int) -> bytes:
+        from vc.testing.calls import speech
+
+        return bytes(rate // 5 * 2) + speech(self.phrase, rate, self.voice) + bytes(rate // 2 * 2)
+
+    def _frames(self, pcm: bytes, rate: int) -> list[Any]:
+        step = rate // 50 * 2
+        audio = [InputAudioRawFrame(pcm[i : i + step], rate, 1) for i in range(0, len(pcm), step)]
+        return [VADUserStartedSpeakingFrame(), *audio, VADUserStoppedSpeakingFrame()]
+
+    async def _transcribe(self, pcm: bytes) -> tuple[str, list[Any]]:
+        provider = self.make_provider()
+        await provider.start()
+        try:
+            rate = provider.sample_rate
+            service = provider.create_service(self.call_context(input_rate=rate))
+            down, _ = await run_test(
+                service,
+                frames_to_send=self._frames(pcm, rate),
+                pipeline_params=PipelineParams(audio_in_sample_rate=rate),
+                start_timeout=10.0,
+            )
+        finally:
+            await provider.stop()
+        text = " ".join(f.text for f in down if type(f) is TranscriptionFrame)
+        return text, list(down)
+
+    @pytest.mark.asyncio
+    async def test_transcribes_speech(self) -> None:
+        rate = self.provider.sample_rate
+        text, _ = await self._transcribe(self.make_audio(rate))
+        assert _words(text) & set(self.expected_words), f"transcript {text!r} misses {self.expected_words}"
+
+    @pytest.mark.asyncio
+    async def test_silence_is_harmless(self) -> None:
+        rate = self.provider.sample_rate
+        text, frames = await self._transcribe(bytes(rate * 2))
+        assert not [f for f in frames if isinstance(f, ErrorFrame)]
+
+
+class LLMContract(ProviderContract):
+    """Language model: a conversation in, streamed text out, framed as pipecat expects."""
+
+    provider: ClassVar[type[LLMProvider]]
+    question: ClassVar[str] = "Say hello in one short sentence."
+
+    async def _ask(self, messages: list[dict[str, Any]]) -> list[Any]:
+        provider = self.make_provider()
+        await provider.start()
+        try:
+            service = provider.create_service(self.call_context())
+            down, _ = await run_test(
+                service,
+                frames_to_send=[LLMContextFrame(LLMContext(messages=messages))],
+                start_timeout=10.0,
+            )
+        finally:
+            await provider.stop()
+        return list(down)
+
+    @pytest.mark.asyncio
+    async def test_streams_a_framed_reply(self) -> None:
+        frames = await self._ask([{"role": "user", "content": self.question}])
+        kinds = [type(f) for f in frames]
+        assert LLMFullResponseStartFrame in kinds and LLMFullResponseEndFrame in kinds
+        start, end = kinds.index(LLMFullResponseStartFrame), kinds.index(LLMFullResponseEndFrame)
+        texts = [f.text for f in frames[start:end] if isinstance(f, LLMTextFrame)]
+        assert "".join(texts).strip(), "no text between LLMFullResponseStart and End"
+        assert not [f for f in frames if isinstance(f, ErrorFrame)]
+
+
+class TTSContract(ProviderContract):
+    """Text to speech: text in, audio at the call's rate out, bracketed by start/stop frames."""
+
+    provider: ClassVar[type[TTSProvider]]
+    sentence: ClassVar[str] = "Hello, thanks for calling. How can I help you today?"
+    output_rate: ClassVar[int] = 8000
+
+    @pytest.mark.asyncio
+    async def test_synthesize_for_greeting_cache(self) -> None:
+        provider = self.make_provider()
+        await provider.start()
+        try:
+            clip = await provider.synthesize(self.sentence, self.make_profile())
+        finally:
+            await provider.stop()
+        assert clip.sample_rate > 0 and clip.duration > 0.5
+
+    async def _speak(self, text: str) -> list[Any]:
+        provider = self.make_provider()
+        await provider.start()
+        try:
+            service = provider.create_service(self.call_context(output_rate=self.output_rate))
+            down, _ = await run_test(
+                service,
+                frames_to_send=[TTSSpeakFrame(text)],
+                pipeline_params=PipelineParams(audio_out_sample_rate=self.output_rate),
+                start_timeout=10.0,
+            )
+        finally:
+            await provider.stop()
+        return list(down)
+
+    @pytest.mark.asyncio
+    async def test_streams_audio_at_call_rate(self) -> None:
+        frames = await self._speak(self.sentence)
+        audio = [f for f in frames if isinstance(f, TTSAudioRawFrame)]
+        assert audio, "no TTSAudioRawFrame"
+        assert {f.sample_rate for f in audio} == {self.output_rate}
+        seconds = sum(len(f.audio) for f in audio) / 2 / self.output_rate
+        assert seconds > 0.5
+        kinds = [type(f) for f in frames]
+        assert TTSStartedFrame in kinds and TTSStoppedFrame in kinds
+
+    @pytest.mark.asyncio
+    async def test_empty_text_is_harmless(self) -> None:
+        frames = await self._speak("")
+        assert not [f for f in frames if isinstance(f, ErrorFrame)]
+
+
+class RecordingHost(CallHost):
+    """A CallHost that records the calls a transport hands over (for TransportContract)."""
+
+    def __init__(self) -> None:
+        self.accepting = True
+        self.calls: list[Any] = []
+
+    def select_profile(self, info: CallInfo) -> Profile:
+        return Profile("default")
+
+    async def run_call(self, connection: Any) -> str:
+        self.calls.append(connection)
+        return "completed"
+
+
+class TransportContract(ProviderContract):
+    """Transport: starts, reports readiness, exposes routes (if HTTP), stops cleanly."""
+
+    provider: ClassVar[type[TransportProvider]]
+
+    @pytest.mark.asyncio
+    async def test_start_and_stop(self) -> None:
+        transport = self.make_provider()
+        host = RecordingHost()
+        await transport.start(host)
+        try:
+            assert transport.ready(), "ready() must be true once start() returned"
+        finally:
+            await transport.stop()
+
+    def test_routes_are_an_api_router_or_none(self) -> None:
+        from fastapi import APIRouter
+
+        routes = self.make_provider().routes()
+        assert routes is None or isinstance(routes, APIRouter)

@@ -1,0 +1,463 @@
+"""B2B mode: OpenSIPS terminates SIP (b2b_entities); vc follows E_UA_SESSION events.
+
+* Subscription: ``event_subscribe ["E_UA_SESSION", "udp:<ip>:<port>", <expire>]`` over MI,
+  renewed every ``subscription_refresh`` seconds (well before expiry, and often enough to
+  notice a restarted OpenSIPS), retried every ``subscription_retry`` seconds while OpenSIPS is
+  unreachable; ``ready()`` is true only while a subscription is known to be alive. Shutdown
+  unsubscribes (expire 0).
+* Events (JSON-RPC notifications, one per datagram): NEW -> SDP answer with
+  ``ua_session_reply`` (200, or 415/488/503); UPDATED -> re-INVITE (hold/resume) answered,
+  ACK noted, NOTIFY (transfer progress) and INFO/OPTIONS answered 200; TERMINATED (BYE or
+  CANCEL) -> the call stops at once; REJECTED/ANSWERED of our REFER -> transfer outcome.
+  Requests for keys we do not know are answered 481.
+* Call control: ``ua_session_terminate`` (hang up), ``ua_session_update`` REFER (transfer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any
+
+from vc.call import CallControlError, CallInfo
+from vc_transport_opensips.addresses import AddressError, is_wildcard, route_to
+from vc_transport_opensips.call import Signalling, SipCall
+from vc_transport_opensips.mi import MIClient, MIError
+from vc_transport_opensips.ports import PortsExhausted
+from vc_transport_opensips.sdp import Negotiated, SdpError, SdpSession, negotiate, parse_offer
+from vc_transport_opensips.session import CallRefused, MediaManager, start_call
+from vc_transport_opensips.settings import OpenSIPSSettings
+
+log = logging.getLogger("vc.transport.opensips.b2b")
+
+EVENT = "E_UA_SESSION"
+DROP_LOG_EVERY = 5.0
+REQUEST_METHODS = {"INVITE", "BYE", "CANCEL", "NOTIFY", "INFO", "OPTIONS", "UPDATE", "REFER",
+                   "MESSAGE", "SUBSCRIBE", "PRACK"}
+
+
+def parse_headers(text: str) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for line in text.replace("\r\n", "\n").split("\n"):
+        if line[:1] in (" ", "\t") and out:
+            out[-1] = (out[-1][0], f"{out[-1][1]} {line.strip()}")
+            continue
+        name, sep, value = line.partition(":")
+        if sep and name.strip():
+            out.append((name.strip(), value.strip()))
+    return out
+
+
+def _header(headers: list[tuple[str, str]], *names: str) -> str:
+    wanted = {n.lower() for n in names}
+    return next((v for k, v in headers if k.lower() in wanted), "")
+
+
+def _user(value: str) -> str:
+    from vc_transport_opensips.sipmsg import uri_of
+
+    try:
+        uri = uri_of(value)
+    except ValueError:
+        return ""
+    return uri.user or uri.host
+
+
+def call_params(extra: Any, headers: list[tuple[str, str]]) -> dict[str, str]:
+    """``extra_params`` (JSON object) plus X- headers -> CallInfo.params."""
+    params: dict[str, str] = {}
+    for k, v in headers:
+        if k.lower().startswith("x-") and len(k) > 2:
+            params.setdefault(k[2:].lower(), v)
+    if isinstance(extra, dict):
+        data: Any = extra
+    elif isinstance(extra, str) and extra.strip():
+        try:
+            data = json.loads(extra)
+        except ValueError:
+            log.warning("extra_params is not JSON, passed on as 'extra_params': %.80r", extra)
+            data = {"extra_params": extra}
+    else:
+        data = {}
+    if not isinstance(data, dict):
+        data = {"extra_params": json.dumps(data)}
+    for k, v in data.items():
+        params[str(k)] = v if isinstance(v, str) else json.dumps(v)
+    return params
+
+
+class B2BSession(Signalling):
+    def __init__(self, ctl: B2BController, key: str) -> None:
+        self.ctl = ctl
+        self.key = key
+        self.log = logging.LoggerAdapter(log, {"call_id": key})
+        self.conn: SipCall | None = None
+        self.neg: Negotiated | None = None
+        self.sdp: SdpSession | None = None
+        self.task: asyncio.Task[str] | None = None
+        self.answered = False
+        self.confirmed = False
+        self.terminated = False
+        self.hung_up = False
+        self.headers: list[tuple[str, str]] = []
+
+    def end_remote(self, reason: str) -> None:
+        self.terminated = True
+        if self.conn is not None:
+            self.conn.remote_hangup(reason)
+
+    async def hangup(self) -> None:
+        if self.hung_up or self.terminated:
+            return
+        self.hung_up = True
+        self.terminated = True
+        try:
+            await self.ctl.mi.call("ua_session_terminate", {"key": self.key})
+            self.log.info("terminated the session (OpenSIPS sends BYE)")
+        except MIError as e:
+            self.log.error("ua_session_terminate failed: %s", e)
+
+    async def transfer(self, target: str) -> None:
+        uri = target.strip()
+        if not uri.startswith(("sip:", "sips:", "tel:")):
+            to = _header(self.headers, "To", "t")
+            host = ""
+            with contextlib.suppress(ValueError):
+                from vc_transport_opensips.sipmsg import uri_of
+
+                host = uri_of(to).host
+            uri = f"sip:{uri}@{host or self.ctl.settings.mi_ip}"
+        referred_by = _header(self.headers, "To", "t").split(";")[0] or f"<sip:vc@{self.ctl.settings.mi_ip}>"
+        try:
+            await self.ctl.mi.call("ua_session_update", {
+                "key": self.key,
+                "method": "REFER",
+                "body": "",
+                "extra_headers": f"Refer-To: <{uri}>\r\nReferred-By: {referred_by}\r\n",
+            })
+        except MIError as e:
+            raise CallControlError(f"REFER could not be sent: {e}") from e
+        self.log.info("REFER to %s sent", uri)
+
+
+class _EventProtocol(asyncio.DatagramProtocol):
+    def __init__(self, ctl: B2BController) -> None:
+        self.ctl = ctl
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.ctl.received(data, addr)
+
+
+class B2BController:
+    def __init__(self, settings: OpenSIPSSettings, media: MediaManager, host: Any) -> None:
+        self.settings = settings
+        self.media = media
+        self.host = host
+        self.mi = MIClient(settings.mi_ip, settings.mi_port, settings.mi_timeout)
+        self.transport: asyncio.DatagramTransport | None = None
+        self.event_port = 0
+        self.sessions: dict[str, B2BSession] = {}
+        self.subscribed_until = 0.0
+        self.subscriptions = 0
+        self.drops: dict[str, int] = {}
+        self._drop_logged: dict[str, float] = {}
+        self._keeper: asyncio.Task[None] | None = None
+        self._first = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.transport, _ = await loop.create_datagram_endpoint(
+            lambda: _EventProtocol(self), local_addr=(self.settings.event_ip, self.settings.event_port))
+        self.event_port = self.transport.get_extra_info("sockname")[1]
+        await self.mi.start()
+        log.info("E_UA_SESSION events on %s:%d/udp; MI at %s:%d", self.settings.event_ip,
+                 self.event_port, self.settings.mi_ip, self.settings.mi_port)
+        self._keeper = asyncio.create_task(self._keep_subscribed(), name="opensips-subscription")
+        with contextlib.suppress(TimeoutError):  # ready at once when OpenSIPS is already up
+            await asyncio.wait_for(self._first.wait(), self.settings.mi_timeout + 0.5)
+
+    def ready(self) -> bool:
+        return time.monotonic() < self.subscribed_until
+
+    async def stop(self) -> None:
+        if self._keeper is not None:
+            self._keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeper
+        for s in list(self.sessions.values()):
+            if not s.terminated:
+                s.end_remote("transport stopping")
+        if self.ready():
+            try:
+                await self.mi.call("event_subscribe", [EVENT, self.socket_uri(), 0], timeout=1.0)
+                log.info("unsubscribed from %s", EVENT)
+            except MIError as e:
+                log.warning("unsubscribe failed: %s", e)
+        self.subscribed_until = 0.0
+        for t in list(self._tasks):
+            t.cancel()
+        await self.mi.close()
+        if self.transport is not None:
+            self.transport.close()
+
+    def socket_uri(self) -> str:
+        s = self.settings
+        ip = s.event_advertised_ip or s.event_ip
+        if is_wildcard(ip):
+            ip = route_to(s.mi_ip) or "127.0.0.1"
+        return f"udp:{ip}:{self.event_port}"
+
+    def refresh_interval(self) -> float:
+        expire = max(1, self.settings.subscription_expire)
+        margin = min(60.0, expire / 2)
+        return max(0.5, min(self.settings.subscription_refresh, expire - margin))
+
+    async def _keep_subscribed(self) -> None:
+        expire = max(1, self.settings.subscription_expire)
+        while True:
+            try:
+                sent = time.monotonic()
+                result = await self.mi.call("event_subscribe", [EVENT, self.socket_uri(), expire])
+                if result != "OK":
+                    raise MIError(f"event_subscribe answered {result!r}")
+                if not self.ready():
+                    log.info("subscribed to %s at %s for %ds", EVENT, self.socket_uri(), expire)
+                self.subscribed_until = sent + expire
+                self.subscriptions += 1
+                self._first.set()
+                await asyncio.sleep(self.refresh_interval())
+            except MIError as e:
+                if self.ready():
+                    log.warning("re-subscription failed (%s); retrying", e)
+                else:
+                    log.warning("OpenSIPS not reachable for event_subscribe (%s); retrying in %.0fs",
+                                e, self.settings.subscription_retry)
+                self._first.set()
+                await asyncio.sleep(self.settings.subscription_retry)
+
+    def spawn(self, coro: Any) -> None:
+        t = asyncio.ensure_future(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._task_done)
+
+    def _task_done(self, t: asyncio.Task[Any]) -> None:
+        self._tasks.discard(t)
+        if not t.cancelled() and t.exception() is not None:
+            log.error("B2B event handler failed", exc_info=t.exception())
+
+    def _drop(self, reason: str, addr: tuple[str, int], detail: str) -> None:
+        self.drops[reason] = self.drops.get(reason, 0) + 1
+        now = time.monotonic()
+        if now - self._drop_logged.get(reason, -DROP_LOG_EVERY) >= DROP_LOG_EVERY:
+            self._drop_logged[reason] = now
+            log.warning("dropped event datagram from %s:%d (%s: %s); %d dropped so far",
+                        addr[0], addr[1], reason, detail[:120], self.drops[reason])
+
+    async def reply(self, key: str, method: str, code: int, reason: str, body: str = "",
+                    content_type: str = "") -> bool:
+        params: dict[str, Any] = {"key": key, "method": method, "code": code, "reason": reason}
+        if body:
+            params["body"] = body
+            params["content_type"] = content_type or "application/sdp"
+        try:
+            await self.mi.call("ua_session_reply", params)
+            return True
+        except MIError as e:
+            log.error("ua_session_reply %d to %s %s failed: %s", code, method, key, e)
+            return False
+
+    # -- events ----------------------------------------------------------------------------
+
+    def received(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            msg = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as e:
+            self._drop("not JSON", addr, str(e))
+            return
+        if not isinstance(msg, dict) or msg.get("method") != EVENT:
+            self._drop("not an E_UA_SESSION notification", addr, str(msg)[:80])
+            return
+        params = msg.get("params")
+        if not isinstance(params, dict) or not isinstance(params.get("key"), str) or not params["key"]:
+            self._drop("event without key", addr, str(params)[:80])
+            return
+        try:
+            self._event(params)
+        except Exception as e:
+            log.exception("handling %s failed: %s", params.get("event_type"), e)
+
+    def _event(self, p: dict[str, Any]) -> None:
+        key = p["key"]
+        etype = str(p.get("event_type", "")).upper()
+        method = str(p.get("method", "")).upper()
+        session = self.sessions.get(key)
+        log.debug("event %s %s for %s", etype, method, key)
+        if etype == "NEW":
+            if session is not None:
+                return  # duplicate
+            if method and method != "INVITE":
+                self.spawn(self.reply(key, method, 405, "Method Not Allowed"))
+                return
+            session = B2BSession(self, key)
+            self.sessions[key] = session
+            self.spawn(self._new(session, p))
+            return
+        if session is None:
+            if etype == "UPDATED" and method in REQUEST_METHODS - {"BYE", "CANCEL"}:
+                self.spawn(self.reply(key, method, 481, "Call/Transaction Does Not Exist"))
+            else:
+                log.debug("%s %s for unknown session %s ignored", etype, method, key)
+            return
+        if etype == "TERMINATED":
+            session.end_remote("caller cancelled" if method == "CANCEL" else "caller hung up")
+        elif etype == "UPDATED":
+            self._updated(session, method, p)
+        elif etype == "REJECTED":
+            if method == "REFER":
+                session.log.warning("transfer refused: %s %s", p.get("status"), p.get("reason"))
+            elif not session.answered:
+                session.end_remote(f"rejected: {p.get('status')} {p.get('reason')}")
+            else:
+                session.log.info("request %s rejected: %s %s", method, p.get("status"), p.get("reason"))
+        elif etype in ("ANSWERED", "EARLY"):
+            session.log.info("%s %s: %s %s", method, etype.lower(), p.get("status"), p.get("reason"))
+
+    def _updated(self, session: B2BSession, method: str, p: dict[str, Any]) -> None:
+        key = session.key
+        if method == "ACK":
+            session.confirmed = True
+        elif method == "INVITE":
+            self.spawn(self._reoffer(session, str(p.get("body") or "")))
+        elif method == "NOTIFY":
+            self.spawn(self.reply(key, "NOTIFY", 200, "OK"))
+            frag = str(p.get("body") or "").strip().split("\r\n")[0]
+            session.log.info("transfer progress: %s", frag or "(empty NOTIFY)")
+            bits = frag.split(" ")
+            if len(bits) >= 2 and bits[1].isdigit() and 200 <= int(bits[1]) < 300:
+                session.log.info("transfer completed: ending our leg")
+                session.end_remote("transferred")
+                self.spawn(session.hangup())
+        elif method == "BYE":
+            session.end_remote("caller hung up")
+        elif method in ("INFO", "OPTIONS"):
+            self.spawn(self.reply(key, method, 200, "OK"))
+        elif method == "UPDATE":
+            self.spawn(self._reoffer(session, str(p.get("body") or ""), method="UPDATE"))
+        elif method:
+            self.spawn(self.reply(key, method, 501, "Not Implemented"))
+
+    async def _new(self, session: B2BSession, p: dict[str, Any]) -> None:
+        key = session.key
+        try:
+            await self._setup(session, p)
+        except Exception:
+            session.log.exception("call setup failed")
+            if not session.answered:
+                await self.reply(key, "INVITE", 500, "Server Internal Error")
+            await self._finish(session)
+
+    async def _reject(self, session: B2BSession, code: int, reason: str) -> None:
+        session.log.info("rejecting the call: %d %s", code, reason)
+        session.terminated = True
+        self.sessions.pop(session.key, None)
+        await self.reply(session.key, "INVITE", code, reason)
+
+    async def _setup(self, session: B2BSession, p: dict[str, Any]) -> None:
+        key = session.key
+        session.headers = parse_headers(str(p.get("headers") or ""))
+        if not getattr(self.host, "accepting", True):
+            await self._reject(session, 503, "Service Unavailable")
+            return
+        body = str(p.get("body") or "")
+        if not body.strip():
+            await self._reject(session, 415, "Unsupported Media Type")
+            return
+        try:
+            offer = parse_offer(body)
+        except SdpError as e:
+            session.log.info("bad SDP offer: %s", e)
+            await self._reject(session, 488, "Not Acceptable Here")
+            return
+        neg = negotiate(offer, self.settings.codecs, self.settings.ptime)
+        if neg is None:
+            await self._reject(session, 488, "Not Acceptable Here")
+            return
+        try:
+            stream, sdp = await self.media.open(neg, session.log)
+        except PortsExhausted as e:
+            session.log.error("%s", e)
+            await self._reject(session, 503, "Service Unavailable")
+            return
+        except AddressError as e:
+            session.log.error("%s", e)
+            await self._reject(session, 500, "Server Internal Error")
+            return
+        session.neg, session.sdp = neg, sdp
+        h = session.headers
+        info = CallInfo(
+            call_id=key, transport="opensips", from_=_user(_header(h, "From", "f")),
+            to=_user(_header(h, "To", "t")), user=_user(_header(h, "To", "t")),
+            params=call_params(p.get("extra_params"), h))
+        sip_call_id = _header(h, "Call-ID", "i")
+        if sip_call_id:
+            info.params.setdefault("sip_call_id", sip_call_id)
+        session.conn = conn = SipCall(info, stream, session, session.log)
+        if session.terminated:
+            await self._finish(session)
+            return
+        try:
+            session.task = await start_call(self.host, conn)
+        except CallRefused as e:
+            session.log.info("core refused the call: %s", e)
+            await self.reply(key, "INVITE", 503, "Service Unavailable")
+            session.terminated = True
+            await self._finish(session)
+            return
+        session.task.add_done_callback(lambda _: self.spawn(self._finish(session)))
+        session.log.info("answering with %s/%d ptime %d (media %s:%d, ours %s:%d)", neg.codec,
+                         neg.clock_rate, neg.ptime, neg.remote_address, neg.remote_port,
+                         sdp.address, sdp.port)
+        if session.terminated:
+            return
+        if await self.reply(key, "INVITE", 200, "OK", sdp.answer(neg)):
+            session.answered = True
+        else:
+            session.end_remote("OpenSIPS did not take the answer")
+
+    async def _reoffer(self, session: B2BSession, body: str, method: str = "INVITE") -> None:
+        if session.conn is None or session.neg is None or session.sdp is None:
+            await self.reply(session.key, method, 491, "Request Pending")
+            return
+        neg = session.neg
+        if body.strip():
+            try:
+                new = negotiate(parse_offer(body), self.settings.codecs, self.settings.ptime)
+            except SdpError:
+                new = None
+            if new is None:
+                await self.reply(session.key, method, 488, "Not Acceptable Here")
+                return
+            new.ptime = neg.ptime
+            session.conn.stream.update(new)
+            session.neg = neg = new
+            session.log.info("media renegotiated: %s, %s, remote %s:%d", neg.codec, neg.direction,
+                             neg.remote_address, neg.remote_port)
+        await self.reply(session.key, method, 200, "OK", session.sdp.answer(neg))
+
+    async def _finish(self, session: B2BSession) -> None:
+        conn = session.conn
+        if conn is not None and not conn.ended:
+            conn.ended = True
+            if not session.terminated and session.answered:
+                await session.hangup()
+        if conn is not None:
+            await self.media.close(conn.stream)
+        session.terminated = True
+        if self.sessions.get(session.key) is session:
+            del self.sessions[session.key]

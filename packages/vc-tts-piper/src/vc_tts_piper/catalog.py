@@ -1,0 +1,51 @@
+"""``vc models`` entries for Piper voices: what is installed, and how to get the rest."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from vc.providers import ModelCatalog, ModelInfo, ProviderError
+from vc_tts_piper.voices import KNOWN_VOICES, VoiceFile, installed_voices
+
+
+def _detail(voice: VoiceFile) -> str:
+    try:
+        config = json.loads(voice.config.read_text(encoding="utf-8"))
+        rate = config["audio"]["sample_rate"]
+        lang = config.get("language", {}).get("code") or config["espeak"]["voice"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{voice.source}; config unreadable"
+    return f"{rate} Hz, {lang}, {voice.source}"
+
+
+class PiperVoiceCatalog(ModelCatalog):
+    """Installed Piper voices (voice packages) and the voices we know how to get."""
+
+    name = "piper"
+
+    def __init__(self, dirs: list[Path] | None = None) -> None:
+        self.dirs = dirs or []
+
+    def list(self) -> list[ModelInfo]:
+        voices = installed_voices(self.dirs)
+        rows = [ModelInfo(name=v.name, kind="tts", installed=True, location=str(v.model),
+                          detail=_detail(v)) for v in voices.values()]
+        rows += [ModelInfo(name=name, kind="tts", installed=False, install_hint=hint)
+                 for name, hint in KNOWN_VOICES.items() if name not in voices]
+        return sorted(rows, key=lambda m: (not m.installed, m.name))
+
+    def prepare(self, model: str, progress: Callable[[int, int], None]) -> Path | str:
+        voices = installed_voices(self.dirs)
+        name = model.removeprefix(f"{self.name}:")
+        if name not in voices:
+            hint = KNOWN_VOICES.get(name, "put NAME.onnx and NAME.onnx.json in a voices_dir")
+            raise ProviderError(f"Piper voice {name!r} is not installed: {hint}")
+        voice = voices[name]
+        progress(0, 1)
+        if voice.model.stat().st_size < 1_000_000:
+            raise ProviderError(f"{voice.model} is too small to be a Piper voice (damaged?)")
+        json.loads(voice.config.read_text(encoding="utf-8"))
+        progress(1, 1)
+        return voice.model

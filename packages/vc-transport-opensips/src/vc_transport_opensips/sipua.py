@@ -438,12 +438,17 @@ class SipUserAgent:
             self._reject(dialog, txn, 500, "No media address configured")
             return
         dialog.neg, dialog.sdp = neg, sdp
+        if self.settings.answer_delay > 0:
+            txn.respond(sipmsg.response(req, 180, to_tag=dialog.local_tag, record_route=True,
+                                        headers=self.contact_headers()), 180)
+            await asyncio.sleep(self.settings.answer_delay)
         info = CallInfo(
             call_id=req.call_id, transport="opensips", from_=_user(req.get("From")),
             to=_user(req.get("To")), user=_user(f"<{req.uri}>"), params=_params(req))
         conn = SipCall(info, stream, dialog, dialog.log)
         dialog.conn = conn
         if txn.cancelled or dialog.terminated:
+            dialog.log.info("call cancelled before the answer: media released")
             await self._finish(dialog)
             return
         try:

@@ -1,0 +1,480 @@
+"""Test-side telephony: a scripted SIP caller, a real RTP phone, an OpenSIPS stand-in, and a
+running vc (App with fake AI providers) with the opensips transport. Everything on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from vc.audio import alaw_to_pcm, pcm_to_alaw, pcm_to_ulaw, ulaw_to_pcm
+from vc.call import CallInfo
+from vc.providers import Observer
+from vc.server import App
+from vc.testing import config_from_ini, fake_registry
+from vc_transport_opensips import rtp, sipmsg
+from vc_transport_opensips.sipmsg import Request, Response
+
+LOCAL = "127.0.0.1"
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((LOCAL, 0))
+        return s.getsockname()[1]
+
+
+def rms(pcm: bytes) -> float:
+    if not pcm:
+        return 0.0
+    a = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+    return float(np.sqrt(np.mean(a * a)))
+
+
+async def wait_for(cond: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+# -- vc under test --------------------------------------------------------------------------
+
+
+class Recorder(Observer):
+    """Collects what core reports about calls."""
+
+    name = "test-recorder"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started: list[tuple[CallInfo, str]] = []
+        self.ended: list[tuple[CallInfo, str]] = []
+        self.events: list[tuple[str, str, dict[str, Any]]] = []
+
+    def call_started(self, info: CallInfo, profile: str) -> None:
+        self.started.append((info, profile))
+
+    def call_ended(self, info: CallInfo, outcome: str, duration: float) -> None:
+        self.ended.append((info, outcome))
+
+    def event(self, info: CallInfo, name: str, data: dict[str, Any]) -> None:
+        self.events.append((info.call_id, name, data))
+
+    def named(self, name: str) -> list[dict[str, Any]]:
+        return [d for _, n, d in self.events if n == name]
+
+
+BASE_INI = """
+[vc]
+transports = opensips
+observers =
+[server]
+drain_timeout = 1
+[stt]
+provider = fake
+script = {script}
+[llm]
+provider = fake
+[tts]
+provider = fake
+ms_per_char = {ms_per_char}
+[profile.default]
+greeting = {greeting}
+[transport.opensips]
+sip_ip = 127.0.0.1
+sip_port = 0
+rtp_bind_ip = 127.0.0.1
+rtp_min_port = 0
+event_ip = 127.0.0.1
+event_port = 0
+{transport}
+"""
+
+
+class VC:
+    """A running vc: App (engine + opensips transport) with fake STT/LLM/TTS."""
+
+    def __init__(self, transport: str = "", script: str = "what time is it", ms_per_char: int = 30,
+                 greeting: str = "Hi.", extra: str = "") -> None:
+        ini = BASE_INI.format(script=script, ms_per_char=ms_per_char, greeting=greeting,
+                              transport=transport) + extra
+        registry = fake_registry()
+        self.config = config_from_ini(ini, registry)
+        self.app = App(self.config, registry)
+        self.recorder = Recorder()
+
+    async def __aenter__(self) -> VC:
+        await self.app.start()
+        self.app.engine.observers.append(self.recorder)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.app.stop()
+
+    @property
+    def transport(self) -> Any:
+        return self.app.transports["opensips"]
+
+    @property
+    def sip_addr(self) -> tuple[str, int]:
+        return (LOCAL, self.transport.sip_port)
+
+    def session(self) -> Any:
+        sessions = list(self.app.engine.sessions.values())
+        return sessions[0] if sessions else None
+
+
+# -- RTP phone -----------------------------------------------------------------------------
+
+
+class RtpPhone(asyncio.DatagramProtocol):
+    """A caller's RTP endpoint: sends 20 ms packets on a clock (speech or silence, like a
+    phone), sends RFC 4733 digits, records every packet it receives."""
+
+    def __init__(self, codec: str = "PCMU", pt: int = 0, dtmf_pt: int = 101) -> None:
+        self.codec, self.pt, self.dtmf_pt = codec, pt, dtmf_pt
+        self.transport: asyncio.DatagramTransport | None = None
+        self.port = 0
+        self.remote: tuple[str, int] | None = None
+        self.received: list[tuple[float, rtp.RtpPacket]] = []
+        self.sources: set[tuple[str, int]] = set()
+        self._queue: list[bytes] = []
+        self._dtmf: list[bytes] = []
+        self._task: asyncio.Task[None] | None = None
+        self.seq = secrets.randbits(16)
+        self.ts = secrets.randbits(32)
+        self.ssrc = secrets.randbits(32)
+        self.sending = True
+
+    async def start(self) -> RtpPhone:
+        loop = asyncio.get_running_loop()
+        await loop.create_datagram_endpoint(lambda: self, local_addr=(LOCAL, 0))
+        return self
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.port = transport.get_extra_info("sockname")[1]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.sources.add(addr)
+        with contextlib.suppress(rtp.RtpError):
+            self.received.append((time.monotonic(), rtp.parse(data)))
+
+    def sdp(self, formats: str = "0 8 101", extra: str = "") -> str:
+        lines = ["v=0", f"o=caller 1 1 IN IP4 {LOCAL}", "s=-", f"c=IN IP4 {LOCAL}", "t=0 0",
+                 f"m=audio {self.port} RTP/AVP {formats}", "a=rtpmap:0 PCMU/8000",
+                 "a=rtpmap:8 PCMA/8000", "a=rtpmap:101 telephone-event/8000",
+                 "a=fmtp:101 0-16", "a=ptime:20"]
+        if extra:
+            lines.append(extra)
+        return "\r\n".join(lines) + "\r\n"
+
+    def connect(self, addr: tuple[str, int]) -> None:
+        self.remote = addr
+        if self._task is None:
+            self._task = asyncio.create_task(self._clock())
+
+    def encode(self, pcm: bytes) -> bytes:
+        return pcm_to_ulaw(pcm) if self.codec == "PCMU" else pcm_to_alaw(pcm)
+
+    def decode(self, payload: bytes) -> bytes:
+        return ulaw_to_pcm(payload) if self.codec == "PCMU" else alaw_to_pcm(payload)
+
+    def say(self, pcm: bytes) -> float:
+        """Queue speech; returns its duration in seconds."""
+        pcm = pcm + bytes(-len(pcm) % 320)
+        self._queue += [pcm[i : i + 320] for i in range(0, len(pcm), 320)]
+        return len(pcm) / 16000
+
+    def press(self, digit: str, packets: int = 5) -> None:
+        event = rtp.DTMF_EVENTS.index(digit)
+        for i in range(packets):
+            self._dtmf.append(rtp.build_dtmf(event, False, 160 * (i + 1)))
+        for _ in range(3):
+            self._dtmf.append(rtp.build_dtmf(event, True, 160 * (packets + 1)))
+        self._dtmf.append(b"")  # gap between digits
+
+    async def _clock(self) -> None:
+        start = time.monotonic()
+        n = 0
+        silence = bytes(320)
+        dtmf_ts: int | None = None
+        while True:
+            n += 1
+            await asyncio.sleep(max(0.0, start + n * 0.02 - time.monotonic()))
+            if not self.sending or self.remote is None or self.transport is None:
+                self.ts += 160
+                continue
+            if self._dtmf:
+                payload = self._dtmf.pop(0)
+                if payload:
+                    if dtmf_ts is None:
+                        dtmf_ts = self.ts
+                    self.transport.sendto(rtp.build(self.dtmf_pt, self.seq, dtmf_ts, self.ssrc,
+                                                    payload), self.remote)
+                    self.seq += 1
+                    if payload[1] & 0x80 and (not self._dtmf or not self._dtmf[0] or
+                                              not self._dtmf[0][1] & 0x80):
+                        dtmf_ts = None
+                self.ts += 160
+                continue
+            frame = self._queue.pop(0) if self._queue else silence
+            self.transport.sendto(rtp.build(self.pt, self.seq, self.ts, self.ssrc,
+                                            self.encode(frame)), self.remote)
+            self.seq += 1
+            self.ts += 160
+
+    def audio_packets(self) -> list[tuple[float, rtp.RtpPacket]]:
+        return [(t, p) for t, p in self.received if p.payload_type == self.pt]
+
+    def loud(self, after: float = 0.0, threshold: float = 500.0) -> list[float]:
+        """Arrival times of received packets that carry sound (not silence)."""
+        return [t for t, p in self.audio_packets()
+                if t >= after and rms(self.decode(p.payload)) > threshold]
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.transport is not None:
+            self.transport.close()
+
+
+# -- scripted SIP caller -------------------------------------------------------------------
+
+
+class SipCaller(asyncio.DatagramProtocol):
+    """A scripted SIP UAC that records everything it receives (and answers BYE/NOTIFY)."""
+
+    def __init__(self, auto_answer: bool = True) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self.port = 0
+        self.messages: list[tuple[float, Request | Response, bytes]] = []
+        self.auto_answer = auto_answer
+        self.call_id = secrets.token_hex(8) + "@test"
+        self.from_tag = secrets.token_hex(4)
+        self.to_tag = ""
+        self.cseq = 1
+        self.invite_branch = ""
+        self.route: list[str] = []
+        self.contact = ""
+
+    async def start(self) -> SipCaller:
+        loop = asyncio.get_running_loop()
+        await loop.create_datagram_endpoint(lambda: self, local_addr=(LOCAL, 0))
+        return self
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.port = transport.get_extra_info("sockname")[1]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        msg = sipmsg.parse(data)
+        if msg is None:
+            return
+        self.messages.append((time.monotonic(), msg, data))
+        if isinstance(msg, Request) and self.auto_answer and msg.method in ("BYE", "NOTIFY", "INFO"):
+            self.transport.sendto(sipmsg.response(msg, 200), addr)  # type: ignore[union-attr]
+        if isinstance(msg, Request) and self.auto_answer and msg.method == "REFER":
+            self.transport.sendto(sipmsg.response(msg, 202), addr)  # type: ignore[union-attr]
+
+    def send(self, data: bytes | str, addr: tuple[str, int]) -> None:
+        assert self.transport is not None
+        self.transport.sendto(data.encode() if isinstance(data, str) else data, addr)
+
+    def via(self, branch: str) -> str:
+        return f"SIP/2.0/UDP {LOCAL}:{self.port};branch={branch};rport"
+
+    def invite(self, target: tuple[str, int], sdp: str = "", *, branch: str = "",
+               headers: str = "", to_tag: str = "", cseq: int | None = None,
+               content_type: str = "application/sdp") -> bytes:
+        self.invite_branch = branch or "z9hG4bK" + secrets.token_hex(8)
+        body = sdp.encode()
+        to = f"<sip:bot@{target[0]}>" + (f";tag={to_tag}" if to_tag else "")
+        msg = (
+            f"INVITE sip:bot@{target[0]}:{target[1]} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {LOCAL}:{self.port};branch=z9hG4bKproxy{self.invite_branch[7:]}\r\n"
+            f"Via: {self.via(self.invite_branch)}\r\n"
+            f"Record-Route: <sip:{LOCAL}:{self.port};lr;ftag={self.from_tag}>\r\n"
+            f"Max-Forwards: 69\r\n"
+            f"From: \"Caller\" <sip:+15550001111@{LOCAL}>;tag={self.from_tag}\r\n"
+            f"To: {to}\r\n"
+            f"Call-ID: {self.call_id}\r\n"
+            f"CSeq: {cseq or self.cseq} INVITE\r\n"
+            f"Contact: <sip:caller@{LOCAL}:{self.port}>\r\n"
+            f"X-AI-Processing: enabled\r\n"
+            f"{headers}"
+            + (f"Content-Type: {content_type}\r\n" if body else "")
+            + f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        return msg
+
+    def in_dialog(self, method: str, target: tuple[str, int], *, body: str = "",
+                  content_type: str = "application/sdp", cseq: int | None = None,
+                  branch: str = "", headers: str = "") -> bytes:
+        if cseq is None:
+            self.cseq += 1
+            cseq = self.cseq
+        branch = branch or "z9hG4bK" + secrets.token_hex(8)
+        data = body.encode()
+        return (
+            f"{method} {self.contact or f'sip:bot@{target[0]}:{target[1]}'} SIP/2.0\r\n"
+            f"Via: {self.via(branch)}\r\n"
+            + "".join(f"Route: {r}\r\n" for r in self.route)
+            + f"Max-Forwards: 70\r\n"
+            f"From: \"Caller\" <sip:+15550001111@{LOCAL}>;tag={self.from_tag}\r\n"
+            f"To: <sip:bot@{target[0]}>;tag={self.to_tag}\r\n"
+            f"Call-ID: {self.call_id}\r\n"
+            f"CSeq: {cseq} {method if method != 'ACK' else 'ACK'}\r\n"
+            f"Contact: <sip:caller@{LOCAL}:{self.port}>\r\n"
+            f"{headers}"
+            + (f"Content-Type: {content_type}\r\n" if data else "")
+            + f"Content-Length: {len(data)}\r\n\r\n"
+        ).encode() + data
+
+    def ack(self, target: tuple[str, int], cseq: int = 1) -> bytes:
+        return self.in_dialog("ACK", target, cseq=cseq)
+
+    def cancel(self, target: tuple[str, int]) -> bytes:
+        return (
+            f"CANCEL sip:bot@{target[0]}:{target[1]} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {LOCAL}:{self.port};branch=z9hG4bKproxy{self.invite_branch[7:]}\r\n"
+            f"Via: {self.via(self.invite_branch)}\r\n"
+            f"Max-Forwards: 70\r\n"
+            f"From: \"Caller\" <sip:+15550001111@{LOCAL}>;tag={self.from_tag}\r\n"
+            f"To: <sip:bot@{target[0]}>\r\n"
+            f"Call-ID: {self.call_id}\r\n"
+            f"CSeq: 1 CANCEL\r\n"
+            f"Content-Length: 0\r\n\r\n"
+        ).encode()
+
+    def responses(self, method: str | None = None, status: int | None = None) -> list[Response]:
+        out = []
+        for _, m, _ in self.messages:
+            if isinstance(m, Response) and (method is None or m.cseq[1] == method) and (
+                    status is None or m.status == status):
+                out.append(m)
+        return out
+
+    def requests(self, method: str) -> list[tuple[float, Request]]:
+        return [(t, m) for t, m, _ in self.messages if isinstance(m, Request) and m.method == method]
+
+    async def expect(self, method: str, status: int, timeout: float = 20.0) -> Response:
+        resps = await wait_for(lambda: self.responses(method, status), timeout,
+                               f"{status} to {method}")
+        return resps[0]
+
+    def learn_dialog(self, ok: Response) -> None:
+        self.to_tag = ok.to_tag
+        self.contact = sipmsg.Request.contact_uri.fget(ok)  # type: ignore[attr-defined]
+        self.route = list(reversed(ok.get_all("Record-Route")))
+
+    async def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+def answer_media(ok: Response) -> tuple[tuple[str, int], str]:
+    """(RTP address, SDP text) of a 200 OK."""
+    from vc_transport_opensips.sdp import parse_offer
+
+    text = ok.body.decode()
+    offer = parse_offer(text)
+    return (offer.address, offer.port), text
+
+
+async def place_call(vc: VC, phone: RtpPhone, caller: SipCaller, formats: str = "0 8 101",
+                     headers: str = "") -> Response:
+    """INVITE -> 200 -> ACK; the phone starts sending RTP to the answer's address."""
+    caller.send(caller.invite(vc.sip_addr, phone.sdp(formats), headers=headers), vc.sip_addr)
+    ok = await caller.expect("INVITE", 200)
+    caller.learn_dialog(ok)
+    caller.send(caller.ack(vc.sip_addr), vc.sip_addr)
+    addr, _ = answer_media(ok)
+    phone.connect(addr)
+    return ok
+
+
+# -- OpenSIPS stand-in (B2B mode) -----------------------------------------------------------
+
+
+class OpenSIPSStandIn(asyncio.DatagramProtocol):
+    """mi_datagram + event_datagram as OpenSIPS 3.6 speaks them: JSON-RPC MI requests in,
+    replies out; E_UA_SESSION notifications sent to the subscribed socket."""
+
+    def __init__(self, port: int = 0) -> None:
+        self.want_port = port
+        self.port = 0
+        self.transport: asyncio.DatagramTransport | None = None
+        self.requests: list[dict[str, Any]] = []
+        self.raw: list[bytes] = []
+        self.subscriber: tuple[str, int] | None = None
+        self.expires_at = 0.0
+        self.answer: Callable[[dict[str, Any]], Any] = lambda req: "OK"
+
+    async def start(self) -> OpenSIPSStandIn:
+        loop = asyncio.get_running_loop()
+        await loop.create_datagram_endpoint(lambda: self, local_addr=(LOCAL, self.want_port))
+        return self
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.port = transport.get_extra_info("sockname")[1]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.raw.append(data)
+        req = json.loads(data)
+        self.requests.append(req)
+        if req["method"] == "event_subscribe":
+            name, sock, expire = req["params"]
+            assert name == "E_UA_SESSION"
+            proto, ip, port = sock.split(":")
+            assert proto == "udp"
+            if expire == 0:
+                self.subscriber = None
+            else:
+                self.subscriber = (ip, int(port))
+                self.expires_at = time.monotonic() + expire
+        result = self.answer(req)
+        if result is None:
+            return  # no reply (simulates loss)
+        reply = {"jsonrpc": "2.0", "id": req["id"]}
+        if isinstance(result, dict) and "error" in result:
+            reply["error"] = result["error"]
+        else:
+            reply["result"] = result
+        assert self.transport is not None
+        self.transport.sendto(json.dumps(reply).encode(), addr)
+
+    def subscribed(self) -> bool:
+        return self.subscriber is not None and time.monotonic() < self.expires_at
+
+    def event(self, params: dict[str, Any]) -> bytes:
+        """Send one E_UA_SESSION notification (as bytes, exactly); returns what was sent."""
+        assert self.subscribed(), "no live subscription"
+        full = {"key": "", "entity_type": "UAS", "event_type": "", "status": 0, "reason": "",
+                "method": "", "body": "", "headers": "", "extra_params": ""}
+        full.update(params)
+        data = json.dumps({"jsonrpc": "2.0", "method": "E_UA_SESSION", "params": full}).encode()
+        assert self.transport is not None and self.subscriber is not None
+        self.transport.sendto(data, self.subscriber)
+        return data
+
+    def calls(self, method: str) -> list[dict[str, Any]]:
+        return [r for r in self.requests if r["method"] == method]
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()

@@ -1,0 +1,107 @@
+"""Proxy mode end to end: a scripted SIP caller and a real RTP phone call vc on 127.0.0.1.
+
+vc runs with the fake AI providers (scripted STT, echoing LLM, tone TTS) and the real Silero
+VAD, so the caller's audio must be real speech (espeak-ng) for a turn to happen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from opensips_kit import (
+    VC,
+    RtpPhone,
+    SipCaller,
+    answer_media,
+    place_call,
+    wait_for,
+)
+
+from vc.testing.calls import speech
+from vc_transport_opensips.sdp import parse_offer
+
+
+@pytest.fixture
+async def phone():
+    p = await RtpPhone().start()
+    yield p
+    await p.close()
+
+
+@pytest.fixture
+async def caller():
+    c = await SipCaller().start()
+    yield c
+    await c.close()
+
+
+async def test_answer_headers_and_sdp(phone: RtpPhone, caller: SipCaller) -> None:
+    async with VC() as vc:
+        sent = caller.invite(vc.sip_addr, phone.sdp("8 0 101"))
+        caller.send(sent, vc.sip_addr)
+        trying = await caller.expect("INVITE", 100)
+        ok = await caller.expect("INVITE", 200)
+        # Responses copy Via (both, in order), From, Call-ID, CSeq, Record-Route; To gets a tag.
+        vias = [line for line in sent.decode().split("\r\n") if line.startswith("Via:")]
+        assert [f"Via: {v}" for v in ok.get_all("Via")] == vias
+        assert [f"Via: {v}" for v in trying.get_all("Via")] == vias
+        assert ok.get("From").endswith(f"tag={caller.from_tag}")
+        assert ok.call_id == caller.call_id and ok.get("CSeq") == "1 INVITE"
+        assert ok.get_all("Record-Route") == [f"<sip:127.0.0.1:{caller.port};lr;ftag={caller.from_tag}>"]
+        assert ok.to_tag and not trying.to_tag
+        contact = ok.get("Contact")
+        assert "0.0.0.0" not in contact and f":{vc.transport.sip_port}" in contact
+        # SDP answer: our codec priority (PCMU first) among what was offered, DTMF kept.
+        (ip, port), text = answer_media(ok)
+        answer = parse_offer(text)
+        assert ip == "127.0.0.1" and port > 0
+        assert answer.formats == [0, 101]
+        assert answer.rtpmap[101] == ("TELEPHONE-EVENT", 8000)
+        assert answer.direction == "sendrecv" and answer.ptime == 20
+        caller.learn_dialog(ok)
+        caller.send(caller.ack(vc.sip_addr), vc.sip_addr)
+        phone.connect((ip, port))
+        await wait_for(lambda: vc.recorder.started, what="call start")
+        info, profile = vc.recorder.started[0]
+        assert info.from_ == "+15550001111" and info.to == "bot" and info.transport == "opensips"
+        assert info.params.get("ai-processing") == "enabled"
+        caller.send(caller.in_dialog("BYE", vc.sip_addr), vc.sip_addr)
+        await caller.expect("BYE", 200)
+        await wait_for(lambda: vc.recorder.ended, what="call end")
+        await wait_for(lambda: not vc.transport.media.pool.in_use, what="port release")
+
+
+async def test_conversation_over_rtp(phone: RtpPhone, caller: SipCaller) -> None:
+    async with VC(script="what time is it") as vc:
+        await place_call(vc, phone, caller)
+        # The greeting arrives as sound; RTP flows continuously (silence fill) before it.
+        await wait_for(lambda: phone.loud(), what="greeting audio")
+        t_question = asyncio.get_running_loop().time()
+        dur = phone.say(speech("What time is it now, please?"))
+        await asyncio.sleep(dur)
+        await wait_for(lambda: vc.recorder.named("transcript") or vc.recorder.named("turn"),
+                       what="a transcribed turn")
+        # The fake LLM echoes "You said: what time is it." and the tone TTS speaks it.
+        reply = await wait_for(lambda: phone.loud(after=t_question + dur + 0.05), timeout=30,
+                               what="the bot's reply audio")
+        assert reply
+        packets = [p for _, p in phone.audio_packets()]
+        assert len(packets) > 50
+        # RFC 3550 stream properties: one SSRC, sequence +1 each packet, timestamp +160.
+        assert len({p.ssrc for p in packets}) == 1
+        for a, b in zip(packets, packets[1:], strict=False):
+            assert (b.sequence - a.sequence) & 0xFFFF == 1
+            assert (b.timestamp - a.timestamp) & 0xFFFFFFFF == 160
+        # Marker bit on each talk spurt's first packet, never on silence fill.
+        from opensips_kit import rms
+
+        markers = [i for i, p in enumerate(packets) if p.marker]
+        assert markers, "no talk spurt was marked"
+        for i in markers:
+            assert rms(phone.decode(packets[i].payload)) > 100
+            assert i == 0 or rms(phone.decode(packets[i - 1].payload)) < 50
+        caller.send(caller.in_dialog("BYE", vc.sip_addr), vc.sip_addr)
+        await caller.expect("BYE", 200)
+        await wait_for(lambda: vc.recorder.ended, what="call end")
+        assert vc.recorder.ended[0][1] in ("completed", "cancelled")

@@ -1,3 +1,19 @@
 """vc plugin entry point for vc-llm-llama-ws (hook implementations)."""
 
 from __future__ import annotations
+
+from vc.hookspecs import hookimpl
+from vc_llm_llama_ws.client import LlamaWSProvider
+from vc_llm_llama_ws.embedded import LlamaCppProvider
+from vc_llm_llama_ws.models import LlamaCppModels
+
+
+@hookimpl
+def register_llm(register):
+    register(LlamaWSProvider)
+    register(LlamaCppProvider)
+
+
+@hookimpl
+def register_models(register):
+    register(LlamaCppModels())

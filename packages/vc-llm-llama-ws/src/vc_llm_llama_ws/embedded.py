@@ -1,0 +1,249 @@
+"""``llama-cpp``: the embedded LLM - llama.cpp in vc's own process, vc's default LLM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+import attrs
+
+from vc.llm import StreamingLLMService, ToolCallRequest
+from vc.providers import CallContext, LLMProvider, ProviderError
+from vc.settings import setting
+from vc_llm_llama_ws.common import (
+    apology_setting,
+    complete_pipecat_settings,
+    first_token_timeout_setting,
+    service_kwargs,
+    token_timeout_setting,
+)
+from vc_llm_llama_ws.farewell import DEFAULT_FAREWELLS, FarewellDetector
+from vc_llm_llama_ws.generation import (
+    Generation,
+    LlamaModel,
+    Sampling,
+    ToolCallParser,
+    ToolCallText,
+)
+from vc_llm_llama_ws.models import DEFAULT_MODEL, canonical, resolve_model
+
+ToolMode = Literal["farewell", "native", "off"]
+
+
+@attrs.define
+class LlamaCppSettings:
+    model: str = setting(
+        DEFAULT_MODEL, help="packaged model name (smollm2, qwen2.5-0.5b) or a GGUF path"
+    )
+    n_ctx: int = setting(2048, help="context window in tokens (prompt + reply)")
+    n_threads: int = setting(
+        0, help="CPU threads for llama.cpp (0: every core this process may use)"
+    )
+    temperature: float = setting(0.2, help="sampling temperature (a profile's temperature wins)")
+    max_tokens: int = setting(
+        80, help="cap on a reply's length in tokens (a profile's max_tokens wins)"
+    )
+    top_p: float = setting(0.95, help="nucleus sampling probability")
+    repeat_penalty: float = setting(1.1, help="penalty for repeating recent tokens (1.0: none)")
+    stop: list[str] = setting(factory=list, help="extra stop strings (comma separated)")  # noqa: RUF009
+    seed: int | None = setting(None, help="sampling seed for reproducible replies (empty: random)")
+    chat_format: str = setting(
+        "",
+        help="llama-cpp-python chat format (chatml, llama-3, ...); empty: the GGUF's own template",
+    )
+    tool_calls: ToolMode = setting(  # noqa: RUF009
+        "farewell",
+        help="farewell: end the call when caller and model both say goodbye; native: the model's "
+        "<tool_call> output (needs a tool-capable model); off: no tools",
+    )
+    farewells: list[str] = setting(  # noqa: RUF009
+        factory=lambda: list(DEFAULT_FAREWELLS),
+        help="phrases that count as a goodbye (farewell mode)",
+    )
+    warm: bool = setting(
+        True, help="evaluate the profiles' system prompts at startup (hot KV cache)"
+    )
+    first_token_timeout: float = first_token_timeout_setting(20.0)
+    token_timeout: float = token_timeout_setting(10.0)
+    apology: str = apology_setting()
+
+
+class LlamaCppService(StreamingLLMService):
+    """One call's LLM: generations on the shared in-process model."""
+
+    def __init__(self, provider: LlamaCppProvider, model: LlamaModel, call: CallContext) -> None:
+        s = provider.settings
+        super().__init__(**service_kwargs(s, call))
+        complete_pipecat_settings(self, model=model.name, top_p=s.top_p, seed=s.seed)
+        self._provider = provider
+        self._model = model
+        self._call = call
+        self._tool_mode: ToolMode = provider.tool_mode
+        self._farewell = FarewellDetector(s.farewells)
+        #: one entry per reply (token counts, cache hits, timings), read by tests and benches
+        self.generations: list[Generation] = []
+
+    def _sampling(self) -> Sampling:
+        s = self._provider.settings
+        return Sampling(
+            temperature=self.temperature if self.temperature is not None else s.temperature,
+            top_p=s.top_p,
+            max_tokens=self.max_tokens if self.max_tokens is not None else s.max_tokens,
+            stop=tuple(s.stop),
+            seed=s.seed,
+            repeat_penalty=s.repeat_penalty,
+        )
+
+    async def stream(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+    ) -> AsyncIterator[str | ToolCallRequest]:
+        stats = Generation()
+        self.generations.append(stats)
+        native = self._tool_mode == "native" and bool(tools)
+        parser = ToolCallParser() if native else None
+        reply: list[str] = []
+        pieces = self._model.stream(
+            messages, self._sampling(), tools=tools if native else (), stats=stats
+        )
+        try:
+            async for piece in pieces:
+                if parser is None:
+                    reply.append(piece)
+                    yield piece
+                    continue
+                for item in parser.feed(piece):
+                    yield _item(item)
+            if parser is not None:
+                for item in parser.finish():
+                    yield _item(item)
+            elif (
+                self._tool_mode == "farewell"
+                and any(t.get("function", {}).get("name") == "end_call" for t in tools)
+                and self._farewell.ends_call(messages, "".join(reply))
+            ):
+                yield ToolCallRequest("end_call", {})
+        finally:
+            await pieces.aclose()
+            self._provider.record(stats, self._call)
+
+
+def _item(item: str | ToolCallText) -> str | ToolCallRequest:
+    if isinstance(item, ToolCallText):
+        return ToolCallRequest(item.name, item.arguments)
+    return item
+
+
+class LlamaCppProvider(LLMProvider):
+    """llama.cpp in-process from a GGUF file; no server needed."""
+
+    name = "llama-cpp"
+    Settings = LlamaCppSettings
+    description = "embedded llama.cpp LLM (GGUF in-process; default SmolLM2-135M)"
+    supports_tools = True
+
+    def __init__(self, settings: LlamaCppSettings, context: Any) -> None:
+        super().__init__(settings, context)
+        self.models: dict[str, LlamaModel] = {}
+        self.default: LlamaModel | None = None
+        self.tool_mode: ToolMode = settings.tool_calls
+        self.supports_tools = settings.tool_calls != "off"
+        self.log = context.log if context is not None else logging.getLogger("vc.llm.llama-cpp")
+
+    async def start(self) -> None:
+        s = self.settings
+        wanted: dict[str, bool] = {canonical(s.model): True}
+        for p in self.context.profiles:
+            if p.llm_model and p.llm in ("", self.name):
+                wanted.setdefault(canonical(p.llm_model), p.llm == self.name)
+        for key, required in wanted.items():
+            try:
+                path = await asyncio.to_thread(resolve_model, key, progress=self._progress(key))
+            except ProviderError:
+                if required:
+                    raise
+                self.log.warning(
+                    "profile model %r is not a GGUF model this provider can load; "
+                    "calls of that profile use %r",
+                    key,
+                    s.model,
+                )
+                continue
+            model = LlamaModel(
+                path, name=key, n_ctx=s.n_ctx, n_threads=s.n_threads, chat_format=s.chat_format
+            )
+            try:
+                await model.load()
+            except RuntimeError as e:
+                raise ProviderError(str(e)) from None
+            self.models[key] = model
+        self.default = self.models[canonical(s.model)]
+        if self.tool_mode == "native" and not self.default.template_supports_tools:
+            raise ProviderError(
+                f"tool_calls = native, but the chat template of {s.model!r} has no "
+                "tools; use tool_calls = farewell or a tool-capable GGUF"
+            )
+        if s.warm:
+            for key, model in self.models.items():
+                prompts = [
+                    p.system_prompt
+                    for p in self.context.profiles
+                    if canonical(p.llm_model or s.model) == key and p.system_prompt
+                ]
+                # default profile last: its prefix is the one left in the KV cache
+                prompts.sort(key=lambda text: text == self._default_prompt())
+                seconds = await model.warm(list(dict.fromkeys(prompts)))
+                self.log.info(
+                    "model %s warmed in %.2fs (%d system prompts)", key, seconds, len(prompts)
+                )
+
+    def _progress(self, key: str) -> Any:
+        shown = [-1]
+
+        def report(done: int, total: int) -> None:
+            quarter = done * 4 // max(total, 1)
+            if quarter != shown[0]:
+                shown[0] = quarter
+                self.log.info("preparing model %s: %d%%", key, quarter * 25)
+
+        return report
+
+    def _default_prompt(self) -> str:
+        for p in self.context.profiles:
+            if p.name == "default":
+                return str(p.system_prompt)
+        return ""
+
+    async def stop(self) -> None:
+        for model in self.models.values():
+            await model.close()
+        self.models.clear()
+        self.default = None
+
+    def ready(self) -> bool:
+        return self.default is not None and self.default.loaded
+
+    def model_for(self, call: CallContext) -> LlamaModel:
+        if self.default is None:
+            raise ProviderError("llama-cpp provider is not started")
+        wanted = call.profile.llm_model
+        return self.models.get(canonical(wanted), self.default) if wanted else self.default
+
+    def create_service(self, call: CallContext) -> LlamaCppService:
+        return LlamaCppService(self, self.model_for(call), call)
+
+    def record(self, stats: Generation, call: CallContext) -> None:
+        """Log and publish one reply's numbers (tokens/s, cache reuse, queue wait)."""
+        self.context.observe("llm_queue_seconds", stats.queued, {"stage": "llm_queue"})
+        call.log.debug(
+            "llm reply: %d prompt tokens (%d cached), %d tokens, first after %.3fs, %.1f tokens/s, "
+            "queued %.3fs%s",
+            stats.prompt_tokens,
+            stats.cached_tokens,
+            stats.completion_tokens,
+            stats.prompt_seconds,
+            stats.tokens_per_second,
+            stats.queued,
+            " (interrupted)" if stats.cancelled else "",
+        )

@@ -1,0 +1,477 @@
+"""llama.cpp in-process: one loaded GGUF model, generations streamed token by token.
+
+Shared by the embedded ``llama-cpp`` provider and the ``vc-llama-ws-server``.
+
+* One :class:`LlamaModel` per GGUF file, loaded once. llama.cpp's context is not thread-safe,
+  so every generation runs on the model's single worker thread: requests queue in FIFO order
+  (the queue wait is measured in :attr:`Generation.queued`).
+* Tokens travel to the event loop through an asyncio queue as they are sampled; closing or
+  cancelling the consuming generator sets a flag the worker checks after every token, so an
+  interrupted reply stops within one token and frees the model for the next request.
+* The KV cache is kept between requests: llama-cpp-python's ``generate`` re-evaluates only the
+  tokens after the longest prefix shared with what the context already holds. Every call's
+  prompt starts with its system prompt, so that prefix (and, within one call, the whole earlier
+  conversation) is not evaluated again. :meth:`LlamaModel.warm` evaluates the system prompts
+  at startup so even the first call finds them cached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+log = logging.getLogger("vc.llm.llama_cpp")
+
+TOOL_OPEN = "<tool_call>"
+TOOL_CLOSE = "</tool_call>"
+
+
+@attrs.frozen
+class Sampling:
+    """Per-request sampling parameters."""
+
+    temperature: float = 0.2
+    top_p: float = 0.95
+    max_tokens: int = 80
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    repeat_penalty: float = 1.1
+
+
+@attrs.define
+class Generation:
+    """What one request produced (filled in as it runs)."""
+
+    prompt_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens found already evaluated in the KV cache
+    completion_tokens: int = 0
+    queued: float = 0.0  # seconds waiting for the model (another request was generating)
+    prompt_seconds: float = 0.0  # request start -> first token (prompt evaluation)
+    seconds: float = 0.0  # whole generation
+    cancelled: bool = False
+    finish_reason: str = ""
+
+    @property
+    def tokens_per_second(self) -> float:
+        gen = self.seconds - self.prompt_seconds
+        return (self.completion_tokens - 1) / gen if self.completion_tokens > 1 and gen > 0 else 0.0
+
+
+@attrs.frozen
+class ToolCallText:
+    """A tool call the model wrote as ``<tool_call>{"name":..,"arguments":..}</tool_call>``."""
+
+    name: str
+    arguments: dict[str, Any]
+
+
+def default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class LlamaModel:
+    """One GGUF model loaded by llama.cpp, serving one generation at a time."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        name: str = "",
+        n_ctx: int = 2048,
+        n_threads: int = 0,
+        chat_format: str = "",
+        n_batch: int = 256,
+    ) -> None:
+        self.path = Path(path)
+        self.name = name or self.path.stem
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads or default_threads()
+        self.n_batch = n_batch
+        self.chat_format = chat_format
+        self.load_seconds = 0.0
+        self.generations = 0
+        self._llm: Any = None
+        self._formatter: Any = None
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix=f"llama-{self.name}"
+        )
+        self._busy = 0  # requests queued or running (read on the event loop thread only)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def loaded(self) -> bool:
+        return self._llm is not None
+
+    @property
+    def template_supports_tools(self) -> bool:
+        """Whether the chat template renders a tool list (Qwen2.5 does, SmolLM2 does not)."""
+        template = self._template()
+        return bool(template) and "tools" in template and not self.chat_format
+
+    async def load(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._load)
+
+    def _load(self) -> None:
+        if self._llm is not None:
+            return
+        from llama_cpp import Llama
+
+        t0 = time.monotonic()
+        try:
+            self._llm = Llama(
+                model_path=str(self.path),
+                n_ctx=self.n_ctx,
+                n_threads=self.n_threads,
+                n_threads_batch=self.n_threads,
+                n_batch=self.n_batch,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError, OSError) as e:
+            raise RuntimeError(f"llama.cpp could not load {self.path}: {e}") from e
+        self._formatter = self._make_formatter()
+        self.load_seconds = time.monotonic() - t0
+        log.info(
+            "loaded %s (%s) in %.2fs, n_ctx=%d, threads=%d",
+            self.name,
+            self.path.name,
+            self.load_seconds,
+            self.n_ctx,
+            self.n_threads,
+        )
+
+    def _template(self) -> str:
+        return str(self._llm.metadata.get("tokenizer.chat_template", "")) if self._llm else ""
+
+    def _make_formatter(self) -> Any:
+        from llama_cpp import llama_chat_format as fmt
+
+        if self.chat_format:
+            fn = getattr(
+                fmt, "format_" + self.chat_format.replace("-", "_").replace(".", "_"), None
+            )
+            if fn is None:
+                raise RuntimeError(
+                    f"unknown chat_format {self.chat_format!r} (llama-cpp-python "
+                    "formats: chatml, llama-2, llama-3, mistral-instruct, ...)"
+                )
+            return fn
+        template = self._template()
+        if not template:
+            return fmt.format_chatml
+        llm = self._llm
+        eos = llm.detokenize([llm.token_eos()], special=True).decode("utf-8", "ignore")
+        bos = llm.detokenize([llm.token_bos()], special=True).decode("utf-8", "ignore")
+        return fmt.Jinja2ChatFormatter(
+            template=template, eos_token=eos, bos_token=bos, stop_token_ids=[llm.token_eos()]
+        )
+
+    async def close(self) -> None:
+        def free() -> None:
+            if self._llm is not None:
+                with contextlib.suppress(Exception):
+                    self._llm.close()
+                self._llm = None
+
+        with contextlib.suppress(RuntimeError):
+            await asyncio.get_running_loop().run_in_executor(self._executor, free)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- prompts --------------------------------------------------------------------------
+
+    def render(
+        self, messages: list[dict[str, Any]], tools: Sequence[dict[str, Any]] = ()
+    ) -> tuple[str, list[str]]:
+        """The prompt text for a chat and the stop strings its template implies."""
+        msgs = normalise_messages(messages, keep_tools=bool(tools))
+        kwargs: dict[str, Any] = {"messages": msgs}
+        if tools:
+            kwargs["tools"] = list(tools)
+        result = self._formatter(**kwargs)
+        stop = result.stop
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        return result.prompt, stops
+
+    def tokenize(self, prompt: str) -> list[int]:
+        # Chat templates write the BOS token themselves where the model wants one.
+        text = prompt.encode("utf-8")
+        bos = self._llm.detokenize([self._llm.token_bos()], special=True)
+        return self._llm.tokenize(text, add_bos=not (bos and text.startswith(bos)), special=True)
+
+    # -- generation -----------------------------------------------------------------------
+
+    @property
+    def busy(self) -> int:
+        """Requests queued or running now."""
+        return self._busy
+
+    async def warm(self, system_prompts: Sequence[str]) -> float:
+        """Evaluate each system prompt (the last one stays cached); returns the seconds spent."""
+        t0 = time.monotonic()
+        for prompt in system_prompts:
+            messages = [
+                {"role": "system", "content": prompt},
+                {"role": "user", "content": "Hello."},
+            ]
+            async for _ in self.stream(messages, Sampling(max_tokens=1, temperature=0.0)):
+                pass
+        return time.monotonic() - t0
+
+    async def stream(
+        self,
+        messages: list[dict[str, Any]],
+        sampling: Sampling,
+        tools: Sequence[dict[str, Any]] = (),
+        stats: Generation | None = None,
+    ) -> AsyncIterator[str]:
+        """Stream the reply's text pieces. Closing the iterator stops generation within a token."""
+        if self._llm is None:
+            raise RuntimeError(f"model {self.name} is not loaded")
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        stop = threading.Event()
+        stats = stats if stats is not None else Generation()
+        submitted = time.monotonic()
+
+        def emit(kind: str, value: Any) -> None:
+            with contextlib.suppress(RuntimeError):  # loop closed
+                loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
+
+        def work() -> None:
+            started = time.monotonic()
+            stats.queued = started - submitted
+            if stop.is_set():
+                stats.cancelled = True
+                emit("end", None)
+                return
+            try:
+                self._generate(messages, tools, sampling, stats, stop, emit, started)
+            except Exception as e:  # reported to the consumer, never lost in the thread
+                emit("error", e)
+            else:
+                emit("end", None)
+
+        self._busy += 1
+        future = loop.run_in_executor(self._executor, work)
+        try:
+            while True:
+                kind, value = await queue.get()
+                if kind == "text":
+                    yield value
+                elif kind == "error":
+                    raise value
+                else:
+                    break
+        finally:
+            stop.set()
+            self._busy -= 1
+            if not future.done():
+                future.add_done_callback(_consume_exception)
+
+    def _generate(
+        self,
+        messages: list[dict[str, Any]],
+        tools: Sequence[dict[str, Any]],
+        sampling: Sampling,
+        stats: Generation,
+        stop: threading.Event,
+        emit: Any,
+        started: float,
+    ) -> None:
+        llm = self._llm
+        prompt, template_stops = self.render(messages, tools)
+        tokens = self.tokenize(prompt)
+        if len(tokens) >= self.n_ctx - 8:
+            raise ValueError(f"prompt of {len(tokens)} tokens does not fit n_ctx={self.n_ctx}")
+        stats.prompt_tokens = len(tokens)
+        stats.cached_tokens = _common_prefix(llm._input_ids[: llm.n_tokens], tokens)
+        max_tokens = max(1, min(sampling.max_tokens, self.n_ctx - len(tokens) - 1))
+        stream = llm.create_completion(
+            tokens,
+            max_tokens=max_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            repeat_penalty=sampling.repeat_penalty,
+            stop=[*template_stops, *sampling.stop] or None,
+            seed=sampling.seed,
+            stream=True,
+        )
+        self.generations += 1
+        try:
+            for chunk in stream:
+                if stop.is_set():
+                    stats.cancelled = True
+                    stats.finish_reason = "cancelled"
+                    break
+                choice = chunk["choices"][0]
+                text = choice.get("text") or ""
+                if text:
+                    if not stats.completion_tokens:
+                        stats.prompt_seconds = time.monotonic() - started
+                    stats.completion_tokens += 1
+                    emit("text", text)
+                if choice.get("finish_reason"):
+                    stats.finish_reason = choice["finish_reason"]
+        finally:
+            stream.close()
+            stats.seconds = time.monotonic() - started
+
+
+def _consume_exception(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.debug("generation ended with %s after its consumer left", fut.exception())
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _text(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # OpenAI content parts
+        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return str(content)
+
+
+def normalise_messages(messages: list[dict[str, Any]], keep_tools: bool) -> list[dict[str, Any]]:
+    """Plain ``{"role", "content": str}`` messages a chat template can render.
+
+    Templates concatenate ``content`` as a string, so ``None`` and content-part lists become
+    text. Without tool support, tool results and tool-call-only assistant turns are dropped
+    (the model could not have asked for them) and a system message not in first place is
+    merged into the first one.
+    """
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        role = m.get("role", "user")
+        if role == "developer":
+            role = "system"
+        msg: dict[str, Any] = {"role": role, "content": _text(m.get("content"))}
+        if keep_tools:
+            if m.get("tool_calls"):
+                msg["tool_calls"] = [_tool_call_for_template(c) for c in m["tool_calls"]]
+        elif role == "tool" or (role == "assistant" and not msg["content"]):
+            continue
+        if role == "system" and out and not keep_tools:
+            if out[0]["role"] == "system":
+                out[0]["content"] += "\n" + msg["content"]
+                continue
+            out.insert(0, msg)
+            continue
+        out.append(msg)
+    return out
+
+
+def _tool_call_for_template(call: dict[str, Any]) -> dict[str, Any]:
+    fn = dict(call.get("function", call))
+    args = fn.get("arguments", {})
+    if isinstance(args, str):
+        try:
+            args = json.loads(args) if args.strip() else {}
+        except ValueError:
+            args = {"raw": args}
+    return {"type": "function", "function": {"name": fn.get("name", ""), "arguments": args}}
+
+
+class ToolCallParser:
+    """Splits streamed text into speech and ``<tool_call>...</tool_call>`` blocks.
+
+    Text that might be the start of a ``<tool_call>`` tag is held back until it is known not
+    to be one, so markup never reaches the TTS.
+    """
+
+    def __init__(self) -> None:
+        self._buf = ""
+        self._in_call = False
+
+    def feed(self, text: str) -> list[str | ToolCallText]:
+        self._buf += text
+        out: list[str | ToolCallText] = []
+        while True:
+            if self._in_call:
+                end = self._buf.find(TOOL_CLOSE)
+                if end < 0:
+                    return out
+                body, self._buf = self._buf[:end], self._buf[end + len(TOOL_CLOSE) :]
+                self._in_call = False
+                call = parse_tool_call(body)
+                if call is not None:
+                    out.append(call)
+                continue
+            start = self._buf.find(TOOL_OPEN)
+            if start >= 0:
+                if start:
+                    out.append(self._buf[:start])
+                self._buf = self._buf[start + len(TOOL_OPEN) :]
+                self._in_call = True
+                continue
+            keep = _partial_suffix(self._buf, TOOL_OPEN)
+            if len(self._buf) > keep:
+                out.append(self._buf[: len(self._buf) - keep])
+                self._buf = self._buf[len(self._buf) - keep :]
+            return out
+
+    def finish(self) -> list[str | ToolCallText]:
+        """Flush at the end of the stream (an unterminated call is parsed if it is whole JSON)."""
+        buf, self._buf = self._buf, ""
+        if self._in_call:
+            self._in_call = False
+            call = parse_tool_call(buf)
+            return [call] if call is not None else []
+        return [buf] if buf else []
+
+
+def _partial_suffix(text: str, tag: str) -> int:
+    for n in range(min(len(tag) - 1, len(text)), 0, -1):
+        if text.endswith(tag[:n]):
+            return n
+    return 0
+
+
+_JSON_OBJECT = re.compile(r"\{.*\}", re.S)
+
+
+def parse_tool_call(body: str) -> ToolCallText | None:
+    m = _JSON_OBJECT.search(body)
+    if not m:
+        log.warning("ignoring a malformed tool call from the model: %r", body[:200])
+        return None
+    try:
+        data = json.loads(m.group(0))
+    except ValueError:
+        log.warning("ignoring a tool call that is not JSON: %r", body[:200])
+        return None
+    name = data.get("name") if isinstance(data, dict) else None
+    if not isinstance(name, str) or not name:
+        log.warning("ignoring a tool call without a name: %r", body[:200])
+        return None
+    args = data.get("arguments", data.get("parameters", {}))
+    if isinstance(args, str):
+        try:
+            args = json.loads(args) if args.strip() else {}
+        except ValueError:
+            args = {}
+    return ToolCallText(name, args if isinstance(args, dict) else {})

@@ -262,6 +262,7 @@ class SipCaller(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self.port = 0
         self.messages: list[tuple[float, Request | Response, bytes]] = []
+        self.raw: list[bytes] = []
         self.auto_answer = auto_answer
         self.call_id = secrets.token_hex(8) + "@test"
         self.from_tag = secrets.token_hex(4)
@@ -281,7 +282,11 @@ class SipCaller(asyncio.DatagramProtocol):
         self.port = transport.get_extra_info("sockname")[1]
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        msg = sipmsg.parse(data)
+        self.raw.append(data)
+        try:
+            msg = sipmsg.parse(data)
+        except sipmsg.SipParseError:
+            return
         if msg is None:
             return
         self.messages.append((time.monotonic(), msg, data))
@@ -335,7 +340,7 @@ class SipCaller(asyncio.DatagramProtocol):
             + "".join(f"Route: {r}\r\n" for r in self.route)
             + f"Max-Forwards: 70\r\n"
             f"From: \"Caller\" <sip:+15550001111@{LOCAL}>;tag={self.from_tag}\r\n"
-            f"To: <sip:bot@{target[0]}>;tag={self.to_tag}\r\n"
+            f"To: <sip:bot@{target[0]}>" + (f";tag={self.to_tag}" if self.to_tag else "") + "\r\n"
             f"Call-ID: {self.call_id}\r\n"
             f"CSeq: {cseq} {method if method != 'ACK' else 'ACK'}\r\n"
             f"Contact: <sip:caller@{LOCAL}:{self.port}>\r\n"

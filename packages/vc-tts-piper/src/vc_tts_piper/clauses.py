@@ -19,11 +19,11 @@ from pipecat.utils.text.base_text_aggregator import Aggregation, TextType
 from pipecat.utils.text.simple_text_aggregator import SimpleTextAggregator
 
 CLAUSE_PUNCTUATION = ",;:—"
-_WORDS = re.compile(r"\w+")
 
 
 def count_words(text: str) -> int:
-    return len(_WORDS.findall(text))
+    """Words as a listener counts them: "10:30'da" and "1,000" are one word each."""
+    return sum(1 for token in text.split() if any(c.isalnum() for c in token))
 
 
 class ClauseAggregator(SimpleTextAggregator):

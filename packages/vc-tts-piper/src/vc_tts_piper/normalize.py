@@ -397,5 +397,6 @@ def normalize(text: str, language: str = "en") -> str:
     text = _SPACES.sub(" ", text)
     text = _SPACE_BEFORE_PUNCT.sub(r"\1", text)
     text = _REPEATED_PUNCT.sub(r"\1", text)
-    text = text.strip(" ,;:")
+    # Trailing punctuation stays: a clause that ends in a comma is spoken as unfinished.
+    text = text.strip().lstrip(",;:").strip()
     return text if any(c.isalnum() for c in text) else ""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-from vc.profiles import DEFAULT_SYSTEM_PROMPT
 from vc_llm_llama_ws.farewell import FarewellDetector
 from vc_llm_llama_ws.generation import (
     Generation,
@@ -15,6 +14,8 @@ from vc_llm_llama_ws.generation import (
     normalise_messages,
 )
 
+from vc.profiles import DEFAULT_SYSTEM_PROMPT
+
 CHAT = [
     {"role": "system", "content": DEFAULT_SYSTEM_PROMPT},
     {"role": "assistant", "content": "Hello! How can I help you today?"},
@@ -22,7 +23,9 @@ CHAT = [
 ]
 
 
-async def _collect(model: LlamaModel, messages, sampling: Sampling, stats: Generation | None = None):
+async def _collect(
+    model: LlamaModel, messages, sampling: Sampling, stats: Generation | None = None
+):
     return "".join([p async for p in model.stream(messages, sampling, stats=stats)])
 
 
@@ -77,7 +80,9 @@ async def test_concurrent_requests_are_serialised_and_unharmed(smollm2: LlamaMod
     alone_a = await _collect(smollm2, CHAT, sampling)
     alone_b = await _collect(smollm2, other, sampling)
     sa, sb = Generation(), Generation()
-    both = await asyncio.gather(_collect(smollm2, CHAT, sampling, sa), _collect(smollm2, other, sampling, sb))
+    both = await asyncio.gather(
+        _collect(smollm2, CHAT, sampling, sa), _collect(smollm2, other, sampling, sb)
+    )
     assert list(both) == [alone_a, alone_b]
     # one of the two waited for the other (one context, one generation at a time)
     assert max(sa.queued, sb.queued) > 0
@@ -85,7 +90,13 @@ async def test_concurrent_requests_are_serialised_and_unharmed(smollm2: LlamaMod
 
 def test_tool_call_parser_keeps_markup_out_of_speech() -> None:
     parser = ToolCallParser()
-    stream = ["Goodbye", "! <tool", "_call>\n{\"name\": \"end_call\", ", "\"arguments\": {}}\n</tool_", "call>"]
+    stream = [
+        "Goodbye",
+        "! <tool",
+        '_call>\n{"name": "end_call", ',
+        '"arguments": {}}\n</tool_',
+        "call>",
+    ]
     out = [item for piece in stream for item in parser.feed(piece)] + parser.finish()
     speech = "".join(x for x in out if isinstance(x, str))
     assert speech == "Goodbye! "
@@ -98,7 +109,9 @@ def test_tool_call_parser_passes_plain_text_and_rejects_junk() -> None:
     assert "".join(x for x in out if isinstance(x, str)) == "a < b and  done"
     assert not [x for x in out if isinstance(x, ToolCallText)]
     unterminated = ToolCallParser()
-    out = unterminated.feed('<tool_call>{"name": "transfer_call", "arguments": "{\\"target\\": \\"100\\"}"}')
+    out = unterminated.feed(
+        '<tool_call>{"name": "transfer_call", "arguments": "{\\"target\\": \\"100\\"}"}'
+    )
     assert unterminated.finish() == [ToolCallText("transfer_call", {"target": "100"})] and out == []
 
 
@@ -107,12 +120,19 @@ def test_messages_normalised_for_templates() -> None:
         {"role": "assistant", "content": "Hi"},
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": [{"type": "text", "text": "bye"}]},
-        {"role": "assistant", "content": None, "tool_calls": [{"id": "1", "function": {"name": "end_call", "arguments": "{}"}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "1", "function": {"name": "end_call", "arguments": "{}"}}],
+        },
         {"role": "tool", "content": "ok", "tool_call_id": "1"},
     ]
     plain = normalise_messages(msgs, keep_tools=False)
-    assert plain == [{"role": "system", "content": "Be brief."}, {"role": "assistant", "content": "Hi"},
-                     {"role": "user", "content": "bye"}]
+    assert plain == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "assistant", "content": "Hi"},
+        {"role": "user", "content": "bye"},
+    ]
     with_tools = normalise_messages(msgs, keep_tools=True)
     assert with_tools[3]["tool_calls"][0]["function"] == {"name": "end_call", "arguments": {}}
     assert with_tools[4]["role"] == "tool"

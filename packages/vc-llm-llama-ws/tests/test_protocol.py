@@ -11,20 +11,30 @@ from vc_llm_llama_ws import protocol
 def test_modern_request_round_trips() -> None:
     req = protocol.ChatRequest(
         messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
-        temperature=0.2, max_tokens=80, stream=True, use_rag=True,
+        temperature=0.2,
+        max_tokens=80,
+        stream=True,
+        use_rag=True,
     )
     wire = json.loads(req.to_json())
     # exactly the documented shape, no extensions unless configured
-    assert wire == {"messages": req.messages, "temperature": 0.2, "max_tokens": 80,
-                    "stream": True, "use_rag": True}
+    assert wire == {
+        "messages": req.messages,
+        "temperature": 0.2,
+        "max_tokens": 80,
+        "stream": True,
+        "use_rag": True,
+    }
     assert protocol.parse_request(req.to_json()) == req
 
 
 def test_legacy_prompt_form() -> None:
     parsed = protocol.parse_request('{"prompt": "Merhaba", "system_prompt": "Kısa cevap ver."}')
     assert parsed.legacy
-    assert parsed.messages == [{"role": "system", "content": "Kısa cevap ver."},
-                               {"role": "user", "content": "Merhaba"}]
+    assert parsed.messages == [
+        {"role": "system", "content": "Kısa cevap ver."},
+        {"role": "user", "content": "Merhaba"},
+    ]
     wire = json.loads(protocol.ChatRequest(messages=parsed.messages, legacy=True).to_json())
     assert wire["prompt"] == "Merhaba" and wire["system_prompt"] == "Kısa cevap ver."
     assert "messages" not in wire
@@ -51,7 +61,9 @@ def test_bad_requests_say_what_is_wrong(raw: str, says: str) -> None:
 
 
 def test_replies_are_classified() -> None:
-    assert protocol.parse_reply(protocol.chunk("Hel")) == protocol.Reply("chunk", "Hel", {"chunk": "Hel"})
+    assert protocol.parse_reply(protocol.chunk("Hel")) == protocol.Reply(
+        "chunk", "Hel", {"chunk": "Hel"}
+    )
     assert protocol.parse_reply(protocol.done()).final
     err = protocol.parse_reply('{"error": "model crashed"}')
     assert err.kind == "error" and err.text == "model crashed" and err.final

@@ -51,13 +51,21 @@ class Knowledge:
 
     def lookup(self, query: str) -> str:
         q = _words(query)
-        scored = sorted(((len(q & w), i) for i, w in enumerate(self._words)), reverse=True)
-        best = sorted(i for score, i in scored[: self.top_k] if score > 0)
+        scored = sorted((-len(q & w), i) for i, w in enumerate(self._words))
+        best = sorted(i for score, i in scored[: self.top_k] if score < 0)
         return "\n\n".join(self.paragraphs[i] for i in best)
 
 
+_STOP = frozenset(
+    "the and for are but not you your with this that what when where which who how does did "
+    "can could would should have has was were will from about into there their they them".split()
+)
+
+
 def _words(text: str) -> set[str]:
-    return {w for w in re.findall(r"[^\W_]+", text.lower()) if len(w) > 2}
+    """Content words, crudely stemmed (plural/verb 's' dropped)."""
+    words = (w for w in re.findall(r"[^\W_]+", text.lower()) if len(w) > 2 and w not in _STOP)
+    return {w[:-1] if w.endswith("s") and len(w) > 3 else w for w in words}
 
 
 class LlamaWSServer:

@@ -188,7 +188,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Serve Piper voices over the Piper WebSocket protocol (ws://HOST:PORT/tts), "
         "with GET /health.")
     p.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0 in containers)")
-    p.add_argument("--port", type=int, default=8000, help="listen port (default 8000)")
+    p.add_argument("--port", type=int, default=8000, help="listen port (default 8000; 0: any)")
     p.add_argument("--voice", action="append", default=[],
                    help="voice name or .onnx path; repeat for more; the first is the default "
                    f"(default: {DEFAULT_VOICE})")
@@ -214,7 +214,9 @@ async def _serve(args: argparse.Namespace) -> None:
     server = await asyncio.to_thread(
         PiperWebSocketServer.load, args.voice, args.voices_dir, threads=args.threads,
         synthesis=synthesis, parallel=args.parallel, normalize_text=not args.no_normalize)
-    await server.start(args.host, args.port)
+    port = await server.start(args.host, args.port)
+    # One line on stdout for supervisors and tests (the port is the real one with --port 0).
+    print(f"vc-piper-ws-server listening on ws://{args.host}:{port}/tts", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

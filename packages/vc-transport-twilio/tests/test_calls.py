@@ -218,7 +218,9 @@ async def test_caller_hangup_and_dropped_socket_end_the_call(env):
             lambda c=call: c.call_sid not in vc.engine.sessions, what=f"session gone after {how}"
         )
         assert not [r for r in cloud.rest.requests if r.call_sid == call.call_sid]
-        assert not vc.transport.streams.get(call.call_sid)
+        await call.wait_for(
+            lambda c=call: c.call_sid not in vc.transport.streams, what="stream handler gone"
+        )
 
 
 async def test_refuses_calls_while_not_accepting(env):

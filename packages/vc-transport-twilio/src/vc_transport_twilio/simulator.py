@@ -27,7 +27,7 @@ import json
 import secrets
 import time
 import xml.etree.ElementTree as ET
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -196,6 +196,7 @@ class SimulatedCall:
             }
         )
         self.cloud.live[self.call_sid] = self
+        self.cloud._connected[self.call_sid].set()
         self._tasks = [
             asyncio.create_task(self._reader()),
             asyncio.create_task(self._microphone()),
@@ -457,6 +458,7 @@ class TwilioCloud:
         self.calls: dict[str, SimulatedCall] = {}
         self.live: dict[str, SimulatedCall] = {}
         self.webhook_requests: list[tuple[float, str, int]] = []  # (t, url, status)
+        self._connected: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
         self._session: aiohttp.ClientSession | None = None
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -550,6 +552,12 @@ class TwilioCloud:
         call = self.new_call(from_, to)
         await call.answer(self.voice_url(query))
         return call
+
+    async def wait_for_stream(self, call_sid: str, within: float = 30.0) -> SimulatedCall:
+        """The call ``call_sid`` once its stream is connected (e.g. an outbound call answered)."""
+        async with asyncio.timeout(within):
+            await self._connected[call_sid].wait()
+        return self.calls[call_sid]
 
     # -- REST side effects -------------------------------------------------------------------------
 

@@ -138,11 +138,12 @@ def test_messages_normalised_for_templates() -> None:
     assert with_tools[4]["role"] == "tool"
 
 
-def test_farewell_needs_both_sides() -> None:
+def test_farewell_is_the_callers_goodbye() -> None:
     f = FarewellDetector()
     bye = [{"role": "user", "content": "Thanks, that's all. Good-bye!"}]
-    assert f.ends_call(bye, "Goodbye, have a nice day.")
-    assert not f.ends_call(bye, "Is there anything else?")
+    assert f.ends_call(bye, "Is there anything else?")
+    assert f.ends_call(bye, "Goodbye, have a nice day.", confirm=True)
+    assert not f.ends_call(bye, "Is there anything else?", confirm=True)
     assert not f.ends_call([{"role": "user", "content": "What time is it?"}], "Bye!")
     assert not f.says_goodbye("maybe")  # 'bye' only as a word
     assert f.says_goodbye("Hoşça kal!")

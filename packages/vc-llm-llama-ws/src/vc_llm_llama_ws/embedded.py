@@ -55,12 +55,15 @@ class LlamaCppSettings:
     )
     tool_calls: ToolMode = setting(  # noqa: RUF009
         "farewell",
-        help="farewell: end the call when caller and model both say goodbye; native: the model's "
-        "<tool_call> output (needs a tool-capable model); off: no tools",
+        help="farewell: end the call after the reply when the caller says goodbye; "
+        "native: the model's <tool_call> output (needs a tool-capable model); off: no tools",
     )
     farewells: list[str] = setting(  # noqa: RUF009
         factory=lambda: list(DEFAULT_FAREWELLS),
         help="phrases that count as a goodbye (farewell mode)",
+    )
+    farewell_confirm: bool = setting(
+        False, help="farewell mode: hang up only if the model's reply says goodbye too"
     )
     warm: bool = setting(
         True, help="evaluate the profiles' system prompts at startup (hot KV cache)"
@@ -82,6 +85,7 @@ class LlamaCppService(StreamingLLMService):
         self._call = call
         self._tool_mode: ToolMode = provider.tool_mode
         self._farewell = FarewellDetector(s.farewells)
+        self._confirm = s.farewell_confirm
         #: one entry per reply (token counts, cache hits, timings), read by tests and benches
         self.generations: list[Generation] = []
 
@@ -121,7 +125,7 @@ class LlamaCppService(StreamingLLMService):
             elif (
                 self._tool_mode == "farewell"
                 and any(t.get("function", {}).get("name") == "end_call" for t in tools)
-                and self._farewell.ends_call(messages, "".join(reply))
+                and self._farewell.ends_call(messages, "".join(reply), self._confirm)
             ):
                 yield ToolCallRequest("end_call", {})
         finally:

@@ -1,10 +1,11 @@
-"""Ending the call for models that cannot call tools: the model's own goodbye.
+"""Ending the call for models that cannot call tools: the caller's goodbye.
 
 SmolLM2-135M and Qwen2.5-Coder-0.5B do not emit tool calls (measured: none of the goodbye
-test phrases produced one, even with the tool list in the prompt), but both reliably answer a
-caller's goodbye with a goodbye, as vc's default system prompt asks. In ``farewell`` mode the
-embedded provider asks for ``end_call`` when the caller's last words *and* the model's reply
-both contain a farewell phrase. Requiring both keeps a stray "bye" in either from hanging up.
+test phrases produced one, even with the tool list in the prompt). In ``farewell`` mode the
+embedded provider asks for ``end_call`` after its reply when the caller's last words contain a
+farewell phrase (a word match: "bye" but not "maybe"). With ``farewell_confirm`` the model's
+reply must say goodbye too - safer against a stray "bye", but SmolLM2 answers only about half
+of the goodbyes with one (Qwen2.5-0.5B nearly all), so it is off by default.
 """
 
 from __future__ import annotations
@@ -41,11 +42,13 @@ class FarewellDetector:
     def says_goodbye(self, text: str) -> bool:
         return bool(self._re.search(text.replace("\u2019", "'")))
 
-    def ends_call(self, messages: Sequence[dict[str, Any]], reply: str) -> bool:
-        """Whether the caller's last message and the model's reply both say goodbye."""
+    def ends_call(
+        self, messages: Sequence[dict[str, Any]], reply: str, confirm: bool = False
+    ) -> bool:
+        """Whether the caller's last message says goodbye (and, if ``confirm``, the reply too)."""
         last_user = next((m for m in reversed(messages) if m.get("role") == "user"), None)
         if last_user is None:
             return False
         content = last_user.get("content")
         user_text = content if isinstance(content, str) else str(content or "")
-        return self.says_goodbye(user_text) and self.says_goodbye(reply)
+        return self.says_goodbye(user_text) and (not confirm or self.says_goodbye(reply))

@@ -1,0 +1,115 @@
+"""Whole calls through vc's engine with Piper speaking (fake STT and LLM, loopback caller)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+from piper_helpers import profile, wer
+from vc_tts_piper.server import PiperWebSocketServer
+
+from vc.engine import Engine
+from vc.testing import config_from_ini, fake_registry
+from vc.testing.calls import LoopbackConnection, run_loopback_call, speech
+
+GREETING = "Thank you for calling, how can I help you today?"
+QUESTION = "please call me back tomorrow morning"
+
+
+def ini(tts: str, script: list[str]) -> str:
+    return f"""
+[vc]
+transports =
+[stt]
+provider = fake
+[stt.fake]
+script = {", ".join(script)}
+[llm]
+provider = fake
+[tts]
+{tts}
+[profile.default]
+greeting = {GREETING}
+"""
+
+
+async def _call(engine: Engine, transcribe) -> None:
+    assert engine.greetings["default"].duration > 1.5  # rendered once, at startup
+    conn = LoopbackConnection()
+    task = await run_loopback_call(engine, conn)
+    try:
+        await conn.wait_for_bot_audio(0, timeout=30)
+        await conn.wait_for_bot_silence(timeout=60)
+        heard = transcribe(bytes(conn.bot_audio), 8000)
+        assert wer(GREETING, heard) <= 0.15, heard
+        before = len(conn.bot_audio)
+        end = conn.say(speech(QUESTION, 8000))
+        await conn.wait_for_bot_audio(end, timeout=60)
+        await conn.wait_for_bot_silence(timeout=60)
+        answer = transcribe(bytes(conn.bot_audio[before:]), 8000)
+        assert wer(f"You said: {QUESTION}.", answer) <= 0.2, answer
+    finally:
+        conn.caller_hangs_up()
+        await asyncio.wait_for(task, 30)
+        await conn.stop()
+
+
+async def test_call_with_local_piper(transcribe) -> None:
+    reg = fake_registry()
+    engine = Engine(config_from_ini(ini("provider = piper", [QUESTION]), reg), reg)
+    await engine.start()
+    try:
+        await _call(engine, transcribe)
+    finally:
+        await engine.stop()
+
+
+async def test_call_with_the_piper_websocket_service(piper, transcribe) -> None:
+    voice = piper.voice_for(profile())
+    server = PiperWebSocketServer({voice.name: voice}, voice.name)
+    port = await server.start("127.0.0.1", 0)
+    tts = f"url = ws://127.0.0.1:{port}/tts\nvoice = {voice.name}\nsample_rate = 16000"
+    reg = fake_registry()
+    cfg = config_from_ini(ini(tts, [QUESTION]), reg)
+    assert cfg.default_providers["tts"] == "piper-websocket"  # a legacy-style [tts] url
+    cfg.profiles[-1].settings.language = "en"  # the legacy default profile is Turkish
+    engine = Engine(cfg, reg)
+    await engine.start()
+    try:
+        await _call(engine, transcribe)
+    finally:
+        await engine.stop()
+        await server.stop()
+
+
+async def test_caller_interrupts_piper(transcribe) -> None:
+    long_question = ("tell me everything about your company and all of its many products and "
+                     "services in great detail please")
+    reg = fake_registry()
+    engine = Engine(config_from_ini(ini("provider = piper", [long_question, "stop"]), reg), reg)
+    await engine.start()
+    conn = LoopbackConnection()
+    task = await run_loopback_call(engine, conn)
+    try:
+        await conn.wait_for_bot_audio(0, timeout=30)
+        await conn.wait_for_bot_silence(timeout=60)
+        end = conn.say(speech("tell me everything about your company", 8000))
+        await conn.wait_for_bot_audio(end, timeout=60)
+        await asyncio.sleep(1.0)
+        conn.say(speech("stop stop stop", 8000))
+        await conn.wait_for_bot_silence(quiet=2.0, timeout=60)
+        assert conn.clears, "no clear on barge-in"
+        clear_at = conn.clears[-1]
+        late = [t for t, _ in conn.bot_frames if clear_at + 0.1 < t < clear_at + 1.0]
+        assert not late, f"bot audio went on {late[-1] - clear_at:.2f}s after the clear"
+        session = engine.sessions[conn.info.call_id]
+        said = [m["content"] for m in session.context.get_messages() if m["role"] == "assistant"]
+        # Only what was heard is kept: not the whole interrupted reply.
+        assert f"You said: {long_question}." not in said
+        level = np.abs(np.frombuffer(bytes(conn.bot_audio), dtype="<i2")).max()
+        assert level > 1000  # real speech was played before the interruption
+    finally:
+        conn.caller_hangs_up()
+        await asyncio.wait_for(task, 30)
+        await conn.stop()
+        await engine.stop()

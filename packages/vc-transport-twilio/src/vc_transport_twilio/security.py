@@ -6,7 +6,7 @@
 * The WebSocket upgrade is signed the same way over the ``wss://`` URL. That signature covers
   no per-call data (it is the same for every call), so the stream must also present a token
   issued in that call's TwiML: an HMAC over the CallSid, an expiry and a nonce. Tokens are
-  single use and expire after ``token_ttl``.
+  single use and expire after ``stream_ttl``.
 * A webhook request whose signature was already seen is a replay and is refused.
 """
 

@@ -61,7 +61,7 @@ class TwilioSettings:
         "instance behind one load balancer needs the same value",
         secret=True,
     )
-    token_ttl: float = setting(
+    stream_ttl: float = setting(
         60.0, help="seconds a stream token issued in the TwiML stays valid", validator=_positive
     )
     voice_path: str = setting("/twilio/voice", help="voice webhook path (TwiML)", validator=_path)

@@ -72,7 +72,7 @@ class TwilioTransport(TransportProvider):
             key = derive_stream_secret(settings.auth_token)
         else:
             key = secrets.token_bytes(32)  # only possible without validation: per process
-        self.tokens = StreamTokens(key, settings.token_ttl)
+        self.tokens = StreamTokens(key, settings.stream_ttl)
         self.seen_signatures = ExpiringSet()
         self.actions = ActionStore()
         self.streams: dict[str, StreamHandler] = {}

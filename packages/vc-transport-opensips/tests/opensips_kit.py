@@ -13,14 +13,14 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from vc_transport_opensips import rtp, sipmsg
+from vc_transport_opensips.sipmsg import Request, Response
 
 from vc.audio import alaw_to_pcm, pcm_to_alaw, pcm_to_ulaw, ulaw_to_pcm
 from vc.call import CallInfo
 from vc.providers import Observer
 from vc.server import App
 from vc.testing import config_from_ini, fake_registry
-from vc_transport_opensips import rtp, sipmsg
-from vc_transport_opensips.sipmsg import Request, Response
 
 LOCAL = "127.0.0.1"
 
@@ -38,7 +38,11 @@ def rms(pcm: bytes) -> float:
     return float(np.sqrt(np.mean(a * a)))
 
 
-async def wait_for(cond: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+async def wait_for(
+    cond: Callable[[], Any],
+    timeout: float = 20.0,  # noqa: ASYNC109 - polls a condition
+    what: str = "condition",
+) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = cond()
@@ -105,10 +109,20 @@ event_port = 0
 class VC:
     """A running vc: App (engine + opensips transport) with fake STT/LLM/TTS."""
 
-    def __init__(self, transport: str = "", script: str = "what time is it", ms_per_char: int = 30,
-                 greeting: str = "Hi.", extra: str = "") -> None:
-        ini = BASE_INI.format(script=script, ms_per_char=ms_per_char, greeting=greeting,
-                              transport=transport) + extra
+    def __init__(
+        self,
+        transport: str = "",
+        script: str = "what time is it",
+        ms_per_char: int = 30,
+        greeting: str = "Hi.",
+        extra: str = "",
+    ) -> None:
+        ini = (
+            BASE_INI.format(
+                script=script, ms_per_char=ms_per_char, greeting=greeting, transport=transport
+            )
+            + extra
+        )
         registry = fake_registry()
         self.config = config_from_ini(ini, registry)
         self.app = App(self.config, registry)
@@ -172,10 +186,19 @@ class RtpPhone(asyncio.DatagramProtocol):
             self.received.append((time.monotonic(), rtp.parse(data)))
 
     def sdp(self, formats: str = "0 8 101", extra: str = "") -> str:
-        lines = ["v=0", f"o=caller 1 1 IN IP4 {LOCAL}", "s=-", f"c=IN IP4 {LOCAL}", "t=0 0",
-                 f"m=audio {self.port} RTP/AVP {formats}", "a=rtpmap:0 PCMU/8000",
-                 "a=rtpmap:8 PCMA/8000", "a=rtpmap:101 telephone-event/8000",
-                 "a=fmtp:101 0-16", "a=ptime:20"]
+        lines = [
+            "v=0",
+            f"o=caller 1 1 IN IP4 {LOCAL}",
+            "s=-",
+            f"c=IN IP4 {LOCAL}",
+            "t=0 0",
+            f"m=audio {self.port} RTP/AVP {formats}",
+            "a=rtpmap:0 PCMU/8000",
+            "a=rtpmap:8 PCMA/8000",
+            "a=rtpmap:101 telephone-event/8000",
+            "a=fmtp:101 0-16",
+            "a=ptime:20",
+        ]
         if extra:
             lines.append(extra)
         return "\r\n".join(lines) + "\r\n"
@@ -221,17 +244,20 @@ class RtpPhone(asyncio.DatagramProtocol):
                 if payload:
                     if dtmf_ts is None:
                         dtmf_ts = self.ts
-                    self.transport.sendto(rtp.build(self.dtmf_pt, self.seq, dtmf_ts, self.ssrc,
-                                                    payload), self.remote)
+                    self.transport.sendto(
+                        rtp.build(self.dtmf_pt, self.seq, dtmf_ts, self.ssrc, payload), self.remote
+                    )
                     self.seq += 1
-                    if payload[1] & 0x80 and (not self._dtmf or not self._dtmf[0] or
-                                              not self._dtmf[0][1] & 0x80):
+                    if payload[1] & 0x80 and (
+                        not self._dtmf or not self._dtmf[0] or not self._dtmf[0][1] & 0x80
+                    ):
                         dtmf_ts = None
                 self.ts += 160
                 continue
             frame = self._queue.pop(0) if self._queue else silence
-            self.transport.sendto(rtp.build(self.pt, self.seq, self.ts, self.ssrc,
-                                            self.encode(frame)), self.remote)
+            self.transport.sendto(
+                rtp.build(self.pt, self.seq, self.ts, self.ssrc, self.encode(frame)), self.remote
+            )
             self.seq += 1
             self.ts += 160
 
@@ -240,8 +266,11 @@ class RtpPhone(asyncio.DatagramProtocol):
 
     def loud(self, after: float = 0.0, threshold: float = 500.0) -> list[float]:
         """Arrival times of received packets that carry sound (not silence)."""
-        return [t for t, p in self.audio_packets()
-                if t >= after and rms(self.decode(p.payload)) > threshold]
+        return [
+            t
+            for t, p in self.audio_packets()
+            if t >= after and rms(self.decode(p.payload)) > threshold
+        ]
 
     async def close(self) -> None:
         if self._task is not None:
@@ -290,7 +319,11 @@ class SipCaller(asyncio.DatagramProtocol):
         if msg is None:
             return
         self.messages.append((time.monotonic(), msg, data))
-        if isinstance(msg, Request) and self.auto_answer and msg.method in ("BYE", "NOTIFY", "INFO"):
+        if (
+            isinstance(msg, Request)
+            and self.auto_answer
+            and msg.method in ("BYE", "NOTIFY", "INFO")
+        ):
             self.transport.sendto(sipmsg.response(msg, 200), addr)  # type: ignore[union-attr]
         if isinstance(msg, Request) and self.auto_answer and msg.method == "REFER":
             self.transport.sendto(sipmsg.response(msg, 202), addr)  # type: ignore[union-attr]
@@ -302,9 +335,17 @@ class SipCaller(asyncio.DatagramProtocol):
     def via(self, branch: str) -> str:
         return f"SIP/2.0/UDP {LOCAL}:{self.port};branch={branch};rport"
 
-    def invite(self, target: tuple[str, int], sdp: str = "", *, branch: str = "",
-               headers: str = "", to_tag: str = "", cseq: int | None = None,
-               content_type: str = "application/sdp") -> bytes:
+    def invite(
+        self,
+        target: tuple[str, int],
+        sdp: str = "",
+        *,
+        branch: str = "",
+        headers: str = "",
+        to_tag: str = "",
+        cseq: int | None = None,
+        content_type: str = "application/sdp",
+    ) -> bytes:
         self.invite_branch = branch or "z9hG4bK" + secrets.token_hex(8)
         body = sdp.encode()
         to = f"<sip:bot@{target[0]}>" + (f";tag={to_tag}" if to_tag else "")
@@ -314,7 +355,7 @@ class SipCaller(asyncio.DatagramProtocol):
             f"Via: {self.via(self.invite_branch)}\r\n"
             f"Record-Route: <sip:{LOCAL}:{self.port};lr;ftag={self.from_tag}>\r\n"
             f"Max-Forwards: 69\r\n"
-            f"From: \"Caller\" <sip:+15550001111@{LOCAL}>;tag={self.from_tag}\r\n"
+            f'From: "Caller" <sip:+15550001111@{LOCAL}>;tag={self.from_tag}\r\n'
             f"To: {to}\r\n"
             f"Call-ID: {self.call_id}\r\n"
             f"CSeq: {cseq or self.cseq} INVITE\r\n"
@@ -326,9 +367,17 @@ class SipCaller(asyncio.DatagramProtocol):
         ).encode() + body
         return msg
 
-    def in_dialog(self, method: str, target: tuple[str, int], *, body: str = "",
-                  content_type: str = "application/sdp", cseq: int | None = None,
-                  branch: str = "", headers: str = "") -> bytes:
+    def in_dialog(
+        self,
+        method: str,
+        target: tuple[str, int],
+        *,
+        body: str = "",
+        content_type: str = "application/sdp",
+        cseq: int | None = None,
+        branch: str = "",
+        headers: str = "",
+    ) -> bytes:
         if cseq is None:
             self.cseq += 1
             cseq = self.cseq
@@ -339,7 +388,7 @@ class SipCaller(asyncio.DatagramProtocol):
             f"Via: {self.via(branch)}\r\n"
             + "".join(f"Route: {r}\r\n" for r in self.route)
             + f"Max-Forwards: 70\r\n"
-            f"From: \"Caller\" <sip:+15550001111@{LOCAL}>;tag={self.from_tag}\r\n"
+            f'From: "Caller" <sip:+15550001111@{LOCAL}>;tag={self.from_tag}\r\n'
             f"To: <sip:bot@{target[0]}>" + (f";tag={self.to_tag}" if self.to_tag else "") + "\r\n"
             f"Call-ID: {self.call_id}\r\n"
             f"CSeq: {cseq} {method if method != 'ACK' else 'ACK'}\r\n"
@@ -358,7 +407,7 @@ class SipCaller(asyncio.DatagramProtocol):
             f"Via: SIP/2.0/UDP {LOCAL}:{self.port};branch=z9hG4bKproxy{self.invite_branch[7:]}\r\n"
             f"Via: {self.via(self.invite_branch)}\r\n"
             f"Max-Forwards: 70\r\n"
-            f"From: \"Caller\" <sip:+15550001111@{LOCAL}>;tag={self.from_tag}\r\n"
+            f'From: "Caller" <sip:+15550001111@{LOCAL}>;tag={self.from_tag}\r\n'
             f"To: <sip:bot@{target[0]}>\r\n"
             f"Call-ID: {self.call_id}\r\n"
             f"CSeq: 1 CANCEL\r\n"
@@ -368,17 +417,23 @@ class SipCaller(asyncio.DatagramProtocol):
     def responses(self, method: str | None = None, status: int | None = None) -> list[Response]:
         out = []
         for _, m, _ in self.messages:
-            if isinstance(m, Response) and (method is None or m.cseq[1] == method) and (
-                    status is None or m.status == status):
+            if (
+                isinstance(m, Response)
+                and (method is None or m.cseq[1] == method)
+                and (status is None or m.status == status)
+            ):
                 out.append(m)
         return out
 
     def requests(self, method: str) -> list[tuple[float, Request]]:
-        return [(t, m) for t, m, _ in self.messages if isinstance(m, Request) and m.method == method]
+        return [
+            (t, m) for t, m, _ in self.messages if isinstance(m, Request) and m.method == method
+        ]
 
-    async def expect(self, method: str, status: int, timeout: float = 20.0) -> Response:
-        resps = await wait_for(lambda: self.responses(method, status), timeout,
-                               f"{status} to {method}")
+    async def expect(self, method: str, status: int, timeout: float = 20.0) -> Response:  # noqa: ASYNC109
+        resps = await wait_for(
+            lambda: self.responses(method, status), timeout, f"{status} to {method}"
+        )
         return resps[0]
 
     def learn_dialog(self, ok: Response) -> None:
@@ -400,8 +455,9 @@ def answer_media(ok: Response) -> tuple[tuple[str, int], str]:
     return (offer.address, offer.port), text
 
 
-async def place_call(vc: VC, phone: RtpPhone, caller: SipCaller, formats: str = "0 8 101",
-                     headers: str = "") -> Response:
+async def place_call(
+    vc: VC, phone: RtpPhone, caller: SipCaller, formats: str = "0 8 101", headers: str = ""
+) -> Response:
     """INVITE -> 200 -> ACK; the phone starts sending RTP to the answer's address."""
     caller.send(caller.invite(vc.sip_addr, phone.sdp(formats), headers=headers), vc.sip_addr)
     ok = await caller.expect("INVITE", 200)
@@ -469,8 +525,17 @@ class OpenSIPSStandIn(asyncio.DatagramProtocol):
     def event(self, params: dict[str, Any]) -> bytes:
         """Send one E_UA_SESSION notification (as bytes, exactly); returns what was sent."""
         assert self.subscribed(), "no live subscription"
-        full = {"key": "", "entity_type": "UAS", "event_type": "", "status": 0, "reason": "",
-                "method": "", "body": "", "headers": "", "extra_params": ""}
+        full = {
+            "key": "",
+            "entity_type": "UAS",
+            "event_type": "",
+            "status": 0,
+            "reason": "",
+            "method": "",
+            "body": "",
+            "headers": "",
+            "extra_params": "",
+        }
         full.update(params)
         data = json.dumps({"jsonrpc": "2.0", "method": "E_UA_SESSION", "params": full}).encode()
         assert self.transport is not None and self.subscriber is not None

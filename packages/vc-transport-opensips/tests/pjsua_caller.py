@@ -20,12 +20,12 @@ class Call(pj.Call):
         self.recorder: pj.AudioMediaRecorder | None = None
         self.state = ""
 
-    def onCallState(self, prm: pj.OnCallStateParam) -> None:  # noqa: N802 - pjsua2 API
+    def onCallState(self, prm: pj.OnCallStateParam) -> None:
         info = self.getInfo()
         self.state = info.stateText
         print(f"call state: {info.stateText} {info.lastStatusCode}", flush=True)
 
-    def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:  # noqa: N802
+    def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:
         info = self.getInfo()
         for i, media in enumerate(info.media):
             if media.type == pj.PJMEDIA_TYPE_AUDIO and media.status == pj.PJSUA_CALL_MEDIA_ACTIVE:

@@ -9,13 +9,13 @@ import time
 
 import pytest
 from opensips_kit import VC, OpenSIPSStandIn, RtpPhone, free_udp_port, wait_for
+from vc_transport_opensips.sdp import parse_offer
 
 from vc.testing.calls import speech
-from vc_transport_opensips.sdp import parse_offer
 
 HEADERS = (
     "Via: SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bK776asdhds\r\n"
-    "From: \"Alice\" <sip:+15550001111@example.com>;tag=1928301774\r\n"
+    'From: "Alice" <sip:+15550001111@example.com>;tag=1928301774\r\n'
     "To: <sip:+15550002222@example.com>\r\n"
     "Call-ID: a84b4c76e66710@pc33.example.com\r\n"
     "CSeq: 314159 INVITE\r\n"
@@ -24,8 +24,10 @@ HEADERS = (
 
 
 def b2b_settings(mi_port: int, extra: str = "") -> str:
-    return (f"mode = b2b\nmi_ip = 127.0.0.1\nmi_port = {mi_port}\nmi_timeout = 0.5\n"
-            f"subscription_retry = 0.3\n{extra}")
+    return (
+        f"mode = b2b\nmi_ip = 127.0.0.1\nmi_port = {mi_port}\nmi_timeout = 0.5\n"
+        f"subscription_retry = 0.3\n{extra}"
+    )
 
 
 @pytest.fixture
@@ -36,16 +38,24 @@ async def phone():
 
 
 def new_event(key: str, phone: RtpPhone, extra_params: str = "", body: str | None = None) -> dict:
-    return {"key": key, "event_type": "NEW", "method": "INVITE",
-            "body": phone.sdp() if body is None else body, "headers": HEADERS,
-            "extra_params": extra_params}
+    return {
+        "key": key,
+        "event_type": "NEW",
+        "method": "INVITE",
+        "body": phone.sdp() if body is None else body,
+        "headers": HEADERS,
+        "extra_params": extra_params,
+    }
 
 
 async def test_subscribes_and_answers_a_call_over_rtp(phone: RtpPhone) -> None:
     standin = await OpenSIPSStandIn().start()
     try:
-        async with VC(transport=b2b_settings(standin.port), script="what time is it",
-                      extra="[profile.sales]\ngreeting = Sales here.\n") as vc:
+        async with VC(
+            transport=b2b_settings(standin.port),
+            script="what time is it",
+            extra="[profile.sales]\ngreeting = Sales here.\n",
+        ) as vc:
             assert vc.transport.ready()
             (sub,) = standin.calls("event_subscribe")[:1]
             # Positional params exactly as OpenSIPS's event_subscribe takes them.
@@ -75,9 +85,18 @@ async def test_subscribes_and_answers_a_call_over_rtp(phone: RtpPhone) -> None:
             t_asked = time.monotonic()
             await wait_for(lambda: phone.loud(after=t_asked + 0.2), timeout=30, what="reply audio")
             # Hold with a re-INVITE, answered through ua_session_reply.
-            standin.event({"key": key, "event_type": "UPDATED", "method": "INVITE",
-                           "body": phone.sdp(extra="a=sendonly"), "headers": HEADERS})
-            re = await wait_for(lambda: standin.calls("ua_session_reply")[1:], what="re-INVITE answer")
+            standin.event(
+                {
+                    "key": key,
+                    "event_type": "UPDATED",
+                    "method": "INVITE",
+                    "body": phone.sdp(extra="a=sendonly"),
+                    "headers": HEADERS,
+                }
+            )
+            re = await wait_for(
+                lambda: standin.calls("ua_session_reply")[1:], what="re-INVITE answer"
+            )
             assert parse_offer(re[0]["params"]["body"]).direction == "recvonly"
             # BYE from the caller: TERMINATED stops the call at once and frees the port.
             port = answer.port
@@ -119,36 +138,53 @@ async def test_opensips_starting_after_vc_and_subscription_refresh(phone: RtpPho
 async def test_rejections_unknown_keys_and_bot_hangup(phone: RtpPhone) -> None:
     standin = await OpenSIPSStandIn().start()
     try:
-        async with VC(transport=b2b_settings(standin.port, "codecs = PCMA"), script="goodbye") as vc:
+        async with VC(
+            transport=b2b_settings(standin.port, "codecs = PCMA"), script="goodbye"
+        ) as vc:
             # In-dialog request for a key vc does not know: 481.
-            standin.event({"key": "B2B.1.1.1.1", "event_type": "UPDATED", "method": "INVITE",
-                           "body": phone.sdp()})
+            standin.event(
+                {
+                    "key": "B2B.1.1.1.1",
+                    "event_type": "UPDATED",
+                    "method": "INVITE",
+                    "body": phone.sdp(),
+                }
+            )
             r = await wait_for(lambda: standin.calls("ua_session_reply"), what="481")
             assert r[0]["params"]["code"] == 481 and r[0]["params"]["method"] == "INVITE"
             # No SDP: 415. No common codec (PCMU only offered, PCMA configured): 488.
             standin.event(new_event("B2B.2.2.2.2", phone, body=""))
             standin.event(new_event("B2B.3.3.3.3", phone, body=phone.sdp("0")))
             await wait_for(lambda: len(standin.calls("ua_session_reply")) >= 3, what="rejections")
-            codes = {c["params"]["key"]: c["params"]["code"] for c in standin.calls("ua_session_reply")}
+            codes = {
+                c["params"]["key"]: c["params"]["code"] for c in standin.calls("ua_session_reply")
+            }
             assert codes["B2B.2.2.2.2"] == 415 and codes["B2B.3.3.3.3"] == 488
             # Garbage on the event socket is dropped; the next call works.
             assert standin.transport is not None and standin.subscriber is not None
             standin.transport.sendto(b"\x00garbage{", standin.subscriber)
-            standin.transport.sendto(json.dumps({"method": "E_UA_SESSION"}).encode(), standin.subscriber)
+            standin.transport.sendto(
+                json.dumps({"method": "E_UA_SESSION"}).encode(), standin.subscriber
+            )
             # A call where the caller says goodbye: the bot hangs up with ua_session_terminate.
             key = "B2B.4.4.4.4"
             phone.codec, phone.pt = "PCMA", 8
             standin.event(new_event(key, phone))
-            ok = await wait_for(lambda: [c for c in standin.calls("ua_session_reply")
-                                         if c["params"]["key"] == key], what="answer")
+            ok = await wait_for(
+                lambda: [c for c in standin.calls("ua_session_reply") if c["params"]["key"] == key],
+                what="answer",
+            )
             assert ok[0]["params"]["code"] == 200
             answer = parse_offer(ok[0]["params"]["body"])
             assert answer.formats == [8, 101]
             phone.connect((answer.address, answer.port))
             await wait_for(lambda: phone.loud(), what="greeting")
             await asyncio.sleep(phone.say(speech("Okay, goodbye!")))
-            term = await wait_for(lambda: standin.calls("ua_session_terminate"), timeout=40,
-                                  what="ua_session_terminate")
+            term = await wait_for(
+                lambda: standin.calls("ua_session_terminate"),
+                timeout=40,
+                what="ua_session_terminate",
+            )
             assert term[0]["params"] == {"key": key}
             await wait_for(lambda: not vc.transport.media.pool.in_use, what="port release")
             # A transfer goes out as ua_session_update REFER.
@@ -159,7 +195,9 @@ async def test_rejections_unknown_keys_and_bot_hangup(phone: RtpPhone) -> None:
             (upd,) = standin.calls("ua_session_update")
             assert upd["params"]["key"] == key and upd["params"]["method"] == "REFER"
             assert upd["params"]["body"] == ""
-            assert upd["params"]["extra_headers"].startswith("Refer-To: <sip:agent@example.com>\r\n")
+            assert upd["params"]["extra_headers"].startswith(
+                "Refer-To: <sip:agent@example.com>\r\n"
+            )
             assert "Referred-By: " in upd["params"]["extra_headers"]
             standin.event({"key": key, "event_type": "TERMINATED", "method": "CANCEL"})
             await wait_for(lambda: not vc.transport.media.pool.in_use, what="port release")

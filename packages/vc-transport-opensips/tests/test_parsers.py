@@ -8,12 +8,12 @@ import logging
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from vc.call import PlayoutBuffer
 from vc_transport_opensips import rtp, sipmsg
 from vc_transport_opensips.jitter import JitterBuffer
 from vc_transport_opensips.media import RtpStream
 from vc_transport_opensips.sdp import SdpError, SdpSession, negotiate, parse_offer
+
+from vc.call import PlayoutBuffer
 
 OFFER = (
     "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n"
@@ -23,6 +23,7 @@ OFFER = (
 
 
 # -- SDP ------------------------------------------------------------------------------------
+
 
 def test_offer_static_types_without_rtpmap_and_session_level_c() -> None:
     offer = parse_offer(OFFER)
@@ -56,13 +57,19 @@ def test_answer_mirrors_choice_and_direction() -> None:
     assert "0.0.0.0" not in text
 
 
-@pytest.mark.parametrize("bad", [
-    "", "hello", "v=1\r\n", "v=0\r\nm=audio 1 RTP/AVP 0\r\n",  # no c=
-    "v=0\r\nc=IN IP4 host.example\r\nm=audio 1 RTP/AVP 0\r\n",
-    "v=0\r\nc=IN IP4 1.2.3.4\r\nm=audio 99999 RTP/AVP 0\r\n",
-    "v=0\r\nc=IN IP4 1.2.3.4\r\nm=video 1 RTP/AVP 0\r\n",
-    "v=0\r\nc=IN IP4 1.2.3.4\r\nm=audio 1 RTP/AVP 0\r\na=rtpmap:x PCMU/8000\r\n",
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "hello",
+        "v=1\r\n",
+        "v=0\r\nm=audio 1 RTP/AVP 0\r\n",  # no c=
+        "v=0\r\nc=IN IP4 host.example\r\nm=audio 1 RTP/AVP 0\r\n",
+        "v=0\r\nc=IN IP4 1.2.3.4\r\nm=audio 99999 RTP/AVP 0\r\n",
+        "v=0\r\nc=IN IP4 1.2.3.4\r\nm=video 1 RTP/AVP 0\r\n",
+        "v=0\r\nc=IN IP4 1.2.3.4\r\nm=audio 1 RTP/AVP 0\r\na=rtpmap:x PCMU/8000\r\n",
+    ],
+)
 def test_bad_sdp_is_rejected(bad: str) -> None:
     with pytest.raises(SdpError):
         parse_offer(bad)
@@ -78,12 +85,31 @@ def test_sdp_parser_never_raises_anything_but_sdperror(text: str) -> None:
     negotiate(offer, ["PCMU", "PCMA"])
 
 
-sdp_lines = st.lists(st.sampled_from([
-    "v=0", "c=IN IP4 10.1.2.3", "c=IN IP6 ::1", "c=IN IP4 x", "m=audio 4000 RTP/AVP 0 8 101",
-    "m=audio 0 RTP/AVP 0", "m=video 5000 RTP/AVP 96", "a=rtpmap:101 telephone-event/8000",
-    "a=rtpmap:0 PCMU/8000", "a=ptime:20", "a=ptime:abc", "a=sendonly", "a=inactive", "a=",
-    "t=0 0", "o=- 1 1 IN IP4 1.1.1.1", "a=fmtp:101 0-15", "m=audio 1 RTP/SAVP 0",
-]), max_size=12)
+sdp_lines = st.lists(
+    st.sampled_from(
+        [
+            "v=0",
+            "c=IN IP4 10.1.2.3",
+            "c=IN IP6 ::1",
+            "c=IN IP4 x",
+            "m=audio 4000 RTP/AVP 0 8 101",
+            "m=audio 0 RTP/AVP 0",
+            "m=video 5000 RTP/AVP 96",
+            "a=rtpmap:101 telephone-event/8000",
+            "a=rtpmap:0 PCMU/8000",
+            "a=ptime:20",
+            "a=ptime:abc",
+            "a=sendonly",
+            "a=inactive",
+            "a=",
+            "t=0 0",
+            "o=- 1 1 IN IP4 1.1.1.1",
+            "a=fmtp:101 0-15",
+            "m=audio 1 RTP/SAVP 0",
+        ]
+    ),
+    max_size=12,
+)
 
 
 @given(sdp_lines)
@@ -101,9 +127,19 @@ def test_sdp_structured_fuzz(lines: list[str]) -> None:
 
 # -- RTP ------------------------------------------------------------------------------------
 
+
 def test_rtp_csrc_extension_padding_roundtrip() -> None:
-    data = rtp.build(8, 65535, 0xFFFFFFFF, 0xDEADBEEF, b"\x01\x02\x03", marker=True,
-                     csrc=(1, 2), extension=(0xBEDE, b"\x10\xaa\x00\x00"), padding=4)
+    data = rtp.build(
+        8,
+        65535,
+        0xFFFFFFFF,
+        0xDEADBEEF,
+        b"\x01\x02\x03",
+        marker=True,
+        csrc=(1, 2),
+        extension=(0xBEDE, b"\x10\xaa\x00\x00"),
+        padding=4,
+    )
     p = rtp.parse(data)
     assert (p.payload_type, p.sequence, p.timestamp, p.ssrc) == (8, 65535, 0xFFFFFFFF, 0xDEADBEEF)
     assert p.marker and p.csrc == (1, 2) and p.extension == (0xBEDE, b"\x10\xaa\x00\x00")
@@ -111,9 +147,17 @@ def test_rtp_csrc_extension_padding_roundtrip() -> None:
     assert rtp.parse(p.encode()) == p
 
 
-@pytest.mark.parametrize("bad", [b"", b"\x80\x00", b"\x40" + bytes(11),
-                                 b"\x8f" + bytes(11), b"\x90" + bytes(11) + b"\x00\x00\x00\x05",
-                                 b"\xa0" + bytes(11) + b"\x00"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"",
+        b"\x80\x00",
+        b"\x40" + bytes(11),
+        b"\x8f" + bytes(11),
+        b"\x90" + bytes(11) + b"\x00\x00\x00\x05",
+        b"\xa0" + bytes(11) + b"\x00",
+    ],
+)
 def test_bad_rtp_is_rejected(bad: bytes) -> None:
     with pytest.raises(rtp.RtpError):
         rtp.parse(bad)
@@ -175,6 +219,7 @@ async def test_outbound_sequence_and_timestamp_wrap() -> None:
 
 # -- jitter buffer ----------------------------------------------------------------------------
 
+
 def test_jitter_reorders_and_conceals() -> None:
     jb = JitterBuffer(0.02, 0.2, 160)
     out = jb.push(10, 1600, b"a" * 160, 0.0)
@@ -212,7 +257,7 @@ INVITE = (
     b"Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK1;rport\r\n"
     b"v: SIP/2.0/UDP 10.0.0.2:5060;branch=z9hG4bK2\r\n"
     b"Record-Route: <sip:10.0.0.1;lr>\r\n"
-    b"f: \"A\" <sip:alice@example.com>;tag=abc\r\n"
+    b'f: "A" <sip:alice@example.com>;tag=abc\r\n'
     b"t: <sip:bot@example.com>\r\n"
     b"i: call-1\r\n"
     b"CSeq: 7\r\n  INVITE\r\n"
@@ -227,7 +272,9 @@ def test_sip_parse_compact_folded_and_content_length() -> None:
     req = sipmsg.parse(INVITE)
     assert isinstance(req, sipmsg.Request) and req.method == "INVITE"
     assert req.call_id == "call-1" and req.cseq == (7, "INVITE") and req.from_tag == "abc"
-    assert req.body == b"v=0\r" and req.branch == "z9hG4bK1" and req.content_type == "application/sdp"
+    assert (
+        req.body == b"v=0\r" and req.branch == "z9hG4bK1" and req.content_type == "application/sdp"
+    )
     assert req.contact_uri == "sip:alice@10.0.0.2"
     resp = sipmsg.parse(sipmsg.response(req, 200, to_tag="xyz", record_route=True, body=b"v=0\r\n"))
     assert isinstance(resp, sipmsg.Response) and resp.status == 200 and resp.to_tag == "xyz"
@@ -236,15 +283,18 @@ def test_sip_parse_compact_folded_and_content_length() -> None:
     assert sipmsg.parse(b"\r\n\r\n") is None  # keep-alive
 
 
-@pytest.mark.parametrize("mutate, answerable", [
-    (lambda m: m.replace(b"CSeq: 7\r\n  INVITE", b"CSeq: x INVITE"), True),
-    (lambda m: m.replace(b"l: 4", b"l: 400"), True),
-    (lambda m: m.replace(b"i: call-1\r\n", b""), False),
-    (lambda m: m.replace(b"SIP/2.0\r\nVia", b"SIP/3.0\r\nVia"), False),
-    (lambda m: m.replace(b"\r\n\r\n", b"\r\n"), False),
-    (lambda m: m.replace(b"sip:bot@127.0.0.1:8089", b"http://x"), True),
-    (lambda m: m.replace(b"CSeq: 7\r\n  INVITE", b"CSeq: 7 BYE"), True),
-])
+@pytest.mark.parametrize(
+    "mutate, answerable",
+    [
+        (lambda m: m.replace(b"CSeq: 7\r\n  INVITE", b"CSeq: x INVITE"), True),
+        (lambda m: m.replace(b"l: 4", b"l: 400"), True),
+        (lambda m: m.replace(b"i: call-1\r\n", b""), False),
+        (lambda m: m.replace(b"SIP/2.0\r\nVia", b"SIP/3.0\r\nVia"), False),
+        (lambda m: m.replace(b"\r\n\r\n", b"\r\n"), False),
+        (lambda m: m.replace(b"sip:bot@127.0.0.1:8089", b"http://x"), True),
+        (lambda m: m.replace(b"CSeq: 7\r\n  INVITE", b"CSeq: 7 BYE"), True),
+    ],
+)
 def test_broken_requests_get_400_when_answerable(mutate, answerable: bool) -> None:
     with pytest.raises(sipmsg.SipParseError) as e:
         sipmsg.parse(mutate(INVITE))
@@ -263,18 +313,49 @@ def test_sip_parser_only_raises_sipparseerror(data: bytes) -> None:
         pass
 
 
-header_lines = st.lists(st.sampled_from([
-    b"Via: SIP/2.0/UDP 1.2.3.4:5060;branch=z9hG4bKx", b"Via: garbage", b"v: SIP/2.0/UDP h",
-    b"From: <sip:a@b>;tag=1", b"From: nonsense <<", b"To: <sip:c@d>", b"To: <sip:c@d>;tag=",
-    b"Call-ID: x", b"CSeq: 1 INVITE", b"CSeq: 99999999999999999999 BYE", b"CSeq: 1",
-    b"Contact: *", b"Contact: <sip:x@y:99999>", b"Content-Length: 3", b"Content-Length: -1",
-    b" folded", b"NoColon", b"Max-Forwards: 70", b"Require: 100rel", b"\xff\xfe: x",
-]), max_size=10)
+header_lines = st.lists(
+    st.sampled_from(
+        [
+            b"Via: SIP/2.0/UDP 1.2.3.4:5060;branch=z9hG4bKx",
+            b"Via: garbage",
+            b"v: SIP/2.0/UDP h",
+            b"From: <sip:a@b>;tag=1",
+            b"From: nonsense <<",
+            b"To: <sip:c@d>",
+            b"To: <sip:c@d>;tag=",
+            b"Call-ID: x",
+            b"CSeq: 1 INVITE",
+            b"CSeq: 99999999999999999999 BYE",
+            b"CSeq: 1",
+            b"Contact: *",
+            b"Contact: <sip:x@y:99999>",
+            b"Content-Length: 3",
+            b"Content-Length: -1",
+            b" folded",
+            b"NoColon",
+            b"Max-Forwards: 70",
+            b"Require: 100rel",
+            b"\xff\xfe: x",
+        ]
+    ),
+    max_size=10,
+)
 
 
-@given(st.sampled_from([b"INVITE sip:a@b SIP/2.0", b"BYE sip:a@b SIP/2.0", b"SIP/2.0 200 OK",
-                        b"ACK sip:a@b SIP/2.0", b"FOO bar SIP/2.0", b"SIP/2.0 99 X"]),
-       header_lines, st.binary(max_size=20))
+@given(
+    st.sampled_from(
+        [
+            b"INVITE sip:a@b SIP/2.0",
+            b"BYE sip:a@b SIP/2.0",
+            b"SIP/2.0 200 OK",
+            b"ACK sip:a@b SIP/2.0",
+            b"FOO bar SIP/2.0",
+            b"SIP/2.0 99 X",
+        ]
+    ),
+    header_lines,
+    st.binary(max_size=20),
+)
 @settings(max_examples=400)
 def test_sip_structured_fuzz(start: bytes, lines: list[bytes], body: bytes) -> None:
     data = b"\r\n".join([start, *lines]) + b"\r\n\r\n" + body

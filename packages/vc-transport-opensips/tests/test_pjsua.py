@@ -14,8 +14,9 @@ from opensips_kit import VC, wait_for
 
 from vc.testing.calls import speech
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("pjsua2") is None,
-                                reason="pjsua2-python is not installed")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("pjsua2") is None, reason="pjsua2-python is not installed"
+)
 RATE = 8000
 
 
@@ -52,9 +53,16 @@ async def test_pjsua_softphone_call(tmp_path: Path, codec: str) -> None:
     async with VC(script="what time is it", greeting="Hello there, how can I help you?") as vc:
         host, port = vc.sip_addr
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(Path(__file__).parent / "pjsua_caller.py"),
-            f"sip:bot@{host}:{port}", str(play), str(record), "14", codec,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            sys.executable,
+            str(Path(__file__).parent / "pjsua_caller.py"),
+            f"sip:bot@{host}:{port}",
+            str(play),
+            str(record),
+            "14",
+            codec,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
         out, _ = await asyncio.wait_for(proc.communicate(), 60)
         assert proc.returncode == 0, out.decode(errors="replace")[-3000:]
         await wait_for(lambda: vc.recorder.ended, what="call end")

@@ -7,6 +7,7 @@ VAD, so the caller's audio must be real speech (espeak-ng) for a turn to happen.
 from __future__ import annotations
 
 import asyncio
+from itertools import pairwise
 
 import pytest
 from opensips_kit import (
@@ -17,9 +18,9 @@ from opensips_kit import (
     place_call,
     wait_for,
 )
+from vc_transport_opensips.sdp import parse_offer
 
 from vc.testing.calls import speech
-from vc_transport_opensips.sdp import parse_offer
 
 
 @pytest.fixture
@@ -48,7 +49,9 @@ async def test_answer_headers_and_sdp(phone: RtpPhone, caller: SipCaller) -> Non
         assert [f"Via: {v}" for v in trying.get_all("Via")] == vias
         assert ok.get("From").endswith(f"tag={caller.from_tag}")
         assert ok.call_id == caller.call_id and ok.get("CSeq") == "1 INVITE"
-        assert ok.get_all("Record-Route") == [f"<sip:127.0.0.1:{caller.port};lr;ftag={caller.from_tag}>"]
+        assert ok.get_all("Record-Route") == [
+            f"<sip:127.0.0.1:{caller.port};lr;ftag={caller.from_tag}>"
+        ]
         assert ok.to_tag and not trying.to_tag
         contact = ok.get("Contact")
         assert "0.0.0.0" not in contact and f":{vc.transport.sip_port}" in contact
@@ -63,7 +66,7 @@ async def test_answer_headers_and_sdp(phone: RtpPhone, caller: SipCaller) -> Non
         caller.send(caller.ack(vc.sip_addr), vc.sip_addr)
         phone.connect((ip, port))
         await wait_for(lambda: vc.recorder.started, what="call start")
-        info, profile = vc.recorder.started[0]
+        info, _ = vc.recorder.started[0]
         assert info.from_ == "+15550001111" and info.to == "bot" and info.transport == "opensips"
         assert info.params.get("ai-processing") == "enabled"
         caller.send(caller.in_dialog("BYE", vc.sip_addr), vc.sip_addr)
@@ -80,17 +83,22 @@ async def test_conversation_over_rtp(phone: RtpPhone, caller: SipCaller) -> None
         t_question = asyncio.get_running_loop().time()
         dur = phone.say(speech("What time is it now, please?"))
         await asyncio.sleep(dur)
-        await wait_for(lambda: vc.recorder.named("transcript") or vc.recorder.named("turn"),
-                       what="a transcribed turn")
+        await wait_for(
+            lambda: vc.recorder.named("transcript") or vc.recorder.named("turn"),
+            what="a transcribed turn",
+        )
         # The fake LLM echoes "You said: what time is it." and the tone TTS speaks it.
-        reply = await wait_for(lambda: phone.loud(after=t_question + dur + 0.05), timeout=30,
-                               what="the bot's reply audio")
+        reply = await wait_for(
+            lambda: phone.loud(after=t_question + dur + 0.05),
+            timeout=30,
+            what="the bot's reply audio",
+        )
         assert reply
         packets = [p for _, p in phone.audio_packets()]
         assert len(packets) > 50
         # RFC 3550 stream properties: one SSRC, sequence +1 each packet, timestamp +160.
         assert len({p.ssrc for p in packets}) == 1
-        for a, b in zip(packets, packets[1:], strict=False):
+        for a, b in pairwise(packets):
             assert (b.sequence - a.sequence) & 0xFFFF == 1
             assert (b.timestamp - a.timestamp) & 0xFFFFFFFF == 160
         # Marker bit on each talk spurt's first packet, never on silence fill.

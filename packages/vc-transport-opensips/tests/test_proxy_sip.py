@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from itertools import pairwise
 
 import pytest
 from opensips_kit import (
@@ -17,9 +18,9 @@ from opensips_kit import (
     place_call,
     wait_for,
 )
+from vc_transport_opensips.sdp import parse_offer
 
 from vc.testing.calls import speech
-from vc_transport_opensips.sdp import parse_offer
 
 
 @pytest.fixture
@@ -37,15 +38,19 @@ async def caller():
 
 
 async def test_retransmitted_invite_is_absorbed_and_200_repeats_until_ack(
-        phone: RtpPhone, caller: SipCaller) -> None:
+    phone: RtpPhone, caller: SipCaller
+) -> None:
     async with VC() as vc:
         invite = caller.invite(vc.sip_addr, phone.sdp())
         caller.send(invite, vc.sip_addr)
         caller.send(invite, vc.sip_addr)  # a retransmission before any answer
         await caller.expect("INVITE", 200)
         # No ACK yet: the 200 OK is retransmitted (T1 = 0.5 s, then 1 s...).
-        await wait_for(lambda: len(caller.responses("INVITE", 200)) >= 3, timeout=10,
-                       what="200 OK retransmissions")
+        await wait_for(
+            lambda: len(caller.responses("INVITE", 200)) >= 3,
+            timeout=10,
+            what="200 OK retransmissions",
+        )
         caller.send(invite, vc.sip_addr)  # retransmitted INVITE after the answer: same 200
         oks = caller.responses("INVITE", 200)
         assert len({ok.to_tag for ok in oks}) == 1
@@ -73,9 +78,12 @@ async def test_cancel_before_answer(phone: RtpPhone, caller: SipCaller) -> None:
         await caller.expect("CANCEL", 200)
         terminated = await caller.expect("INVITE", 487)
         assert terminated.to_tag
-        caller.send(caller.in_dialog("ACK", vc.sip_addr, cseq=1, branch=caller.invite_branch)
-                    .replace(f"tag={terminated.to_tag}".encode(), f"tag={terminated.to_tag}".encode()),
-                    vc.sip_addr)
+        caller.send(
+            caller.in_dialog("ACK", vc.sip_addr, cseq=1, branch=caller.invite_branch).replace(
+                f"tag={terminated.to_tag}".encode(), f"tag={terminated.to_tag}".encode()
+            ),
+            vc.sip_addr,
+        )
         await asyncio.sleep(2.5)
         assert not caller.responses("INVITE", 200), "the call was answered after CANCEL"
         assert not vc.recorder.started
@@ -112,7 +120,9 @@ async def test_bot_hangs_up_after_goodbye(phone: RtpPhone, caller: SipCaller) ->
         await place_call(vc, phone, caller)
         await wait_for(lambda: phone.loud(), what="greeting")
         await asyncio.sleep(phone.say(speech("Okay, goodbye!")))
-        t_bye, bye = (await wait_for(lambda: caller.requests("BYE"), timeout=40, what="BYE from vc"))[0]
+        t_bye, bye = (
+            await wait_for(lambda: caller.requests("BYE"), timeout=40, what="BYE from vc")
+        )[0]
         # The goodbye was heard before the BYE: sound arrived after the caller spoke, and
         # none after the BYE.
         loud = phone.loud()
@@ -131,8 +141,10 @@ async def test_dtmf_reaches_the_conversation(phone: RtpPhone, caller: SipCaller)
         await wait_for(lambda: phone.loud(), what="greeting")
         for d in "12#":
             phone.press(d)
-        digits = await wait_for(lambda: len(vc.recorder.named("dtmf")) >= 3 and vc.recorder.named("dtmf"),
-                                what="three DTMF events")
+        digits = await wait_for(
+            lambda: len(vc.recorder.named("dtmf")) >= 3 and vc.recorder.named("dtmf"),
+            what="three DTMF events",
+        )
         assert [d["digit"] for d in digits] == ["1", "2", "#"]  # each event once
         # Each key reached core once, in order (core turns them into InputDTMFFrames).
         await asyncio.sleep(1.0)
@@ -155,19 +167,23 @@ async def test_barge_in_stops_bot_audio(phone: RtpPhone, caller: SipCaller) -> N
         # After the interruption the bot's reply audio stops (its next reply may follow).
         await asyncio.sleep(dur)
         loud = phone.loud(after=t_speak)
-        gaps = [b - a for a, b in zip(loud, loud[1:], strict=False)]
-        assert loud and (max(gaps, default=0) > 0.2 or loud[-1] < t_speak + dur), \
+        gaps = [b - a for a, b in pairwise(loud)]
+        assert loud and (max(gaps, default=0) > 0.2 or loud[-1] < t_speak + dur), (
             "bot audio never stopped after the caller spoke"
+        )
 
 
 async def test_hold_and_resume_with_reinvite(phone: RtpPhone, caller: SipCaller) -> None:
     async with VC() as vc:
         await place_call(vc, phone, caller)
         await wait_for(lambda: len(phone.received) > 10, what="RTP")
-        caller.send(caller.in_dialog("INVITE", vc.sip_addr, body=phone.sdp(extra="a=sendonly")),
-                    vc.sip_addr)
-        ok = await wait_for(lambda: [r for r in caller.responses("INVITE", 200)
-                                     if r.get("CSeq").startswith("2 ")], what="200 to re-INVITE")
+        caller.send(
+            caller.in_dialog("INVITE", vc.sip_addr, body=phone.sdp(extra="a=sendonly")), vc.sip_addr
+        )
+        ok = await wait_for(
+            lambda: [r for r in caller.responses("INVITE", 200) if r.get("CSeq").startswith("2 ")],
+            what="200 to re-INVITE",
+        )
         held = parse_offer(ok[0].body.decode())
         assert held.direction == "recvonly"
         caller.send(caller.in_dialog("ACK", vc.sip_addr, cseq=2), vc.sip_addr)
@@ -176,8 +192,10 @@ async def test_hold_and_resume_with_reinvite(phone: RtpPhone, caller: SipCaller)
         await asyncio.sleep(1.0)
         assert len(phone.received) - n <= 1, "vc kept sending RTP to a held caller"
         caller.send(caller.in_dialog("INVITE", vc.sip_addr, body=phone.sdp()), vc.sip_addr)
-        ok = await wait_for(lambda: [r for r in caller.responses("INVITE", 200)
-                                     if r.get("CSeq").startswith("3 ")], what="200 to resume")
+        ok = await wait_for(
+            lambda: [r for r in caller.responses("INVITE", 200) if r.get("CSeq").startswith("3 ")],
+            what="200 to resume",
+        )
         resumed = parse_offer(ok[0].body.decode())
         assert resumed.direction == "sendrecv" and resumed.port == held.port
         caller.send(caller.in_dialog("ACK", vc.sip_addr, cseq=3), vc.sip_addr)
@@ -190,14 +208,23 @@ async def test_transfer_sends_refer(phone: RtpPhone, caller: SipCaller) -> None:
         await place_call(vc, phone, caller)
         session = await wait_for(vc.session, what="session")
         await session.connection.transfer("+15559990000")
-        (_, refer), = caller.requests("REFER")
+        ((_, refer),) = caller.requests("REFER")
         assert refer.get("Refer-To") == "<sip:+15559990000@127.0.0.1>"
         assert refer.get("Referred-By").startswith("<sip:vc@127.0.0.1:")
-        assert refer.get_all("Route") == [f"<sip:127.0.0.1:{caller.port};lr;ftag={caller.from_tag}>"]
+        assert refer.get_all("Route") == [
+            f"<sip:127.0.0.1:{caller.port};lr;ftag={caller.from_tag}>"
+        ]
         # The transferee reports success: vc ends its leg with BYE.
-        caller.send(caller.in_dialog("NOTIFY", vc.sip_addr, body="SIP/2.0 200 OK\r\n",
-                                     content_type="message/sipfrag", headers="Event: refer\r\n"),
-                    vc.sip_addr)
+        caller.send(
+            caller.in_dialog(
+                "NOTIFY",
+                vc.sip_addr,
+                body="SIP/2.0 200 OK\r\n",
+                content_type="message/sipfrag",
+                headers="Event: refer\r\n",
+            ),
+            vc.sip_addr,
+        )
         await caller.expect("NOTIFY", 200)
         await wait_for(lambda: caller.requests("BYE"), what="BYE after the transfer")
         await wait_for(lambda: vc.recorder.ended, what="call end")
@@ -230,8 +257,9 @@ async def test_options_rejections_and_unknown_dialogs(phone: RtpPhone, caller: S
         c4 = await SipCaller().start()
         broken = c4.invite(target, phone.sdp()).replace(b"CSeq: 1 INVITE", b"CSeq: one INVITE")
         c4.send(broken, target)
-        await wait_for(lambda: [r for r in c4.raw if r.startswith(b"SIP/2.0 400 ")],
-                       what="400 Bad Request")
+        await wait_for(
+            lambda: [r for r in c4.raw if r.startswith(b"SIP/2.0 400 ")], what="400 Bad Request"
+        )
         for c in (c2, c3, c4):
             await c.close()
         assert not vc.recorder.started and not vc.transport.media.pool.in_use
@@ -246,8 +274,10 @@ async def test_port_exhaustion_rejects_cleanly(phone: RtpPhone) -> None:
         answered = []
         for c, p in zip(callers, phones, strict=True):
             c.send(c.invite(vc.sip_addr, p.sdp()), vc.sip_addr)
-            r = await wait_for(lambda c=c: [x for x in c.responses("INVITE") if x.status >= 200],
-                               what="final response")
+            r = await wait_for(
+                lambda c=c: [x for x in c.responses("INVITE") if x.status >= 200],
+                what="final response",
+            )
             answered.append(r[0].status)
         # At most two even ports exist in the range; the call beyond them gets 503.
         assert answered.count(200) <= 2 and answered[-1] == 503, answered

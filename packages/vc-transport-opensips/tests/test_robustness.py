@@ -10,14 +10,14 @@ import time
 
 import pytest
 from opensips_kit import VC, RtpPhone, SipCaller, place_call, wait_for
+from vc_transport_opensips import rtp
+from vc_transport_opensips.settings import OpenSIPSSettings
+from vc_transport_opensips.transport import OpenSIPSTransport
 
 from vc.config import read
 from vc.providers import CallHost, ProviderContext
 from vc.settings import build
 from vc.testing.calls import speech
-from vc_transport_opensips import rtp
-from vc_transport_opensips.settings import OpenSIPSSettings
-from vc_transport_opensips.transport import OpenSIPSTransport
 
 
 @pytest.fixture
@@ -47,7 +47,9 @@ def garbage(rng: random.Random) -> bytes:
     return b"SIP/2.0 200 OK\r\nCall-ID: x\r\n\r\n"
 
 
-async def test_garbage_flood_does_not_disturb_a_live_call(phone: RtpPhone, caller: SipCaller) -> None:
+async def test_garbage_flood_does_not_disturb_a_live_call(
+    phone: RtpPhone, caller: SipCaller
+) -> None:
     async with VC(script="what time is it") as vc:
         await place_call(vc, phone, caller)
         await wait_for(lambda: phone.loud(), what="greeting")
@@ -73,8 +75,11 @@ async def test_garbage_flood_does_not_disturb_a_live_call(phone: RtpPhone, calle
         await asyncio.sleep(0.3)
         t_asked = time.monotonic()
         await asyncio.sleep(phone.say(speech("What time is it now, please?")))
-        await wait_for(lambda: phone.loud(after=t_asked + 1.0), timeout=30,
-                       what="the bot's reply during the flood")
+        await wait_for(
+            lambda: phone.loud(after=t_asked + 1.0),
+            timeout=30,
+            what="the bot's reply during the flood",
+        )
         sent = await flooding
         attacker.close()
         assert sent > 1000
@@ -154,7 +159,11 @@ async def test_existing_ini_starts_proxy_mode_on_8089(tmp_path) -> None:
     assert settings.mode == "proxy"
     assert (settings.sip_ip, settings.sip_port) == ("0.0.0.0", 8089)
     assert (settings.event_ip, settings.event_port) == ("127.0.0.1", 8090)
-    assert (settings.mi_ip, settings.mi_port, settings.mi_transport) == ("127.0.0.1", 8080, "datagram")
+    assert (settings.mi_ip, settings.mi_port, settings.mi_transport) == (
+        "127.0.0.1",
+        8080,
+        "datagram",
+    )
     assert (settings.rtp_min_port, settings.rtp_max_port) == (35000, 35100)
     assert (settings.rtp_bind_ip, settings.rtp_ip) == ("0.0.0.0", "192.0.2.10")
     # Start it on 8089 as the old engine did (or on a free port if 8089 is taken here, via
@@ -165,22 +174,29 @@ async def test_existing_ini_starts_proxy_mode_on_8089(tmp_path) -> None:
             busy = False
         except OSError:
             busy = True
-    env = {"VC_TRANSPORT_OPENSIPS__SIP_PORT": "0", "VC_TRANSPORT_OPENSIPS__SIP_IP": "127.0.0.1"} \
-        if busy else {"VC_TRANSPORT_OPENSIPS__SIP_IP": "127.0.0.1"}
+    env = (
+        {"VC_TRANSPORT_OPENSIPS__SIP_PORT": "0", "VC_TRANSPORT_OPENSIPS__SIP_IP": "127.0.0.1"}
+        if busy
+        else {"VC_TRANSPORT_OPENSIPS__SIP_IP": "127.0.0.1"}
+    )
     raw = read(path, env=env)
     for key, value in env.items():
         raw.sections["transport.opensips"][key.split("__")[1].lower()] = (value, f"env {key}")
     settings, errors = build(OpenSIPSSettings, raw.get("transport.opensips"), "transport.opensips")
     assert not errors
-    transport = OpenSIPSTransport(settings, ProviderContext(profiles=[], log=logging.getLogger("t")))
+    transport = OpenSIPSTransport(
+        settings, ProviderContext(profiles=[], log=logging.getLogger("t"))
+    )
     await transport.start(NoCalls())
     try:
         assert transport.ready()
         assert transport.sip_port == 8089 if not busy else transport.sip_port > 0
         assert transport.media.pool.size == 51  # even ports 35000..35100
         caller = await SipCaller().start()
-        caller.send(caller.in_dialog("OPTIONS", ("127.0.0.1", transport.sip_port)),
-                    ("127.0.0.1", transport.sip_port))
+        caller.send(
+            caller.in_dialog("OPTIONS", ("127.0.0.1", transport.sip_port)),
+            ("127.0.0.1", transport.sip_port),
+        )
         await caller.expect("OPTIONS", 200)
         await caller.close()
     finally:

@@ -16,22 +16,48 @@ HERE = Path(__file__).parent / "sipp"
 pytestmark = pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp is not installed")
 
 
-async def run_sipp(scenario: str, target: tuple[str, int], keys: dict[str, str],
-                   cwd: Path, timeout: float = 60) -> tuple[int, str]:
+def read_logs(cwd: Path) -> str:
+    return "\n".join(p.read_text(errors="replace")[-3000:] for p in cwd.glob("*_messages.log"))
+
+
+async def run_sipp(
+    scenario: str,
+    target: tuple[str, int],
+    keys: dict[str, str],
+    cwd: Path,
+    timeout: float = 60,  # noqa: ASYNC109 - handed to SIPp
+) -> tuple[int, str]:
     # SIPp does not expand -key values inside <exec> attributes: render the template here.
     text = (HERE / scenario).read_text()
     for k, v in keys.items():
         text = text.replace(f"[{k}]", v)
     rendered = cwd / scenario
     rendered.write_text(text)
-    args = ["sipp", "-sf", str(rendered), "-m", "1", "-i", "127.0.0.1",
-            "-p", str(free_udp_port()), "-mp", str(free_udp_port() & ~1), "-nostdin",
-            "-timeout", f"{int(timeout)}s", "-timeout_error", "-trace_err", "-trace_msg"]
+    args = [
+        "sipp",
+        "-sf",
+        str(rendered),
+        "-m",
+        "1",
+        "-i",
+        "127.0.0.1",
+        "-p",
+        str(free_udp_port()),
+        "-mp",
+        str(free_udp_port() & ~1),
+        "-nostdin",
+        "-timeout",
+        f"{int(timeout)}s",
+        "-timeout_error",
+        "-trace_err",
+        "-trace_msg",
+    ]
     args.append(f"{target[0]}:{target[1]}")
-    proc = await asyncio.create_subprocess_exec(*args, cwd=cwd, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.STDOUT)
+    proc = await asyncio.create_subprocess_exec(
+        *args, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
     out, _ = await asyncio.wait_for(proc.communicate(), timeout + 30)
-    logs = "\n".join(p.read_text(errors="replace")[-3000:] for p in cwd.glob("*_messages.log"))
+    logs = read_logs(cwd)
     return proc.returncode or 0, out.decode(errors="replace")[-2000:] + logs
 
 
@@ -41,9 +67,12 @@ async def test_sipp_caller_asks_a_question(tmp_path: Path, codec: str, pt: str) 
     audio = tmp_path / f"question.{codec.lower()}"
     audio.write_bytes(pcm_to_ulaw(pcm) if codec == "PCMU" else pcm_to_alaw(pcm))
     async with VC(script="what time is it") as vc:
-        rc, out = await run_sipp("uac_speech.xml", vc.sip_addr, {
-            "codec_pt": pt, "codec_name": codec, "audio": str(audio), "hold_ms": "7000"},
-            tmp_path)
+        rc, out = await run_sipp(
+            "uac_speech.xml",
+            vc.sip_addr,
+            {"codec_pt": pt, "codec_name": codec, "audio": str(audio), "hold_ms": "7000"},
+            tmp_path,
+        )
         assert rc == 0, out
         await wait_for(lambda: vc.recorder.ended, what="call end")
         info, _ = vc.recorder.started[0]

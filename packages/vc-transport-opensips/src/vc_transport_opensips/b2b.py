@@ -35,8 +35,19 @@ log = logging.getLogger("vc.transport.opensips.b2b")
 
 EVENT = "E_UA_SESSION"
 DROP_LOG_EVERY = 5.0
-REQUEST_METHODS = {"INVITE", "BYE", "CANCEL", "NOTIFY", "INFO", "OPTIONS", "UPDATE", "REFER",
-                   "MESSAGE", "SUBSCRIBE", "PRACK"}
+REQUEST_METHODS = {
+    "INVITE",
+    "BYE",
+    "CANCEL",
+    "NOTIFY",
+    "INFO",
+    "OPTIONS",
+    "UPDATE",
+    "REFER",
+    "MESSAGE",
+    "SUBSCRIBE",
+    "PRACK",
+}
 
 
 def parse_headers(text: str) -> list[tuple[str, str]]:
@@ -130,14 +141,19 @@ class B2BSession(Signalling):
 
                 host = uri_of(to).host
             uri = f"sip:{uri}@{host or self.ctl.settings.mi_ip}"
-        referred_by = _header(self.headers, "To", "t").split(";")[0] or f"<sip:vc@{self.ctl.settings.mi_ip}>"
+        referred_by = (
+            _header(self.headers, "To", "t").split(";")[0] or f"<sip:vc@{self.ctl.settings.mi_ip}>"
+        )
         try:
-            await self.ctl.mi.call("ua_session_update", {
-                "key": self.key,
-                "method": "REFER",
-                "body": "",
-                "extra_headers": f"Refer-To: <{uri}>\r\nReferred-By: {referred_by}\r\n",
-            })
+            await self.ctl.mi.call(
+                "ua_session_update",
+                {
+                    "key": self.key,
+                    "method": "REFER",
+                    "body": "",
+                    "extra_headers": f"Refer-To: <{uri}>\r\nReferred-By: {referred_by}\r\n",
+                },
+            )
         except MIError as e:
             raise CallControlError(f"REFER could not be sent: {e}") from e
         self.log.info("REFER to %s sent", uri)
@@ -173,11 +189,18 @@ class B2BController:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.transport, _ = await loop.create_datagram_endpoint(
-            lambda: _EventProtocol(self), local_addr=(self.settings.event_ip, self.settings.event_port))
+            lambda: _EventProtocol(self),
+            local_addr=(self.settings.event_ip, self.settings.event_port),
+        )
         self.event_port = self.transport.get_extra_info("sockname")[1]
         await self.mi.start()
-        log.info("E_UA_SESSION events on %s:%d/udp; MI at %s:%d", self.settings.event_ip,
-                 self.event_port, self.settings.mi_ip, self.settings.mi_port)
+        log.info(
+            "E_UA_SESSION events on %s:%d/udp; MI at %s:%d",
+            self.settings.event_ip,
+            self.event_port,
+            self.settings.mi_ip,
+            self.settings.mi_port,
+        )
         self._keeper = asyncio.create_task(self._keep_subscribed(), name="opensips-subscription")
         with contextlib.suppress(TimeoutError):  # ready at once when OpenSIPS is already up
             await asyncio.wait_for(self._first.wait(), self.settings.mi_timeout + 0.5)
@@ -195,7 +218,7 @@ class B2BController:
                 s.end_remote("transport stopping")
         if self.ready():
             try:
-                await self.mi.call("event_subscribe", [EVENT, self.socket_uri(), 0], timeout=1.0)
+                await self.mi.call("event_subscribe", [EVENT, self.socket_uri(), 0], limit=1.0)
                 log.info("unsubscribed from %s", EVENT)
             except MIError as e:
                 log.warning("unsubscribe failed: %s", e)
@@ -236,8 +259,11 @@ class B2BController:
                 if self.ready():
                     log.warning("re-subscription failed (%s); retrying", e)
                 else:
-                    log.warning("OpenSIPS not reachable for event_subscribe (%s); retrying in %.0fs",
-                                e, self.settings.subscription_retry)
+                    log.warning(
+                        "OpenSIPS not reachable for event_subscribe (%s); retrying in %.0fs",
+                        e,
+                        self.settings.subscription_retry,
+                    )
                 self._first.set()
                 await asyncio.sleep(self.settings.subscription_retry)
 
@@ -256,11 +282,18 @@ class B2BController:
         now = time.monotonic()
         if now - self._drop_logged.get(reason, -DROP_LOG_EVERY) >= DROP_LOG_EVERY:
             self._drop_logged[reason] = now
-            log.warning("dropped event datagram from %s:%d (%s: %s); %d dropped so far",
-                        addr[0], addr[1], reason, detail[:120], self.drops[reason])
+            log.warning(
+                "dropped event datagram from %s:%d (%s: %s); %d dropped so far",
+                addr[0],
+                addr[1],
+                reason,
+                detail[:120],
+                self.drops[reason],
+            )
 
-    async def reply(self, key: str, method: str, code: int, reason: str, body: str = "",
-                    content_type: str = "") -> bool:
+    async def reply(
+        self, key: str, method: str, code: int, reason: str, body: str = "", content_type: str = ""
+    ) -> bool:
         params: dict[str, Any] = {"key": key, "method": method, "code": code, "reason": reason}
         if body:
             params["body"] = body
@@ -284,7 +317,11 @@ class B2BController:
             self._drop("not an E_UA_SESSION notification", addr, str(msg)[:80])
             return
         params = msg.get("params")
-        if not isinstance(params, dict) or not isinstance(params.get("key"), str) or not params["key"]:
+        if (
+            not isinstance(params, dict)
+            or not isinstance(params.get("key"), str)
+            or not params["key"]
+        ):
             self._drop("event without key", addr, str(params)[:80])
             return
         try:
@@ -324,9 +361,13 @@ class B2BController:
             elif not session.answered:
                 session.end_remote(f"rejected: {p.get('status')} {p.get('reason')}")
             else:
-                session.log.info("request %s rejected: %s %s", method, p.get("status"), p.get("reason"))
+                session.log.info(
+                    "request %s rejected: %s %s", method, p.get("status"), p.get("reason")
+                )
         elif etype in ("ANSWERED", "EARLY"):
-            session.log.info("%s %s: %s %s", method, etype.lower(), p.get("status"), p.get("reason"))
+            session.log.info(
+                "%s %s: %s %s", method, etype.lower(), p.get("status"), p.get("reason")
+            )
 
     def _updated(self, session: B2BSession, method: str, p: dict[str, Any]) -> None:
         key = session.key
@@ -401,9 +442,13 @@ class B2BController:
         session.neg, session.sdp = neg, sdp
         h = session.headers
         info = CallInfo(
-            call_id=key, transport="opensips", from_=_user(_header(h, "From", "f")),
-            to=_user(_header(h, "To", "t")), user=_user(_header(h, "To", "t")),
-            params=call_params(p.get("extra_params"), h))
+            call_id=key,
+            transport="opensips",
+            from_=_user(_header(h, "From", "f")),
+            to=_user(_header(h, "To", "t")),
+            user=_user(_header(h, "To", "t")),
+            params=call_params(p.get("extra_params"), h),
+        )
         sip_call_id = _header(h, "Call-ID", "i")
         if sip_call_id:
             info.params.setdefault("sip_call_id", sip_call_id)
@@ -420,9 +465,16 @@ class B2BController:
             await self._finish(session)
             return
         session.task.add_done_callback(lambda _: self.spawn(self._finish(session)))
-        session.log.info("answering with %s/%d ptime %d (media %s:%d, ours %s:%d)", neg.codec,
-                         neg.clock_rate, neg.ptime, neg.remote_address, neg.remote_port,
-                         sdp.address, sdp.port)
+        session.log.info(
+            "answering with %s/%d ptime %d (media %s:%d, ours %s:%d)",
+            neg.codec,
+            neg.clock_rate,
+            neg.ptime,
+            neg.remote_address,
+            neg.remote_port,
+            sdp.address,
+            sdp.port,
+        )
         if session.terminated:
             return
         if await self.reply(key, "INVITE", 200, "OK", sdp.answer(neg)):
@@ -446,8 +498,13 @@ class B2BController:
             new.ptime = neg.ptime
             session.conn.stream.update(new)
             session.neg = neg = new
-            session.log.info("media renegotiated: %s, %s, remote %s:%d", neg.codec, neg.direction,
-                             neg.remote_address, neg.remote_port)
+            session.log.info(
+                "media renegotiated: %s, %s, remote %s:%d",
+                neg.codec,
+                neg.direction,
+                neg.remote_address,
+                neg.remote_port,
+            )
         await self.reply(session.key, method, 200, "OK", session.sdp.answer(neg))
 
     async def _finish(self, session: B2BSession) -> None:

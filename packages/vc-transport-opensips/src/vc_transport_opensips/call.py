@@ -27,8 +27,13 @@ class Signalling(ABC):
 
 
 class SipCall(CallConnection):
-    def __init__(self, info: CallInfo, stream: RtpStream, signalling: Signalling,
-                 log: logging.LoggerAdapter[Any]) -> None:
+    def __init__(
+        self,
+        info: CallInfo,
+        stream: RtpStream,
+        signalling: Signalling,
+        log: logging.LoggerAdapter[Any],
+    ) -> None:
         self.sample_rate = stream.neg.clock_rate
         self.frame_ms = stream.neg.ptime
         super().__init__(info)

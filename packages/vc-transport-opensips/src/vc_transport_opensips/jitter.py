@@ -38,8 +38,9 @@ class JitterStats:
 
 
 class JitterBuffer:
-    def __init__(self, min_wait: float = 0.02, max_wait: float = 0.2,
-                 samples_per_frame: int = 160) -> None:
+    def __init__(
+        self, min_wait: float = 0.02, max_wait: float = 0.2, samples_per_frame: int = 160
+    ) -> None:
         self.min_wait = min_wait
         self.max_wait = max(max_wait, min_wait)
         self.wait = min_wait

@@ -55,7 +55,9 @@ class RtpStream(asyncio.DatagramProtocol):
         self.neg = neg
         self.transport: asyncio.DatagramTransport | None = None
         self.local_port = 0
-        self.jitter = JitterBuffer(jitter_min_ms / 1000, jitter_max_ms / 1000, neg.samples_per_frame)
+        self.jitter = JitterBuffer(
+            jitter_min_ms / 1000, jitter_max_ms / 1000, neg.samples_per_frame
+        )
         self.on_audio: Callable[[bytes], None] = lambda pcm: None
         self.on_dtmf: Callable[[str], None] = lambda digit: None
         self.latched: tuple[str, int] | None = None
@@ -97,7 +99,10 @@ class RtpStream(asyncio.DatagramProtocol):
 
     def update(self, neg: Negotiated) -> None:
         """Apply a new offer/answer (re-INVITE: hold, resume, new address)."""
-        moved = (neg.remote_address, neg.remote_port) != (self.neg.remote_address, self.neg.remote_port)
+        moved = (neg.remote_address, neg.remote_port) != (
+            self.neg.remote_address,
+            self.neg.remote_port,
+        )
         self.neg = neg
         if moved and neg.remote_port:
             self.latched = None  # the far end moved: latch again to whatever it sends from
@@ -180,8 +185,14 @@ class RtpStream(asyncio.DatagramProtocol):
         now = time.monotonic()
         if now - self._drop_logged.get(reason, -DROP_LOG_EVERY) >= DROP_LOG_EVERY:
             self._drop_logged[reason] = now
-            self.log.warning("dropped RTP from %s:%d (%s: %s); %d dropped so far for this reason",
-                             addr[0], addr[1], reason, detail, self.drops[reason])
+            self.log.warning(
+                "dropped RTP from %s:%d (%s: %s); %d dropped so far for this reason",
+                addr[0],
+                addr[1],
+                reason,
+                detail,
+                self.drops[reason],
+            )
 
     # -- the clock ---------------------------------------------------------------------------
 
@@ -201,10 +212,13 @@ class RtpStream(asyncio.DatagramProtocol):
                 await asyncio.sleep(delay)
             elif delay < -MAX_BURST * period:
                 skipped = int(-delay / period)
-                self.log.warning("RTP clock %.0f ms late (event loop stalled): skipping ahead",
-                                 -delay * 1000)
+                self.log.warning(
+                    "RTP clock %.0f ms late (event loop stalled): skipping ahead", -delay * 1000
+                )
                 n += skipped
-                self.timestamp = (self.timestamp + skipped * self.neg.samples_per_frame) & 0xFFFFFFFF
+                self.timestamp = (
+                    self.timestamp + skipped * self.neg.samples_per_frame
+                ) & 0xFFFFFFFF
                 self._talking = False
             try:
                 self._send_tick(playout, on_mark)
@@ -226,8 +240,14 @@ class RtpStream(asyncio.DatagramProtocol):
             self._talking = True
         if self.neg.sending and self.neg.remote_port and self.transport is not None:
             self.transport.sendto(
-                rtp.build(self.neg.payload_type, self.sequence, self.timestamp, self.ssrc, payload,
-                          marker=marker),
+                rtp.build(
+                    self.neg.payload_type,
+                    self.sequence,
+                    self.timestamp,
+                    self.ssrc,
+                    payload,
+                    marker=marker,
+                ),
                 self.remote,
             )
             self.sequence = (self.sequence + 1) & 0xFFFF
@@ -237,8 +257,11 @@ class RtpStream(asyncio.DatagramProtocol):
     def _receive_tick(self, period: float) -> None:
         now = time.monotonic()
         self._deliver(self.jitter.poll(now))
-        if (self._receiving and not self.jitter.held
-                and now - self._last_delivery >= SILENCE_FILL_AFTER * period):
+        if (
+            self._receiving
+            and not self.jitter.held
+            and now - self._last_delivery >= SILENCE_FILL_AFTER * period
+        ):
             # The caller's phone stopped sending (silence suppression, hold): keep the
             # pipeline's audio clock going so the end of a turn is still detected.
             self.on_audio(bytes(2 * self.neg.samples_per_frame))

@@ -50,7 +50,8 @@ class MIClient:
         loop = asyncio.get_running_loop()
         family_ip = "::" if ":" in self.address[0] else "0.0.0.0"
         self.transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Protocol(self), local_addr=(family_ip, 0))
+            lambda: _Protocol(self), local_addr=(family_ip, 0)
+        )
 
     async def close(self) -> None:
         for fut in self._pending.values():
@@ -60,8 +61,12 @@ class MIClient:
         if self.transport is not None:
             self.transport.close()
 
-    async def call(self, method: str, params: dict[str, Any] | list[Any] | None = None,
-                   timeout: float | None = None) -> Any:
+    async def call(
+        self,
+        method: str,
+        params: dict[str, Any] | list[Any] | None = None,
+        limit: float | None = None,
+    ) -> Any:
         """Run one MI command; returns its ``result`` or raises MIError."""
         if self.transport is None:
             raise MIError("MI client not started")
@@ -73,10 +78,12 @@ class MIClient:
         self._pending[req_id] = fut
         try:
             self.transport.sendto(json.dumps(msg).encode(), self.address)
-            return await asyncio.wait_for(fut, timeout or self.timeout)
+            return await asyncio.wait_for(fut, limit or self.timeout)
         except TimeoutError:
-            raise MIError(f"MI {method}: no reply from {self.address[0]}:{self.address[1]} "
-                          f"within {timeout or self.timeout:.1f}s") from None
+            raise MIError(
+                f"MI {method}: no reply from {self.address[0]}:{self.address[1]} "
+                f"within {limit or self.timeout:.1f}s"
+            ) from None
         finally:
             self._pending.pop(req_id, None)
 
@@ -95,7 +102,11 @@ class MIClient:
             return
         if "error" in msg:
             err = msg["error"] if isinstance(msg["error"], dict) else {"message": str(msg["error"])}
-            fut.set_exception(MIError(f"MI error {err.get('code')}: {err.get('message')}",
-                                      err.get("code") if isinstance(err.get("code"), int) else None))
+            fut.set_exception(
+                MIError(
+                    f"MI error {err.get('code')}: {err.get('message')}",
+                    err.get("code") if isinstance(err.get("code"), int) else None,
+                )
+            )
         else:
             fut.set_result(msg.get("result"))

@@ -29,7 +29,9 @@ class PortPool:
         self.bind_ip = bind_ip
         self.ephemeral = min_port == 0
         start = min_port + (min_port % 2)
-        self._free: deque[int] = deque(range(start, max_port + 1, 2)) if not self.ephemeral else deque()
+        self._free: deque[int] = (
+            deque(range(start, max_port + 1, 2)) if not self.ephemeral else deque()
+        )
         self.in_use: set[int] = set()
         self.size = len(self._free)
 
@@ -42,7 +44,8 @@ class PortPool:
         loop = asyncio.get_running_loop()
         if self.ephemeral:
             transport, protocol = await loop.create_datagram_endpoint(
-                factory, local_addr=(self.bind_ip, 0))
+                factory, local_addr=(self.bind_ip, 0)
+            )
             port = transport.get_extra_info("sockname")[1]
             self.in_use.add(port)
             return transport, protocol, port
@@ -50,7 +53,8 @@ class PortPool:
             port = self._free.popleft()
             try:
                 transport, protocol = await loop.create_datagram_endpoint(
-                    factory, local_addr=(self.bind_ip, port))
+                    factory, local_addr=(self.bind_ip, port)
+                )
             except OSError as e:
                 self._free.append(port)
                 if e.errno in (errno.EADDRINUSE, errno.EACCES):

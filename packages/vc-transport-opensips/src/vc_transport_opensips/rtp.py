@@ -31,8 +31,16 @@ class RtpPacket:
     extension: tuple[int, bytes] | None = None  # (profile-defined id, data)
 
     def encode(self) -> bytes:
-        return build(self.payload_type, self.sequence, self.timestamp, self.ssrc, self.payload,
-                     marker=self.marker, csrc=self.csrc, extension=self.extension)
+        return build(
+            self.payload_type,
+            self.sequence,
+            self.timestamp,
+            self.ssrc,
+            self.payload,
+            marker=self.marker,
+            csrc=self.csrc,
+            extension=self.extension,
+        )
 
 
 def looks_like_rtcp(data: bytes) -> bool:
@@ -102,8 +110,9 @@ def build(
     if padding:
         b0 |= 0x20
     b1 = (0x80 if marker else 0) | (payload_type & 0x7F)
-    out = bytearray(HEADER.pack(b0, b1, sequence & 0xFFFF, timestamp & 0xFFFFFFFF,
-                                ssrc & 0xFFFFFFFF))
+    out = bytearray(
+        HEADER.pack(b0, b1, sequence & 0xFFFF, timestamp & 0xFFFFFFFF, ssrc & 0xFFFFFFFF)
+    )
     for c in csrc:
         out += struct.pack("!I", c)
     if extension is not None:

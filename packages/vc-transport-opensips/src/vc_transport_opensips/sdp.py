@@ -88,8 +88,17 @@ def parse_offer(text: str) -> MediaOffer:
             parts = value.split()
             if len(parts) < 4:
                 raise SdpError(f"malformed m= line {value[:40]!r}")
-            media = {"kind": parts[0], "port": parts[1], "proto": parts[2], "fmts": parts[3:],
-                     "addr": None, "rtpmap": {}, "fmtp": {}, "ptime": None, "dir": None}
+            media = {
+                "kind": parts[0],
+                "port": parts[1],
+                "proto": parts[2],
+                "fmts": parts[3:],
+                "addr": None,
+                "rtpmap": {},
+                "fmtp": {},
+                "ptime": None,
+                "dir": None,
+            }
         elif kind == "c":
             addr = _connection_address(value)
             if media is None:

@@ -27,12 +27,17 @@ class MediaManager:
         self.pool = PortPool(settings.rtp_bind_ip, settings.rtp_min_port, settings.rtp_max_port)
         self.streams: set[RtpStream] = set()
 
-    async def open(self, neg: Negotiated, log: logging.LoggerAdapter[Any]) -> tuple[RtpStream, SdpSession]:
+    async def open(
+        self, neg: Negotiated, log: logging.LoggerAdapter[Any]
+    ) -> tuple[RtpStream, SdpSession]:
         """Bind a socket for ``neg``; raises PortsExhausted or AddressError."""
         s = self.settings
         ip = advertise(configured_rtp_ip(s.rtp_ip), s.rtp_bind_ip, neg.remote_address, "RTP")
         _, stream, port = await self.pool.open(
-            lambda: RtpStream(neg, log, jitter_min_ms=s.jitter_min_ms, jitter_max_ms=s.jitter_max_ms))
+            lambda: RtpStream(
+                neg, log, jitter_min_ms=s.jitter_min_ms, jitter_max_ms=s.jitter_max_ms
+            )
+        )
         self.streams.add(stream)
         return stream, SdpSession(ip, port)
 

@@ -49,7 +49,8 @@ class OpenSIPSSettings:
         "else the advertised RTP address, else the interface that routes to the caller)",
     )
     sip_advertised_port: int = setting(
-        0, help="proxy mode: port put in Contact/Via (0: the port listened on)",
+        0,
+        help="proxy mode: port put in Contact/Via (0: the port listened on)",
         validator=_check_port,
     )
     user_agent: str = setting("vc", help="User-Agent/Server header value")
@@ -61,7 +62,8 @@ class OpenSIPSSettings:
         "127.0.0.1", help="b2b mode: address the E_UA_SESSION event socket listens on (UDP)"
     )
     event_port: int = setting(
-        8090, help="b2b mode: UDP port of the event socket (0: any free port)",
+        8090,
+        help="b2b mode: UDP port of the event socket (0: any free port)",
         validator=_check_port,
     )
     event_advertised_ip: str = setting(
@@ -70,8 +72,9 @@ class OpenSIPSSettings:
         "(empty: event_ip, or the interface that routes to OpenSIPS when event_ip is 0.0.0.0)",
     )
     mi_ip: str = setting("127.0.0.1", help="b2b mode: address of OpenSIPS's mi_datagram socket")
-    mi_port: int = setting(8080, help="b2b mode: UDP port of OpenSIPS's mi_datagram socket",
-                           validator=_check_port)
+    mi_port: int = setting(
+        8080, help="b2b mode: UDP port of OpenSIPS's mi_datagram socket", validator=_check_port
+    )
     mi_transport: str = setting(
         "datagram", help="b2b mode: MI transport; only datagram (JSON-RPC over UDP) is supported"
     )
@@ -89,7 +92,8 @@ class OpenSIPSSettings:
     )
     # -- media -----------------------------------------------------------------------------
     rtp_min_port: int = setting(
-        35000, help="lowest RTP port (0: let the OS pick any free port per call)",
+        35000,
+        help="lowest RTP port (0: let the OS pick any free port per call)",
         validator=_check_port,
     )
     rtp_max_port: int = setting(35100, help="highest RTP port", validator=_check_port)
@@ -99,7 +103,7 @@ class OpenSIPSSettings:
         help="address advertised in SDP (c=); empty: $RTP_HOST_IP, $EXTERNAL_RTP_IP, $HOST_IP, "
         "rtp_bind_ip if it is a real address, else the interface that routes to the caller",
     )
-    codecs: list[str] = setting(
+    codecs: list[str] = setting(  # noqa: RUF009 - attrs field, not a dataclass default
         factory=lambda: ["PCMU", "PCMA"],
         help="codecs in order of preference (PCMU, PCMA); the first one the caller offers wins",
         validator=_check_codecs,

@@ -101,14 +101,21 @@ class Dialog(Signalling):
 
     def answer_2xx(self, req: Request, txn: ServerTransaction, body: bytes) -> None:
         """Send a 2xx to an INVITE and retransmit it until the ACK (RFC 3261 §13.3.1.4)."""
-        data = sipmsg.response(req, 200, to_tag=self.local_tag, body=body, record_route=True,
-                               headers=self.ua.contact_headers())
+        data = sipmsg.response(
+            req,
+            200,
+            to_tag=self.local_tag,
+            body=body,
+            record_route=True,
+            headers=self.ua.contact_headers(),
+        )
         txn.respond(data, 200)
         acked = self._ack_wait.setdefault(req.cseq[0], asyncio.Event())
         self.spawn(self._retransmit_2xx(data, txn.addr, acked, req.cseq[0]))
 
-    async def _retransmit_2xx(self, data: bytes, addr: tuple[str, int], acked: asyncio.Event,
-                              cseq: int) -> None:
+    async def _retransmit_2xx(
+        self, data: bytes, addr: tuple[str, int], acked: asyncio.Event, cseq: int
+    ) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + TIMER_H
         interval = T1
@@ -153,10 +160,15 @@ class Dialog(Signalling):
 
     async def transfer(self, target: str) -> None:
         uri = self.ua.transfer_uri(target, self.invite)
-        resp = await self.ua.send_in_dialog(self, "REFER", [
-            ("Refer-To", f"<{uri}>"),
-            ("Referred-By", f"<{self.ua.contact_uri()}>"),
-        ], timeout=10.0)
+        resp = await self.ua.send_in_dialog(
+            self,
+            "REFER",
+            [
+                ("Refer-To", f"<{uri}>"),
+                ("Referred-By", f"<{self.ua.contact_uri()}>"),
+            ],
+            limit=10.0,
+        )
         if resp is None:
             raise CallControlError("REFER got no answer")
         if resp.status >= 300:
@@ -197,7 +209,8 @@ class SipUserAgent:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(
-            lambda: SipProtocol(self), local_addr=(self.settings.sip_ip, self.settings.sip_port))
+            lambda: SipProtocol(self), local_addr=(self.settings.sip_ip, self.settings.sip_port)
+        )
         self.port = transport.get_extra_info("sockname")[1]
         log.info("SIP UAS listening on %s:%d/udp", self.settings.sip_ip, self.port)
 
@@ -231,15 +244,23 @@ class SipUserAgent:
         now = time.monotonic()
         if now - self._drop_logged.get(reason, -DROP_LOG_EVERY) >= DROP_LOG_EVERY:
             self._drop_logged[reason] = now
-            log.warning("dropped SIP datagram from %s:%d (%s: %s); %d dropped so far",
-                        addr[0], addr[1], reason, detail[:120], self.drops[reason])
+            log.warning(
+                "dropped SIP datagram from %s:%d (%s: %s); %d dropped so far",
+                addr[0],
+                addr[1],
+                reason,
+                detail[:120],
+                self.drops[reason],
+            )
 
     # -- addresses -------------------------------------------------------------------------
 
     def advertised(self, peer: str = "") -> tuple[str, int]:
         s = self.settings
         explicit = s.sip_advertised_ip or configured_rtp_ip(s.rtp_ip)
-        ip = advertise(explicit, s.sip_ip, peer or "127.0.0.1", "[transport.opensips] sip_advertised_ip")
+        ip = advertise(
+            explicit, s.sip_ip, peer or "127.0.0.1", "[transport.opensips] sip_advertised_ip"
+        )
         return ip, s.sip_advertised_port or self.port
 
     def contact_uri(self, peer: str = "") -> str:
@@ -250,8 +271,11 @@ class SipUserAgent:
     _peer = ""
 
     def contact_headers(self) -> list[tuple[str, str]]:
-        return [("Contact", f"<{self.contact_uri()}>"), ("Allow", ALLOW),
-                ("Server", self.settings.user_agent)]
+        return [
+            ("Contact", f"<{self.contact_uri()}>"),
+            ("Allow", ALLOW),
+            ("Server", self.settings.user_agent),
+        ]
 
     @staticmethod
     def transfer_uri(target: str, invite: Request) -> str:
@@ -321,8 +345,15 @@ class SipUserAgent:
         required = [r.strip() for v in req.get_all("Require") for r in v.split(",") if r.strip()]
         unsupported = [r for r in required if r not in SUPPORTED]
         if unsupported and req.method not in ("ACK", "CANCEL"):
-            txn.respond(sipmsg.response(req, 420, to_tag=secrets.token_hex(4),
-                                        headers=[("Unsupported", ", ".join(unsupported))]), 420)
+            txn.respond(
+                sipmsg.response(
+                    req,
+                    420,
+                    to_tag=secrets.token_hex(4),
+                    headers=[("Unsupported", ", ".join(unsupported))],
+                ),
+                420,
+            )
             return
         if req.to_tag:
             self._in_dialog(req, txn)
@@ -341,12 +372,21 @@ class SipUserAgent:
         if self.server_txns.get(txn.key) is txn:
             del self.server_txns[txn.key]
 
-    def _reply(self, txn: ServerTransaction, status: int, reason: str = "", *,
-               to_tag: str = "", headers: list[tuple[str, str]] | None = None,
-               body: bytes = b"") -> None:
+    def _reply(
+        self,
+        txn: ServerTransaction,
+        status: int,
+        reason: str = "",
+        *,
+        to_tag: str = "",
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes = b"",
+    ) -> None:
         tag = to_tag or (secrets.token_hex(4) if status >= 200 else "")
-        txn.respond(sipmsg.response(txn.request, status, reason, to_tag=tag, headers=headers,
-                                    body=body), status)
+        txn.respond(
+            sipmsg.response(txn.request, status, reason, to_tag=tag, headers=headers, body=body),
+            status,
+        )
 
     def _ack(self, req: Request, key: tuple[str, ...]) -> None:
         dialog = self.dialogs.get(req.call_id)
@@ -400,9 +440,17 @@ class SipUserAgent:
                 self._reply(txn, 500, to_tag=dialog.local_tag)
             await self._finish(dialog)
 
-    def _reject(self, dialog: Dialog, txn: ServerTransaction, status: int, reason: str = "",
-                headers: list[tuple[str, str]] | None = None) -> None:
-        dialog.log.info("rejecting the call: %d %s", status, reason or sipmsg.REASONS.get(status, ""))
+    def _reject(
+        self,
+        dialog: Dialog,
+        txn: ServerTransaction,
+        status: int,
+        reason: str = "",
+        headers: list[tuple[str, str]] | None = None,
+    ) -> None:
+        dialog.log.info(
+            "rejecting the call: %d %s", status, reason or sipmsg.REASONS.get(status, "")
+        )
         self._reply(txn, status, reason, to_tag=dialog.local_tag, headers=headers)
         dialog.terminated = True
         self.dialogs.pop(dialog.call_id, None)
@@ -424,8 +472,17 @@ class SipUserAgent:
             return
         neg = negotiate(offer, self.settings.codecs, self.settings.ptime)
         if neg is None:
-            self._reject(dialog, txn, 488, headers=[
-                ("Warning", f'305 vc "no common codec; vc speaks {", ".join(self.settings.codecs)}"')])
+            self._reject(
+                dialog,
+                txn,
+                488,
+                headers=[
+                    (
+                        "Warning",
+                        f'305 vc "no common codec; vc speaks {", ".join(self.settings.codecs)}"',
+                    )
+                ],
+            )
             return
         try:
             stream, sdp = await self.media.open(neg, dialog.log)
@@ -439,12 +496,25 @@ class SipUserAgent:
             return
         dialog.neg, dialog.sdp = neg, sdp
         if self.settings.answer_delay > 0:
-            txn.respond(sipmsg.response(req, 180, to_tag=dialog.local_tag, record_route=True,
-                                        headers=self.contact_headers()), 180)
+            txn.respond(
+                sipmsg.response(
+                    req,
+                    180,
+                    to_tag=dialog.local_tag,
+                    record_route=True,
+                    headers=self.contact_headers(),
+                ),
+                180,
+            )
             await asyncio.sleep(self.settings.answer_delay)
         info = CallInfo(
-            call_id=req.call_id, transport="opensips", from_=_user(req.get("From")),
-            to=_user(req.get("To")), user=_user(f"<{req.uri}>"), params=_params(req))
+            call_id=req.call_id,
+            transport="opensips",
+            from_=_user(req.get("From")),
+            to=_user(req.get("To")),
+            user=_user(f"<{req.uri}>"),
+            params=_params(req),
+        )
         conn = SipCall(info, stream, dialog, dialog.log)
         dialog.conn = conn
         if txn.cancelled or dialog.terminated:
@@ -454,15 +524,25 @@ class SipUserAgent:
         try:
             dialog.task = await start_call(self.host, conn)
         except CallRefused as e:
-            self._reject(dialog, txn, 503, headers=[("Retry-After", "5"), ("Warning", f'399 vc "{e}"')])
+            self._reject(
+                dialog, txn, 503, headers=[("Retry-After", "5"), ("Warning", f'399 vc "{e}"')]
+            )
             await self._finish(dialog)
             return
         dialog.task.add_done_callback(lambda _: self.spawn(self._finish(dialog)))
         if txn.cancelled:
             return
-        dialog.log.info("answering %s with %s/%d ptime %d (media %s:%d, ours %s:%d)",
-                        info.from_ or "caller", neg.codec, neg.clock_rate, neg.ptime,
-                        neg.remote_address, neg.remote_port, sdp.address, sdp.port)
+        dialog.log.info(
+            "answering %s with %s/%d ptime %d (media %s:%d, ours %s:%d)",
+            info.from_ or "caller",
+            neg.codec,
+            neg.clock_rate,
+            neg.ptime,
+            neg.remote_address,
+            neg.remote_port,
+            sdp.address,
+            sdp.port,
+        )
         dialog.answer_2xx(req, txn, sdp.answer(neg).encode())
 
     async def _finish(self, dialog: Dialog) -> None:
@@ -481,8 +561,12 @@ class SipUserAgent:
 
     def _in_dialog(self, req: Request, txn: ServerTransaction) -> None:
         dialog = self.dialogs.get(req.call_id)
-        if (dialog is None or dialog.local_tag != req.to_tag or dialog.remote_tag != req.from_tag
-                or (dialog.terminated and req.method != "BYE")):
+        if (
+            dialog is None
+            or dialog.local_tag != req.to_tag
+            or dialog.remote_tag != req.from_tag
+            or (dialog.terminated and req.method != "BYE")
+        ):
             self._reply(txn, 481, to_tag=req.to_tag)
             return
         cseq = req.cseq[0]
@@ -498,7 +582,9 @@ class SipUserAgent:
         elif req.method in ("INVITE", "UPDATE"):
             self._reoffer(dialog, req, txn)
         elif req.method == "OPTIONS":
-            self._reply(txn, 200, to_tag=tag, headers=[("Allow", ALLOW), ("Accept", "application/sdp")])
+            self._reply(
+                txn, 200, to_tag=tag, headers=[("Allow", ALLOW), ("Accept", "application/sdp")]
+            )
         elif req.method == "NOTIFY":
             self._reply(txn, 200, to_tag=tag)
             self._notify(dialog, req)
@@ -532,15 +618,22 @@ class SipUserAgent:
             new.ptime = neg.ptime  # the playout frame size is fixed for the call
             dialog.conn.stream.update(new)
             dialog.neg = neg = new
-            dialog.log.info("media renegotiated: %s, %s, remote %s:%d", neg.codec, neg.direction,
-                            neg.remote_address, neg.remote_port)
+            dialog.log.info(
+                "media renegotiated: %s, %s, remote %s:%d",
+                neg.codec,
+                neg.direction,
+                neg.remote_address,
+                neg.remote_port,
+            )
         body = dialog.sdp.answer(neg).encode()
         if req.method == "INVITE":
             dialog._pending_invite = True
             dialog.answer_2xx(req, txn, body)
         else:
-            txn.respond(sipmsg.response(req, 200, to_tag=tag, body=body,
-                                        headers=self.contact_headers()), 200)
+            txn.respond(
+                sipmsg.response(req, 200, to_tag=tag, body=body, headers=self.contact_headers()),
+                200,
+            )
 
     def _notify(self, dialog: Dialog, req: Request) -> None:
         frag = req.body.decode("utf-8", "replace").strip().split("\r\n")[0]
@@ -563,20 +656,28 @@ class SipUserAgent:
 
     # -- requests we send --------------------------------------------------------------------
 
-    async def send_in_dialog(self, dialog: Dialog, method: str,
-                             headers: list[tuple[str, str]] | None = None,
-                             timeout: float | None = None) -> Response | None:
+    async def send_in_dialog(
+        self,
+        dialog: Dialog,
+        method: str,
+        headers: list[tuple[str, str]] | None = None,
+        limit: float | None = None,
+    ) -> Response | None:
         dialog.local_cseq += 1
         branch = new_branch()
         ip, port = self.advertised(self._peer)
         host = f"[{ip}]" if ":" in ip else ip
         target = dialog.remote_target
-        hdrs = [("Via", f"SIP/2.0/UDP {host}:{port};branch={branch};rport"),
-                ("Max-Forwards", "70")]
+        hdrs = [("Via", f"SIP/2.0/UDP {host}:{port};branch={branch};rport"), ("Max-Forwards", "70")]
         hdrs += [("Route", r) for r in dialog.route_set]
-        hdrs += [("From", dialog.local_party), ("To", dialog.remote_party),
-                 ("Call-ID", dialog.call_id), ("CSeq", f"{dialog.local_cseq} {method}"),
-                 ("Contact", f"<{self.contact_uri()}>"), ("User-Agent", self.settings.user_agent)]
+        hdrs += [
+            ("From", dialog.local_party),
+            ("To", dialog.remote_party),
+            ("Call-ID", dialog.call_id),
+            ("CSeq", f"{dialog.local_cseq} {method}"),
+            ("Contact", f"<{self.contact_uri()}>"),
+            ("User-Agent", self.settings.user_agent),
+        ]
         hdrs += headers or []
         data = sipmsg.request(method, target, hdrs)
         try:
@@ -587,17 +688,20 @@ class SipUserAgent:
         txn = ClientTransaction(branch, data, addr, self.send)
         self.client_txns[branch] = txn
         try:
-            if timeout is None:
+            if limit is None:
                 return await txn.run()
-            return await asyncio.wait_for(txn.run(), timeout)
+            return await asyncio.wait_for(txn.run(), limit)
         except TimeoutError:
             return None
         finally:
             self.client_txns.pop(branch, None)
 
     async def _next_hop(self, dialog: Dialog) -> tuple[str, int]:
-        uri = sipmsg.uri_of(dialog.route_set[0].split(",")[0]) if dialog.route_set else \
-            sipmessage.URI.parse(dialog.remote_target)
+        uri = (
+            sipmsg.uri_of(dialog.route_set[0].split(",")[0])
+            if dialog.route_set
+            else sipmessage.URI.parse(dialog.remote_target)
+        )
         port = uri.port or 5060
         host = uri.host.strip("[]")
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=2)  # SOCK_DGRAM

@@ -46,8 +46,13 @@ def server_key(req: Request, method: str | None = None) -> tuple[str, ...]:
 
 
 class ServerTransaction:
-    def __init__(self, req: Request, addr: tuple[str, int], send: Send,
-                 on_done: Callable[[ServerTransaction], None]) -> None:
+    def __init__(
+        self,
+        req: Request,
+        addr: tuple[str, int],
+        send: Send,
+        on_done: Callable[[ServerTransaction], None],
+    ) -> None:
         self.request = req
         self.addr = addr
         self._send = send
@@ -73,7 +78,9 @@ class ServerTransaction:
             if self.is_invite and status >= 300:
                 self._timer = asyncio.ensure_future(self._retransmit_final())
             else:
-                self._timer = asyncio.ensure_future(self._linger(TIMER_J if not self.is_invite else T4))
+                self._timer = asyncio.ensure_future(
+                    self._linger(TIMER_J if not self.is_invite else T4)
+                )
 
     def retransmission(self) -> None:
         """The request came again: repeat the last response (if any)."""

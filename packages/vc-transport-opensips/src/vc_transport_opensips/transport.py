@@ -14,7 +14,10 @@ from vc_transport_opensips.sipua import SipUserAgent
 class OpenSIPSTransport(TransportProvider):
     name = "opensips"
     Settings = OpenSIPSSettings
-    description = "SIP calls through OpenSIPS: proxy mode (own SIP UAS) or B2B mode (E_UA_SESSION + MI), G.711 RTP"
+    description = (
+        "SIP calls through OpenSIPS: proxy mode (own SIP UAS) or B2B mode "
+        "(E_UA_SESSION + MI), G.711 RTP"
+    )
 
     def __init__(self, settings: OpenSIPSSettings | None, context: Any) -> None:
         super().__init__(settings or OpenSIPSSettings(), context)
@@ -27,7 +30,9 @@ class OpenSIPSTransport(TransportProvider):
         s: OpenSIPSSettings = self.settings
         if s.rtp_min_port and s.rtp_max_port < s.rtp_min_port:
             raise ProviderError(
-                f"[transport.opensips] rtp_max_port {s.rtp_max_port} is below rtp_min_port {s.rtp_min_port}")
+                f"[transport.opensips] rtp_max_port {s.rtp_max_port} is below "
+                f"rtp_min_port {s.rtp_min_port}"
+            )
         self.media = MediaManager(s)
         try:
             if s.mode == "proxy":
@@ -36,12 +41,15 @@ class OpenSIPSTransport(TransportProvider):
             else:
                 if s.mi_transport.strip().lower() not in ("datagram", "udp"):
                     raise ProviderError(
-                        f"[transport.opensips] mi_transport = {s.mi_transport!r}: B2B mode speaks MI "
-                        "over mi_datagram only (set mi_transport = datagram)")
+                        f"[transport.opensips] mi_transport = {s.mi_transport!r}: B2B mode "
+                        "speaks MI over mi_datagram only (set mi_transport = datagram)"
+                    )
                 self.b2b = B2BController(s, self.media, host)
                 await self.b2b.start()
         except OSError as e:
-            where = (f"{s.sip_ip}:{s.sip_port}" if s.mode == "proxy" else f"{s.event_ip}:{s.event_port}")
+            where = (
+                f"{s.sip_ip}:{s.sip_port}" if s.mode == "proxy" else f"{s.event_ip}:{s.event_port}"
+            )
             raise ProviderError(f"cannot listen on {where}/udp: {e.strerror or e}") from e
 
     def ready(self) -> bool:

@@ -207,3 +207,16 @@ def test_env_names_for_the_docs() -> None:
     from vc.config import env_name
 
     assert env_name("transport.opensips", "sip_port") == "VC_TRANSPORT_OPENSIPS__SIP_PORT"
+
+
+def test_deploy_dev_ini_loads() -> None:
+    """deploy/opensips/vc.ini (docker-compose.dev.yml) is valid for this transport."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[3] / "deploy" / "opensips" / "vc.ini"
+    if not path.exists():
+        pytest.skip("not running from the repository")
+    raw = read(path, env={})
+    settings, errors = build(OpenSIPSSettings, raw.get("transport.opensips"), "transport.opensips")
+    assert not errors, errors
+    assert settings.mode == "proxy" and settings.sip_port == 8089 and settings.mi_ip == "opensips"

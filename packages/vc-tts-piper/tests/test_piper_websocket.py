@@ -282,8 +282,10 @@ async def test_server_restart_mid_call(piper, transcribe) -> None:
             t_down = await h.send(TTSSpeakFrame("Nobody hears this."))
             await h.wait(lambda: h.errors(), within=30)  # ... a clear error, not a hang
             assert "cannot reach the Piper WebSocket service" in h.errors()[0].error
+            await h.wait(lambda: not p.ready(), within=30)  # /readyz would say not ready
             server = PiperWebSocketServer({voice.name: voice}, voice.name)
             await server.start("127.0.0.1", port)  # ... and comes back on the same address
+            await h.wait(p.ready, within=30)
             t_back = await h.send(TTSSpeakFrame(SENTENCES[2]))
             await h.wait(lambda: h.audio_frames(after=t_back), within=60)
             await h.quiet()

@@ -208,6 +208,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _serve(args: argparse.Namespace) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # before anyone can know we are up
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
     synthesis = Synthesis(speaker=args.speaker, length_scale=args.length_scale,
                           noise_scale=args.noise_scale, noise_w=args.noise_w,
                           sentence_silence=args.sentence_silence)
@@ -217,11 +222,6 @@ async def _serve(args: argparse.Namespace) -> None:
     port = await server.start(args.host, args.port)
     # One line on stdout for supervisors and tests (the port is the real one with --port 0).
     print(f"vc-piper-ws-server listening on ws://{args.host}:{port}/tts", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("stopping")
     await server.stop()

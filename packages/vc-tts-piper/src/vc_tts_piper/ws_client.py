@@ -73,7 +73,11 @@ _CONNECT_ERRORS = (OSError, TimeoutError, InvalidHandshake, ConnectionClosed)
 
 
 class ConnectionPool:
-    """Open connections to one service: handed to calls, topped up in the background."""
+    """Open connections to one service: handed to calls, topped up in the background.
+
+    A keeper task holds ``spare`` connections open (checked every second and after each
+    hand-out), so ``healthy`` also turns false when the service goes away between calls.
+    """
 
     def __init__(self, url: str, *, connect_timeout: float, spare: int, log: Any) -> None:
         self.url = url
@@ -83,8 +87,10 @@ class ConnectionPool:
         self.healthy = False
         self.closed = False
         self.connects = 0  # successful handshakes (diagnostics, tests)
+        self.check_every = 1.0  # seconds between checks of the spare connections
         self._idle: list[ClientConnection] = []
-        self._filler: asyncio.Task[None] | None = None
+        self._keeper: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
         self._closing: set[asyncio.Task[None]] = set()
 
     async def connect(self, deadline: float) -> ClientConnection:
@@ -116,17 +122,17 @@ class ConnectionPool:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._idle.append(await self.connect(loop.time() + self.connect_timeout))
-        self._refill()
+        self._keeper = asyncio.ensure_future(self._keep())
 
     async def acquire(self, deadline: float) -> ClientConnection:
         while self._idle:
             conn = self._idle.pop()
             if conn.state is State.OPEN:
-                self._refill()
+                self._wake.set()
                 return conn
             self.discard(conn)
         conn = await self.connect(deadline)
-        self._refill()
+        self._wake.set()
         return conn
 
     def release(self, conn: ClientConnection) -> None:
@@ -142,32 +148,37 @@ class ConnectionPool:
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
-    def _refill(self) -> None:
-        if self.closed or self.spare == 0 or (self._filler and not self._filler.done()):
-            return
-        self._filler = asyncio.ensure_future(self._fill())
-
-    async def _fill(self) -> None:
+    async def _keep(self) -> None:
+        """Keep ``spare`` connections open; notice a service that went away (readiness)."""
         loop = asyncio.get_running_loop()
-        try:
-            while not self.closed:
-                self._idle = [c for c in self._idle if c.state is State.OPEN]
-                if len(self._idle) >= self.spare:
-                    return
-                conn = await self.connect(loop.time() + self.connect_timeout)
-                if self.closed:
-                    await conn.close()
-                    return
-                self._idle.append(conn)
-        except PiperServiceError as e:
-            self.log.warning("no spare Piper connection: %s", e)
+        while not self.closed:
+            self._idle = [c for c in self._idle if c.state is State.OPEN]
+            if len(self._idle) < self.spare:
+                was_healthy = self.healthy
+                try:
+                    conn = await self.connect(loop.time() + self.connect_timeout)
+                except PiperServiceError as e:
+                    if was_healthy:
+                        self.log.warning("Piper service unavailable: %s", e)
+                else:
+                    if not was_healthy:
+                        self.log.info("Piper service at %s is reachable again", self.url)
+                    if self.closed:
+                        await conn.close()
+                        return
+                    self._idle.append(conn)
+                    continue
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.check_every):
+                    await self._wake.wait()
 
     async def close(self) -> None:
         self.closed = True
-        if self._filler is not None:
-            self._filler.cancel()
+        if self._keeper is not None:
+            self._keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._filler
+                await self._keeper
         for conn in self._idle:
             self.discard(conn)
         self._idle.clear()

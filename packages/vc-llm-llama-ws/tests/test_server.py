@@ -138,3 +138,60 @@ class TestLlamaWSContract(LLMContract):
 
     def make_settings(self) -> LlamaWSSettings:
         return LlamaWSSettings(url=self.url)
+
+
+async def test_console_script_serves_and_stops(tmp_path: Path) -> None:
+    """`vc-llama-ws-server` as a process: listens, answers, reports health, exits on SIGTERM."""
+    import os
+    import shutil
+    import signal
+    import sys
+
+    exe = shutil.which("vc-llama-ws-server") or os.path.join(
+        os.path.dirname(sys.executable), "vc-llama-ws-server"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        exe,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--max-tokens",
+        "12",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        line = ""
+        while "vc-llama-ws-server listening on" not in line:
+            raw = await asyncio.wait_for(proc.stdout.readline(), 120)
+            assert raw, "server exited before listening"
+            line = raw.decode()
+        url = line.split("listening on ")[1].strip()
+        provider = await started(url)
+        try:
+            service = provider.create_service(call_context())
+            (text,) = replies(await drive(service, turn(user("Hello!"))))
+        finally:
+            await provider.stop()
+        assert text.strip()
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 60) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def test_console_script_reports_a_missing_model() -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "vc_llm_llama_ws.server", "--model", "/nowhere/x.gguf"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "neither a packaged model" in result.stderr and "Traceback" not in result.stderr

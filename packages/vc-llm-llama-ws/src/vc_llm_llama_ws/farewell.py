@@ -18,14 +18,11 @@ DEFAULT_FAREWELLS = (
     "goodbye",
     "good bye",
     "bye",
+    "bye bye",
     "farewell",
-    "hang up",
-    "that's all",
-    "that is all",
     "hoşça kal",
     "güle güle",
     "görüşürüz",
-    "iyi günler",
 )
 
 

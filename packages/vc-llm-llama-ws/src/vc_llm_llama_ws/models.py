@@ -240,7 +240,7 @@ class LlamaCppModels(ModelCatalog):
                 "llm",
                 assembled,
                 str(qwen_path()) if assembled else "",
-                "Qwen2.5-Coder-0.5B-Instruct Q4_K_M, 491 MB: better answers, tool calls"
+                "Qwen2.5-Coder-0.5B-Instruct Q4_K_M, 491 MB: much better answers, ~3x slower"
                 + ("" if assembled or parts is None else " (parts installed; run prepare)"),
                 QWEN_PIP if parts is None else f"vc models prepare {QWEN}",
             ),

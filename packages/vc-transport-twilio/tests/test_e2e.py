@@ -3,7 +3,8 @@
 espeak-ng asks a question into the simulated call (µ-law 8 kHz, 20 ms frames); vc runs it
 through faster-whisper, llama.cpp and Piper; the test transcribes the bot's reply audio, as the
 caller heard it, with Whisper and checks it is speech about the question. Then the caller
-talks over the bot: Twilio must get ``clear`` and the bot audio must stop.
+talks over the bot: Twilio must get ``clear`` and the bot audio must stop. A caller saying
+goodbye is hung up (REST) only after the final mark was echoed.
 
 Skipped, saying which, while a default provider plugin is not installed (``vc list-plugins``).
 """
@@ -109,3 +110,21 @@ async def test_spoken_question_gets_a_spoken_answer_and_barge_in_stops_it(defaul
         assert not call.protocol_errors
         await call.hangup()
         await call.wait_closed()
+
+
+@pytest.mark.timeout(600)
+async def test_goodbye_hangs_up_after_the_final_mark(default_stack):
+    async with twilio_vc(_ini()) as (cloud, _vc):
+        call = await cloud.place_call()
+        await after_greeting(call)
+        said = call.say(say_audio("Thank you, that is all. Goodbye."))
+        await call.wait_closed(within=180)
+        assert call.ended_by == "rest-hangup"
+        assert [d["name"] for _, d in Recorder.of(call.call_sid, "tool_call")] == ["end_call"]
+        [hangup] = [r for r in cloud.rest.requests if r.call_sid == call.call_sid]
+        assert hangup.form == {"Status": "completed"}
+        final = [t for t, n in call.echoed if n.startswith("final")]
+        assert final and hangup.at >= final[-1]
+        # The farewell was spoken and heard in full before the line went down.
+        assert len(words(transcribe(call.bot_audio(after=said - 0.3)))) >= 2
+        assert len(call.played) == len(call.media)

@@ -87,10 +87,9 @@ class LlamaWSService(StreamingLLMService):
 
     async def start(self, frame: StartFrame) -> None:
         await super().start(frame)
-        try:
-            self._conn = await self._provider.pool.get()
-        except ServerUnavailable as e:
-            self._call.log.warning("%s; will retry at the first turn", e)
+        # Never wait here (the call is starting): take a ready connection if there is one,
+        # else the first turn connects.
+        self._conn = self._provider.pool.take_idle()
 
     async def stop(self, frame: EndFrame) -> None:
         await super().stop(frame)

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
@@ -173,6 +174,23 @@ class ConnectionPool:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
+    def take_idle(self) -> LlamaConnection | None:
+        """A ready pooled connection without waiting, or None (the pool refills itself)."""
+        conn = None
+        while self._idle and conn is None:
+            candidate = self._idle.pop()
+            if candidate.usable:
+                conn = candidate
+            else:
+                self._spawn(candidate.close())
+        self.refill_soon()
+        return conn
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def get(self) -> LlamaConnection:
         """A ready connection: a pooled one, or a new one (raises ServerUnavailable)."""
         while self._idle:
@@ -192,9 +210,7 @@ class ConnectionPool:
         if not self._closed and conn.usable and len(self._idle) < self.size:
             self._idle.append(conn)
             return
-        task = asyncio.ensure_future(self._put_after_drain(conn))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._put_after_drain(conn))
 
     async def _put_after_drain(self, conn: LlamaConnection) -> None:
         await conn.wait_drained(self.timeout)

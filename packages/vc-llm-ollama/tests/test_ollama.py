@@ -263,3 +263,21 @@ class TestOllamaContract(LLMContract):
 
     def make_settings(self) -> OllamaSettings:
         return OllamaSettings(host=self.host, model="smollm2")
+
+
+async def test_model_removed_from_server_is_apologised_then_recovers(
+    fake_ollama: FakeOllama,
+) -> None:
+    provider = await started(fake_ollama)
+    try:
+        service = provider.create_service(call_context())
+        fake_ollama.installed.discard("smollm2:latest")  # someone ran `ollama rm`
+        with pytest.raises(Exception, match=r"not on the Ollama server .* ollama:smollm2"):
+            _ = [x async for x in service.stream([user("Hi")], [])]
+        (apology,) = replies(await drive(service, turn(user("Hi"))))
+        fake_ollama.installed.add("smollm2:latest")  # pulled again
+        (answer,) = replies(await drive(service, turn(user("Hi"))))
+    finally:
+        await provider.stop()
+    assert apology == DEFAULT_APOLOGY
+    assert answer.strip() and answer != DEFAULT_APOLOGY

@@ -38,6 +38,8 @@ def test_installed_voices_come_from_packages_and_folders(tmp_path: Path) -> None
     (tmp_path / "no-config.onnx").write_bytes(b"")
     found = installed_voices([tmp_path])
     assert "xx_XX-test-low" in found and "no-config" not in found
+    assert resolve("en_US-joe-medium.onnx") == joe  # a name written as a file name
+    assert resolve("") == joe  # the default voice
 
 
 def test_catalogue_lists_installed_and_known_voices() -> None:

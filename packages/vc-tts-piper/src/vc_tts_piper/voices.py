@@ -95,7 +95,10 @@ def installed_voices(dirs: Sequence[Path] = ()) -> dict[str, VoiceFile]:
 def resolve(spec: str, dirs: Sequence[Path] = ()) -> VoiceFile:
     """A voice name or ``.onnx`` path -> its files; ProviderError saying how to get it."""
     spec = spec.strip() or DEFAULT_VOICE
-    if spec.endswith(".onnx") or "/" in spec or "\\" in spec:
+    bare = "/" not in spec and "\\" not in spec
+    if bare and spec.endswith(".onnx") and not Path(spec).exists():
+        spec = spec[: -len(".onnx")]  # "NAME.onnx" written for the name NAME
+    if spec.endswith(".onnx") or not bare:
         model = Path(spec).expanduser()
         config = model.with_name(model.name + ".json")
         if not model.is_file():

@@ -147,3 +147,22 @@ def test_farewell_is_the_callers_goodbye() -> None:
     assert not f.ends_call([{"role": "user", "content": "What time is it?"}], "Bye!")
     assert not f.says_goodbye("maybe")  # 'bye' only as a word
     assert f.says_goodbye("Hoşça kal!")
+
+
+async def test_long_conversation_drops_oldest_turns_to_fit(smollm2: LlamaModel) -> None:
+    small = LlamaModel(smollm2.path, name="small-ctx", n_ctx=512)
+    await small.load()
+    try:
+        history = [CHAT[0]]
+        for i in range(30):
+            history += [
+                {"role": "user", "content": f"Question {i}: what is the weather like?"},
+                {"role": "assistant", "content": f"Answer {i}: it is sunny and warm."},
+            ]
+        history.append({"role": "user", "content": "And tomorrow?"})
+        stats = Generation()
+        text = await _collect(small, history, Sampling(max_tokens=20, seed=1), stats)
+    finally:
+        await small.close()
+    assert text.strip()
+    assert stats.dropped_messages > 10 and stats.prompt_tokens <= 512 - 20

@@ -62,6 +62,7 @@ class Generation:
     seconds: float = 0.0  # whole generation
     cancelled: bool = False
     finish_reason: str = ""
+    dropped_messages: int = 0  # oldest turns left out so the conversation fits n_ctx
 
     @property
     def tokens_per_second(self) -> float:
@@ -283,6 +284,25 @@ class LlamaModel:
             if not future.done():
                 future.add_done_callback(_consume_exception)
 
+    def _fit(
+        self, messages: list[dict[str, Any]], tools: Sequence[dict[str, Any]], reply_tokens: int
+    ) -> tuple[list[int], list[str], int]:
+        """The prompt's tokens, leaving room for the reply: the oldest turns after the system
+        prompt are dropped while the conversation does not fit ``n_ctx``."""
+        budget = self.n_ctx - min(reply_tokens, self.n_ctx // 4) - 8
+        msgs = list(messages)
+        head = 1 if msgs and msgs[0].get("role") in ("system", "developer") else 0
+        dropped = 0
+        while True:
+            prompt, stops = self.render(msgs, tools)
+            tokens = self.tokenize(prompt)
+            if len(tokens) <= budget:
+                return tokens, stops, dropped
+            if len(msgs) - head <= 1:  # only the newest message is left: it alone is too long
+                raise ValueError(f"prompt of {len(tokens)} tokens does not fit n_ctx={self.n_ctx}")
+            del msgs[head]
+            dropped += 1
+
     def _generate(
         self,
         messages: list[dict[str, Any]],
@@ -294,10 +314,8 @@ class LlamaModel:
         started: float,
     ) -> None:
         llm = self._llm
-        prompt, template_stops = self.render(messages, tools)
-        tokens = self.tokenize(prompt)
-        if len(tokens) >= self.n_ctx - 8:
-            raise ValueError(f"prompt of {len(tokens)} tokens does not fit n_ctx={self.n_ctx}")
+        tokens, template_stops, dropped = self._fit(messages, tools, sampling.max_tokens)
+        stats.dropped_messages = dropped
         stats.prompt_tokens = len(tokens)
         stats.cached_tokens = _common_prefix(llm._input_ids[: llm.n_tokens], tokens)
         max_tokens = max(1, min(sampling.max_tokens, self.n_ctx - len(tokens) - 1))

@@ -90,6 +90,23 @@ async def test_legacy_prompt_form_and_errors_on_the_raw_socket(url: str) -> None
         assert json.loads(await ws.recv()) == {"done": True}
 
 
+async def test_client_leaving_mid_reply_stops_generation(
+    llama_server: tuple[LlamaWSServer, str],
+) -> None:
+    server, url = llama_server
+    async with connect(url) as ws:
+        await ws.send(json.dumps({"messages": [{"role": "user", "content": "Tell a long story."}],
+                                  "max_tokens": 400, "temperature": 0.8}))
+        for _ in range(3):
+            assert "chunk" in json.loads(await ws.recv())
+        stats = server.recent[-1]
+    for _ in range(200):  # the server notices at its next send
+        if stats.seconds:
+            break
+        await asyncio.sleep(0.05)
+    assert stats.cancelled and stats.completion_tokens < 400
+
+
 async def test_rag_context_only_when_configured(smollm2: LlamaModel, tmp_path: Path) -> None:
     facts = tmp_path / "facts.txt"
     facts.write_text("The shop opens at nine in the morning.\n\nParking is free behind the shop.\n")

@@ -9,7 +9,6 @@ connections opened ahead of time; a reply abandoned on barge-in is drained and d
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -213,7 +212,6 @@ class LlamaWSProvider(LLMProvider):
     def __init__(self, settings: LlamaWSSettings, context: Any) -> None:
         super().__init__(settings, context)
         self.pool = ConnectionPool(settings.url, settings.pool_size, settings.timeout)
-        self.log = context.log if context is not None else logging.getLogger("vc.llm.llama-ws")
 
     async def start(self) -> None:
         url = self.settings.url

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
@@ -153,7 +152,6 @@ class LlamaCppProvider(LLMProvider):
         self.default: LlamaModel | None = None
         self.tool_mode: ToolMode = settings.tool_calls
         self.supports_tools = settings.tool_calls != "off"
-        self.log = context.log if context is not None else logging.getLogger("vc.llm.llama-cpp")
 
     async def start(self) -> None:
         s = self.settings

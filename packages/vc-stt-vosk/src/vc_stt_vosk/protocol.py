@@ -3,7 +3,7 @@
 * client -> server: one text message ``{"config": {"sample_rate": N}}``, then binary PCM16LE
   mono frames; at the end of the stream the exact text ``{"eof" : 1}`` (the server compares
   the string, space before the colon included), after which it sends the final result and
-  closes.
+  closes. Newer servers also accept ``{"reset" : 1}``: the final result now, stream continues.
 * server -> client: one text message per binary frame: ``{"partial": "..."}`` or, at an
   endpoint, ``{"text": "...", "result": [{"conf", "start", "end", "word"}...]}``.
 """
@@ -17,6 +17,8 @@ import attrs
 
 #: Exactly what upstream vosk-server recognises as end of stream.
 EOF_MESSAGE = '{"eof" : 1}'
+#: Newer vosk-server versions finish the current utterance on this text (and keep going).
+RESET_MESSAGE = '{"reset" : 1}'
 
 
 def config_message(sample_rate: int) -> str:

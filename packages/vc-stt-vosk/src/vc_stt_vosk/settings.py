@@ -73,6 +73,12 @@ class VoskWebSocketSettings:
     channels: int = setting(
         1, help="legacy key; vc always sends mono audio (other values are ignored with a warning)"
     )
+    finalize_on_vad_stop: bool = setting(
+        False,
+        help='send {"reset" : 1} when the VAD hears the caller stop, so the server finishes the '
+        "utterance at once instead of after its 0.5-2 s silence rules; needs a vosk-server that "
+        "knows reset (one that does not is detected and this is turned off)",
+    )
     pool_size: int = setting(
         2, help="connections kept open and configured ahead of calls (0: connect per call)",
         validator=_non_negative,

@@ -26,7 +26,9 @@ from pipecat.frames.frames import (
     InterimTranscriptionFrame,
     StartFrame,
     TranscriptionFrame,
+    VADUserStoppedSpeakingFrame,
 )
+from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.settings import STTSettings
 from pipecat.services.stt_service import STTService
 from pipecat.transcriptions.language import Language
@@ -36,11 +38,13 @@ from websockets.exceptions import ConnectionClosed
 
 from vc.providers import CallContext, ProviderContext, ProviderError, STTProvider
 from vc_stt_vosk.pool import CONNECT_ERRORS, VoskConnectionPool
-from vc_stt_vosk.protocol import EOF_MESSAGE, parse_message
+from vc_stt_vosk.protocol import EOF_MESSAGE, RESET_MESSAGE, parse_message
 from vc_stt_vosk.settings import VoskWebSocketSettings
 
 #: How long the end of a call waits for the server's last result after ``{"eof" : 1}``.
 EOF_TIMEOUT = 3.0
+#: Placeholder in the unfinished-frames queue for a ``{"reset" : 1}`` (answered like a frame).
+RESET_MARK = b""
 
 
 class VoskWebSocketSTT(STTProvider):
@@ -55,6 +59,15 @@ class VoskWebSocketSTT(STTProvider):
         self.settings: VoskWebSocketSettings = settings
         self.sample_rate = settings.sample_rate
         self.pool: VoskConnectionPool | None = None
+        #: Whether to send ``{"reset" : 1}`` at VAD stop (off once the server proves too old).
+        self.reset_enabled = settings.finalize_on_vad_stop
+
+    def reset_unsupported(self) -> None:
+        if self.reset_enabled:
+            self.reset_enabled = False
+            self.log.warning('vosk-websocket: the server at %s dropped the connection on '
+                             '{"reset" : 1}; it is too old for finalize_on_vad_stop, now off',
+                             self.settings.url)
 
     async def start(self) -> None:
         s = self.settings
@@ -135,6 +148,7 @@ class VoskWebSocketSTTService(STTService):
         self._held_bytes = 0
         self._last_partial = ""
         self._closing = False
+        self._reset_at = 0.0
         self.reconnects = 0
         self.dropped_bytes = 0
         #: Final transcripts of this call (for tests and debugging).
@@ -230,7 +244,11 @@ class VoskWebSocketSTTService(STTService):
         if self._closing:
             return
         self._ws = None
-        pending = list(self._unfinal) + list(self._held)
+        unanswered = list(self._unfinal)[self._acks:]
+        if unanswered and not unanswered[0]:
+            # Everything before the reset was answered and the connection died on it.
+            self._provider.reset_unsupported()
+        pending = [c for c in self._unfinal if c] + list(self._held)
         self._unfinal.clear()
         self._held.clear()
         self._held_bytes = 0
@@ -302,7 +320,9 @@ class VoskWebSocketSTTService(STTService):
                     msg.text, self._user_id, time_now_iso8601(), self._language, result=msg.raw))
             return
         for _ in range(min(self._acks, len(self._unfinal))):
-            self._unfinal.popleft()
+            if not self._unfinal.popleft() and self._reset_at:  # the reset, answered
+                self._provider.observe("stt_finalize", time.monotonic() - self._reset_at)
+                self._reset_at = 0.0
         self._acks = 0
         self._last_partial = ""
         if msg.text:
@@ -310,3 +330,25 @@ class VoskWebSocketSTTService(STTService):
             await self.push_frame(TranscriptionFrame(
                 msg.text, self._user_id, time_now_iso8601(), self._language, result=msg.raw,
                 finalized=True))
+
+    # -- finishing an utterance early ----------------------------------------------------------
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, VADUserStoppedSpeakingFrame):
+            await self._send_reset()
+
+    async def _send_reset(self) -> None:
+        """Ask the server for the final result now (``finalize_on_vad_stop``)."""
+        ws = self._ws
+        if not self._provider.reset_enabled or ws is None or self._closing:
+            return
+        if not any(self._unfinal):  # nothing unfinished to finish
+            return
+        self._unfinal.append(RESET_MARK)
+        self._reset_at = time.monotonic()
+        try:
+            await ws.send(RESET_MESSAGE)
+        except ConnectionClosed:
+            if ws is self._ws:
+                self._connection_lost()

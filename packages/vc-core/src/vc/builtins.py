@@ -59,7 +59,8 @@ class EventLog(Observer):
     name = "event-log"
 
     def call_started(self, info: CallInfo, profile: str) -> None:
-        log.info("call started", extra={"call_id": info.call_id, "data": {**info.as_dict(), "profile": profile}})
+        data = {**info.as_dict(), "profile": profile}
+        log.info("call started", extra={"call_id": info.call_id, "data": data})
 
     def call_ended(self, info: CallInfo, outcome: str, duration: float) -> None:
         log.info("call ended", extra={"call_id": info.call_id,

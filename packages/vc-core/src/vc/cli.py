@@ -62,7 +62,7 @@ def list_plugins(as_json: bool) -> None:
                       ",".join(langs) or "-", status))
     widths = [max(len(str(r[i])) for r in [headers, *table]) for i in range(len(headers) - 1)]
     for row in [headers, *table]:
-        click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
+        click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1])
     for c in reg.conflicts:
         click.echo(f"conflict: {c}", err=True)
 
@@ -177,18 +177,22 @@ def models_prepare(name: str) -> None:
         known += sorted(names)
         if name in names or name.startswith(f"{catalog.name}:"):
             with click.progressbar(length=100, label=f"preparing {name}") as bar:
-                last = [0]
-
-                def progress(done: int, total: int) -> None:
-                    pct = int(done * 100 / total) if total else 100
-                    bar.update(pct - last[0])
-                    last[0] = pct
-
-                where = catalog.prepare(name, progress)
+                where = catalog.prepare(name, _progress_to(bar))
             click.echo(f"{name}: ready at {where}")
             return
     click.echo(f"unknown model {name!r}; known: {', '.join(known) or 'none'}", err=True)
     sys.exit(1)
+
+
+def _progress_to(bar: Any) -> Any:
+    last = [0]
+
+    def progress(done: int, total: int) -> None:
+        pct = int(done * 100 / total) if total else 100
+        bar.update(pct - last[0])
+        last[0] = pct
+
+    return progress
 
 
 def main() -> None:

@@ -255,6 +255,25 @@ def resolve(
     known.setdefault("profile.default", _known_keys(ProfileSettings))
     _apply_env(raw, known, env)
 
+    warnings: list[str] = []
+    if raw.legacy:
+        schemas = {**CORE_SECTIONS}
+        for kind in KINDS:
+            for name, reg in registry.providers[kind].items():
+                schemas[f"{kind}.{name}"] = reg.cls.Settings
+        for name, reg in registry.providers["transport"].items():
+            schemas[f"transport.{name}"] = reg.cls.Settings
+        for section, values in list(raw.sections.items()):
+            if section in schemas:
+                raw.sections[section] = _legacy_known(schemas[section], values, section, warnings)
+            elif section in KINDS:  # [stt] shorthand: the selected provider's schema
+                chosen = values.get("provider", ("", ""))[0]
+                reg = registry.providers[section].get(chosen)
+                if reg is not None:
+                    rest = {k: v for k, v in values.items() if k != "provider"}
+                    keep = _legacy_known(reg.cls.Settings, rest, section, warnings)
+                    raw.sections[section] = {**keep, "provider": values["provider"]}
+
     core: dict[str, Any] = {}
     for section, cls in CORE_SECTIONS.items():
         obj, errs = build(cls, raw.get(section), section)
@@ -347,7 +366,6 @@ def resolve(
                                       missing_provider_message("observer", name, registry)))
 
     # Sections nobody knows about are probably typos.
-    warnings: list[str] = []
     for section in raw.sections:
         head, _, tail = section.partition(".")
         if section in known or head == "profile":
@@ -368,6 +386,21 @@ def resolve(
         ),
         [],
     )
+
+
+def _legacy_known(cls: type | None, values: dict[str, tuple[str, str]], section: str,
+                  warnings: list[str]) -> dict[str, tuple[str, str]]:
+    """Keys of the old INI that vc does not use are ignored, as the old engine ignored them."""
+    known = set()
+    for f in describe(cls) if cls is not None else []:
+        known |= {f.name, *f.aliases}
+    out = {}
+    for k, v in values.items():
+        if k in known or "legacy" not in v[1]:
+            out[k] = v
+        else:
+            warnings.append(f"[{section}] {k} from the old configuration is not used by vc; ignored")
+    return out
 
 
 def _provider_settings(cls: type | None, values: dict[str, tuple[str, str]], section: str):

@@ -69,9 +69,10 @@ class Engine(CallHost):
             for name, choice in choices.items():
                 cls = self.registry.provider(kind, name)
                 assert cls is not None
+                default = self.config.default_providers[kind]
+                users = [p for p in ctx.profiles if (getattr(p.settings, kind) or default) == name]
                 provider = cls(choice.settings, ProviderContext(
-                    profiles=ctx.profiles, log=logging.getLogger(f"vc.{kind}.{name}"),
-                    observe=ctx.observe))
+                    profiles=users, log=logging.getLogger(f"vc.{kind}.{name}"), observe=ctx.observe))
                 self.providers.setdefault(kind, {})[name] = provider
                 jobs.append((kind, name, provider))
 
@@ -199,15 +200,22 @@ class Engine(CallHost):
 
     # -- calls ----------------------------------------------------------------------------
 
+    def admit(self, info: CallInfo) -> str | None:
+        if not self.accepting:
+            return "not accepting calls (starting or shutting down)"
+        max_calls = self.config.server.max_calls
+        if max_calls and len(self.sessions) >= max_calls:
+            return f"at capacity ({max_calls} calls)"
+        return None
+
     async def run_call(self, connection: CallConnection) -> str:
+        """Run one call to its end. Raises ProviderError at once if it is refused (see admit)."""
         from vc.session import CallSession
 
         info = connection.info
-        max_calls = self.config.server.max_calls
-        if not self.accepting:
-            raise ProviderError("not accepting calls (starting or shutting down)")
-        if max_calls and len(self.sessions) >= max_calls:
-            raise ProviderError(f"at capacity ({max_calls} calls)")
+        refused = self.admit(info)
+        if refused:
+            raise ProviderError(refused)
         session = CallSession(self, connection)
         self.sessions[info.call_id] = session
         self._drained.clear()

@@ -62,7 +62,7 @@ def translate(sections: Sections) -> Sections:
         if low in URL_PROVIDERS and "url" in values and "provider" not in values:
             put(low, "provider", URL_PROVIDERS[low], f"legacy [{name}] url")
             for k, (raw, src) in values.items():
-                put(low, k, raw, src)
+                put(low, k, raw, f"{src} (legacy [{name}] {k})")
         elif low in RENAMES:
             target, renames = RENAMES[low]
             for k, (raw, src) in values.items():

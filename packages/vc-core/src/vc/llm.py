@@ -11,6 +11,7 @@ running ``stream``; the generator's ``finally`` is where a provider tells its se
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -28,6 +29,7 @@ from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.llm_service import FunctionCallFromLLM, LLMService
 from pipecat.services.settings import LLMSettings
+from pipecat.utils.types import is_given
 
 DEFAULT_APOLOGY = "Sorry, I can't answer right now. Please try again."
 
@@ -52,6 +54,7 @@ class StreamingLLMService(LLMService):
         self,
         *,
         system_prompt: str = "",
+        model: str | None = None,
         temperature: float | None = None,
         max_tokens: int | None = None,
         first_token_timeout: float = 10.0,
@@ -59,11 +62,14 @@ class StreamingLLMService(LLMService):
         apology: str = DEFAULT_APOLOGY,
         **kwargs: Any,
     ) -> None:
-        settings = LLMSettings(system_instruction=system_prompt or None)
-        if temperature is not None:
-            settings.temperature = temperature
-        if max_tokens is not None:
-            settings.max_tokens = max_tokens
+        settings = LLMSettings(
+            system_instruction=system_prompt or None, model=model, temperature=temperature,
+            max_tokens=max_tokens,
+        )
+        # pipecat logs an error for every field left NOT_GIVEN: None means "unused".
+        for f in dataclasses.fields(settings):
+            if f.name != "extra" and not is_given(getattr(settings, f.name)):
+                setattr(settings, f.name, None)
         super().__init__(settings=settings, **kwargs)
         self.temperature = temperature
         self.max_tokens = max_tokens

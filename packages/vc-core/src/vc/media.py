@@ -99,6 +99,10 @@ class CallOutputTransport(BaseOutputTransport):
             if had_audio:
                 await self._connection.clear()
             self._on_barge_in(had_audio)
+            await super().process_frame(frame, direction)
+            # pipecat's audio task may have written one more chunk before its queue was reset.
+            self._connection.playout.clear()
+            return
         await super().process_frame(frame, direction)
 
     async def write_audio_frame(self, frame: OutputAudioRawFrame) -> bool:

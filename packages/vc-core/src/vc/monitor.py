@@ -40,7 +40,9 @@ class MonotonicClock(SystemClock):
 
 
 class Turn:
-    __slots__ = ("first_audio", "llm_first", "speech_end", "started", "text", "transcript", "tts_first", "vad_stop")
+    __slots__ = (
+        "first_audio", "llm_first", "speech_end", "started", "text", "transcript", "tts_first", "vad_stop",
+    )
 
     def __init__(self, started: float) -> None:
         self.started = started

@@ -140,7 +140,7 @@ KNOWN_DISTRIBUTIONS: dict[tuple[str, str], str] = {
     ("llm", "ollama"): "vc-llm-ollama",
     ("llm", "llama-ws"): "vc-llm-llama-ws",
     ("llm", "llama-cpp"): "vc-llm-llama-ws",
-    ("tts", "piper"): "vc-tts-piper",
+    ("tts", "piper"): "'vc-tts-piper[local]'",
     ("tts", "piper-websocket"): "vc-tts-piper",
     ("observer", "gcp-logging"): "vc-gcp",
 }
@@ -311,7 +311,7 @@ def load_plugins(
             plugin = ep.load()
         except PluginLoadError:
             raise
-        except BaseException as e:  # noqa: BLE001 - a plugin may raise anything on import
+        except BaseException as e:
             if isinstance(e, KeyboardInterrupt):
                 raise
             loader.registry.plugins.append(record)

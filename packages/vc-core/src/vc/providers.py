@@ -54,6 +54,7 @@ class CallContext:
 class ProviderContext:
     """What a provider sees of the running system at startup."""
 
+    #: The profiles whose calls this provider serves (preload their voices/models in start()).
     profiles: list[Profile]
     log: logging.Logger
     observe: Callable[[str, float, dict[str, str]], None] = lambda name, value, labels: None
@@ -143,6 +144,10 @@ class CallHost:
     """Core's side of the process, as transports see it."""
 
     accepting: bool = True
+
+    def admit(self, info: CallInfo) -> str | None:
+        """Why a new call would be refused now (None: it would be taken). Check before answering."""
+        return None if self.accepting else "not accepting calls"
 
     def select_profile(self, info: CallInfo) -> Profile:
         raise NotImplementedError

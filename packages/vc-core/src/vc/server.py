@@ -114,32 +114,66 @@ class _Server(uvicorn.Server):
         pass
 
 
+class HTTPServer:
+    """uvicorn serving an App's routes; ``start()`` returns the bound port (port 0 works)."""
+
+    def __init__(self, app: App, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.app = app
+        self.host = host
+        self.server = _Server(uvicorn.Config(app.http, host=host, port=port, log_config=None,
+                                             lifespan="off", ws_max_size=1 << 20))
+        self._task: asyncio.Task[None] | None = None
+        self.port = port
+
+    async def start(self) -> int:
+        self._task = asyncio.create_task(self.server.serve())
+        while not self.server.started:
+            if self._task.done():
+                self._task.result()  # raises what uvicorn raised
+                raise RuntimeError(f"HTTP server on {self.host}:{self.port} did not start")
+            await asyncio.sleep(0.005)
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        return self.port
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        if self._task is not None:
+            await self._task
+
+
+def listen_port(config: Config, port: int | None) -> int:
+    """--port, else $PORT (Cloud Run), else [server] port."""
+    if port is not None:
+        return port
+    env = os.environ.get("PORT")
+    return int(env) if env else config.server.port
+
+
 async def serve(config: Config, registry: Registry, *, port: int | None = None) -> int:
     app = App(config, registry)
-    host = config.server.host
-    port = port or int(os.environ.get("PORT") or config.server.port)
-    server = _Server(uvicorn.Config(app.http, host=host, port=port, log_config=None,
-                                    lifespan="off", ws_max_size=1 << 20))
+    http = HTTPServer(app, config.server.host, listen_port(config, port))
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-
-    http_task = asyncio.create_task(server.serve())
-    while not server.started and not http_task.done():
-        await asyncio.sleep(0.01)
-    if http_task.done():
+    try:
+        await http.start()
+    except (OSError, SystemExit, RuntimeError) as e:
+        log.error("cannot listen on %s:%s: %s", http.host, http.port, e)
         return 1
-    log.info("listening on http://%s:%d", host, port)
+    log.info("listening on %s", http.url)
     try:
         starting = asyncio.create_task(app.start())
-        await asyncio.wait({starting, asyncio.create_task(stop.wait())},
-                           return_when=asyncio.FIRST_COMPLETED)
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if starting.done() and starting.exception() is not None:
             app.error = str(starting.exception())
             log.error("startup failed: %s", app.error)
-            server.should_exit = True
-            await http_task
+            await app.engine.stop()
             return 1
         await stop.wait()
         log.info("shutting down: draining calls (up to %.0fs)", config.server.drain_timeout)
@@ -147,6 +181,5 @@ async def serve(config: Config, registry: Registry, *, port: int | None = None) 
             starting.cancel()
         await app.stop()
     finally:
-        server.should_exit = True
-        await http_task
+        await http.stop()
     return 0

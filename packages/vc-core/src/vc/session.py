@@ -17,7 +17,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADParams
 from pipecat.frames.frames import EndFrame, TTSSpeakFrame
 from pipecat.pipeline.pipeline import Pipeline
@@ -31,7 +30,11 @@ from pipecat.processors.aggregators.llm_response_universal import (
 )
 from pipecat.processors.audio.vad_processor import VADProcessor
 from pipecat.services.llm_service import FunctionCallParams
-from pipecat.turns.user_start import MinWordsUserTurnStartStrategy, VADUserTurnStartStrategy
+from pipecat.turns.user_start import (
+    MinWordsUserTurnStartStrategy,
+    TranscriptionUserTurnStartStrategy,
+    VADUserTurnStartStrategy,
+)
 from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
@@ -131,9 +134,9 @@ class CallSession(CallEvents):
         vad_cfg = engine.config.vad
         vad = engine.take_vad(
             VADParams(
-                confidence=profile.vad_confidence if profile.vad_confidence is not None else vad_cfg.confidence,
-                start_secs=profile.vad_start_secs if profile.vad_start_secs is not None else vad_cfg.effective_start_secs(),
-                stop_secs=profile.vad_stop_secs if profile.vad_stop_secs is not None else vad_cfg.effective_stop_secs(),
+                confidence=_first(profile.vad_confidence, vad_cfg.confidence),
+                start_secs=_first(profile.vad_start_secs, vad_cfg.effective_start_secs()),
+                stop_secs=_first(profile.vad_stop_secs, vad_cfg.effective_stop_secs()),
                 min_volume=engine.min_volume(),
             ),
             stt_rate,
@@ -148,13 +151,16 @@ class CallSession(CallEvents):
             llm.register_function(tool.name, self._tool_handler(tool))
 
         interrupt_cfg = engine.config.interruption
-        interruptions = profile.interruptions if profile.interruptions is not None else interrupt_cfg.enabled
-        min_words = profile.min_words if profile.min_words is not None else interrupt_cfg.effective_min_words()
-        start = (
-            [MinWordsUserTurnStartStrategy(min_words=min_words, enable_interruptions=interruptions)]
-            if min_words > 1
-            else [VADUserTurnStartStrategy(enable_interruptions=interruptions)]
-        )
+        interruptions = _first(profile.interruptions, interrupt_cfg.enabled)
+        min_words = _first(profile.min_words, interrupt_cfg.effective_min_words())
+        if min_words > 1:
+            start = [MinWordsUserTurnStartStrategy(min_words=min_words, enable_interruptions=interruptions)]
+        else:
+            start = [
+                VADUserTurnStartStrategy(enable_interruptions=interruptions),
+                # DTMF arrives as a transcript with no speech: it must open a turn too.
+                TranscriptionUserTurnStartStrategy(enable_interruptions=interruptions),
+            ]
         user_agg, assistant_agg = LLMContextAggregatorPair(
             context,
             user_params=LLMUserAggregatorParams(
@@ -208,7 +214,8 @@ class CallSession(CallEvents):
 
     def _tool_handler(self, tool: Tool) -> Callable[[FunctionCallParams], Awaitable[None]]:
         async def handle(params: FunctionCallParams) -> None:
-            self.engine.event(self.info, "tool_call", {"name": tool.name, "arguments": dict(params.arguments)})
+            args = dict(params.arguments)
+            self.engine.event(self.info, "tool_call", {"name": tool.name, "arguments": args})
             call = ToolCall(
                 arguments=dict(params.arguments),
                 connection=self.connection,
@@ -261,8 +268,11 @@ class CallSession(CallEvents):
         try:
             self._start_greeting()
             task = self.build()
+            if self.ended_by:  # the caller hung up while the call was being set up
+                return self.outcome
             runner = PipelineRunner(handle_sigint=False, handle_sigterm=False)
-            await runner.run(task)
+            await runner.add_workers(task)
+            await runner.run()
         except asyncio.CancelledError:
             self.outcome = "cancelled"
             raise
@@ -364,3 +374,8 @@ class CallSession(CallEvents):
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+def _first(value: Any, default: Any) -> Any:
+    """A profile's override, or the global setting when the profile leaves it unset."""
+    return default if value is None else value

@@ -17,6 +17,7 @@ A value ``$env:NAME`` or ``$file:/path`` is read from that variable or file (for
 from __future__ import annotations
 
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -98,8 +99,10 @@ def describe(cls: type) -> list[FieldInfo]:
 
 def looks_secret(key: str) -> bool:
     """Keys whose values are redacted when shown, whatever the schema says."""
-    k = key.lower()
-    return any(w in k for w in ("secret", "password", "token", "api_key", "apikey", "auth"))
+    parts = re.split(r"[^a-z0-9]+", key.lower())
+    if parts and parts[-1] in ("secret", "password", "passwd", "token", "key", "credentials"):
+        return key.lower() not in ("key",)
+    return "secret" in parts or "password" in parts or key.lower() in ("auth_token", "api_key")
 
 
 def type_name(tp: Any) -> str:

@@ -167,7 +167,7 @@ class STTContract(ProviderContract):
     @pytest.mark.asyncio
     async def test_silence_is_harmless(self) -> None:
         rate = self.provider.sample_rate
-        text, frames = await self._transcribe(bytes(rate * 2))
+        _, frames = await self._transcribe(bytes(rate * 2))
         assert not [f for f in frames if isinstance(f, ErrorFrame)]
 
 

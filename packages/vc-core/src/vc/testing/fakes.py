@@ -20,6 +20,7 @@ from typing import Any
 import attrs
 import numpy as np
 from pipecat.frames.frames import ErrorFrame, Frame, TranscriptionFrame
+from pipecat.services.settings import STTSettings, TTSSettings
 from pipecat.services.stt_service import SegmentedSTTService
 from pipecat.services.tts_service import TTSService
 from pipecat.utils.time import time_now_iso8601
@@ -44,7 +45,8 @@ class FakeSTTSettings:
 
 class FakeSTTService(SegmentedSTTService):
     def __init__(self, script: list[str], delay: float, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        super().__init__(settings=STTSettings(model="fake", language=None),
+                         ttfs_p99_latency=max(0.05, delay * 2), **kwargs)
         self._script = script
         self._delay = delay
         self._n = 0
@@ -81,7 +83,7 @@ class FakeLLMSettings:
 
 class FakeLLMService(StreamingLLMService):
     def __init__(self, settings: FakeLLMSettings, **kwargs: Any) -> None:
-        super().__init__(first_token_timeout=settings.first_token_timeout, **kwargs)
+        super().__init__(first_token_timeout=settings.first_token_timeout, model="fake", **kwargs)
         self._s = settings
         self.requests: list[list[dict[str, Any]]] = []
         self.cancelled = 0
@@ -103,7 +105,10 @@ class FakeLLMService(StreamingLLMService):
                 yield "Goodbye, have a nice day."
                 yield ToolCallRequest("end_call", {})
                 return
-            words = f"You said: {text.strip().rstrip('.')}.".split(" ")
+            reply = f"You said: {text.strip().rstrip('.')}."
+            if "everything" in text.lower():
+                reply += " Here is more. And there is even more to say about it. That is all."
+            words = reply.split(" ")
             for i, word in enumerate(words):
                 if i and self._s.token_delay:
                     await asyncio.sleep(self._s.token_delay)
@@ -138,7 +143,8 @@ def tone(seconds: float, rate: int, freq: float = 440.0) -> bytes:
 
 class FakeTTSService(TTSService):
     def __init__(self, settings: FakeTTSSettings, **kwargs: Any) -> None:
-        super().__init__(push_start_frame=True, push_stop_frames=True, stop_frame_timeout_s=0.3, **kwargs)
+        super().__init__(push_start_frame=True, push_stop_frames=True, stop_frame_timeout_s=0.3,
+                         settings=TTSSettings(model="fake", voice=None, language=None), **kwargs)
         self._s = settings
         self.spoken: list[str] = []
 

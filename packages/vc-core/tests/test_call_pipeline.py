@@ -1,0 +1,220 @@
+"""A real call through the real pipeline (Silero VAD, pipecat aggregators) with fake AI providers.
+
+The caller is a LoopbackConnection: it sends real espeak-ng speech every 20 ms like a phone,
+and plays the bot's audio on a 20 ms clock, recording what it heard and when.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from vc.engine import Engine
+from vc.testing import FAKE_STACK, config_from_ini, fake_registry
+from vc.testing.calls import LoopbackConnection, run_loopback_call, speech
+
+
+def stack(script: list[str], extra: str = "") -> str:
+    return FAKE_STACK + f"\n[stt.fake]\nscript = {', '.join(script)}\n" + extra
+
+
+@pytest.fixture
+async def make_engine():
+    engines: list[Engine] = []
+
+    async def make(ini: str) -> Engine:
+        reg = fake_registry()
+        engine = Engine(config_from_ini(ini, reg), reg)
+        await engine.start()
+        engines.append(engine)
+        return engine
+
+    yield make
+    for e in engines:
+        await e.drain(2.0)
+        await e.stop()
+
+
+async def start_call(engine: Engine, **kw) -> tuple[LoopbackConnection, asyncio.Task[str]]:
+    conn = LoopbackConnection(**kw)
+    task = await run_loopback_call(engine, conn)
+    return conn, task
+
+
+async def finish(conn: LoopbackConnection, task: asyncio.Task[str]) -> str:
+    if not task.done():
+        conn.caller_hangs_up()
+    outcome = await asyncio.wait_for(task, 10)
+    await conn.stop()
+    return outcome
+
+
+async def test_greeting_plays_at_once_and_question_is_answered(make_engine) -> None:
+    engine = await make_engine(stack(["what are your opening hours"]))
+    conn, task = await start_call(engine)
+    t0 = conn.speech_started[0] if conn.speech_started else None
+    assert t0 is None
+    greeting_at = await conn.wait_for_bot_audio(0, timeout=5)
+    await conn.wait_for_bot_silence()
+    end = conn.say(speech("what are your opening hours", 8000))
+    answered_at = await conn.wait_for_bot_audio(end, timeout=15)
+    await conn.wait_for_bot_silence()
+    session = engine.sessions[conn.info.call_id]
+    messages = session.context.get_messages()
+    assert messages[0] == {"role": "assistant", "content": "Hello! How can I help you today?"}
+    assert messages[1] == {"role": "user", "content": "what are your opening hours"}
+    assert messages[2]["role"] == "assistant"
+    assert messages[2]["content"] == "You said: what are your opening hours."
+    assert answered_at > end
+    assert greeting_at > 0
+    # A mark follows the greeting and the answer, and both were reported as played.
+    names = [n for _, n in conn.marks]
+    assert names[0].startswith("greeting") and any(n.startswith("utt") for n in names)
+    # The turn's stage latencies reached the metrics.
+    stages = session.monitor.turns[0]
+    assert set(stages) >= {"voice_to_voice", "vad_stop", "stt", "llm_first_token", "tts_first_audio"}
+    assert await finish(conn, task) == "completed"
+
+
+async def test_barge_in_stops_bot_audio_and_context_keeps_only_what_was_heard(make_engine) -> None:
+    # The fake LLM answers "everything" with four sentences; the caller interrupts the second.
+    question = "tell me everything"
+    engine = await make_engine(stack([question, "stop"]))
+    conn, task = await start_call(engine)
+    await conn.wait_for_bot_audio(0, timeout=5)
+    await conn.wait_for_bot_silence()
+    end = conn.say(speech("tell me everything", 8000))
+    reply_at = await conn.wait_for_bot_audio(end, timeout=15)
+    # "You said: tell me everything." is 30 characters = 0.9 s of fake speech; interrupt after.
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(max(0.0, reply_at + 1.2 - loop.time()))
+    conn.say(speech("stop stop stop", 8000))
+    for _ in range(300):
+        if conn.clears:
+            break
+        await asyncio.sleep(0.01)
+    assert conn.clears, "no clear was sent to the transport on barge-in"
+    clear_at = conn.clears[-1]
+    await asyncio.sleep(1.0)
+    # Bot audio stops: nothing heard later than the transport lead after the clear, until the
+    # bot answers the interruption (which cannot be sooner than the VAD stop delay).
+    late = [t for t, _ in conn.bot_frames if clear_at + 0.1 < t < clear_at + 0.4]
+    assert not late, f"bot audio continued {late[-1] - clear_at:.3f}s after clear"
+    await conn.wait_for_bot_silence()
+    session = engine.sessions[conn.info.call_id]
+    assert session.barge_ins >= 1
+    said = [m["content"] for m in session.context.get_messages() if m["role"] == "assistant"]
+    full = "You said: tell me everything. Here is more. And there is even more to say about it. That is all."
+    interrupted = said[1]
+    assert interrupted.startswith("You said: tell me everything."), said
+    assert interrupted != full, "the context claims the caller heard the whole interrupted reply"
+    assert said[-1] == "You said: stop."
+    await finish(conn, task)
+
+
+async def test_no_clear_when_bot_is_silent(make_engine) -> None:
+    engine = await make_engine(stack(["hello"], "\n[profile.default]\ngreeting =\n"))
+    conn, task = await start_call(engine)
+    await asyncio.sleep(0.3)
+    end = conn.say(speech("hello", 8000))
+    await conn.wait_for_bot_audio(end, timeout=15)
+    assert conn.clears == []
+    await finish(conn, task)
+
+
+async def test_end_call_hangs_up_after_goodbye_was_heard(make_engine) -> None:
+    engine = await make_engine(stack(["goodbye"]))
+    conn, task = await start_call(engine, mark_delay=0.3)
+    await conn.wait_for_bot_audio(0, timeout=5)
+    await conn.wait_for_bot_silence()
+    end = conn.say(speech("goodbye", 8000))
+    outcome = await asyncio.wait_for(task, 20)
+    assert outcome == "completed"
+    assert conn.hangups, "the bot never hung up"
+    goodbye_audio = conn.bot_audio_after(end)
+    assert goodbye_audio, "no goodbye was spoken"
+    final_marks = [t for t, n in conn.marks if n.startswith("final")]
+    assert final_marks and conn.hangups[0] >= final_marks[0] + 0.3 - 0.02
+    assert conn.hangups[0] >= goodbye_audio[-1][0]
+    await conn.stop()
+
+
+async def test_dtmf_reaches_the_conversation(make_engine) -> None:
+    engine = await make_engine(stack(["unused"]))
+    conn, task = await start_call(engine)
+    await conn.wait_for_bot_silence()
+    for d in "42#":
+        conn.press(d)
+    t = asyncio.get_running_loop().time()
+    await conn.wait_for_bot_audio(t, timeout=10)
+    session = engine.sessions[conn.info.call_id]
+    users = [m["content"] for m in session.context.get_messages() if m["role"] == "user"]
+    assert any("42" in u for u in users), users
+    await finish(conn, task)
+
+
+async def test_caller_hangup_cancels_the_call(make_engine) -> None:
+    engine = await make_engine(stack(["hello"]))
+    conn, task = await start_call(engine)
+    await conn.wait_for_bot_audio(0, timeout=5)
+    conn.caller_hangs_up()
+    outcome = await asyncio.wait_for(task, 5)
+    assert outcome in ("completed", "cancelled")
+    assert engine.sessions == {}
+    assert conn.hangups == []  # the caller hung up; the bot must not hang up again
+    await conn.stop()
+
+
+async def test_a_failing_call_does_not_affect_another(make_engine) -> None:
+    engine = await make_engine(stack(["what time is it"]))
+    good, good_task = await start_call(engine)
+
+    class Broken(LoopbackConnection):
+        async def clear(self) -> None:
+            raise RuntimeError("transport exploded")
+
+    bad = Broken()
+    bad_task = asyncio.create_task(engine.run_call(bad))
+    while bad.events is None:
+        await asyncio.sleep(0.01)
+    bad.start()
+    # Break the bad call's pipeline from inside: its TTS service raises on every request.
+    bad.say(speech("interrupt", 8000))
+    await good.wait_for_bot_silence()
+    end = good.say(speech("what time is it", 8000))
+    await good.wait_for_bot_audio(end, timeout=15)
+    bad.caller_hangs_up()
+    await asyncio.wait_for(bad_task, 10)
+    await bad.stop()
+    assert not good_task.done()
+    assert await finish(good, good_task) == "completed"
+
+
+async def test_llm_failure_is_apologised_for_and_next_turn_works(make_engine) -> None:
+    engine = await make_engine(stack(["please fail now", "are you back"]))
+    conn, task = await start_call(engine)
+    await conn.wait_for_bot_silence()
+    end = conn.say(speech("please fail now", 8000))
+    await conn.wait_for_bot_audio(end, timeout=15)
+    await conn.wait_for_bot_silence()
+    end = conn.say(speech("are you back", 8000))
+    await conn.wait_for_bot_audio(end, timeout=15)
+    await conn.wait_for_bot_silence()
+    session = engine.sessions[conn.info.call_id]
+    said = [m["content"] for m in session.context.get_messages() if m["role"] == "assistant"]
+    assert any("Sorry" in s for s in said), said
+    assert said[-1] == "You said: are you back."
+    await finish(conn, task)
+
+
+async def test_many_concurrent_calls_are_isolated(make_engine) -> None:
+    engine = await make_engine(stack(["one", "two"]))
+    calls = [await start_call(engine) for _ in range(4)]
+    await asyncio.sleep(1.5)
+    assert len(engine.sessions) == 4
+    for conn, _ in calls:
+        assert conn.bot_frames, "every call hears its greeting"
+    for conn, task in calls:
+        assert await finish(conn, task) in ("completed", "cancelled")
+    assert engine.sessions == {}

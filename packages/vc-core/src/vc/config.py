@@ -235,7 +235,9 @@ def resolve(
 ) -> tuple[Config | None, list[ConfigError]]:
     """Validate everything against core's and the plugins' schemas; all errors at once."""
     env = os.environ if env is None else env
-    errors = list(raw.errors)
+    if raw.errors:  # the file itself could not be read: nothing else is meaningful
+        return None, list(raw.errors)
+    errors: list[ConfigError] = []
     if registry.conflicts:
         errors += [ConfigError("plugins", "", None, c) for c in registry.conflicts]
 

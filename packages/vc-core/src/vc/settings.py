@@ -153,6 +153,8 @@ def convert(raw: str, tp: Any) -> Any:
                 return convert(raw, a)
             except ValueError as e:
                 errors.append(str(e))
+        if type(None) in args:
+            errors.append("empty")
         raise ValueError(" or ".join(errors))
     if origin is Literal:
         choices = get_args(tp)
@@ -224,12 +226,12 @@ def build(
     for f in fields.values():
         if f.default is attrs.NOTHING and f.name not in kwargs:
             errors.append(ConfigError(section, f.name, None, "required key is missing"))
-    if errors:
-        return None, errors
     try:
-        return cls(**kwargs), []
+        # With errors, the object is built from the valid keys (the rest default), so that one
+        # bad key does not cascade into misleading errors elsewhere; callers still fail.
+        return cls(**kwargs), errors
     except (ValueError, TypeError) as e:
-        return None, [ConfigError(section, "", None, f"invalid settings: {e}")]
+        return None, errors or [ConfigError(section, "", None, f"invalid settings: {e}")]
 
 
 def show_value(name: str, value: Any, secret: bool) -> str:

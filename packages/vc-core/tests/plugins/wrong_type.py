@@ -1,0 +1,6 @@
+from vc.hookspecs import hookimpl
+
+
+@hookimpl
+def register_stt(register):
+    register("not a provider class")

@@ -1,0 +1,259 @@
+"""Configuration: INI + environment, validation messages, the old system's INI, show/check."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from vc import cli
+from vc.config import env_name, load, read, resolve
+from vc.plugins import load_plugins
+
+if sys.version_info >= (3, 12):
+    from importlib.metadata import EntryPoint
+else:
+    from importlib_metadata import EntryPoint
+
+DATA = Path(__file__).parent / "data"
+FAKES = "[stt]\nprovider = fake\n[llm]\nprovider = fake\n[tts]\nprovider = fake\n"
+
+
+def registry(*modules: str, fakes: bool = True):
+    eps = [EntryPoint(name=m, value=m, group="vc") for m in modules]
+    env = {"VC_FAKE_PROVIDERS": "1"} if fakes else {}
+    return load_plugins(env=env, eps=eps)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "vc.ini"
+    p.write_text(text)
+    return p
+
+
+def messages(errors) -> list[str]:
+    return [str(e) for e in errors]
+
+
+def test_env_names_are_predictable() -> None:
+    assert env_name("stt.faster-whisper", "beam_size") == "VC_STT_FASTER_WHISPER__BEAM_SIZE"
+    assert env_name("transport.twilio", "auth_token") == "VC_TRANSPORT_TWILIO__AUTH_TOKEN"
+    assert env_name("profile.sales", "match.to") == "VC_PROFILE_SALES__MATCH_TO"
+    assert env_name("vc", "transports") == "VC_VC__TRANSPORTS"
+
+
+def test_missing_provider_says_which_distribution_to_install() -> None:
+    reg = registry(fakes=False)
+    cfg, errors = load(None, reg, {})
+    assert cfg is None
+    assert messages(errors) == [
+        "[stt] provider = 'faster-whisper' (from default): stt provider 'faster-whisper' is not "
+        "installed (pip install vc-stt-faster-whisper); installed stt providers: none",
+        "[llm] provider = 'llama-cpp' (from default): llm provider 'llama-cpp' is not installed "
+        "(pip install vc-llm-llama-ws); installed llm providers: none",
+        "[tts] provider = 'piper' (from default): tts provider 'piper' is not installed "
+        "(pip install 'vc-tts-piper[local]'); installed tts providers: none",
+        "[vc] transports = 'twilio': transport provider 'twilio' is not installed "
+        "(pip install vc-transport-twilio); installed transport providers: none",
+    ]
+
+
+def test_every_error_is_reported_at_once(tmp_path) -> None:
+    ini = write(tmp_path, FAKES + """
+[vc]
+transports =
+log_format = xml
+[server]
+port = eighty
+[vad]
+confidence = high
+[stt.fake]
+delay = soon
+colour = blue
+[profile.sales]
+max_tokens = many
+[nonsense]
+a = 1
+""")
+    cfg, errors = load(ini, registry(), {})
+    assert cfg is None
+    src = f"from {ini}"
+    assert messages(errors) == [
+        f"[vc] log_format = 'xml' ({src} [vc]): expected one of 'text', 'json'",
+        f"[server] port = 'eighty' ({src} [server]): expected an integer",
+        f"[vad] confidence = 'high' ({src} [vad]): expected a number",
+        f"[profile.sales] max_tokens = 'many' ({src} [profile.sales]): expected an integer or empty",
+        f"[stt.fake] delay = 'soon' ({src} [stt.fake]): expected a number",
+        f"[stt.fake] colour = 'blue' ({src} [stt.fake]): unknown key; known keys: script, delay",
+        "[nonsense]: unknown section",
+    ]
+
+
+def test_unparseable_and_missing_files(tmp_path) -> None:
+    bad = write(tmp_path, "this is not an ini file\n")
+    _, errors = load(bad, registry(), {})
+    assert len(errors) == 1 and "cannot parse INI file" in str(errors[0])
+    _, errors = load(tmp_path / "nope.ini", registry(), {})
+    assert str(errors[0]).endswith("configuration file not found")
+
+
+def test_environment_overrides_file_and_reaches_every_schema(tmp_path) -> None:
+    ini = write(tmp_path, FAKES + "[vc]\ntransports =\n[stt.fake]\ndelay = 0.5\n[server]\nport = 9000\n")
+    env = {
+        "VC_STT_FAKE__DELAY": "0.25",
+        "VC_SERVER__PORT": "9100",
+        "VC_PROFILE_DEFAULT__GREETING": "Merhaba",
+        "VC_TTS_FAKE__MS_PER_CHAR": "10",
+    }
+    cfg, errors = load(ini, registry(), env)
+    assert not errors
+    assert cfg.providers["stt"]["fake"].settings.delay == 0.25
+    assert cfg.server.port == 9100
+    assert cfg.providers["tts"]["fake"].settings.ms_per_char == 10
+    assert cfg.profiles[-1].greeting == "Merhaba"
+
+
+def test_config_file_from_environment_variables(tmp_path) -> None:
+    ini = write(tmp_path, FAKES + "[vc]\ntransports =\n[server]\nport = 9123\n")
+    for var in ("VC_CONFIG_FILE", "OAVC_CONFIG_FILE"):
+        cfg, errors = load(None, registry(), {var: str(ini)})
+        assert not errors and cfg.server.port == 9123
+
+
+def test_secret_references(tmp_path, monkeypatch) -> None:
+    secret = tmp_path / "token"
+    secret.write_text("s3cret\n")
+    monkeypatch.setenv("MY_DELAY", "0.75")
+    ini = write(tmp_path, FAKES + f"[vc]\ntransports =\n[stt.fake]\ndelay = $env:MY_DELAY\n"
+                                  f"[profile.default]\ngreeting = $file:{secret}\n")
+    cfg, errors = load(ini, registry(), {})
+    assert not errors
+    assert cfg.providers["stt"]["fake"].settings.delay == 0.75
+    assert cfg.profiles[0].greeting == "s3cret"
+
+
+def test_provider_shorthand_keys_in_the_kind_section(tmp_path) -> None:
+    ini = write(tmp_path, "[vc]\ntransports =\n[stt]\nprovider = fake\ndelay = 0.1\n"
+                          "[llm]\nprovider = fake\n[tts]\nprovider = fake\n")
+    cfg, errors = load(ini, registry(), {})
+    assert not errors
+    assert cfg.providers["stt"]["fake"].settings.delay == 0.1
+
+
+def test_profiles_may_choose_other_providers_which_are_then_validated(tmp_path) -> None:
+    ini = write(tmp_path, FAKES + "[vc]\ntransports =\n[profile.tr]\nlanguage = tr\nstt = good-stt\n"
+                                  "[stt.good-stt]\nbeam_size = 5\n")
+    cfg, errors = load(ini, registry("good_plugin"), {})
+    assert not errors, messages(errors)
+    assert set(cfg.providers["stt"]) == {"fake", "good-stt"}
+    assert cfg.providers["stt"]["good-stt"].settings.beam_size == 5
+
+
+def test_language_a_provider_does_not_support_is_a_config_error(tmp_path) -> None:
+    ini = write(tmp_path, FAKES + "[vc]\ntransports =\n[profile.de]\nlanguage = de\nstt = good-stt\n")
+    _, errors = load(ini, registry("good_plugin"), {})
+    assert messages(errors) == [
+        "[profile.de] language = 'de': stt provider 'good-stt' does not support this language "
+        "(supports: en, tr)"
+    ]
+
+
+def test_the_existing_systems_ini_loads_unchanged_and_means_what_it_meant() -> None:
+    reg = registry("legacy_stubs", fakes=False)
+    raw = read(DATA / "legacy.ini", {})
+    assert raw.legacy
+    cfg, errors = resolve(raw, reg, {})
+    assert not errors, messages(errors)
+    assert cfg.default_providers == {"stt": "vosk-websocket", "llm": "llama-ws", "tts": "piper-websocket"}
+    assert cfg.providers["stt"]["vosk-websocket"].settings.url == "ws://vosk-server:2700"
+    assert cfg.providers["llm"]["llama-ws"].settings.max_tokens == 80
+    assert cfg.providers["llm"]["llama-ws"].settings.model == "llama3.2:3b-instruct-turkish"
+    assert cfg.providers["tts"]["piper-websocket"].settings.voice == "tr_TR-dfki-medium"
+    sip = cfg.transports["opensips"].settings
+    assert (sip.mode, sip.sip_port, sip.event_port) == ("proxy", 8089, 8090)
+    assert (sip.rtp_min_port, sip.rtp_max_port, sip.rtp_ip) == (35000, 35100, "203.0.113.10")
+    assert (sip.mi_ip, sip.mi_port, sip.mi_transport) == ("127.0.0.1", 8080, "udp")
+    assert cfg.vc.log_level == "INFO"
+    # The VAD and interruption keys the old engine ignored now take effect.
+    assert cfg.vad.confidence == 0.6 and cfg.vad.effective_stop_secs() == 0.5
+    assert cfg.interruption.effective_min_words() == 2
+    profile = cfg.profiles[0]
+    assert (profile.language, profile.greeting) == ("tr", "Merhaba, size nasıl yardımcı olabilirim?")
+
+
+def test_keys_the_old_engine_ignored_are_ignored_with_a_warning(tmp_path) -> None:
+    text = (DATA / "legacy.ini").read_text().replace("[engine]\n", "[engine]\nworkers = 4\n")
+    cfg, errors = load(write(tmp_path, text), registry("legacy_stubs", fakes=False), {})
+    assert not errors
+    expected = "[transport.opensips] workers from the old configuration is not used by vc; ignored"
+    assert expected in cfg.warnings
+
+
+def test_config_check_and_show_cli(tmp_path, monkeypatch) -> None:
+    reg = registry("legacy_stubs", fakes=False)
+    monkeypatch.setattr(cli, "_REGISTRY", reg)
+    runner = CliRunner()
+    ok = runner.invoke(cli.cli, ["config", "check", str(DATA / "legacy.ini")])
+    assert ok.exit_code == 0, ok.output
+    assert ok.output.splitlines() == [
+        f"{DATA / 'legacy.ini'} (existing OpenSIPS AI Voice Connector format): OK",
+        "  transports: opensips",
+        "  stt: vosk-websocket",
+        "  llm: llama-ws",
+        "  tts: piper-websocket",
+        "  profiles: default",
+    ]
+    shown = runner.invoke(cli.cli, ["config", "show", "-c", str(DATA / "legacy.ini")],
+                          env={"VC_TRANSPORT_OPENSIPS__SIP_PORT": "5070"})
+    assert shown.exit_code == 0, shown.output
+    lines = shown.output.splitlines()
+    port = next(line for line in lines if line.startswith("sip_port"))
+    assert "5070" in port and "env VC_TRANSPORT_OPENSIPS__SIP_PORT" in port
+    url = next(line for line in lines if line.startswith("url = ws://vosk"))
+    assert "legacy [stt] url" in url
+
+    bad = runner.invoke(cli.cli, ["config", "check", str(write(tmp_path, "[server]\nport = x\n"))])
+    assert bad.exit_code == 1
+    assert "[server] port = 'x'" in bad.output and "expected an integer" in bad.output
+
+
+def test_secrets_are_redacted_in_config_show(tmp_path, monkeypatch) -> None:
+    import attrs
+
+    from vc.hookspecs import hookimpl
+    from vc.providers import TransportProvider
+    from vc.settings import setting
+
+    @attrs.define
+    class S:
+        auth_token: str = setting("", help="token")
+        max_tokens: int = setting(80, help="not a secret")
+
+    class T(TransportProvider):
+        name = "secretive"
+        Settings = S
+        description = "test"
+
+    class P:
+        @hookimpl
+        def register_transports(self, register):
+            register(T)
+
+    reg = load_plugins(env={"VC_FAKE_PROVIDERS": "1"}, eps=[], extra=[("secretive", P())])
+    monkeypatch.setattr(cli, "_REGISTRY", reg)
+    ini = write(tmp_path, FAKES + "[vc]\ntransports = secretive\n[transport.secretive]\n"
+                                  "auth_token = hunter2\nmax_tokens = 12\n")
+    out = CliRunner().invoke(cli.cli, ["config", "show", "-c", str(ini)]).output
+    assert "hunter2" not in out
+    assert "auth_token = <redacted>" in out and "max_tokens = 12" in out
+
+
+@pytest.mark.parametrize("bad", ["[vc]\ntransports = carrier-pigeon\n"])
+def test_unknown_transport(tmp_path, bad) -> None:
+    _, errors = load(write(tmp_path, FAKES + bad), registry(), {})
+    assert messages(errors) == [
+        "[vc] transports = 'carrier-pigeon': transport provider 'carrier-pigeon' is not installed "
+        "(install the plugin that provides it); installed transport providers: none"
+    ]

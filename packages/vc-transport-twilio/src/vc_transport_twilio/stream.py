@@ -140,7 +140,7 @@ class StreamHandler:
             raise StreamRejected("customParameters is not a small object", BAD_DATA)
         params = {str(k)[:64]: str(v)[:512] for k, v in raw.items()}
         token = params.pop("vc_token", "")
-        if self.settings.validate_signatures:
+        if self.transport.validating:
             problem = self.transport.tokens.check(token, call_sid)
             if problem:
                 raise StreamRejected(problem)

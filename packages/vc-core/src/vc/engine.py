@@ -140,7 +140,14 @@ class Engine(CallHost):
             pass
         remaining = list(self.sessions.values())
         for session in remaining:
-            session.hangup("server shutting down")
+            try:
+                await session.end("server shutting down")
+            except Exception as e:
+                log.warning("hanging up %s failed: %s", session.info.call_id, e)
+        try:  # give the pipelines a moment to wind down
+            await asyncio.wait_for(self._drained.wait(), 5.0)
+        except TimeoutError:
+            log.warning("%d call(s) did not end after hang-up", len(self.sessions))
         return len(remaining)
 
     # -- providers, greetings, VAD --------------------------------------------------------

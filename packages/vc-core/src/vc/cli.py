@@ -119,6 +119,12 @@ def config_show(config_file: str | None, as_json: bool) -> None:
         click.echo(f"{k} = {value}".ljust(60) + f"  ; {src}  (env {vcconfig.env_name(s, k)})")
 
 
+@config_group.command("reference")
+def config_reference() -> None:
+    """Print every section and key of core and the installed plugins (Markdown)."""
+    click.echo(vcconfig.reference(registry()))
+
+
 @cli.command("serve")
 @_config_option
 @click.option("--port", type=int, help="HTTP port (overrides [server] port and $PORT)")

@@ -465,3 +465,39 @@ def effective(config: Config) -> list[tuple[str, str, str, str]]:
 
 def example_path() -> Path:
     return Path(__file__).parent / "example.ini"
+
+
+def reference(registry: Registry) -> str:
+    """Markdown reference of every section and key that core and the installed plugins know."""
+    from vc.settings import FieldInfo
+
+    def table(section: str, fields: list[FieldInfo]) -> list[str]:
+        rows = [f"### [{section}]", "", "| key | type | default | environment | meaning |",
+                "|---|---|---|---|---|"]
+        for f in fields:
+            if f.default is None or f.default == "":
+                default = "" if not f.required else "(required)"
+            elif isinstance(f.default, (list, tuple)):
+                default = ", ".join(map(str, f.default))
+            else:
+                default = str(f.default)
+            if f.secret and default:
+                default = "(secret)"
+            default = default if len(default) <= 40 else default[:37] + "..."
+            env = env_name(section.replace("<name>", "NAME"), f.name)
+            kind = f.type_name.replace(" | ", " or ")
+            rows.append(f"| `{f.name}` | {kind} | {default} | `{env}` | {f.help} |")
+        return [*rows, ""]
+
+    out: list[str] = []
+    for section, cls in CORE_SECTIONS.items():
+        out += table(section, describe(cls))
+    out += table("profile.<name>", describe(ProfileSettings))
+    for kind in (*KINDS, "transport"):
+        for name, reg in sorted(registry.providers[kind].items()):
+            if reg.cls.Settings is not None:
+                out += table(f"{kind}.{name}", describe(reg.cls.Settings))
+    for name, (cls, _) in sorted(registry.observers.items()):
+        if cls.Settings is not None:
+            out += table(f"observer.{name}", describe(cls.Settings))
+    return "\n".join(out)

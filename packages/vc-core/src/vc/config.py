@@ -259,7 +259,7 @@ def resolve(
 
     warnings: list[str] = []
     if raw.legacy:
-        schemas = {**CORE_SECTIONS}
+        schemas: dict[str, type | None] = {**CORE_SECTIONS}
         for kind in KINDS:
             for name, reg in registry.providers[kind].items():
                 schemas[f"{kind}.{name}"] = reg.cls.Settings
@@ -269,11 +269,10 @@ def resolve(
             if section in schemas:
                 raw.sections[section] = _legacy_known(schemas[section], values, section, warnings)
             elif section in KINDS:  # [stt] shorthand: the selected provider's schema
-                chosen = values.get("provider", ("", ""))[0]
-                reg = registry.providers[section].get(chosen)
-                if reg is not None:
+                selected = registry.providers[section].get(values.get("provider", ("", ""))[0])
+                if selected is not None:
                     rest = {k: v for k, v in values.items() if k != "provider"}
-                    keep = _legacy_known(reg.cls.Settings, rest, section, warnings)
+                    keep = _legacy_known(selected.cls.Settings, rest, section, warnings)
                     raw.sections[section] = {**keep, "provider": values["provider"]}
 
     core: dict[str, Any] = {}
@@ -305,8 +304,8 @@ def resolve(
     defaults: dict[str, str] = {}
     providers: dict[str, dict[str, ProviderChoice]] = {k: {} for k in KINDS}
     for kind in KINDS:
-        section = raw.get(kind)
-        chosen = section.get("provider", (DEFAULT_PROVIDERS[kind], "default"))[0].strip()
+        kind_section = raw.get(kind)
+        chosen = kind_section.get("provider", (DEFAULT_PROVIDERS[kind], "default"))[0].strip()
         defaults[kind] = chosen
         wanted = {chosen: kind}
         for p in profiles:
@@ -314,9 +313,9 @@ def resolve(
             if pick:
                 wanted.setdefault(pick, f"profile.{p.name}")
         for name, where in wanted.items():
-            reg = registry.providers[kind].get(name)
-            if reg is None:
-                src = section.get("provider", ("", "default"))[1] if where == kind else where
+            found = registry.providers[kind].get(name)
+            if found is None:
+                src = kind_section.get("provider", ("", "default"))[1] if where == kind else where
                 errors.append(
                     ConfigError(where, kind if where != kind else "provider", name,
                                 missing_provider_message(kind, name, registry), src)
@@ -324,32 +323,32 @@ def resolve(
                 continue
             values = dict(raw.get(f"{kind}.{name}"))
             if name == chosen:  # [stt] shorthand keys belong to the selected provider
-                for k, v in section.items():
+                for k, v in kind_section.items():
                     if k != "provider":
                         values.setdefault(k, v)
-            settings, errs = _provider_settings(reg.cls.Settings, values, f"{kind}.{name}")
+            settings, errs = _provider_settings(found.cls.Settings, values, f"{kind}.{name}")
             errors += errs
             for p in profiles:
-                if (getattr(p.settings, kind) or chosen) == name and not reg.cls.supports_language(
+                if (getattr(p.settings, kind) or chosen) == name and not found.cls.supports_language(
                     p.settings.language
                 ):
                     errors.append(
                         ConfigError(
                             f"profile.{p.name}", "language", p.settings.language,
                             f"{kind} provider {name!r} does not support this language "
-                            f"(supports: {', '.join(reg.cls.languages)})",
+                            f"(supports: {', '.join(found.cls.languages)})",
                         )
                     )
             providers[kind][name] = ProviderChoice(kind, name, settings)
 
     transports: dict[str, ProviderChoice] = {}
     for name in core["vc"].transports:
-        reg = registry.providers["transport"].get(name)
-        if reg is None:
+        transport = registry.providers["transport"].get(name)
+        if transport is None:
             errors.append(ConfigError("vc", "transports", name,
                                       missing_provider_message("transport", name, registry)))
             continue
-        settings, errs = _provider_settings(reg.cls.Settings, raw.get(f"transport.{name}"),
+        settings, errs = _provider_settings(transport.cls.Settings, raw.get(f"transport.{name}"),
                                             f"transport.{name}")
         errors += errs
         transports[name] = ProviderChoice("transport", name, settings)

@@ -58,9 +58,9 @@ class Engine(CallHost):
         ctx = ProviderContext(profiles=self.config.profiles, log=logging.getLogger("vc.provider"),
                               observe=self._observe_value)
         for name, settings in self.config.observers.items():
-            cls, _ = self.registry.observers[name]
+            observer_cls, _ = self.registry.observers[name]
             try:
-                self.observers.append(cls(settings))
+                self.observers.append(observer_cls(settings))
             except Exception as e:
                 log.error("observer %s failed to start: %s", name, e)
 

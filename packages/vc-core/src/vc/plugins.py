@@ -18,7 +18,7 @@ import re
 import sys
 import traceback
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import pluggy
@@ -218,16 +218,17 @@ class _Loader:
                 base = KIND_BASES[kind]
                 if not (isinstance(obj, type) and issubclass(obj, base)):
                     raise TypeError(f"{hook_name} expects a subclass of {base.__qualname__}, got {obj!r}")
+                obj = cast(type[Provider], obj)
                 if not obj.name:
                     raise TypeError(f"{obj.__qualname__} has no name")
                 if obj.Settings is not None and not attrs.has(obj.Settings):
                     raise TypeError(f"{obj.__qualname__}.Settings must be an attrs class")
-                other = reg.providers[kind].get(obj.name)
-                if other is not None:
+                taken = reg.providers[kind].get(obj.name)
+                if taken is not None:
                     msg = (
                         f"{kind} provider {obj.name!r} is registered twice: by "
-                        f"{other.plugin.distribution} {other.plugin.version} ({other.cls.__module__}."
-                        f"{other.cls.__qualname__}) and by {record.distribution} {record.version} "
+                        f"{taken.plugin.distribution} {taken.plugin.version} ({taken.cls.__module__}."
+                        f"{taken.cls.__qualname__}) and by {record.distribution} {record.version} "
                         f"({obj.__module__}.{obj.__qualname__}); uninstall one of them"
                     )
                     reg.conflicts.append(msg)

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pipecat.audio.vad.vad_analyzer import VADParams
 from pipecat.frames.frames import EndFrame, TTSSpeakFrame
@@ -31,12 +31,14 @@ from pipecat.processors.aggregators.llm_response_universal import (
 from pipecat.processors.audio.vad_processor import VADProcessor
 from pipecat.services.llm_service import FunctionCallParams
 from pipecat.turns.user_start import (
+    BaseUserTurnStartStrategy,
     MinWordsUserTurnStartStrategy,
     TranscriptionUserTurnStartStrategy,
     VADUserTurnStartStrategy,
 )
 from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
+from pipecat.utils.types import NOT_GIVEN
 
 from vc.call import CallConnection, CallEvents
 from vc.llm import tools_schema
@@ -146,13 +148,16 @@ class CallSession(CallEvents):
         messages: list[dict[str, Any]] = []
         if profile.greeting:
             messages.append({"role": "assistant", "content": profile.greeting})
-        self.context = context = LLMContext(messages=messages, tools=tools_schema(tools) if tools else None)
+        self.context = context = LLMContext(
+            messages=cast(Any, messages), tools=tools_schema(tools) if tools else NOT_GIVEN
+        )
         for tool in tools:
             llm.register_function(tool.name, self._tool_handler(tool))
 
         interrupt_cfg = engine.config.interruption
         interruptions = _first(profile.interruptions, interrupt_cfg.enabled)
         min_words = _first(profile.min_words, interrupt_cfg.effective_min_words())
+        start: list[BaseUserTurnStartStrategy]
         if min_words > 1:
             start = [MinWordsUserTurnStartStrategy(min_words=min_words, enable_interruptions=interruptions)]
         else:

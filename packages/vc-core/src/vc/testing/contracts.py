@@ -184,7 +184,7 @@ class LLMContract(ProviderContract):
             service = provider.create_service(self.call_context())
             down, _ = await run_test(
                 service,
-                frames_to_send=[LLMContextFrame(LLMContext(messages=messages))],
+                frames_to_send=[LLMContextFrame(LLMContext(messages=messages))],  # type: ignore[arg-type]
                 start_timeout=10.0,
             )
         finally:

@@ -8,12 +8,10 @@ import threading
 from datetime import datetime
 
 import pytest
-
+from gcp_helpers import parse_lines
 from vc_gcp.calls import CallDirectory, CallLabels
 from vc_gcp.formatter import ERROR_EVENT, CloudLoggingFormatter, severity
 from vc_gcp.trace import TraceContext, current_trace
-
-from gcp_helpers import parse_lines
 
 REQUIRED = ("severity", "message", "time", "logging.googleapis.com/sourceLocation")
 TRACE = "0af7651916cd43dd8448eb211c80319c"

@@ -10,9 +10,9 @@ import pytest
 import uvicorn
 import websockets
 from fastapi import FastAPI, WebSocket
+from gcp_helpers import parse_lines
 from hypothesis import given
 from hypothesis import strategies as st
-
 from vc_gcp.trace import (
     TraceContext,
     TraceContextMiddleware,
@@ -22,8 +22,6 @@ from vc_gcp.trace import (
     parse_cloud_trace,
     parse_traceparent,
 )
-
-from gcp_helpers import parse_lines
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 

@@ -27,8 +27,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from vc_gcp.calls import CallDirectory
-from vc_gcp.trace import TraceContext, current_trace, parse_cloud_trace, parse_traceparent
+from vc_gcp.calls import CallDirectory, CallLabels
+from vc_gcp.trace import TraceContext, current_trace, from_params, parse_cloud_trace, parse_traceparent
 
 LABELS = "logging.googleapis.com/labels"
 TRACE = "logging.googleapis.com/trace"
@@ -119,6 +119,8 @@ class CloudLoggingFormatter(logging.Formatter):
         call = self.calls.get(str(call_id)) if call_id else None
         if call_id:
             labels["call_id"] = str(call_id)
+        if call is None and call_id:
+            call = _from_event(getattr(record, "data", None))
         if call is not None:
             labels["transport"] = call.transport
             labels["profile"] = call.profile
@@ -152,6 +154,15 @@ class CloudLoggingFormatter(logging.Formatter):
                 continue
             out[key] = value
         return out
+
+
+def _from_event(data: Any) -> CallLabels | None:
+    """Core's "call started" event line carries the call (it may come before our observer hears of it)."""
+    if not isinstance(data, dict) or not isinstance(data.get("transport"), str):
+        return None
+    params = data.get("params")
+    trace = from_params(params) if isinstance(params, dict) else None
+    return CallLabels(data["transport"], str(data.get("profile") or ""), trace)
 
 
 def _record_trace(record: logging.LogRecord) -> TraceContext | None:

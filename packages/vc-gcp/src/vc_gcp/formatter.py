@@ -128,6 +128,9 @@ class CloudLoggingFormatter(logging.Formatter):
             value = getattr(record, key, None)
             if value:
                 labels[key] = str(value)
+        if call_id and "transport" not in labels and record.name.startswith("vc.transport."):
+            # a transport's lines before the call starts (the webhook, the stream's start)
+            labels["transport"] = record.name.split(".")[2]
         if labels:
             out[LABELS] = labels
 

@@ -97,10 +97,8 @@ def scan(raw: RawConfig, env: Mapping[str, str] | None = None,
     secret = secret_keys(registry)
     out: list[Finding] = []
     for section, values in raw.sections.items():
-        for key, (value, source) in values.items():
+        for key, (value, _source) in values.items():
             where = f"[{section}] {key}"
-            if source and not source.startswith("env "):
-                where += f" ({source.split(' [')[0]})"
             value = value.strip()
             if is_reference(value):
                 status, detail = check_reference(value, env)

@@ -49,7 +49,7 @@ async def server(ko_model: Any) -> AsyncIterator[VoskTestServer]:
     s = VoskTestServer(ko_model)
     await s.start()
     yield s
-    await s.stop()
+    await s.stop(wait=False)
     s.close()
 
 

@@ -117,13 +117,16 @@ async def test_clean_server_restart_mid_call(started, server: VoskTestServer) ->
     p = await started("ws", url=server.url, pool_size=0, reconnect_max_delay=0.3)
     service = p.create_service(call_context())
     async with Harness(service) as h:
-        await h.audio(bytes(6400))
-        await server.stop()  # close frames, not a crash
-        await server.start()
         await say(h, HELLO[0])
         await h.transcript(1, within=60)
+        await server.stop(wait=False)  # close frames, not a crash
+        await h.audio(bytes(6400), pace=0.02)  # the call goes on
+        await server.start()
+        await say(h, PROBLEM[0])
+        await h.transcript(2, within=60)
         await h.end()
-    assert HELLO[1] in h.transcripts[0] and service.reconnects == 1
+    assert HELLO[1] in h.transcripts[0] and PROBLEM[1] in h.transcripts[1]
+    assert service.reconnects == 1
 
 
 async def test_server_down_at_startup(started, ko_model: Any) -> None:

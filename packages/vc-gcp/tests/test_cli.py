@@ -143,6 +143,7 @@ provider = fake
 
 async def test_vc_serve_on_cloud_run_logs_only_cloud_logging_json(tmp_path: Path) -> None:
     """`vc serve` as Cloud Run starts it: K_SERVICE set, so the observer takes over stdout."""
+    pytest.importorskip("vc_transport_twilio", reason="the Twilio transport drives this call")
     from vc_transport_twilio.simulator import TwilioCloud
     from vc_transport_twilio.testing import twilio_section
 

@@ -102,6 +102,9 @@ def resolve(ini_text: str | None, env: dict[str, str], registry) -> vcconfig.Con
         finally:
             os.environ.clear()
             os.environ.update(saved)
+    missing = [str(e) for e in errors if "is not installed" in str(e)]
+    if missing:  # e.g. `nox -s tests` installs only vc-gcp: the deployment's plugins are absent
+        pytest.skip("the deployment's plugins are not installed here: " + "; ".join(missing))
     assert not errors, "\n".join(str(e) for e in errors)
     assert cfg is not None
     return cfg

@@ -11,10 +11,12 @@ Vosk's own endpoint, which usually comes later.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -68,6 +70,9 @@ class VoskLocalSTT(STTProvider):
         self.ttfs_p99_latency = settings.ttfs_p99_latency or 0.5
         self.warmup_seconds = 0.0
         self._pool: ThreadPoolExecutor | None = None
+        #: Recognizers made ahead of calls (creating one takes 50-150 ms).
+        self._spares: deque[Any] = deque()
+        self._refill: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         import vosk
@@ -90,6 +95,7 @@ class VoskLocalSTT(STTProvider):
         threads = self.settings.threads or (os.cpu_count() or 2)
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="vosk")
         self.warmup_seconds = await self._warm()
+        await self._fill_spares()
         if self.settings.ttfs_p99_latency is None:
             self.ttfs_p99_latency = round(max(MIN_TTFS, TTFS_FACTOR * self.warmup_seconds), 2)
         self.log.info("vosk model %s (%s) ready in %.2fs; finishing an utterance takes %.3fs",
@@ -128,6 +134,11 @@ class VoskLocalSTT(STTProvider):
             self.release(rec)
 
     async def stop(self) -> None:
+        if self._refill is not None:
+            self._refill.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refill
+        self._spares.clear()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
@@ -144,7 +155,7 @@ class VoskLocalSTT(STTProvider):
             raise ProviderError("vosk is not started")
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-    async def open_recognizer(self, sample_rate: int) -> Any:
+    async def _new_recognizer(self, sample_rate: int) -> Any:
         import vosk
 
         if self.model is None:
@@ -152,6 +163,24 @@ class VoskLocalSTT(STTProvider):
         rec = await self.run(vosk.KaldiRecognizer, self.model, float(sample_rate))
         if self.settings.words:
             rec.SetWords(True)
+        return rec
+
+    async def _fill_spares(self) -> None:
+        while len(self._spares) < self.settings.spare_recognizers and self.model is not None:
+            self._spares.append(await self._new_recognizer(self.sample_rate))
+
+    @property
+    def spares(self) -> int:
+        return len(self._spares)
+
+    async def open_recognizer(self, sample_rate: int) -> Any:
+        """A fresh recognizer for one call: a spare made ahead when one is ready."""
+        if sample_rate == self.sample_rate and self._spares:
+            rec = self._spares.popleft()
+            if self._refill is None or self._refill.done():
+                self._refill = asyncio.get_running_loop().create_task(self._fill_spares())
+        else:
+            rec = await self._new_recognizer(sample_rate)
         self.open_recognizers += 1
         return rec
 

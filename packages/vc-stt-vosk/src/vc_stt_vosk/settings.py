@@ -49,6 +49,10 @@ class VoskLocalSettings:
     threads: int = setting(
         0, help="decoder threads shared by all calls (0: one per core)", validator=_non_negative
     )
+    spare_recognizers: int = setting(
+        2, help="recognizers made ahead of calls, so a call starts without making one",
+        validator=_non_negative,
+    )
     ttfs_p99_latency: float | None = setting(
         None,
         help="p99 seconds from end of speech to final transcript, told to pipecat's turn logic "

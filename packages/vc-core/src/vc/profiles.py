@@ -52,6 +52,9 @@ class ProfileSettings:
     )
     transfer_target: str = setting("", help="where transfer_call sends the caller by default")
     goodbye: str = setting("Goodbye!", help="said before the bot hangs up when the LLM asks")
+    max_duration: float = setting(
+        0.0, help="seconds after which the bot says goodbye and hangs up (0: no limit)"
+    )
     match_to: list[str] = setting(
         factory=list, help="glob(s) on the called number / SIP user", aliases=("match.to",)
     )

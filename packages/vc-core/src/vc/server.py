@@ -85,6 +85,8 @@ class App:
 
     async def start(self) -> None:
         """Start providers, then transports. Raises EngineStartError with every failure."""
+        for name in self.transports:  # a series from the start, so autoscalers see idle pods
+            self.engine.metrics.active_calls.labels(name).set(0)
         await self.engine.start()
         for name, transport in self.transports.items():
             await transport.start(self.engine)

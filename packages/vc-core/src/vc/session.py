@@ -275,6 +275,8 @@ class CallSession(CallEvents):
             task = self.build()
             if self.ended_by:  # the caller hung up while the call was being set up
                 return self.outcome
+            if self.profile.max_duration > 0:
+                self._spawn(self._time_limit(self.profile.max_duration))
             runner = PipelineRunner(handle_sigint=False, handle_sigterm=False)
             await runner.add_workers(task)
             await runner.run()
@@ -294,6 +296,13 @@ class CallSession(CallEvents):
                     await asyncio.shield(self.connection.hangup())
             self.engine.call_ended(self.info, self.outcome, time.monotonic() - started)
         return self.outcome
+
+    async def _time_limit(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        self.log.info("call reached its %.0fs limit", seconds)
+        if self.profile.goodbye:
+            await self.say(self.profile.goodbye)
+        await self._run_after_speech(lambda: self.end("maximum call duration reached"))
 
     def _start_greeting(self) -> None:
         clip = self.engine.greeting_audio(self.profile, self.connection.sample_rate)

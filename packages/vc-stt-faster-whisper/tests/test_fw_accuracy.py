@@ -66,6 +66,18 @@ async def test_wer_english_espeak(started, beam: int, line: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("line", ["16k", "ulaw"])
+async def test_wer_english_base(started, line: str, tmp_path_factory) -> None:
+    """The multilingual base model on the English set: slower than tiny.en, for comparison."""
+    cache = tmp_path_factory.getbasetemp() / "whisper-cache"
+    provider = await started(model="base", cache_dir=str(cache))
+    clips = [piper(s) if line == "16k" else telephone(piper(s)) for s in ENGLISH]
+    texts, seconds = await transcribe_set(provider, clips)
+    error = report(f"base beam 1, Piper joe, {line}", list(ENGLISH), texts, seconds)
+    assert error <= 0.1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("line", ["16k", "ulaw"])
 @pytest.mark.parametrize("beam", [1, 5])
 async def test_wer_turkish_base(started, beam: int, line: str, tmp_path_factory) -> None:
     """Whisper base on espeak-ng Turkish: espeak's Turkish is hard to understand; the WER is

@@ -48,9 +48,9 @@ class FasterWhisperSettings:
         validator=_non_negative,
     )
     num_workers: int = setting(
-        1,
-        help="transcriptions that run at the same time (calls share one model; more workers "
-        "use more memory and only help with spare cores or a GPU)",
+        2,
+        help="transcriptions that run at the same time; calls share one model (the weights "
+        "are not copied) and further utterances wait their turn",
         validator=_positive,
     )
     vad_filter: bool = setting(

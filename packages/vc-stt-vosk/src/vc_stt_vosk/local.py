@@ -99,7 +99,7 @@ class VoskLocalSTT(STTProvider):
         if self.settings.ttfs_p99_latency is None:
             self.ttfs_p99_latency = round(max(MIN_TTFS, TTFS_FACTOR * self.warmup_seconds), 2)
         self.log.info("vosk model %s (%s) ready in %.2fs; finishing an utterance takes %.3fs",
-                      resolved.path.name, resolved.source, time.monotonic() - t0,
+                      self.settings.model, resolved.source, time.monotonic() - t0,
                       self.warmup_seconds)
 
     def _check_languages(self, resolved: ResolvedVoskModel) -> None:
@@ -214,7 +214,7 @@ class VoskLocalSTTService(STTService):
         log: logging.LoggerAdapter[Any] | logging.Logger,
         **kwargs: Any,
     ) -> None:
-        model = provider.resolved.path.name if provider.resolved else "vosk"
+        model = provider.settings.model or "vosk"
         super().__init__(
             ttfs_p99_latency=provider.ttfs_p99_latency,
             settings=STTSettings(model=model, language=language),

@@ -257,3 +257,10 @@ def test_unknown_transport(tmp_path, bad) -> None:
         "[vc] transports = 'carrier-pigeon': transport provider 'carrier-pigeon' is not installed "
         "(install the plugin that provides it); installed transport providers: none"
     ]
+
+
+def test_shorthand_keys_of_the_kind_section_can_come_from_the_environment(tmp_path) -> None:
+    ini = write(tmp_path, FAKES + "[vc]\ntransports =\n")
+    cfg, errors = load(ini, registry(), {"VC_STT__DELAY": "0.3"})
+    assert not errors
+    assert cfg.providers["stt"]["fake"].settings.delay == 0.3

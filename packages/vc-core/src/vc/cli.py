@@ -13,6 +13,7 @@ import click
 from vc import __version__
 from vc import config as vcconfig
 from vc.plugins import PluginLoadError, Registry, load_plugins
+from vc.providers import ProviderError
 
 _REGISTRY: Registry | None = None
 
@@ -187,7 +188,11 @@ def models_prepare(name: str) -> None:
         known += sorted(names)
         if name in names or name.startswith(f"{catalog.name}:"):
             with click.progressbar(length=100, label=f"preparing {name}") as bar:
-                where = catalog.prepare(name, _progress_to(bar))
+                try:
+                    where = catalog.prepare(name, _progress_to(bar))
+                except ProviderError as e:
+                    click.echo(f"\n{name}: {e}", err=True)
+                    sys.exit(1)
             click.echo(f"{name}: ready at {where}")
             return
     click.echo(f"unknown model {name!r}; known: {', '.join(known) or 'none'}", err=True)

@@ -244,9 +244,10 @@ def resolve(
     # Environment overrides for every key of every schema we know about.
     known: dict[str, list[str]] = {s: _known_keys(c) for s, c in CORE_SECTIONS.items()}
     for kind in KINDS:
-        known[kind] = ["provider"]
+        known[kind] = ["provider"]  # plus every provider's keys: [stt] shorthand (VC_STT__MODEL)
         for name, reg in registry.providers[kind].items():
             known[f"{kind}.{name}"] = _known_keys(reg.cls.Settings)
+            known[kind] += [k for k in known[f"{kind}.{name}"] if k not in known[kind]]
     for name, reg in registry.providers["transport"].items():
         known[f"transport.{name}"] = _known_keys(reg.cls.Settings)
     for name, (cls, _) in registry.observers.items():

@@ -65,14 +65,21 @@ class Engine(CallHost):
                 log.error("observer %s failed to start: %s", name, e)
 
         jobs: list[tuple[str, str, Provider]] = []
+        construction_failures: list[str] = []
         for kind, choices in self.config.providers.items():
             for name, choice in choices.items():
                 cls = self.registry.provider(kind, name)
                 assert cls is not None
                 default = self.config.default_providers[kind]
                 users = [p for p in ctx.profiles if (getattr(p.settings, kind) or default) == name]
-                provider = cls(choice.settings, ProviderContext(
-                    profiles=users, log=logging.getLogger(f"vc.{kind}.{name}"), observe=ctx.observe))
+                try:
+                    provider = cls(choice.settings, ProviderContext(
+                        profiles=users, log=logging.getLogger(f"vc.{kind}.{name}"),
+                        observe=ctx.observe))
+                except Exception as e:
+                    log.exception("%s provider %s failed to initialise", kind, name)
+                    construction_failures.append(f"{kind} provider {name!r}: {type(e).__name__}: {e}")
+                    continue
                 self.providers.setdefault(kind, {})[name] = provider
                 jobs.append((kind, name, provider))
 
@@ -90,7 +97,9 @@ class Engine(CallHost):
             return None
 
         vad_job = asyncio.create_task(self._fill_vad_pool(VAD_POOL))
-        failures = [f for f in await asyncio.gather(*(start_one(*j) for j in jobs)) if f]
+        failures = construction_failures + [
+            f for f in await asyncio.gather(*(start_one(*j) for j in jobs)) if f
+        ]
         await vad_job
         if failures:
             await self.stop()

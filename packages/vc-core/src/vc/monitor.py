@@ -101,9 +101,10 @@ class TurnMonitor(BaseObserver):
         if t.vad_stop is not None:
             stages["vad_stop"] = t.vad_stop - t.speech_end
             if t.transcript is not None:
-                stages["stt"] = t.transcript - t.vad_stop
+                # A streaming STT may finalise before the VAD decides: no STT wait then.
+                stages["stt"] = max(0.0, t.transcript - t.vad_stop)
                 if t.llm_first is not None:
-                    stages["llm_first_token"] = t.llm_first - t.transcript
+                    stages["llm_first_token"] = t.llm_first - max(t.transcript, t.vad_stop)
                     stages["tts_first_audio"] = t.tts_first - t.llm_first
         for stage, seconds in stages.items():
             self._report(stage, seconds)

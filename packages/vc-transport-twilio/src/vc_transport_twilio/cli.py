@@ -45,7 +45,37 @@ async def _place(settings: Any, to: str, from_: str, profile: str) -> str:
         await rest.close()
 
 
+@click.command("demo")
+@click.option("--wav", "wavs", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="your own recording of one caller utterance (repeat for several turns); "
+                   "default: espeak-ng reads the built-in conversation")
+@click.option("--say", "texts", multiple=True,
+              help="text the caller says, read by espeak-ng (repeat for several turns)")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="vc-demo",
+              show_default=True, help="where call.wav, timeline.png and demo.json are written")
+@click.option("-c", "--config", "config_file", type=click.Path(dir_okay=False),
+              help="INI file for the server (default: the built-in default stack)")
+@click.option("--no-interrupt", is_flag=True, help="let the bot finish every answer")
+@click.option("--no-plot", is_flag=True, help="skip the timeline plot")
+@click.option("-v", "--verbose", is_flag=True, help="show the server's log")
+def demo_command(wavs: tuple[str, ...], texts: tuple[str, ...], out_dir: str,
+                 config_file: str | None, no_interrupt: bool, no_plot: bool,
+                 verbose: bool) -> None:
+    """Call vc's embedded default stack as Twilio would and show where the time goes.
+
+    Starts vc, places a simulated Twilio call into it, speaks a short conversation (the last
+    utterance over the bot's answer) and prints, per turn, what was said, heard and answered
+    and the latency of each stage; writes a stereo WAV, a timeline plot and a JSON summary.
+    Exits with status 1 if a turn went unanswered.
+    """
+    from vc_transport_twilio.demo import main
+
+    sys.exit(main(wavs, texts, out_dir, config_file, not no_interrupt, not no_plot, verbose))
+
+
 def add_commands(cli: click.Group) -> None:
+    if "demo" not in cli.commands:
+        cli.add_command(demo_command)
     group = cli.commands.get("call")
     if not isinstance(group, click.Group):
 

@@ -101,6 +101,10 @@ class SimulatedCall:
         self._done = asyncio.Event()
         self.speech_started: list[float] = []
         self.speech_ended: list[float] = []
+        #: Caller speech actually sent: (time the frame was sent, µ-law 20 ms frame).
+        self.sent: list[tuple[float, bytes]] = []
+        #: When the stream's ``start`` message went out (the call is connected).
+        self.connected_at: float | None = None
 
     # -- webhook -------------------------------------------------------------------------------
 
@@ -195,6 +199,7 @@ class SimulatedCall:
                 },
             }
         )
+        self.connected_at = time.monotonic()
         self.cloud.live[self.call_sid] = self
         self.cloud._connected[self.call_sid].set()
         self._tasks = [
@@ -233,6 +238,8 @@ class SimulatedCall:
             if self._stopped:
                 return
             frame = self._pending.popleft() if self._pending else SILENCE
+            if frame is not SILENCE:
+                self.sent.append((time.monotonic(), frame))
             self._chunk += 1
             await self._send(
                 {

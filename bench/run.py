@@ -1,0 +1,332 @@
+"""Run vc's benchmarks and write bench/results/<date>-<machine>.{json,md} plus plots.
+
+    python bench/run.py                    # everything (about 30 minutes on 2 cores)
+    python bench/run.py --quick            # fewer turns/trials/steps (a few minutes)
+    python bench/run.py --only latency,barge-in --no-baseline
+    python bench/run.py --only latency --vc-config bench/variants/stop-0.3.ini --label stop-0.3
+
+Benchmarks (see bench/README.md): ``models`` (pure model times), ``cold-start``, ``latency``
+(voice to voice), ``barge-in``, ``capacity`` (media path with fake AI). vc runs as
+``vc serve`` runs with no configuration file (the embedded default stack) unless
+``--vc-config`` names a variant; the baseline is the same models in a plain pipecat bot
+(bench/baseline_bot.py) with llama.cpp's OpenAI-compatible server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import re
+import socket
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import report  # noqa: E402
+import scenarios  # noqa: E402
+from scenarios import log  # noqa: E402
+
+ALL = ("models", "cold-start", "latency", "barge-in", "capacity")
+CAPACITY_STEPS = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96]
+FAKE_INI = """[vc]
+transports = twilio
+[stt]
+provider = fake
+[llm]
+provider = fake
+[tts]
+provider = fake
+[tts.fake]
+ms_per_char = 60
+"""
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    versions = {}
+    for dist in ("vc-core", "vc-transport-twilio", "vc-stt-faster-whisper", "vc-llm-llama-ws",
+                 "vc-tts-piper", "pipecat-ai", "faster-whisper", "ctranslate2", "llama_cpp_python",
+                 "piper-tts", "onnxruntime"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[dist] = metadata.version(dist)
+    return {"cpu": cpu, "cores": os.cpu_count(), "host": socket.gethostname(),
+            "python": platform.python_version(), "versions": versions}
+
+
+def load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def wait_http(url: str, within: float = 120.0) -> None:
+    import aiohttp
+
+    deadline = time.monotonic() + within
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(url) as r:
+                    if r.status < 500:
+                        return
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer within {within:.0f} s")
+
+
+@contextlib.asynccontextmanager
+async def llama_server():
+    """llama.cpp's OpenAI-compatible server on the default GGUF (the baseline's LLM)."""
+    from vc_llm_llama_ws.models import resolve_model
+
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "llama_cpp.server", "--model", str(resolve_model("smollm2")),
+        "--host", "127.0.0.1", "--port", str(port),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        await wait_http(f"http://127.0.0.1:{port}/v1/models")
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        proc.terminate()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), 20)
+
+
+def baseline_command(llm_url: str, fake: bool = False) -> list[str]:
+    cmd = [sys.executable, str(HERE / "baseline_bot.py"), "--llm-url", llm_url]
+    return cmd + (["--fake"] if fake else [])
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    from vc_transport_twilio.demo_server import ServerProcess
+
+    if args.compare:
+        return await compare(args)
+    only = set(args.only.split(",")) if args.only else set(ALL)
+    unknown = only - set(ALL)
+    if unknown:
+        raise SystemExit(f"unknown benchmark(s): {', '.join(sorted(unknown))}; known: {', '.join(ALL)}")
+    turns = args.turns or (6 if args.quick else 24)
+    trials = args.trials or (5 if args.quick else 20)
+    cold_runs = 1 if args.quick else 3
+    steps = [s for s in CAPACITY_STEPS if s <= args.capacity_max]
+    if args.quick:
+        steps = [s for s in steps if s in (1, 4, 16)]
+    results: dict[str, Any] = {"vc": {}, "baseline": {}, "phases": {}}
+    logs_dir = Path(args.out) / "logs"
+    logs_dir.mkdir(parents=True, exist_ok=True)
+
+    def phase(name: str) -> Any:
+        log(f"\n== {name} (load average {load()})")
+        results["phases"][name] = {"load_before": load(), "started": time.monotonic()}
+        return name
+
+    def phase_done(name: str) -> None:
+        results["phases"][name]["load_after"] = load()
+        results["phases"][name]["seconds"] = round(time.monotonic() - results["phases"][name].pop("started"), 1)
+
+    stop_secs = 0.4
+    if args.vc_config:
+        m = re.search(r"stop_secs\s*=\s*([0-9.]+)", Path(args.vc_config).read_text())
+        stop_secs = float(m.group(1)) if m else stop_secs
+    if "models" in only:
+        import models
+
+        name = phase("models: pure model times")
+        results["vc"]["models"] = await models.measure(stop_secs)
+        phase_done(name)
+
+    vc_env = dict(os.environ)
+    if "cold-start" in only:
+        name = phase("cold start: vc serve")
+        results["vc"]["cold_start"] = await scenarios.cold_start_vc(cold_runs, vc_env)
+        phase_done(name)
+
+    if {"latency", "barge-in"} & only:
+        with open(logs_dir / "vc-server.log", "w", encoding="utf-8") as vlog:
+            async with ServerProcess(args.vc_config, log=vlog, log_level="info") as server:
+                name = phase("vc: starting the default stack")
+                await server.ready(600)
+                phase_done(name)
+                if "latency" in only:
+                    name = phase(f"vc: voice-to-voice latency, {turns} turns")
+                    results["vc"]["latency"] = await scenarios.latency(server, turns)
+                    phase_done(name)
+                if "barge-in" in only:
+                    name = phase(f"vc: barge-in, {trials} trials")
+                    results["vc"]["barge_in"] = await scenarios.barge_in(server, trials)
+                    phase_done(name)
+                results["vc"]["server_events"] = len(server.events)
+
+    if not args.no_baseline and ({"latency", "barge-in", "cold-start"} & only):
+        async with llama_server() as llm_url:
+            if "cold-start" in only:
+                name = phase("cold start: baseline")
+                results["baseline"]["cold_start"] = await scenarios.cold_start_baseline(
+                    cold_runs, baseline_command(llm_url))
+                phase_done(name)
+            if {"latency", "barge-in"} & only:
+                with open(logs_dir / "baseline.log", "w", encoding="utf-8") as blog:
+                    async with ServerProcess(command=baseline_command(llm_url), log=blog) as server:
+                        await server.ready(120)
+                        if "latency" in only:
+                            name = phase(f"baseline: voice-to-voice latency, {turns} turns")
+                            results["baseline"]["latency"] = await scenarios.latency(server, turns)
+                            phase_done(name)
+                        if "barge-in" in only:
+                            name = phase(f"baseline: barge-in, {trials} trials")
+                            results["baseline"]["barge_in"] = await scenarios.barge_in(server, trials)
+                            phase_done(name)
+
+    if "capacity" in only:
+        ini = Path(args.out) / "logs" / "capacity.ini"
+        ini.write_text(FAKE_INI, encoding="utf-8")
+        env = {**os.environ, "VC_FAKE_PROVIDERS": "1"}
+        pin_server, pin_caller = ["taskset", "-c", "0"], {1 % (os.cpu_count() or 1)}
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, pin_caller)
+        try:
+            with open(logs_dir / "capacity-vc.log", "w", encoding="utf-8") as clog:
+                async with ServerProcess(str(ini), env=env, log=clog, prefix=pin_server) as server:
+                    await server.ready(120)
+                    name = phase("capacity: vc (fake AI, server on core 0)")
+                    results["vc"]["capacity"] = await scenarios.capacity(server, steps)
+                    phase_done(name)
+            if not args.no_baseline:
+                benv = {**os.environ, "FAKE_MS_PER_CHAR": "60"}
+                with open(logs_dir / "capacity-baseline.log", "w", encoding="utf-8") as clog:
+                    async with ServerProcess(command=baseline_command("http://127.0.0.1:9/v1", True),
+                                             env=benv, log=clog, prefix=pin_server) as server:
+                        await server.ready(120)
+                        name = phase("capacity: baseline (fake AI, server on core 0)")
+                        results["baseline"]["capacity"] = await scenarios.capacity(server, steps)
+                        phase_done(name)
+        finally:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+    return results
+
+
+async def compare(args: argparse.Namespace) -> dict[str, Any]:
+    """Latency of vc configurations side by side (``--compare default,variants/x.ini``)."""
+    from vc_transport_twilio.demo_server import ServerProcess
+
+    turns = args.turns or 16
+    names = [c.strip() for c in args.compare.split(",") if c.strip()]
+    logs_dir = Path(args.out) / "logs"
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"compare": {}, "phases": {}, "load": []}
+    async with contextlib.AsyncExitStack() as stack:
+        servers = {}
+        for name in names:
+            config = None if name == "default" else str(HERE / name if not Path(name).exists() else name)
+            label = Path(name).stem
+            logf = stack.enter_context(open(logs_dir / f"compare-{label}.log", "w", encoding="utf-8"))
+            server = await stack.enter_async_context(ServerProcess(config, log=logf,
+                                                                   log_level="info"))
+            await server.ready(600)  # one at a time: starts do not overlap
+            servers[label] = server
+            log(f"  {label}: ready ({config or 'built-in defaults'})")
+        results["load"].append(load())
+        runs = await scenarios.compare(servers, turns, args.block)
+        results["load"].append(load())
+    for label, run in runs.items():
+        results["compare"][label] = {"run": run, "summary": report.summarise_latency(run)}
+    return results
+
+
+def summarise(results: dict[str, Any]) -> dict[str, Any]:
+    if "compare" in results:
+        return {k: v["summary"] for k, v in results["compare"].items()}
+    out: dict[str, Any] = {}
+    for side in ("vc", "baseline"):
+        r = results.get(side, {})
+        s: dict[str, Any] = {}
+        if r.get("latency"):
+            s["latency"] = report.summarise_latency(r["latency"])
+        if r.get("barge_in"):
+            s["barge_in"] = report.summarise_barge_in(r["barge_in"])
+        if r.get("cold_start"):
+            s["cold_start"] = report.summarise_cold(r["cold_start"])
+        if r.get("capacity"):
+            s["capacity"] = {k: v for k, v in r["capacity"].items()}
+        out[side] = s
+    vc, base = out["vc"], out["baseline"]
+    if vc.get("latency") and results["vc"].get("models"):
+        out["overhead"] = report.overhead(vc["latency"], results["vc"]["models"])
+    if vc.get("latency") and base.get("latency"):
+        out["ratio_vc_over_baseline"] = {
+            q: report._r(vc["latency"]["voice_to_voice"][q] / base["latency"]["voice_to_voice"][q])
+            for q in ("p50", "p95")
+            if vc["latency"]["voice_to_voice"][q] and base["latency"]["voice_to_voice"][q]
+        }
+    return out
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(ALL)}")
+    parser.add_argument("--quick", action="store_true", help="fewer turns, trials and steps")
+    parser.add_argument("--no-baseline", action="store_true", help="vc only")
+    parser.add_argument("--turns", type=int, default=0, help="latency turns (default 24)")
+    parser.add_argument("--trials", type=int, default=0, help="barge-in trials (default 20)")
+    parser.add_argument("--capacity-max", type=int, default=96, help="most concurrent calls tried")
+    parser.add_argument("--vc-config", default=None, help="INI for vc (default: built-in stack)")
+    parser.add_argument("--label", default="", help="suffix of the result files")
+    parser.add_argument("--compare", default="",
+                        help="comma-separated vc configurations (INI paths relative to bench/, or "
+                             "'default') measured side by side, interleaved, for latency only")
+    parser.add_argument("--block", type=int, default=4, help="turns per call in --compare")
+    parser.add_argument("--out", default=str(HERE / "results"))
+    args = parser.parse_args()
+    meta = machine()
+    started = dt.datetime.now(dt.UTC)
+    name = started.strftime("%Y-%m-%d")
+    host = re.sub(r"[^a-z0-9]+", "-", meta["host"].lower()).strip("-")[:24] or "machine"
+    mname = f"{host}-{meta['cores']}cpu"
+    stem = Path(args.out) / (f"{name}-{mname}" + (f"-{args.label}" if args.label else ""))
+    load_before = load()
+    results = asyncio.run(main(args))
+    results["meta"] = {
+        **meta, "date": started.strftime("%Y-%m-%d %H:%M UTC"), "machine": mname,
+        "load_before": load_before, "load_after": load(), "gpu": None,
+        "vc_config": args.vc_config or "built-in defaults (vc serve with no configuration file)",
+        "argv": sys.argv[1:],
+    }
+    results["summary"] = summarise(results)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    if args.compare:
+        stem = stem.parent / (stem.name + "-compare")
+        md = report.compare_markdown(results)
+    else:
+        results["plots"] = report.plots(results, stem)
+        md = report.markdown(results)
+    js, mdfile = stem.parent / (stem.name + ".json"), stem.parent / (stem.name + ".md")
+    js.write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
+    mdfile.write_text(md, encoding="utf-8")
+    print(md)
+    print(f"wrote {js} and {mdfile}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    cli()

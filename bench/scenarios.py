@@ -1,0 +1,408 @@
+"""The benchmark scenarios: what the simulated caller does and what it measures.
+
+Every scenario talks to a server (vc, or the baseline bot) through the Twilio simulator, over
+real sockets on 127.0.0.1, exactly as Twilio would, and takes its timings on the caller's
+side: end of speech is known from the audio sent, bot audio is timed as it arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import re
+import sys
+import time
+from typing import Any
+
+import aiohttp
+from utterances import (
+    CAPACITY_LINE,
+    INTERRUPTIONS,
+    LONG_ANSWERS,
+    QUESTIONS,
+    utterance,
+)
+from vc_transport_twilio.conversation import Turn, fill_from_server, speak, wait_quiet
+from vc_transport_twilio.demo_server import ServerProcess
+from vc_transport_twilio.simulator import SimulatedCall, TwilioCloud
+
+ANSWER_TIMEOUT = 30.0
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# -- stage times -------------------------------------------------------------------------------
+
+
+def fill_from_stages(turn: Turn, events: list[dict[str, Any]]) -> None:
+    """The baseline's stages: chained back from the first synthesised audio of the answer."""
+
+    def last(stage: str, before: float, after: float) -> dict[str, Any] | None:
+        found = [e for e in events if e.get("stage") == stage and after < e["at"] <= before]
+        return found[-1] if found else None
+
+    if turn.first_audio is None:
+        return
+    tts = [e for e in events if e.get("stage") == "tts_first" and turn.end - 1.0 < e["at"]
+           <= turn.first_audio]
+    if not tts:
+        return
+    turn.tts_first = tts[0]["at"]
+    token = last("first_token", turn.tts_first, turn.onset)
+    if token is None:
+        return
+    turn.first_token = token["at"]
+    transcript = last("transcript", turn.first_token, turn.onset)
+    if transcript is None:
+        return
+    turn.transcript = transcript["at"]
+    turn.heard = transcript.get("text", "")
+    stop = last("vad_stop", turn.transcript, turn.onset)
+    turn.vad_stop = stop["at"] if stop else None
+
+
+def fill(turn: Turn, server: ServerProcess, call: SimulatedCall, nxt: Turn | None) -> None:
+    events = server.of(call.call_sid)
+    if any(e["event"] == "stage" for e in events):
+        fill_from_stages(turn, events)
+        return
+    until = nxt.onset if nxt else float("inf")
+    reply_until = until
+    if nxt is not None:
+        heard = [e["t"] for e in events if e["event"] == "transcript" and e["t"] > nxt.onset]
+        reply_until = heard[0] if heard else nxt.end + 1.0
+    fill_from_server(turn, events, until, reply_until)
+
+
+async def greeting_latency(call: SimulatedCall) -> float | None:
+    assert call.connected_at is not None
+    try:
+        first = await call.wait_for_bot_speech(after=call.connected_at, within=ANSWER_TIMEOUT)
+    except TimeoutError:
+        return None
+    return first - call.connected_at
+
+
+# -- 1. voice-to-voice latency -----------------------------------------------------------------
+
+
+async def latency(server: ServerProcess, turns: int, per_call: int = 8) -> dict[str, Any]:
+    """``turns`` reference questions, ``per_call`` per call, each after the previous answer."""
+    questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(turns)]
+    results: list[Turn] = []
+    greetings: list[float | None] = []
+    async with TwilioCloud(server.url, public_url=server.url) as cloud:
+        for start in range(0, turns, per_call):
+            call = await cloud.place_call()
+            greetings.append(await greeting_latency(call))
+            await wait_quiet(call)
+            mine: list[Turn] = []
+            for text in questions[start : start + per_call]:
+                await wait_quiet(call, within=ANSWER_TIMEOUT * 2)
+                await asyncio.sleep(0.3)
+                onset, end = await speak(call, utterance(text))
+                turn = Turn(text, onset, end)
+                with contextlib.suppress(TimeoutError):
+                    turn.first_audio = await call.wait_for_bot_speech(after=end, within=ANSWER_TIMEOUT)
+                mine.append(turn)
+                total = f"{turn.total:.3f} s" if turn.total is not None else "UNANSWERED"
+                log(f"  turn {len(results) + len(mine):2d}: {total}  {text}")
+            await wait_quiet(call, within=ANSWER_TIMEOUT)
+            await call.hangup()
+            with contextlib.suppress(TimeoutError):
+                await call.wait_closed(within=10)
+            await asyncio.sleep(0.3)
+            for i, turn in enumerate(mine):
+                fill(turn, server, call, mine[i + 1] if i + 1 < len(mine) else None)
+            results += mine
+    return {"turns": [t.as_dict() for t in results], "greetings": greetings}
+
+
+async def compare(servers: dict[str, ServerProcess], turns: int, block: int = 4
+                  ) -> dict[str, dict[str, Any]]:
+    """Latency of several vc configurations under the same background load: calls of
+    ``block`` turns go to each server in turn (the others idle meanwhile), ``turns`` each."""
+    out: dict[str, list[Turn]] = {name: [] for name in servers}
+    greetings: dict[str, list[float | None]] = {name: [] for name in servers}
+    clouds = {}
+    async with contextlib.AsyncExitStack() as stack:
+        for name, server in servers.items():
+            clouds[name] = await stack.enter_async_context(
+                TwilioCloud(server.url, public_url=server.url))
+        done = 0
+        while done < turns:
+            for name, server in servers.items():
+                call = await clouds[name].place_call()
+                greetings[name].append(await greeting_latency(call))
+                await wait_quiet(call)
+                mine: list[Turn] = []
+                for i in range(done, min(turns, done + block)):
+                    text = QUESTIONS[i % len(QUESTIONS)]
+                    await wait_quiet(call, within=ANSWER_TIMEOUT * 2)
+                    await asyncio.sleep(0.3)
+                    onset, end = await speak(call, utterance(text))
+                    turn = Turn(text, onset, end)
+                    with contextlib.suppress(TimeoutError):
+                        turn.first_audio = await call.wait_for_bot_speech(after=end,
+                                                                          within=ANSWER_TIMEOUT)
+                    mine.append(turn)
+                    total = f"{turn.total:.3f} s" if turn.total is not None else "UNANSWERED"
+                    log(f"  {name:>16} turn {i + 1:2d}: {total}  {text}")
+                await wait_quiet(call, within=ANSWER_TIMEOUT)
+                await call.hangup()
+                with contextlib.suppress(TimeoutError):
+                    await call.wait_closed(within=10)
+                await asyncio.sleep(0.3)
+                for j, turn in enumerate(mine):
+                    fill(turn, server, call, mine[j + 1] if j + 1 < len(mine) else None)
+                out[name] += mine
+            done += block
+    return {name: {"turns": [t.as_dict() for t in out[name]], "greetings": greetings[name]}
+            for name in servers}
+
+
+# -- 3. barge-in -------------------------------------------------------------------------------
+
+
+async def barge_in(server: ServerProcess, trials: int, seed: int = 7,
+                   max_attempts: int | None = None) -> dict[str, Any]:
+    """Talk over the bot at a random point of its answer; time ``clear`` and the audio's end."""
+    rng = random.Random(seed)
+    done: list[dict[str, Any]] = []
+    skipped = 0
+    attempts = 0
+    max_attempts = max_attempts or trials * 2
+    async with TwilioCloud(server.url, public_url=server.url) as cloud:
+        call: SimulatedCall | None = None
+        while len(done) < trials and attempts < max_attempts:
+            attempts += 1
+            if call is None or attempts % 6 == 1:
+                if call is not None:
+                    await call.hangup()
+                    with contextlib.suppress(TimeoutError):
+                        await call.wait_closed(within=10)
+                call = await cloud.place_call()
+                await greeting_latency(call)
+            await wait_quiet(call, within=ANSWER_TIMEOUT * 2)
+            await asyncio.sleep(0.3)
+            question = LONG_ANSWERS[attempts % len(LONG_ANSWERS)]
+            _, end = await speak(call, utterance(question))
+            try:
+                started = await call.wait_for_bot_speech(after=end, within=ANSWER_TIMEOUT)
+            except TimeoutError:
+                skipped += 1
+                log(f"  trial {attempts}: no answer to talk over")
+                continue
+            delay = rng.uniform(0.2, 2.0)
+            await asyncio.sleep(max(0.0, started + delay - time.monotonic()))
+            if time.monotonic() - (call.media[-1][0] if call.media else 0.0) > 0.15:
+                skipped += 1
+                log(f"  trial {attempts}: the answer ended before {delay:.2f} s")
+                continue
+            clears_before = len(call.clears)
+            onset, end = await speak(call, utterance(INTERRUPTIONS[attempts % len(INTERRUPTIONS)]))
+            clears = call.clears[clears_before:]
+            clear = clears[0] if clears else None
+            limit = (clear if clear is not None else end) + 0.3
+            frames = [t for t, _ in call.media if t <= limit]
+            last = frames[-1] if frames else None
+            trial = {
+                "delay_into_answer": round(delay, 3),
+                "clear": None if clear is None else round(clear - onset, 4),
+                "last_bot_frame": None if last is None else round(last - onset, 4),
+            }
+            done.append(trial)
+            log(f"  trial {len(done):2d}: clear {trial['clear']}  last frame {trial['last_bot_frame']}"
+                f"  ({delay:.2f} s into the answer)")
+        if call is not None:
+            await call.hangup()
+    return {"trials": done, "skipped": skipped}
+
+
+# -- 4. cold start ----------------------------------------------------------------------------
+
+
+async def cold_start_vc(runs: int, env: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """``vc serve`` (no configuration file): process start -> /readyz 200, then a call's greeting."""
+    out = []
+    for _ in range(runs):
+        t0 = time.monotonic()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "vc.cli", "serve", "--port", "0",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
+        )
+        assert proc.stdout is not None
+        url = ""
+        lines: list[str] = []
+        while not url:
+            line = (await asyncio.wait_for(proc.stdout.readline(), 300)).decode()
+            if not line:
+                raise RuntimeError("vc serve exited:\n" + "".join(lines[-30:]))
+            lines.append(line)
+            m = re.search(r"listening on (http://\S+)", line)
+            url = m.group(1) if m else ""
+        listening = time.monotonic() - t0
+        drain = asyncio.create_task(_drain(proc.stdout))
+        ready = None
+        async with aiohttp.ClientSession() as session:
+            while ready is None:
+                async with session.get(url + "/readyz") as r:
+                    if r.status == 200:
+                        ready = time.monotonic() - t0
+                        break
+                if proc.returncode is not None:
+                    raise RuntimeError("vc serve exited before it was ready")
+                await asyncio.sleep(0.01)
+        async with TwilioCloud(url, public_url=url) as cloud:
+            call = await cloud.place_call()
+            greeting = await greeting_latency(call)
+            await call.hangup()
+        proc.terminate()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), 30)
+        drain.cancel()
+        out.append({"listening": round(listening, 3), "ready": round(ready, 3),
+                    "greeting_after_connect": None if greeting is None else round(greeting, 4)})
+        log(f"  cold start: listening {listening:.2f} s, ready {ready:.2f} s, greeting "
+            f"{greeting if greeting is None else round(greeting * 1000)} ms")
+    return out
+
+
+async def cold_start_baseline(runs: int, command: list[str]) -> list[dict[str, Any]]:
+    """The baseline bot: process start -> HTTP up; a call's greeting (models load per call)."""
+    out = []
+    for _ in range(runs):
+        t0 = time.monotonic()
+        server = ServerProcess(command=command, log=asyncio.subprocess.DEVNULL)
+        await server.start()
+        await server.ready(300)
+        ready = time.monotonic() - t0
+        async with TwilioCloud(server.url, public_url=server.url) as cloud:
+            call = await cloud.place_call()
+            greeting = await greeting_latency(call)
+            await call.hangup()
+        await server.stop()
+        out.append({"listening": round(ready, 3), "ready": round(ready, 3),
+                    "greeting_after_connect": None if greeting is None else round(greeting, 4)})
+        log(f"  baseline cold start: ready {ready:.2f} s, greeting "
+            f"{greeting if greeting is None else round(greeting * 1000)} ms")
+    return out
+
+
+async def _drain(stream: asyncio.StreamReader) -> None:
+    while await stream.readline():
+        pass
+
+
+# -- 5. capacity of the media path -------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pacing_lateness(call: SimulatedCall, since: float, skip_s: float = 0.12) -> list[float]:
+    """How late each bot frame arrived against a 20 ms schedule, per burst of bot audio.
+
+    A burst is a run of frames with no gap above 120 ms. Within it, frame ``k`` is due at
+    ``anchor + (audio before it)``; the anchor is the earliest such point after the first
+    ``skip_s`` of audio (the transport's lead), so each value is lateness against the best
+    schedule the frames could have kept.
+    """
+    frames = [(t, len(p) / 2 / 8000) for t, p in call.media if t >= since]
+    out: list[float] = []
+    burst: list[tuple[float, float]] = []
+
+    def flush() -> None:
+        cum, points = 0.0, []
+        for t, dur in burst:
+            if cum >= skip_s:
+                points.append((t, cum))
+            cum += dur
+        if len(points) >= 5:
+            anchor = min(t - c for t, c in points)
+            out.extend(t - c - anchor for t, c in points)
+
+    for t, dur in frames:
+        if burst and t - burst[-1][0] > 0.12:
+            flush()
+            burst = []
+        burst.append((t, dur))
+    if burst:
+        flush()
+    return out
+
+
+async def _capacity_caller(call: SimulatedCall, line: Any, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        call.say(line.pcm)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 4.0 + random.random())
+
+
+async def capacity_step(server: ServerProcess, n: int, measure_s: float = 12.0) -> dict[str, Any]:
+    line = utterance(CAPACITY_LINE)
+    stop = asyncio.Event()
+    async with TwilioCloud(server.url, public_url=server.url) as cloud:
+        calls: list[SimulatedCall] = []
+        for _ in range(n):
+            calls.append(await cloud.place_call())
+            await asyncio.sleep(0.02)
+        callers = [asyncio.create_task(_capacity_caller(c, line, stop)) for c in calls]
+        await asyncio.sleep(3.0)  # greetings, first turns
+        since = time.monotonic()
+        cpu0 = cpu_seconds(server.pid)
+        me0 = time.process_time()
+        await asyncio.sleep(measure_s)
+        cpu1 = cpu_seconds(server.pid)
+        me1 = time.process_time()
+        wall = time.monotonic() - since
+        stop.set()
+        await asyncio.gather(*callers, return_exceptions=True)
+        lateness = [x for c in calls for x in pacing_lateness(c, since)]
+        frames = sum(1 for c in calls for t, _ in c.media if t >= since)
+        alive = sum(1 for c in calls if c.closed_at is None)
+        for c in calls:
+            await c.hangup()
+        await asyncio.sleep(0.5)
+    lateness.sort()
+
+    def q(p: float) -> float | None:
+        return round(lateness[min(len(lateness) - 1, int(p * len(lateness)))] * 1000, 2) \
+            if lateness else None
+
+    return {
+        "calls": n, "alive": alive, "server_cpu_core_fraction": round((cpu1 - cpu0) / wall, 3),
+        "cpu_per_call": round((cpu1 - cpu0) / wall / n, 4),
+        "caller_cpu_core_fraction": round((me1 - me0) / wall, 3),
+        "bot_frames": frames, "lateness_ms_p50": q(0.5), "lateness_ms_p99": q(0.99),
+        "lateness_ms_max": round(lateness[-1] * 1000, 2) if lateness else None,
+    }
+
+
+async def capacity(server: ServerProcess, steps: list[int], limit_ms: float = 5.0,
+                   measure_s: float = 12.0) -> dict[str, Any]:
+    rows = []
+    best = 0
+    for n in steps:
+        row = await capacity_step(server, n, measure_s)
+        ok = (row["lateness_ms_p99"] is not None and row["lateness_ms_p99"] <= limit_ms
+              and row["alive"] == n and row["server_cpu_core_fraction"] < 0.98)
+        row["within_limit"] = ok
+        rows.append(row)
+        log(f"  {n:3d} calls: server {row['server_cpu_core_fraction']:.2f} core "
+            f"({row['cpu_per_call'] * 100:.1f}% per call), pacing p99 {row['lateness_ms_p99']} ms, "
+            f"max {row['lateness_ms_max']} ms, caller {row['caller_cpu_core_fraction']:.2f} core"
+            f"{'' if ok else '  <- over the limit'}")
+        if ok:
+            best = n
+        else:
+            break
+    return {"steps": rows, "max_calls_one_core": best, "limit_ms": limit_ms}

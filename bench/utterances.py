@@ -1,0 +1,43 @@
+"""The fixed reference utterances every benchmark speaks (espeak-ng, deterministic)."""
+
+from __future__ import annotations
+
+import functools
+
+from vc_transport_twilio.conversation import Utterance, espeak
+
+#: Questions of the latency benchmark: one sentence each, no pause a VAD could cut at.
+QUESTIONS = (
+    "What is the capital of France?",
+    "How many days are there in a week?",
+    "What color is the sky on a clear day?",
+    "Can you recommend a good book to read?",
+    "What is the weather usually like in spring?",
+    "How do I make a good cup of tea?",
+    "What time does the store open tomorrow?",
+    "Can you help me reset my password?",
+    "What is two plus two?",
+    "Where is the nearest train station?",
+    "Tell me something interesting about the ocean.",
+    "Do you know a good name for a pet dog?",
+)
+#: Questions whose answers run long enough to be talked over (barge-in trials).
+LONG_ANSWERS = (
+    "Can you tell me a long story about a dragon and a brave knight?",
+    "Please describe in detail how to plant a vegetable garden.",
+    "Tell me everything you know about the history of the city of Rome.",
+    "Can you explain how airplanes fly, step by step?",
+)
+#: What the caller says over the bot.
+INTERRUPTIONS = (
+    "Wait, stop please, I have another question.",
+    "Sorry, hold on a second.",
+    "No, no, stop, that is enough.",
+)
+#: The capacity benchmark's caller line (the fake STT "hears" its own script).
+CAPACITY_LINE = "Hello, I would like some help please."
+
+
+@functools.cache
+def utterance(text: str) -> Utterance:
+    return espeak(text)

@@ -97,10 +97,14 @@ async def test_caller_interrupts_piper(transcribe) -> None:
         await conn.wait_for_bot_audio(end, timeout=60)
         await asyncio.sleep(1.0)
         conn.say(speech("stop stop stop", 8000))
+        interrupted_at = conn.speech_started[-1]
         await conn.wait_for_bot_silence(quiet=2.0, timeout=60)
-        assert conn.clears, "no clear on barge-in"
-        clear_at = conn.clears[-1]
-        late = [t for t, _ in conn.bot_frames if clear_at + 0.1 < t < clear_at + 1.0]
+        clears = [t for t in conn.clears if t >= interrupted_at]
+        assert clears, "no clear on barge-in"
+        clear_at = clears[0]
+        # The bot cannot answer the interruption sooner than the caller's speech plus the VAD
+        # stop delay, so any audio in this window would be the interrupted reply going on.
+        late = [t for t, _ in conn.bot_frames if clear_at + 0.1 < t < clear_at + 0.4]
         assert not late, f"bot audio went on {late[-1] - clear_at:.2f}s after the clear"
         session = engine.sessions[conn.info.call_id]
         said = [m["content"] for m in session.context.get_messages() if m["role"] == "assistant"]

@@ -90,12 +90,14 @@ async def test_barge_in_stops_bot_audio_and_context_keeps_only_what_was_heard(ma
     loop = asyncio.get_running_loop()
     await asyncio.sleep(max(0.0, reply_at + 1.2 - loop.time()))
     conn.say(speech("stop stop stop", 8000))
+    interrupted_at = conn.speech_started[-1]
     for _ in range(300):
         if conn.clears:
             break
         await asyncio.sleep(0.01)
-    assert conn.clears, "no clear was sent to the transport on barge-in"
-    clear_at = conn.clears[-1]
+    clears = [t for t in conn.clears if t >= interrupted_at]
+    assert clears, "no clear was sent to the transport on barge-in"
+    clear_at = clears[0]
     await asyncio.sleep(1.0)
     # Bot audio stops: nothing heard later than the transport lead after the clear, until the
     # bot answers the interruption (which cannot be sooner than the VAD stop delay).

@@ -40,7 +40,7 @@ def rms(pcm: bytes) -> float:
 
 async def wait_for(
     cond: Callable[[], Any],
-    timeout: float = 20.0,  # noqa: ASYNC109 - polls a condition
+    timeout: float = 20.0,
     what: str = "condition",
 ) -> Any:
     deadline = time.monotonic() + timeout
@@ -430,7 +430,7 @@ class SipCaller(asyncio.DatagramProtocol):
             (t, m) for t, m, _ in self.messages if isinstance(m, Request) and m.method == method
         ]
 
-    async def expect(self, method: str, status: int, timeout: float = 20.0) -> Response:  # noqa: ASYNC109
+    async def expect(self, method: str, status: int, timeout: float = 20.0) -> Response:
         resps = await wait_for(
             lambda: self.responses(method, status), timeout, f"{status} to {method}"
         )

@@ -25,7 +25,7 @@ async def run_sipp(
     target: tuple[str, int],
     keys: dict[str, str],
     cwd: Path,
-    timeout: float = 60,  # noqa: ASYNC109 - handed to SIPp
+    timeout: float = 60,
 ) -> tuple[int, str]:
     # SIPp does not expand -key values inside <exec> attributes: render the template here.
     text = (HERE / scenario).read_text()

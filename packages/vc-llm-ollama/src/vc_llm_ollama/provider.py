@@ -39,7 +39,7 @@ class OllamaSettings:
     num_predict: int = setting(
         120, help="cap on a reply's length in tokens (a profile's max_tokens wins)"
     )
-    stop: list[str] = setting(factory=list, help="stop strings (comma separated)")  # noqa: RUF009
+    stop: list[str] = setting(factory=list, help="stop strings (comma separated)")
     seed: int | None = setting(None, help="sampling seed for reproducible replies (empty: random)")
     keep_alive: str = setting(
         "30m", help="how long the server keeps the model loaded after a request (-1: forever)"

@@ -103,7 +103,7 @@ class OpenSIPSSettings:
         help="address advertised in SDP (c=); empty: $RTP_HOST_IP, $EXTERNAL_RTP_IP, $HOST_IP, "
         "rtp_bind_ip if it is a real address, else the interface that routes to the caller",
     )
-    codecs: list[str] = setting(  # noqa: RUF009 - attrs field, not a dataclass default
+    codecs: list[str] = setting(
         factory=lambda: ["PCMU", "PCMA"],
         help="codecs in order of preference (PCMU, PCMA); the first one the caller offers wins",
         validator=_check_codecs,

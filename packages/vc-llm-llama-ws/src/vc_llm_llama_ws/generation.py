@@ -97,11 +97,14 @@ class LlamaModel:
         n_threads: int = 0,
         chat_format: str = "",
         n_batch: int = 256,
+        n_threads_batch: int = 0,
     ) -> None:
         self.path = Path(path)
         self.name = name or self.path.stem
         self.n_ctx = n_ctx
         self.n_threads = n_threads or default_threads()
+        #: Threads evaluating prompts (default: as many as generate).
+        self.n_threads_batch = n_threads_batch or self.n_threads
         self.n_batch = n_batch
         self.chat_format = chat_format
         self.load_seconds = 0.0
@@ -139,7 +142,7 @@ class LlamaModel:
                 model_path=str(self.path),
                 n_ctx=self.n_ctx,
                 n_threads=self.n_threads,
-                n_threads_batch=self.n_threads,
+                n_threads_batch=self.n_threads_batch,
                 n_batch=self.n_batch,
                 verbose=False,
             )
@@ -148,12 +151,13 @@ class LlamaModel:
         self._formatter = self._make_formatter()
         self.load_seconds = time.monotonic() - t0
         log.info(
-            "loaded %s (%s) in %.2fs, n_ctx=%d, threads=%d",
+            "loaded %s (%s) in %.2fs, n_ctx=%d, threads=%d (prompts: %d)",
             self.name,
             self.path.name,
             self.load_seconds,
             self.n_ctx,
             self.n_threads,
+            self.n_threads_batch,
         )
 
     def _template(self) -> str:

@@ -326,13 +326,14 @@ async def test_voices_dir_and_profile_voices_are_preloaded(tmp_path: Path) -> No
 
 
 async def test_speed_setting_changes_duration(piper) -> None:
-    slow = await _start(length_scale=1.5)
+    # Piper's duration noise (noise_w) varies phoneme lengths run to run: use a clear factor.
+    slow = await _start(length_scale=2.0)
     try:
         a = await piper.synthesize(SENTENCES[1], profile())
         b = await slow.synthesize(SENTENCES[1], profile())
     finally:
         await slow.stop()
-    assert b.duration > a.duration * 1.25
+    assert b.duration > a.duration * 1.4
 
 
 async def test_turkish_profile_is_normalised_with_turkish_rules(piper) -> None:

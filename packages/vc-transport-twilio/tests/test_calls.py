@@ -57,7 +57,8 @@ async def test_question_gets_an_answer(env):
     )
     await call.wait_for(lambda: any(n == mark for _, n in call.echoed), what="mark echo")
     heard = await call.wait_for(
-        lambda: Recorder.of(call.call_sid, "mark_played"), what="mark_played in core"
+        lambda: [(t, d) for t, d in Recorder.of(call.call_sid, "mark_played") if d["name"] == mark],
+        what="mark_played of the answer's mark in core",
     )
 
     answer = [(t, p) for t, p in call.speech_frames(after=spoken_until - 0.3) if t <= mark_at]

@@ -92,7 +92,7 @@ def services(llm_url: str, fake: bool) -> tuple[Any, Any, Any]:
 
         return (
             FakeSTTService(["hello there"], 0.0),
-            FakeLLMService(FakeLLMSettings(), system_prompt=SYSTEM_PROMPT),
+            FakeLLMService(FakeLLMSettings()),
             FakeTTSService(FakeTTSSettings(ms_per_char=float(os.environ.get("FAKE_MS_PER_CHAR", 60)))),
         )
     from pipecat.services.openai.llm import OpenAILLMService

@@ -1,5 +1,12 @@
 """Pure model times: each model of the default stack alone, warm, on the reference questions.
 
+* STT: faster-whisper on the question as it crossed the phone line (µ-law), followed by the
+  VAD's stop delay and pipecat's 0.5 s of padding, as the pipeline hands it over.
+* LLM: the first token and the first clause (cut as vc's TTS cuts it) of the answer to the
+  question as transcribed, for a new caller (system prompt cached; greeting and question
+  not).
+* TTS: Piper synthesising the first piece of that clause.
+
 The latency benchmark's "remaining overhead" is the measured voice-to-voice time minus the
 sum of these (plus the VAD's stop delay): what the pipeline, the transport and CPU contention
 add on top of the models themselves. The providers are vc's own, with their default
@@ -89,6 +96,9 @@ async def measure(stop_secs: float) -> dict[str, Any]:
                         {"role": "user", "content": text}]
             token_times, clause_times, clause = [], [], ""
             for _ in range(REPEATS):
+                # As for a new caller: the system prompt is cached, the greeting and the
+                # question are not (mid-call turns have fewer new tokens: only the question).
+                await llm.default.warm([DEFAULT_SYSTEM_PROMPT])
                 tok, cl, clause = await first_clause(llm.default, sampling, messages)
                 token_times.append(tok)
                 clause_times.append(cl)

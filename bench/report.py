@@ -50,6 +50,7 @@ def summarise_latency(run: dict[str, Any]) -> dict[str, Any]:
     return {
         "voice_to_voice": dist(totals),
         "unanswered": sum(1 for t in turns if not t["answered"]),
+        "split": sum(1 for t in turns if t.get("segments", 1) > 1),
         "turns": len(turns),
         "stages_p50": {s: _r(pct(v, 50)) for s, v in stages.items()},
         "stages_p95": {s: _r(pct(v, 95)) for s, v in stages.items()},
@@ -314,15 +315,15 @@ def compare_markdown(results: dict[str, Any]) -> str:
         f"{meta['cpu']}, {meta['cores']} cores, CPU only; load average during the run: "
         f"{results['load']}. Calls alternate between the configurations (blocks of turns), "
         "so each sees the same background load.", "",
-        "| configuration | v2v p50 | v2v p95 | unanswered | VAD stop | STT | first token | "
-        "first TTS audio | to caller |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| configuration | v2v p50 | v2v p95 | unanswered | cut in two | VAD stop | STT | "
+        "first token | first TTS audio | to caller |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results["compare"].items():
         s = r["summary"]
         st = s["stages_p50"]
         lines.append(
             f"| {name} | {_s(s['voice_to_voice']['p50'])} | {_s(s['voice_to_voice']['p95'])} | "
-            f"{s['unanswered']}/{s['turns']} | " + " | ".join(_s(st.get(k), "ms") for k in STAGES)
+            f"{s['unanswered']}/{s['turns']} | {s.get('split', 0)} | " + " | ".join(_s(st.get(k), "ms") for k in STAGES)
             + " |")
     return "\n".join([*lines, ""])

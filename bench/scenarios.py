@@ -308,43 +308,45 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def pacing_lateness(call: SimulatedCall, since: float, skip_s: float = 0.12) -> list[float]:
-    """How late each bot frame arrived against a 20 ms schedule, per burst of bot audio.
+def pacing(call: SimulatedCall, since: float, lead_s: float = 0.12
+           ) -> tuple[list[float], list[float]]:
+    """(lateness, jitter) of every bot audio frame received after ``since``, in seconds.
 
-    A burst is a run of frames with no gap above 120 ms. Within it, frame ``k`` is due at
-    ``anchor + (audio before it)``; the anchor is the earliest such point after the first
-    ``skip_s`` of audio (the transport's lead), so each value is lateness against the best
-    schedule the frames could have kept.
+    Bot audio arrives in bursts (one per utterance; a new burst starts after 150 ms without a
+    frame). The caller plays a burst continuously from its first frame, so frame ``k`` is
+    needed at ``first + (audio before it)``: *lateness* is how long after that it arrived
+    (positive: the caller heard a gap; a transport that sends ahead, as vc does with
+    ``send_ahead_ms``, shows negative values). *Jitter* is how far each inter-arrival time
+    strays from the previous frame's duration, past the first ``lead_s`` of each burst (where
+    a transport may send ahead at once).
     """
-    frames = [(t, len(p) / 2 / 8000) for t, p in call.media if t >= since]
-    out: list[float] = []
-    burst: list[tuple[float, float]] = []
-
-    def flush() -> None:
-        cum, points = 0.0, []
-        for t, dur in burst:
-            if cum >= skip_s:
-                points.append((t, cum))
-            cum += dur
-        if len(points) >= 5:
-            anchor = min(t - c for t, c in points)
-            out.extend(t - c - anchor for t, c in points)
-
+    frames = [(t, len(p) / 2 / 8000) for t, p in call.media]
+    late: list[float] = []
+    jitter: list[float] = []
+    first = cum = 0.0
+    prev: tuple[float, float] | None = None
     for t, dur in frames:
-        if burst and t - burst[-1][0] > 0.12:
-            flush()
-            burst = []
-        burst.append((t, dur))
-    if burst:
-        flush()
-    return out
+        if prev is None or t - prev[0] > 0.15:
+            first, cum = t, 0.0
+        elif t >= since:  # bursts that began earlier count from their own first frame
+            late.append(t - (first + cum))
+            if cum >= lead_s:
+                jitter.append(abs(t - prev[0] - prev[1]))
+        cum += dur
+        prev = (t, dur)
+    return late, jitter
 
 
 async def _capacity_caller(call: SimulatedCall, line: Any, stop: asyncio.Event) -> None:
+    """Say the line, wait for the bot's answer to finish, pause a little, again."""
+    await asyncio.sleep(random.random())
     while not stop.is_set():
-        call.say(line.pcm)
+        end = call.say(line.pcm)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 4.0 + random.random())
+            await call.wait_for_bot_speech(after=end, within=10)
+            await call.wait_for_bot_silence(quiet=0.3, within=20)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.5 + random.random())
 
 
 async def capacity_step(server: ServerProcess, n: int, measure_s: float = 12.0) -> dict[str, Any]:
@@ -366,24 +368,27 @@ async def capacity_step(server: ServerProcess, n: int, measure_s: float = 12.0) 
         wall = time.monotonic() - since
         stop.set()
         await asyncio.gather(*callers, return_exceptions=True)
-        lateness = [x for c in calls for x in pacing_lateness(c, since)]
+        measured = [pacing(c, since) for c in calls]
+        lateness = sorted(x for late, _ in measured for x in late)
+        jitter = sorted(x for _, jit in measured for x in jit)
         frames = sum(1 for c in calls for t, _ in c.media if t >= since)
         alive = sum(1 for c in calls if c.closed_at is None)
         for c in calls:
             await c.hangup()
         await asyncio.sleep(0.5)
-    lateness.sort()
 
-    def q(p: float) -> float | None:
-        return round(lateness[min(len(lateness) - 1, int(p * len(lateness)))] * 1000, 2) \
-            if lateness else None
+    def q(values: list[float], p: float) -> float | None:
+        return round(values[min(len(values) - 1, int(p * len(values)))] * 1000, 2) \
+            if values else None
 
     return {
         "calls": n, "alive": alive, "server_cpu_core_fraction": round((cpu1 - cpu0) / wall, 3),
         "cpu_per_call": round((cpu1 - cpu0) / wall / n, 4),
         "caller_cpu_core_fraction": round((me1 - me0) / wall, 3),
-        "bot_frames": frames, "lateness_ms_p50": q(0.5), "lateness_ms_p99": q(0.99),
+        "bot_frames": frames, "lateness_ms_p50": q(lateness, 0.5),
+        "lateness_ms_p99": q(lateness, 0.99),
         "lateness_ms_max": round(lateness[-1] * 1000, 2) if lateness else None,
+        "jitter_ms_p99": q(jitter, 0.99),
     }
 
 
@@ -399,8 +404,9 @@ async def capacity(server: ServerProcess, steps: list[int], limit_ms: float = 5.
         rows.append(row)
         log(f"  {n:3d} calls: server {row['server_cpu_core_fraction']:.2f} core "
             f"({row['cpu_per_call'] * 100:.1f}% per call), pacing p99 {row['lateness_ms_p99']} ms, "
-            f"max {row['lateness_ms_max']} ms, caller {row['caller_cpu_core_fraction']:.2f} core"
-            f"{'' if ok else '  <- over the limit'}")
+            f"max {row['lateness_ms_max']} ms, jitter p99 {row['jitter_ms_p99']} ms, "
+            f"caller {row['caller_cpu_core_fraction']:.2f} core"
+            + ("" if ok else "  <- over the limit"))
         if ok:
             best = n
         else:

@@ -105,16 +105,21 @@ class TwilioCall(CallConnection):
         n = 0
         while not self.closed:
             n += 1
-            delay = start + n * period - time.monotonic()
+            tick = start + n * period
+            delay = tick - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
             elif delay < -period:
                 self.stats.late_ticks += 1
             async with self._lock:
-                await self._send_due(time.monotonic(), period)
+                await self._send_due(time.monotonic(), period, tick)
 
-    async def _send_due(self, now: float, period: float) -> None:
-        while not self.closed and self._sent_until - now < self._ahead + 1e-6:
+    async def _send_due(self, now: float, period: float, tick: float | None = None) -> None:
+        # The lead is judged on the tick's own time while the tick is on time: the loop wakes
+        # a little early or late, and measuring on the wake-up time made the sender alternate
+        # two frames and none around the send-ahead boundary (20 ms of needless jitter).
+        clock = tick if tick is not None and abs(now - tick) < period / 2 else now
+        while not self.closed and self._sent_until - clock < self._ahead + 1e-6:
             item = self.playout.read()
             if item is None:
                 return
@@ -133,7 +138,7 @@ class TwilioCall(CallConnection):
                 {"event": "media", "streamSid": self.stream_sid, "media": {"payload": payload}}
             )
             self.stats.media_sent += 1
-            self._sent_until = max(self._sent_until, now) + period
+            self._sent_until = max(self._sent_until, clock) + period
 
     # -- what Twilio tells us ------------------------------------------------------------------
 

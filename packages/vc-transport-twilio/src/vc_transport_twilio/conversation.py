@@ -135,6 +135,7 @@ class Turn:
     onset: float  # caller speech started (monotonic)
     end: float  # caller speech ended
     heard: str = ""  # what the bot transcribed
+    segments: int = 0  # transcripts the VAD cut this utterance into (1 unless it paused)
     answer: str = ""  # what the bot said (what the caller heard of it)
     interrupted_bot: bool = False  # this utterance was spoken over the bot
     #: Absolute times of the stages (monotonic); None where the server reported nothing.
@@ -177,6 +178,7 @@ class Turn:
         return {
             "said": self.said, "heard": self.heard, "answer": self.answer,
             "answered": self.answered, "interrupted_bot": self.interrupted_bot,
+            "segments": self.segments,
             "speech_seconds": round(self.end - self.onset, 3),
             "total": None if self.total is None else round(self.total, 4),
             "stages": {k: None if v is None else round(v, 4) for k, v in self.stages().items()},
@@ -197,6 +199,7 @@ def fill_from_server(turn: Turn, events: list[dict[str, Any]], until: float,
     window = [e for e in events if turn.onset < e["t"] <= until]
     heard = [e["data"].get("text", "") for e in window if e["event"] == "transcript"]
     turn.heard = " ".join(h.strip() for h in heard if h.strip())
+    turn.segments = len(heard)
     replies = [e["text"] for e in events
                if e["event"] == "reply" and turn.onset < e["t"] <= replies_until]
     turn.answer = " ".join(r.strip() for r in replies)

@@ -196,7 +196,9 @@ async def run_bot(websocket: Any, stream_sid: str, call_sid: str, llm_url: str,
                          assistant_aggregator])
     task = PipelineWorker(
         pipeline,
-        params=PipelineParams(audio_in_sample_rate=8000, audio_out_sample_rate=8000,
+        # Whisper reads 16 kHz: pipecat's Twilio serializer resamples the caller's 8 kHz to
+        # the pipeline's input rate (at 8 kHz, WhisperSTTService hears speech twice too fast).
+        params=PipelineParams(audio_in_sample_rate=16000, audio_out_sample_rate=8000,
                               enable_metrics=True),
         observers=[StageObserver(call_sid)],
     )
@@ -240,13 +242,14 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--llm-url", default="http://127.0.0.1:8001/v1")
     parser.add_argument("--fake", action="store_true", help="instant fake AI services")
+    parser.add_argument("--debug", action="store_true", help="pipecat's debug log on stderr")
     args = parser.parse_args()
     EVENTS = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     from loguru import logger
 
     logger.remove()
-    logger.add(sys.stderr, level="WARNING")
+    logger.add(sys.stderr, level="DEBUG" if args.debug else "WARNING")
     asyncio.run(serve(args.port, args.llm_url, args.fake))
 
 

@@ -162,7 +162,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         results["vc"]["cold_start"] = await scenarios.cold_start_vc(cold_runs, vc_env)
         phase_done(name)
 
-    if {"latency", "barge-in"} & only:
+    if {"latency", "barge-in"} & only and not args.no_vc:
         with open(logs_dir / "vc-server.log", "w", encoding="utf-8") as vlog:
             async with ServerProcess(args.vc_config, log=vlog, log_level="info") as server:
                 name = phase("vc: starting the default stack")
@@ -288,6 +288,8 @@ def cli() -> None:
     parser.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(ALL)}")
     parser.add_argument("--quick", action="store_true", help="fewer turns, trials and steps")
     parser.add_argument("--no-baseline", action="store_true", help="vc only")
+    parser.add_argument("--no-vc", action="store_true",
+                        help="baseline only (latency and barge-in)")
     parser.add_argument("--turns", type=int, default=0, help="latency turns (default 24)")
     parser.add_argument("--trials", type=int, default=0, help="barge-in trials (default 20)")
     parser.add_argument("--capacity-max", type=int, default=96, help="most concurrent calls tried")

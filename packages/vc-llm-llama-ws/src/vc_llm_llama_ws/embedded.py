@@ -67,18 +67,18 @@ class LlamaCppSettings:
     )
     top_p: float = setting(0.95, help="nucleus sampling probability")
     repeat_penalty: float = setting(1.1, help="penalty for repeating recent tokens (1.0: none)")
-    stop: list[str] = setting(factory=list, help="extra stop strings (comma separated)")  # noqa: RUF009
+    stop: list[str] = setting(factory=list, help="extra stop strings (comma separated)")
     seed: int | None = setting(None, help="sampling seed for reproducible replies (empty: random)")
     chat_format: str = setting(
         "",
         help="llama-cpp-python chat format (chatml, llama-3, ...); empty: the GGUF's own template",
     )
-    tool_calls: ToolMode = setting(  # noqa: RUF009
+    tool_calls: ToolMode = setting(
         "farewell",
         help="farewell: end the call after the reply when the caller says goodbye; "
         "native: the model's <tool_call> output (needs a tool-capable model); off: no tools",
     )
-    farewells: list[str] = setting(  # noqa: RUF009
+    farewells: list[str] = setting(
         factory=lambda: list(DEFAULT_FAREWELLS),
         help="phrases that count as a goodbye (farewell mode)",
     )

@@ -57,10 +57,12 @@ async def _place(settings: Any, to: str, from_: str, profile: str) -> str:
               help="INI file for the server (default: the built-in default stack)")
 @click.option("--no-interrupt", is_flag=True, help="let the bot finish every answer")
 @click.option("--no-plot", is_flag=True, help="skip the timeline plot")
+@click.option("--answer-timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+              help="seconds after the end of speech before a turn counts as unanswered")
 @click.option("-v", "--verbose", is_flag=True, help="show the server's log")
 def demo_command(wavs: tuple[str, ...], texts: tuple[str, ...], out_dir: str,
                  config_file: str | None, no_interrupt: bool, no_plot: bool,
-                 verbose: bool) -> None:
+                 answer_timeout: float, verbose: bool) -> None:
     """Call vc's embedded default stack as Twilio would and show where the time goes.
 
     Starts vc, places a simulated Twilio call into it, speaks a short conversation (the last
@@ -70,7 +72,8 @@ def demo_command(wavs: tuple[str, ...], texts: tuple[str, ...], out_dir: str,
     """
     from vc_transport_twilio.demo import main
 
-    sys.exit(main(wavs, texts, out_dir, config_file, not no_interrupt, not no_plot, verbose))
+    sys.exit(main(wavs, texts, out_dir, config_file, not no_interrupt, not no_plot, verbose,
+                  answer_timeout))
 
 
 def add_commands(cli: click.Group) -> None:

@@ -239,7 +239,7 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     path.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows), encoding="utf-8")
 
 
-def report_turn(p: Printer, i: int, turn: Turn) -> None:
+def report_turn(p: Printer, i: int, turn: Turn, answer_timeout: float = ANSWER_TIMEOUT) -> None:
     note = " (spoken over the bot)" if turn.interrupted_bot else ""
     p.line(f"turn {i}{note}")
     p.line(f"  caller said   {turn.said}")
@@ -247,7 +247,7 @@ def report_turn(p: Printer, i: int, turn: Turn) -> None:
     p.line(f"  bot answered  {turn.answer or '(nothing)'}")
     if not turn.answered:
         p.line("  latency       UNANSWERED: no bot audio within "
-               f"{ANSWER_TIMEOUT:.0f} s of the end of speech")
+               f"{answer_timeout:g} s of the end of speech")
     else:
         stages = turn.stages()
         chain = " -> ".join(f"{STAGE_LABELS[s]} +{_ms(stages[s])}" for s in STAGES)
@@ -275,6 +275,7 @@ async def run_demo(
     p: Printer,
     log: Any = None,
     log_path: Path | None = None,
+    answer_timeout: float = ANSWER_TIMEOUT,
 ) -> int:
     p.line("vc demo: a simulated Twilio phone call into vc's embedded default stack")
     p.line(f"  (Silero VAD, faster-whisper tiny.en, SmolLM2 on llama.cpp, Piper joe-medium; "
@@ -312,7 +313,8 @@ async def run_demo(
         p.line("  (Twilio transport in local development mode: signatures are not checked, "
                "only this machine can call)")
         p.line()
-        return await _call(server, utterances, out_dir, interrupt=interrupt, plot=plot, p=p)
+        return await _call(server, utterances, out_dir, interrupt=interrupt, plot=plot, p=p,
+                           answer_timeout=answer_timeout)
     finally:
         await server.stop()
 
@@ -325,7 +327,8 @@ async def _tick(p: Printer, server: ServerProcess, shown: set[str]) -> None:
 
 
 async def _call(server: ServerProcess, utterances: list[Utterance], out_dir: Path, *,
-                interrupt: bool, plot: bool, p: Printer) -> int:
+                interrupt: bool, plot: bool, p: Printer,
+                answer_timeout: float = ANSWER_TIMEOUT) -> int:
     async with TwilioCloud(server.url, public_url=server.url) as cloud:
         p.line("calling in as Twilio would (voice webhook, then the Media Stream)...")
         call = await cloud.place_call()
@@ -345,7 +348,8 @@ async def _call(server: ServerProcess, utterances: list[Utterance], out_dir: Pat
             p.line(f"  connected; the greeting reached the caller {_ms(greeted - t0)} later: "
                    f"\"{greeting}\"")
         p.line()
-        turns = await converse(call, utterances, interrupt=interrupt)
+        turns = await converse(call, utterances, interrupt=interrupt,
+                               answer_timeout=answer_timeout)
         # A caller saying goodbye is hung up by the bot once the goodbye has been heard.
         with contextlib.suppress(TimeoutError):
             await call.wait_closed(within=20)
@@ -360,7 +364,7 @@ async def _call(server: ServerProcess, utterances: list[Utterance], out_dir: Pat
         events = server.of(call.call_sid)
         analyse(call, turns, events)
         for i, turn in enumerate(turns, 1):
-            report_turn(p, i, turn)
+            report_turn(p, i, turn, answer_timeout)
         ended = {"caller": "the caller hung up", "rest-hangup": "the bot hung up (REST)",
                  "server": "vc closed the stream"}.get(call.ended_by, call.ended_by)
         p.line(f"call ended: {ended}")
@@ -399,7 +403,8 @@ async def _call(server: ServerProcess, utterances: list[Utterance], out_dir: Pat
 
 
 def main(wavs: tuple[str, ...], texts: tuple[str, ...], out_dir: str, config_file: str | None,
-         interrupt: bool, plot: bool, verbose: bool) -> int:
+         interrupt: bool, plot: bool, verbose: bool,
+         answer_timeout: float = ANSWER_TIMEOUT) -> int:
     """``vc demo`` (options parsed by :mod:`vc_transport_twilio.cli`); returns the exit status."""
     p = Printer()
     try:
@@ -417,4 +422,5 @@ def main(wavs: tuple[str, ...], texts: tuple[str, ...], out_dir: str, config_fil
         log = None if verbose else stack.enter_context(open(log_path, "w", encoding="utf-8"))
         return asyncio.run(run_demo(utterances, out, config_file=config_file,
                                     interrupt=interrupt, plot=plot, verbose=verbose, p=p,
-                                    log=log, log_path=log_path))
+                                    log=log, log_path=log_path,
+                                    answer_timeout=answer_timeout))

@@ -60,7 +60,7 @@ class PiperSettings:
         DEFAULT_VOICE,
         help="voice: a name (from a voice package or voices_dir) or the path of a .onnx file "
         "with its .onnx.json next to it")
-    voices_dir: list[Path] = setting(  # noqa: RUF009 - attrs field, not a dataclass default
+    voices_dir: list[Path] = setting(
         factory=list, help="folders of NAME.onnx + NAME.onnx.json voices, comma separated")
     speaker: str = setting("", help="speaker name or number, for multi-speaker voices")
     length_scale: float | None = setting(

@@ -55,7 +55,7 @@ def model_paths() -> tuple[str, Path]:
     return str(whisper), voices
 
 
-def build_app(llm_url: str, fake: bool) -> Any:
+def build_app(llm_url: str, fake: bool, vad_stop_secs: float | None = None) -> Any:
     app = FastAPI()
 
     @app.get("/healthz")
@@ -75,7 +75,8 @@ def build_app(llm_url: str, fake: bool) -> Any:
 
         await websocket.accept()
         _, call_data = await parse_telephony_websocket(websocket)
-        await run_bot(websocket, call_data["stream_id"], call_data["call_id"], llm_url, fake)
+        await run_bot(websocket, call_data["stream_id"], call_data["call_id"], llm_url, fake,
+                      vad_stop_secs)
 
     return app
 
@@ -159,8 +160,9 @@ class StageObserver:
 
 
 async def run_bot(websocket: Any, stream_sid: str, call_sid: str, llm_url: str,
-                  fake: bool) -> None:
+                  fake: bool, vad_stop_secs: float | None = None) -> None:
     from pipecat.audio.vad.silero import SileroVADAnalyzer
+    from pipecat.audio.vad.vad_analyzer import VADParams
     from pipecat.frames.frames import TTSSpeakFrame
     from pipecat.pipeline.pipeline import Pipeline
     from pipecat.pipeline.task import PipelineParams
@@ -190,7 +192,9 @@ async def run_bot(websocket: Any, stream_sid: str, call_sid: str, llm_url: str,
     context = LLMContext([{"role": "system", "content": SYSTEM_PROMPT},
                          {"role": "assistant", "content": GREETING}])
     user_aggregator, assistant_aggregator = LLMContextAggregatorPair(
-        context, user_params=LLMUserAggregatorParams(vad_analyzer=SileroVADAnalyzer()),
+        context,
+        user_params=LLMUserAggregatorParams(vad_analyzer=SileroVADAnalyzer(
+            params=None if vad_stop_secs is None else VADParams(stop_secs=vad_stop_secs))),
     )
     pipeline = Pipeline([transport.input(), stt, user_aggregator, llm, tts, transport.output(),
                          assistant_aggregator])
@@ -219,10 +223,10 @@ async def run_bot(websocket: Any, stream_sid: str, call_sid: str, llm_url: str,
     emit("call_ended", call_id=call_sid)
 
 
-async def serve(port: int, llm_url: str, fake: bool) -> None:
+async def serve(port: int, llm_url: str, fake: bool, vad_stop_secs: float | None = None) -> None:
     import uvicorn
 
-    app = build_app(llm_url, fake)
+    app = build_app(llm_url, fake, vad_stop_secs)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                            ws_max_size=1 << 20))
     task = asyncio.create_task(server.serve())
@@ -243,6 +247,8 @@ def main() -> None:
     parser.add_argument("--llm-url", default="http://127.0.0.1:8001/v1")
     parser.add_argument("--fake", action="store_true", help="instant fake AI services")
     parser.add_argument("--debug", action="store_true", help="pipecat's debug log on stderr")
+    parser.add_argument("--vad-stop-secs", type=float, default=None,
+                        help="silence that ends a turn (default: pipecat's own, 0.2 s)")
     args = parser.parse_args()
     EVENTS = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
@@ -250,7 +256,7 @@ def main() -> None:
 
     logger.remove()
     logger.add(sys.stderr, level="DEBUG" if args.debug else "WARNING")
-    asyncio.run(serve(args.port, args.llm_url, args.fake))
+    asyncio.run(serve(args.port, args.llm_url, args.fake, args.vad_stop_secs))
 
 
 if __name__ == "__main__":

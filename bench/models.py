@@ -65,13 +65,14 @@ async def first_clause(model: Any, sampling: Any, messages: list[dict[str, Any]]
 
 
 async def measure(stop_secs: float) -> dict[str, Any]:
-    from vc.profiles import DEFAULT_GREETING, DEFAULT_SYSTEM_PROMPT, Profile
-    from vc_tts_piper.clauses import split_for_synthesis
     from vc_llm_llama_ws.embedded import LlamaCppProvider
     from vc_llm_llama_ws.generation import Sampling
     from vc_stt_faster_whisper.provider import FasterWhisperSTT
+    from vc_tts_piper.clauses import split_for_synthesis
     from vc_tts_piper.local import PiperProvider
     from vc_tts_piper.normalize import normalize
+
+    from vc.profiles import DEFAULT_GREETING, DEFAULT_SYSTEM_PROMPT, Profile
 
     stt, llm, tts = (_context("stt", FasterWhisperSTT), _context("llm", LlamaCppProvider),
                      _context("tts", PiperProvider))

@@ -86,7 +86,8 @@ def overhead(latency: dict[str, Any], models: dict[str, Any]) -> dict[str, Any]:
         "sum_of_pure_model_times": pure,
         "remaining_overhead": _r(p50 - pure) if p50 is not None else None,
         "per_stage_p50_minus_pure": {
-            "vad_stop": _r(st["vad_stop"] - models["vad_stop_secs"]) if st.get("vad_stop") is not None else None,
+            "vad_stop": (_r(st["vad_stop"] - models["vad_stop_secs"])
+                         if st.get("vad_stop") is not None else None),
             "stt": _r(st["stt"] - m["stt"]) if st.get("stt") is not None else None,
             "llm+tts (first token -> first audio) vs first clause + TTS chunk":
                 _r(st["llm"] + st["tts"] - m["llm_first_clause"] - m["tts_first_chunk"])
@@ -121,6 +122,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"pipecat {meta['versions'].get('pipecat-ai')}. Configuration: {meta['vc_config']}.",
         "",
     ]
+    if results.get("baseline_vad_stop_secs") is not None:
+        lines += [f"The baseline ends a turn after {results['baseline_vad_stop_secs']} s of silence "
+                  "(the same turn-taking policy as vc unless the run says otherwise).", ""]
     vc, base = s.get("vc", {}), s.get("baseline", {})
     lat, blat = vc.get("latency"), base.get("latency")
     rows = [("| | vc | baseline (plain pipecat) | vc / baseline | target |"),
@@ -145,7 +149,8 @@ def markdown(results: dict[str, Any]) -> str:
     cold, bcold = vc.get("cold_start"), base.get("cold_start")
     if cold:
         rows.append(f"| process start -> ready (median) | {_s(cold['ready']['p50'])} | "
-                    f"{_s(bcold['ready']['p50']) if bcold else '–'} (HTTP up; models load per call) | | ≤ 3 s |")
+                    f"{_s(bcold['ready']['p50']) if bcold else '–'} (HTTP up; models load per call) "
+                    "| | ≤ 3 s |")
         g = cold["greeting_after_connect"]["p50"]
         bg = bcold["greeting_after_connect"]["p50"] if bcold else None
         rows.append(f"| call connected -> greeting audio (median) | {_s(g, 'ms')} | {_s(bg, 'ms')} | "
@@ -157,7 +162,7 @@ def markdown(results: dict[str, Any]) -> str:
         per = _cpu_per_call(cap)
         bper = _cpu_per_call(bcap) if bcap else None
         rows.append(f"| CPU per call (fake AI, % of a core) | {per} | {bper or '–'} | | |")
-    lines += rows + [""]
+    lines += [*rows, ""]
 
     if lat:
         lines += ["## Where the time goes (medians per stage)", "",
@@ -186,7 +191,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append("")
     if cap:
         lines += ["## Media-path capacity (server pinned to one core, fake AI)", "",
-                  "| calls | vc server CPU (cores) | vc pacing p99 / max | baseline CPU | baseline pacing p99 / max |",
+                  "| calls | vc server CPU (cores) | vc pacing p99 / max | baseline CPU "
+                  "| baseline pacing p99 / max |",
                   "|---|---|---|---|---|"]
         bsteps = {r["calls"]: r for r in (bcap or {}).get("steps", [])}
         for r in cap["steps"]:
@@ -324,6 +330,7 @@ def compare_markdown(results: dict[str, Any]) -> str:
         st = s["stages_p50"]
         lines.append(
             f"| {name} | {_s(s['voice_to_voice']['p50'])} | {_s(s['voice_to_voice']['p95'])} | "
-            f"{s['unanswered']}/{s['turns']} | {s.get('split', 0)} | " + " | ".join(_s(st.get(k), "ms") for k in STAGES)
+            f"{s['unanswered']}/{s['turns']} | {s.get('split', 0)} | "
+            + " | ".join(_s(st.get(k), "ms") for k in STAGES)
             + " |")
     return "\n".join([*lines, ""])

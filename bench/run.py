@@ -112,8 +112,11 @@ async def llama_server():
             await asyncio.wait_for(proc.wait(), 20)
 
 
-def baseline_command(llm_url: str, fake: bool = False) -> list[str]:
+def baseline_command(llm_url: str, fake: bool = False, vad_stop_secs: float | None = None
+                     ) -> list[str]:
     cmd = [sys.executable, str(HERE / "baseline_bot.py"), "--llm-url", llm_url]
+    if vad_stop_secs is not None:
+        cmd += ["--vad-stop-secs", str(vad_stop_secs)]
     return cmd + (["--fake"] if fake else [])
 
 
@@ -143,12 +146,18 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
     def phase_done(name: str) -> None:
         results["phases"][name]["load_after"] = load()
-        results["phases"][name]["seconds"] = round(time.monotonic() - results["phases"][name].pop("started"), 1)
+        started = results["phases"][name].pop("started")
+        results["phases"][name]["seconds"] = round(time.monotonic() - started, 1)
 
     stop_secs = 0.4
     if args.vc_config:
         m = re.search(r"stop_secs\s*=\s*([0-9.]+)", Path(args.vc_config).read_text())
         stop_secs = float(m.group(1)) if m else stop_secs
+    # The baseline ends turns after the same silence as vc (a turn-taking policy, not an
+    # engineering difference); --baseline-vad-stop pipecat keeps pipecat's own 0.2 s.
+    baseline_stop = None if args.baseline_vad_stop == "pipecat" else (
+        float(args.baseline_vad_stop) if args.baseline_vad_stop else stop_secs)
+    results["baseline_vad_stop_secs"] = baseline_stop if baseline_stop is not None else 0.2
     if "models" in only:
         import models
 
@@ -187,7 +196,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 phase_done(name)
             if {"latency", "barge-in"} & only:
                 with open(logs_dir / "baseline.log", "w", encoding="utf-8") as blog:
-                    async with ServerProcess(command=baseline_command(llm_url), log=blog) as server:
+                    command = baseline_command(llm_url, vad_stop_secs=baseline_stop)
+                    async with ServerProcess(command=command, log=blog) as server:
                         await server.ready(120)
                         if "latency" in only:
                             name = phase(f"baseline: voice-to-voice latency, {turns} turns")
@@ -295,6 +305,9 @@ def cli() -> None:
     parser.add_argument("--capacity-max", type=int, default=96, help="most concurrent calls tried")
     parser.add_argument("--vc-config", default=None, help="INI for vc (default: built-in stack)")
     parser.add_argument("--label", default="", help="suffix of the result files")
+    parser.add_argument("--baseline-vad-stop", default="",
+                        help="silence (s) that ends the baseline's turns: default vc's own; "
+                             "'pipecat' for pipecat's default (0.2 s)")
     parser.add_argument("--compare", default="",
                         help="comma-separated vc configurations (INI paths relative to bench/, or "
                              "'default') measured side by side, interleaved, for latency only")

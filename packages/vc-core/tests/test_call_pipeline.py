@@ -7,7 +7,9 @@ and plays the bot's audio on a 20 ms clock, recording what it heard and when.
 from __future__ import annotations
 
 import asyncio
+import itertools
 
+import numpy as np
 import pytest
 
 from vc.engine import Engine
@@ -89,7 +91,7 @@ async def test_barge_in_stops_bot_audio_and_context_keeps_only_what_was_heard(ma
     # "You said: tell me everything." is 30 characters = 0.9 s of fake speech; interrupt after.
     loop = asyncio.get_running_loop()
     await asyncio.sleep(max(0.0, reply_at + 1.2 - loop.time()))
-    conn.say(speech("stop stop stop", 8000))
+    stop_ends = conn.say(speech("stop stop stop", 8000))
     interrupted_at = conn.speech_started[-1]
     for _ in range(300):
         if conn.clears:
@@ -103,6 +105,7 @@ async def test_barge_in_stops_bot_audio_and_context_keeps_only_what_was_heard(ma
     # bot answers the interruption (which cannot be sooner than the VAD stop delay).
     late = [t for t, _ in conn.bot_frames if clear_at + 0.1 < t < clear_at + 0.4]
     assert not late, f"bot audio continued {late[-1] - clear_at:.3f}s after clear"
+    await conn.wait_for_bot_audio(stop_ends, timeout=15)  # the answer to the interruption
     await conn.wait_for_bot_silence()
     session = engine.sessions[conn.info.call_id]
     assert session.barge_ins >= 1
@@ -230,3 +233,72 @@ async def test_max_duration_says_goodbye_and_hangs_up(make_engine) -> None:
     assert conn.hangups and conn.bot_frames, "the goodbye was spoken, then the bot hung up"
     assert conn.hangups[0] >= conn.bot_frames[-1][0]
     await conn.stop()
+
+
+def leading_silence(pcm: bytes, rate: int) -> float:
+    """Seconds before the first 10 ms of ``pcm`` that is not silence."""
+    step = rate // 100 * 2
+    for i in range(0, len(pcm), step):
+        x = np.frombuffer(pcm[i : i + step], dtype="<i2").astype(np.float32)
+        if len(x) and float(np.sqrt(np.mean(x * x))) > 300:
+            return i / 2 / rate
+    return len(pcm) / 2 / rate
+
+
+async def test_a_short_sound_pauses_the_bot_at_once_and_it_plays_on_without_losing_audio(
+    make_engine,
+) -> None:
+    # "uh" is five voiced VAD windows: enough to pause the bot (two), too short for a turn
+    # (start_secs 0.3). The caller must hear the whole answer, with a gap where the sound was.
+    question = "tell me everything"
+    engine = await make_engine(stack([question], "\n[vad]\nstart_secs = 0.3\n[tts.fake]\nms_per_char = 30\n"))
+    conn, task = await start_call(engine)
+    await conn.wait_for_bot_audio(0, timeout=5)
+    await conn.wait_for_bot_silence()
+    end = conn.say(speech(question, 8000))
+    reply_at = await conn.wait_for_bot_audio(end, timeout=15)
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(max(0.0, reply_at + 1.0 - loop.time()))
+    noise = speech("uh", 8000)
+    conn.say(noise)
+    onset = conn.speech_started[-1] + leading_silence(noise, 8000)
+    await conn.wait_for_bot_silence()
+    session = engine.sessions[conn.info.call_id]
+    assert session.pauses == 1 and session.barge_ins == 0
+    assert conn.clears == []  # nothing was dropped
+    # The bot fell silent soon after the sound began, for a while, then played on.
+    heard = [t for t, _ in conn.bot_audio_after(reply_at)]
+    gaps = [(a, b) for a, b in itertools.pairwise(heard) if b - a > 0.1]
+    assert len(gaps) == 1, gaps
+    paused_at, resumed_at = gaps[0]
+    # ... sooner than any turn could have been confirmed (start_secs 0.3).
+    assert onset <= paused_at + 0.02 and paused_at - onset < 0.3, (paused_at - onset)
+    assert resumed_at - paused_at > 0.2
+    # Every frame of the answer was heard: 93 characters (four sentences) at 30 ms each.
+    expected = len("You said: tell me everything.Here is more.And there is even more to say about it."
+                   "That is all.") * 0.03
+    assert abs(len(heard) * 0.02 - expected) <= 0.1, (len(heard) * 0.02, expected)
+    said = [m["content"] for m in session.context.get_messages() if m["role"] == "assistant"]
+    assert said[-1].endswith("That is all.")
+    assert [m["content"] for m in session.context.get_messages() if m["role"] == "user"] == [question]
+    await finish(conn, task)
+
+
+async def test_no_pause_when_interruptions_are_off(make_engine) -> None:
+    question = "tell me everything"
+    engine = await make_engine(stack([question, "stop"], "\n[interruption]\nenabled = false\n"))
+    conn, task = await start_call(engine)
+    await conn.wait_for_bot_audio(0, timeout=5)
+    await conn.wait_for_bot_silence()
+    end = conn.say(speech(question, 8000))
+    reply_at = await conn.wait_for_bot_audio(end, timeout=15)
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(max(0.0, reply_at + 0.8 - loop.time()))
+    conn.say(speech("stop stop stop", 8000))
+    await conn.wait_for_bot_silence()
+    session = engine.sessions[conn.info.call_id]
+    assert session.pauses == 0 and session.barge_ins == 0 and conn.clears == []
+    # The answer (longer than 1.6 s) went on without a break while the caller spoke.
+    heard = [t for t, _ in conn.bot_audio_after(reply_at) if t < reply_at + 1.6]
+    assert all(b - a < 0.1 for a, b in itertools.pairwise(heard))
+    await finish(conn, task)

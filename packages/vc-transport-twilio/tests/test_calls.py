@@ -7,7 +7,9 @@ fake AI stack; :class:`TwilioCloud` phones it exactly as Twilio does.
 from __future__ import annotations
 
 import asyncio
+import itertools
 
+import numpy as np
 import pytest
 import pytest_asyncio
 from twilio_helpers import (
@@ -119,6 +121,50 @@ async def test_barge_in_clears_twilio_and_stops_bot_audio(env):
     assert not call.protocol_errors
     await call.hangup()
     await call.wait_closed()
+
+
+async def test_a_short_sound_pauses_the_answer_and_the_caller_still_hears_all_of_it():
+    # "uh" pauses the bot at once (Twilio's buffered audio is cleared and kept by vc) but is
+    # too short to be a turn (start_secs 0.3): the answer then plays on from where it stopped.
+    async with twilio_vc(ini(extra="[vad]\nstart_secs = 0.3\n")) as (cloud, vc):
+        call = await cloud.place_call()
+        await after_greeting(call)
+        spoken_until = call.say(say_audio(QUESTION))
+        started = await call.wait_for_bot_speech(after=spoken_until - 0.3)
+        await asyncio.sleep(0.8)
+        call.say(say_audio("uh"))
+        noise_queued = call.speech_started[-1]
+        mark = await call.wait_for(
+            lambda: next((n for _, n in call.echoed if n.startswith("utt")), None),
+            what="the answer's mark echo",
+        )
+        played = [(t, p) for t, p in call.played if t >= started - 0.001 and rms_of(p) > 100]
+        expected = len(answer_text(QUESTION_TRANSCRIPT)) * MS_PER_CHAR / 1000
+        assert abs(len(played) * 0.02 - expected) <= 0.06, (len(played) * 0.02, expected)
+        # The caller heard a gap where the sound was: Twilio's buffer was cleared.
+        assert call.clears and call.clears[0] > noise_queued
+        gaps = [(a, b) for (a, _), (b, _) in itertools.pairwise(played) if b - a > 0.1]
+        assert len(gaps) == 1 and gaps[0][0] <= call.clears[0] + 0.03 <= gaps[0][1]
+        # Only the real echo counts: core heard the mark after the last frame of the answer.
+        heard = await call.wait_for(
+            lambda: [t for t, d in Recorder.of(call.call_sid, "mark_played") if d["name"] == mark],
+            what="mark_played",
+        )
+        assert heard[0] >= played[-1][0]
+        conn = session_of(vc, call).connection
+        assert isinstance(conn, TwilioCall) and conn.stats.pauses == 1
+        assert not Recorder.of(call.call_sid, "barge_in")
+        assert [d["text"] for _, d in Recorder.of(call.call_sid, "transcript")] == [
+            QUESTION_TRANSCRIPT
+        ]
+        assert not call.protocol_errors
+        await call.hangup()
+        await call.wait_closed()
+
+
+def rms_of(pcm: bytes) -> float:
+    x = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+    return float(np.sqrt(np.mean(x * x))) if len(x) else 0.0
 
 
 async def test_dtmf_reaches_the_conversation(env):

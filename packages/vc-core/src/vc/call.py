@@ -65,6 +65,8 @@ class PlayoutBuffer:
     Core writes (``write``/``mark``/``clear``); the transport reads one frame at a time on its
     own clock. ``write`` applies back-pressure so that at most ``max_ahead_ms`` of audio waits
     here: what the transport has read is what the caller hears, give or take its lead.
+    ``hold`` pauses reading (the caller may be starting to talk) and can put back the frames
+    the transport read but the caller has not heard yet; ``release`` plays on from there.
     """
 
     def __init__(self, sample_rate: int, frame_ms: int = 20, max_ahead_ms: int = 60) -> None:
@@ -78,14 +80,45 @@ class PlayoutBuffer:
         self._space = asyncio.Event()
         self._space.set()
         self._generation = 0
+        self._held = False
+        # What the transport read lately (frames and marks, newest last): what hold puts back.
+        self._recent: deque[bytes | Mark] = deque(maxlen=max(1, 1000 // frame_ms))
         self.frames_played = 0
 
     @property
     def queued_frames(self) -> int:
         return self._frames
 
+    @property
+    def held(self) -> bool:
+        return self._held
+
     def is_idle(self) -> bool:
         return self._frames == 0 and not self._partial
+
+    def hold(self, rewind_ms: float = 0.0) -> list[Mark]:
+        """Stop handing out audio; put back the last ``rewind_ms`` of audio read.
+
+        Marks read after the first frame put back are put back too, in order; they are
+        returned (a transport that passed them on must forget them: they will come again).
+        """
+        frames = max(0, round(rewind_ms / self.frame_ms))
+        marks: list[Mark] = []
+        while frames and self._recent:
+            item = self._recent.pop()
+            self._items.appendleft(item)
+            if isinstance(item, Mark):
+                marks.append(item)
+            else:
+                frames -= 1
+                self._frames += 1
+                self.frames_played -= 1
+        self._held = True
+        return marks[::-1]
+
+    def release(self) -> None:
+        """Hand out audio again after :meth:`hold`, from where it stopped."""
+        self._held = False
 
     async def write(self, pcm: bytes) -> None:
         """Queue PCM16 audio at ``sample_rate``; waits while too much is queued."""
@@ -122,14 +155,17 @@ class PlayoutBuffer:
         self._partial.clear()
         self._frames = 0
         self._generation += 1
+        self._held = False
+        self._recent.clear()
         self._space.set()
         return dropped
 
     def read(self) -> bytes | Mark | None:
         """Take the next frame or mark, or None when nothing is queued."""
-        if not self._items:
+        if self._held or not self._items:
             return None
         item = self._items.popleft()
+        self._recent.append(item)
         if not isinstance(item, Mark):
             self._frames -= 1
             self.frames_played += 1
@@ -181,6 +217,19 @@ class CallConnection(ABC):
     @abstractmethod
     async def clear(self) -> None:
         """Barge-in: drop audio buffered beyond :attr:`playout` (e.g. Twilio ``clear``)."""
+
+    async def pause(self) -> None:
+        """The caller may be starting to talk: silence the bot now, losing nothing.
+
+        The default holds :attr:`playout`; a transport that buffers audio further down
+        (Twilio) also drops that buffer and puts its unheard frames back into ``playout``.
+        Core calls :meth:`resume` if it was only a noise, or :meth:`clear` if it was a barge-in.
+        """
+        self.playout.hold()
+
+    async def resume(self) -> None:
+        """Play on from where :meth:`pause` stopped."""
+        self.playout.release()
 
     @abstractmethod
     async def hangup(self) -> None:

@@ -97,6 +97,14 @@ class InterruptionSettings:
     min_words_strategy: str = setting(
         "", help="legacy: true/false or a number of words; sets min_words"
     )
+    pause_on_speech: bool = setting(
+        True,
+        help="silence the bot as soon as the caller seems to start talking (before the turn is "
+        "confirmed) and play on from the same point if it was only a noise",
+    )
+    pause_after_ms: int = setting(
+        60, help="voiced audio that pauses the bot (pause_on_speech; 32 ms VAD windows)"
+    )
     volume_threshold: float | None = setting(
         None, help="legacy: minimum caller volume to interrupt (0..1, or 16-bit RMS if > 1)"
     )

@@ -7,11 +7,11 @@ models and open their connections, greetings are synthesised, VAD models are loa
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import time
 from typing import Any
 
-from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADParams
 
 from vc.audio import resample
@@ -21,6 +21,7 @@ from vc.metrics import Metrics
 from vc.plugins import Registry
 from vc.profiles import Profile, select_profile
 from vc.providers import AudioClip, CallHost, Observer, Provider, ProviderContext, ProviderError
+from vc.vad import CallVAD
 
 log = logging.getLogger("vc.engine")
 
@@ -41,7 +42,7 @@ class Engine(CallHost):
         self.observers: list[Observer] = []
         self.greetings: dict[str, AudioClip] = {}
         self._greeting_rates: dict[tuple[str, int], bytes] = {}
-        self._vad_pool: list[SileroVADAnalyzer] = []
+        self._vad_pool: list[CallVAD] = []
         self._vad_refill: asyncio.Task[None] | None = None
         self.sessions: dict[str, Any] = {}
         self.accepting = False
@@ -94,17 +95,25 @@ class Engine(CallHost):
                 return f"{kind} provider {name!r}: {type(e).__name__}: {e}"
             self.startup_seconds[f"{kind}.{name}"] = time.monotonic() - t0
             log.info("%s provider %s ready in %.2fs", kind, name, time.monotonic() - t0)
+            if kind == "tts":  # while the other models still load
+                try:
+                    await self._render_greetings(name)
+                except EngineStartError as e:
+                    return str(e)
             return None
 
         vad_job = asyncio.create_task(self._fill_vad_pool(VAD_POOL))
+        # The call path's modules import in a thread while the models load (mostly outside
+        # the GIL): a first pipeline build then takes milliseconds instead of ~0.6 s.
+        imports = asyncio.create_task(asyncio.to_thread(_import_call_path))
         failures = construction_failures + [
             f for f in await asyncio.gather(*(start_one(*j) for j in jobs)) if f
         ]
         await vad_job
+        await imports
         if failures:
             await self.stop()
             raise EngineStartError("; ".join(failures))
-        await self._render_greetings()
         self._warm_call_path()
         self.started = True
         self.accepting = True
@@ -167,9 +176,10 @@ class Engine(CallHost):
     def select_profile(self, info: CallInfo) -> Profile:
         return select_profile(self.config.profiles, info)
 
-    async def _render_greetings(self) -> None:
+    async def _render_greetings(self, tts_name: str) -> None:
+        default = self.config.default_providers["tts"]
         for profile in self.config.profiles:
-            if not profile.greeting:
+            if not profile.greeting or (profile.tts or default) != tts_name:
                 continue
             tts = self.provider("tts", profile.tts)
             try:
@@ -194,16 +204,16 @@ class Engine(CallHost):
     async def _fill_vad_pool(self, n: int) -> None:
         while len(self._vad_pool) < n:
             self._vad_pool.append(
-                await asyncio.to_thread(SileroVADAnalyzer, sample_rate=VAD_POOL_RATE)
+                await asyncio.to_thread(CallVAD, sample_rate=VAD_POOL_RATE)
             )
 
-    def take_vad(self, params: VADParams, sample_rate: int = VAD_POOL_RATE) -> SileroVADAnalyzer:
+    def take_vad(self, params: VADParams, sample_rate: int = VAD_POOL_RATE) -> CallVAD:
         """A loaded Silero VAD for one call (from the warm pool when the rate matches)."""
         if self._vad_pool and sample_rate == VAD_POOL_RATE:
             vad = self._vad_pool.pop()
         else:
-            vad = SileroVADAnalyzer(sample_rate=sample_rate)
-        vad._params = params  # applied by set_sample_rate() when the pipeline starts
+            vad = CallVAD(sample_rate=sample_rate)
+        vad.configure(params)
         if self._vad_refill is None or self._vad_refill.done():
             self._vad_refill = asyncio.ensure_future(self._fill_vad_pool(VAD_POOL))
         return vad
@@ -273,3 +283,16 @@ class Engine(CallHost):
         if name == "barge_in":
             self.metrics.barge_ins.labels(info.transport).inc()
         self._notify("event", info, name, data)
+
+
+#: Imported before the first call: core's call path and pipecat's default LLM adapter (which
+#: pulls in the openai package) - the bulk of a first pipeline build.
+CALL_PATH_MODULES = ("vc.session", "pipecat.adapters.llm.services.open_ai_adapter")
+
+
+def _import_call_path() -> None:
+    for module in CALL_PATH_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:  # the build after start reports what is really missing
+            log.debug("could not import %s ahead of the first call: %s", module, e)

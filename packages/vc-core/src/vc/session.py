@@ -28,7 +28,6 @@ from pipecat.processors.aggregators.llm_response_universal import (
     LLMContextAggregatorPair,
     LLMUserAggregatorParams,
 )
-from pipecat.processors.audio.vad_processor import VADProcessor
 from pipecat.services.llm_service import FunctionCallParams
 from pipecat.turns.user_start import (
     BaseUserTurnStartStrategy,
@@ -45,11 +44,14 @@ from vc.llm import tools_schema
 from vc.media import CallTransport
 from vc.monitor import MonotonicClock, TurnMonitor
 from vc.providers import CallContext, Tool, ToolCall
+from vc.vad import CallVADProcessor
 
 if TYPE_CHECKING:
     from vc.engine import Engine
 
 AFTER_SPEECH_TIMEOUT = 20.0
+#: Longest the bot stays paused for a sound that never becomes a confirmed turn.
+MAX_PAUSE_S = 1.0
 
 
 class CallSession(CallEvents):
@@ -78,6 +80,9 @@ class CallSession(CallEvents):
         self.monitor: TurnMonitor | None = None
         self.context: LLMContext | None = None
         self.barge_ins = 0
+        self._pause_on_speech = False
+        self._paused = 0  # the pause episode in progress (0: the bot is not paused)
+        self.pauses = 0  # times the bot was paused because the caller seemed to talk
 
     # -- CallEvents (called by the transport) ---------------------------------------------
 
@@ -166,6 +171,14 @@ class CallSession(CallEvents):
                 # DTMF arrives as a transcript with no speech: it must open a turn too.
                 TranscriptionUserTurnStartStrategy(enable_interruptions=interruptions),
             ]
+        # Pausing at the first sign of speech only makes sense where any speech interrupts.
+        self._pause_on_speech = interruptions and min_words <= 1 and interrupt_cfg.pause_on_speech
+        vad_processor = CallVADProcessor(
+            vad_analyzer=vad,
+            onset_windows=round(interrupt_cfg.pause_after_ms / 32) or 1,
+            on_onset=self._on_speech_onset,
+            on_quiet=self._on_speech_quiet,
+        )
         user_agg, assistant_agg = LLMContextAggregatorPair(
             context,
             user_params=LLMUserAggregatorParams(
@@ -180,7 +193,7 @@ class CallSession(CallEvents):
         pipeline = Pipeline(
             [
                 transport.input(),
-                VADProcessor(vad_analyzer=vad),
+                vad_processor,
                 stt,
                 DTMFAggregator(prefix="The caller pressed keys: "),
                 user_agg,
@@ -326,7 +339,34 @@ class CallSession(CallEvents):
     def _on_utterance_written(self) -> None:
         self.connection.playout.mark(self._next_mark())
 
+    async def _on_speech_onset(self) -> None:
+        transport = self._transport
+        if not self._pause_on_speech or self._paused or transport is None:
+            return
+        if not transport.output().bot_audio_pending():
+            return
+        self.pauses += 1
+        self._paused = episode = self.pauses
+        await self.connection.pause()
+        self.log.debug("the caller may be talking: bot audio paused")
+        self.engine.event(self.info, "bot_paused", {})
+        self._spawn(self._unpause_later(episode))
+
+    async def _on_speech_quiet(self) -> None:
+        if self._paused:
+            self._paused = 0
+            await self.connection.resume()
+            self.log.debug("it was not a turn: bot audio resumed")
+            self.engine.event(self.info, "bot_resumed", {})
+
+    async def _unpause_later(self, episode: int) -> None:
+        # Choppy sound can pause the bot without ever confirming a turn: do not stay silent.
+        await asyncio.sleep(MAX_PAUSE_S)
+        if self._paused == episode:
+            await self._on_speech_quiet()
+
     def _on_barge_in(self, had_audio: bool) -> None:
+        self._paused = 0  # the connection's clear dropped the held audio
         if had_audio:
             self.barge_ins += 1
             self.engine.event(self.info, "barge_in", {})

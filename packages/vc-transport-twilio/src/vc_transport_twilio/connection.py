@@ -47,6 +47,7 @@ class StreamStats:
     marks_sent: int = 0
     marks_echoed: int = 0
     clears_sent: int = 0
+    pauses: int = 0
     dropped_after_clear: int = 0
     media_received: int = 0
     late_ticks: int = 0
@@ -143,7 +144,9 @@ class TwilioCall(CallConnection):
     # -- what Twilio tells us ------------------------------------------------------------------
 
     def mark_echoed(self, name: str) -> None:
-        if name in self._outstanding:
+        if name in self._cleared:
+            self._cleared.discard(name)  # its audio was dropped by a clear: not heard
+        elif name in self._outstanding:
             # Twilio plays in order: every mark before this one has been heard too.
             while self._outstanding:
                 done = self._outstanding.pop(0)
@@ -152,8 +155,6 @@ class TwilioCall(CallConnection):
                     self.events.mark_played(done)
                 if done == name:
                     break
-        elif name in self._cleared:
-            self._cleared.discard(name)  # its audio was dropped by a clear: not heard
         else:
             self.log.warning("Twilio echoed a mark this call never sent: %r", name[:64])
 
@@ -162,13 +163,30 @@ class TwilioCall(CallConnection):
     async def clear(self) -> None:
         async with self._lock:
             self._cleared.update(self._outstanding)
+            if self._sent_until > time.monotonic() or self._outstanding:
+                # (After a pause Twilio holds nothing of ours: no need to tell it again.)
+                await self._send({"event": "clear", "streamSid": self.stream_sid})
+                self.stats.clears_sent += 1
             self._outstanding.clear()
-            await self._send({"event": "clear", "streamSid": self.stream_sid})
-            self.stats.clears_sent += 1
             # Audio written while the clear was on its way is stale too.
             self.playout.clear()
             self._sent_until = now = time.monotonic()
             self._guard_until = now + CLEAR_GUARD_S
+
+    async def pause(self) -> None:
+        async with self._lock:
+            # Twilio holds up to the send-ahead lead: drop it there and keep it here.
+            unheard = max(0.0, self._sent_until - time.monotonic())
+            for mark in self.playout.hold(unheard * 1000):
+                # Sent again after the audio before it: this copy's echo means nothing.
+                if mark.name in self._outstanding:
+                    self._outstanding.remove(mark.name)
+                    self._cleared.add(mark.name)
+            if unheard > 0:
+                await self._send({"event": "clear", "streamSid": self.stream_sid})
+                self.stats.clears_sent += 1
+                self.stats.pauses += 1
+            self._sent_until = time.monotonic()
 
     async def hangup(self) -> None:
         if self.ending or self.closed:

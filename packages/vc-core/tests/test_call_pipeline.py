@@ -235,6 +235,19 @@ async def test_max_duration_says_goodbye_and_hangs_up(make_engine) -> None:
     await conn.stop()
 
 
+async def answer_playing(engine: Engine, question: str, seconds: float
+                         ) -> tuple[LoopbackConnection, asyncio.Task[str], float]:
+    """A call whose caller asks ``question`` after the greeting; returns ``seconds`` into the
+    answer, with the time the answer started."""
+    conn, task = await start_call(engine)
+    await conn.wait_for_bot_audio(0, timeout=5)
+    await conn.wait_for_bot_silence()
+    end = conn.say(speech(question, 8000))
+    reply_at = await conn.wait_for_bot_audio(end, timeout=15)
+    await asyncio.sleep(max(0.0, reply_at + seconds - asyncio.get_running_loop().time()))
+    return conn, task, reply_at
+
+
 def leading_silence(pcm: bytes, rate: int) -> float:
     """Seconds before the first 10 ms of ``pcm`` that is not silence."""
     step = rate // 100 * 2
@@ -252,13 +265,7 @@ async def test_a_short_sound_pauses_the_bot_at_once_and_it_plays_on_without_losi
     # (start_secs 0.3). The caller must hear the whole answer, with a gap where the sound was.
     question = "tell me everything"
     engine = await make_engine(stack([question], "\n[vad]\nstart_secs = 0.3\n[tts.fake]\nms_per_char = 30\n"))
-    conn, task = await start_call(engine)
-    await conn.wait_for_bot_audio(0, timeout=5)
-    await conn.wait_for_bot_silence()
-    end = conn.say(speech(question, 8000))
-    reply_at = await conn.wait_for_bot_audio(end, timeout=15)
-    loop = asyncio.get_running_loop()
-    await asyncio.sleep(max(0.0, reply_at + 1.0 - loop.time()))
+    conn, task, reply_at = await answer_playing(engine, question, 1.0)
     noise = speech("uh", 8000)
     conn.say(noise)
     onset = conn.speech_started[-1] + leading_silence(noise, 8000)
@@ -287,13 +294,7 @@ async def test_a_short_sound_pauses_the_bot_at_once_and_it_plays_on_without_losi
 async def test_no_pause_when_interruptions_are_off(make_engine) -> None:
     question = "tell me everything"
     engine = await make_engine(stack([question, "stop"], "\n[interruption]\nenabled = false\n"))
-    conn, task = await start_call(engine)
-    await conn.wait_for_bot_audio(0, timeout=5)
-    await conn.wait_for_bot_silence()
-    end = conn.say(speech(question, 8000))
-    reply_at = await conn.wait_for_bot_audio(end, timeout=15)
-    loop = asyncio.get_running_loop()
-    await asyncio.sleep(max(0.0, reply_at + 0.8 - loop.time()))
+    conn, task, reply_at = await answer_playing(engine, question, 0.8)
     conn.say(speech("stop stop stop", 8000))
     await conn.wait_for_bot_silence()
     session = engine.sessions[conn.info.call_id]

@@ -6,23 +6,15 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from helpers import (
-    InterruptionFrame,
-    SleepFrame,
-    assistant,
-    call_context,
-    drive,
-    provider_context,
-    replies,
-    turn,
-    user,
-)
+from pipecat.frames.frames import InterruptionFrame
+from pipecat.tests.utils import SleepFrame
 from replay_server import ReplayServer
 from vc_llm_llama_ws.client import LlamaWSProvider, LlamaWSSettings
 
 from vc.config import load
 from vc.llm import DEFAULT_APOLOGY
 from vc.testing import fake_registry
+from vc.testing.services import assistant, call_context, drive, provider_context, replies, turn, user
 
 
 @pytest.fixture

@@ -5,24 +5,15 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from helpers import (
-    InterruptionFrame,
-    SleepFrame,
-    assistant,
-    call_context,
-    drive,
-    profile,
-    provider_context,
-    replies,
-    turn,
-    user,
-)
+from pipecat.frames.frames import InterruptionFrame
+from pipecat.tests.utils import SleepFrame
 from vc_llm_llama_ws.embedded import LlamaCppProvider, LlamaCppSettings
 from vc_llm_llama_ws.models import LlamaCppModels, smollm2_path
 
 from vc.providers import ProviderError
 from vc.testing.calls import LoopbackConnection, run_loopback_call, speech
 from vc.testing.contracts import LLMContract
+from vc.testing.services import assistant, call_context, drive, profile, provider_context, replies, turn, user
 
 
 class TestLlamaCppContract(LLMContract):

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import assistant, call_context, drive, profile, provider_context, replies, turn, user
 from vc_llm_llama_ws import models
 from vc_llm_llama_ws.embedded import LlamaCppProvider, LlamaCppSettings
 
 from vc.providers import ProviderError
+from vc.testing.services import assistant, call_context, drive, profile, provider_context, replies, turn, user
 
 pytestmark = [
     pytest.mark.slow,

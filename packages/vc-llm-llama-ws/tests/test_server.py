@@ -8,13 +8,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import assistant, call_context, drive, profile, provider_context, replies, turn, user
 from vc_llm_llama_ws.client import LlamaWSProvider, LlamaWSSettings
 from vc_llm_llama_ws.generation import LlamaModel
 from vc_llm_llama_ws.server import Knowledge, LlamaWSServer, parse_args
 from websockets.asyncio.client import connect
 
 from vc.testing.contracts import LLMContract
+from vc.testing.services import assistant, call_context, drive, profile, provider_context, replies, turn, user
 
 
 @pytest.fixture

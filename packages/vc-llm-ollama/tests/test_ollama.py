@@ -5,19 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from call_helpers import (
-    InterruptionFrame,
-    SleepFrame,
-    assistant,
-    call_context,
-    drive,
-    profile,
-    provider_context,
-    replies,
-    turn,
-    user,
-)
 from ollama_server import FakeOllama
+from pipecat.frames.frames import InterruptionFrame
+from pipecat.tests.utils import SleepFrame
 from vc_llm_ollama.models import OllamaModels
 from vc_llm_ollama.provider import OllamaProvider, OllamaSettings
 
@@ -25,6 +15,7 @@ from vc.llm import DEFAULT_APOLOGY
 from vc.providers import ProviderError
 from vc.testing.calls import LoopbackConnection, run_loopback_call, speech
 from vc.testing.contracts import LLMContract
+from vc.testing.services import assistant, call_context, drive, profile, provider_context, replies, turn, user
 
 END_CALL = {
     "type": "function",

@@ -24,6 +24,7 @@ from vc.audio import resample
 from vc.call import CallInfo
 from vc.profiles import Profile, ProfileSettings
 from vc.providers import CallContext, ProviderContext
+from vc.testing.services import Recorder
 
 #: The fixed sentences whose synthesis must transcribe back (WER <= 0.1 over the set).
 SENTENCES = [
@@ -98,29 +99,14 @@ def piper() -> Iterator[PiperProvider]:
     asyncio.run(provider.stop())
 
 
-class Recorder(FrameProcessor):
-    """Records the frames passing in one direction, with the time they passed."""
-
-    def __init__(self, direction: FrameDirection) -> None:
-        super().__init__(enable_direct_mode=True)
-        self.direction = direction
-        self.frames: list[tuple[float, Frame]] = []
-
-    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        await super().process_frame(frame, direction)
-        if direction == self.direction:
-            self.frames.append((time.monotonic(), frame))
-        await self.push_frame(frame, direction)
-
-
 class Harness:
     """A TTS service in a running pipeline: frames in, recorded frames out."""
 
     def __init__(self, service: FrameProcessor, rate: int) -> None:
         self.service = service
         self.rate = rate
-        self.up = Recorder(FrameDirection.UPSTREAM)
-        self.down = Recorder(FrameDirection.DOWNSTREAM)
+        self.up = Recorder(FrameDirection.UPSTREAM, direct=True)
+        self.down = Recorder(FrameDirection.DOWNSTREAM, direct=True)
         self.worker: PipelineWorker | None = None
         self._run: asyncio.Task[Any] | None = None
 

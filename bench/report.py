@@ -232,11 +232,18 @@ def plots(results: dict[str, Any], stem: Path) -> list[str]:
     sides = [(name, results.get(name, {})) for name in ("vc", "baseline")]
     colors = {"vc": "#1f77b4", "baseline": "#d62728"}
 
-    def cdf(ax: Any, values: list[float], label: str, color: str) -> None:
+    def cdf(ax: Any, values: list[float], label: str, color: str, ls: str = "-") -> None:
         if not values:
             return
         v = np.sort(values)
-        ax.step(v, np.arange(1, len(v) + 1) / len(v), where="post", label=label, color=color)
+        ax.step(v, np.arange(1, len(v) + 1) / len(v), where="post", label=label, color=color,
+                ls=ls)
+
+    def save(fig: Any, what: str) -> None:
+        path = stem.with_name(f"{stem.name}-{what}.png")
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        out.append(path.name)
 
     if any(r.get("latency") for _, r in sides):
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 4.5))
@@ -263,31 +270,22 @@ def plots(results: dict[str, Any], stem: Path) -> list[str]:
         a2.set_ylabel("seconds (median per stage)")
         a2.set_title("where the time goes")
         a2.legend(fontsize=7)
-        path = stem.with_name(stem.name + "-latency.png")
-        fig.savefig(path, dpi=100, bbox_inches="tight")
-        plt.close(fig)
-        out.append(path.name)
+        save(fig, "latency")
     if any(r.get("barge_in") for _, r in sides):
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for name, r in sides:
             if r.get("barge_in"):
                 cdf(ax, [t["clear"] for t in r["barge_in"]["trials"] if t["clear"] is not None],
                     f"{name}: clear", colors[name])
-                v = [t["last_bot_frame"] for t in r["barge_in"]["trials"]
-                     if t["last_bot_frame"] is not None]
-                if v:
-                    s = np.sort(v)
-                    ax.step(s, np.arange(1, len(s) + 1) / len(s), where="post", ls="--",
-                            color=colors[name], label=f"{name}: last bot frame")
+                cdf(ax, [t["last_bot_frame"] for t in r["barge_in"]["trials"]
+                         if t["last_bot_frame"] is not None],
+                    f"{name}: last bot frame", colors[name], ls="--")
         ax.axvline(0.2, color="gray", ls="--", lw=0.8)
         ax.set_xlabel("caller speech onset -> (s)")
         ax.set_ylabel("fraction of trials")
         ax.set_title("barge-in")
         ax.legend(fontsize=8)
-        path = stem.with_name(stem.name + "-barge-in.png")
-        fig.savefig(path, dpi=100, bbox_inches="tight")
-        plt.close(fig)
-        out.append(path.name)
+        save(fig, "barge-in")
     if any(r.get("capacity") for _, r in sides):
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 4.5))
         for name, r in sides:
@@ -307,10 +305,7 @@ def plots(results: dict[str, Any], stem: Path) -> list[str]:
         a2.set_ylabel("server CPU (cores)")
         a2.set_title("CPU")
         a2.legend()
-        path = stem.with_name(stem.name + "-capacity.png")
-        fig.savefig(path, dpi=100, bbox_inches="tight")
-        plt.close(fig)
-        out.append(path.name)
+        save(fig, "capacity")
     return out
 
 

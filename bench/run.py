@@ -149,6 +149,17 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         started = results["phases"][name].pop("started")
         results["phases"][name]["seconds"] = round(time.monotonic() - started, 1)
 
+    async def call_benchmarks(side: str, server: ServerProcess) -> None:
+        """The latency and barge-in benchmarks asked for, against one running server."""
+        if "latency" in only:
+            name = phase(f"{side}: voice-to-voice latency, {turns} turns")
+            results[side]["latency"] = await scenarios.latency(server, turns)
+            phase_done(name)
+        if "barge-in" in only:
+            name = phase(f"{side}: barge-in, {trials} trials")
+            results[side]["barge_in"] = await scenarios.barge_in(server, trials)
+            phase_done(name)
+
     stop_secs = 0.4
     if args.vc_config:
         m = re.search(r"stop_secs\s*=\s*([0-9.]+)", Path(args.vc_config).read_text())
@@ -177,14 +188,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 name = phase("vc: starting the default stack")
                 await server.ready(600)
                 phase_done(name)
-                if "latency" in only:
-                    name = phase(f"vc: voice-to-voice latency, {turns} turns")
-                    results["vc"]["latency"] = await scenarios.latency(server, turns)
-                    phase_done(name)
-                if "barge-in" in only:
-                    name = phase(f"vc: barge-in, {trials} trials")
-                    results["vc"]["barge_in"] = await scenarios.barge_in(server, trials)
-                    phase_done(name)
+                await call_benchmarks("vc", server)
                 results["vc"]["server_events"] = len(server.events)
 
     if not args.no_baseline and ({"latency", "barge-in", "cold-start"} & only):
@@ -199,14 +203,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     command = baseline_command(llm_url, vad_stop_secs=baseline_stop)
                     async with ServerProcess(command=command, log=blog) as server:
                         await server.ready(120)
-                        if "latency" in only:
-                            name = phase(f"baseline: voice-to-voice latency, {turns} turns")
-                            results["baseline"]["latency"] = await scenarios.latency(server, turns)
-                            phase_done(name)
-                        if "barge-in" in only:
-                            name = phase(f"baseline: barge-in, {trials} trials")
-                            results["baseline"]["barge_in"] = await scenarios.barge_in(server, trials)
-                            phase_done(name)
+                        await call_benchmarks("baseline", server)
 
     if "capacity" in only:
         ini = Path(args.out) / "logs" / "capacity.ini"

@@ -90,34 +90,43 @@ async def greeting_latency(call: SimulatedCall) -> float | None:
 # -- 1. voice-to-voice latency -----------------------------------------------------------------
 
 
+async def ask(cloud: TwilioCloud, server: ServerProcess, questions: list[tuple[int, str]],
+              label: str = "") -> tuple[float | None, list[Turn]]:
+    """One call: after the greeting, each (number, question) after the previous answer.
+    Returns the greeting's latency and the turns, their stages filled from the server."""
+    call = await cloud.place_call()
+    greeting = await greeting_latency(call)
+    await wait_quiet(call)
+    mine: list[Turn] = []
+    for number, text in questions:
+        await wait_quiet(call, within=ANSWER_TIMEOUT * 2)
+        await asyncio.sleep(0.3)
+        onset, end = await speak(call, utterance(text))
+        turn = Turn(text, onset, end)
+        with contextlib.suppress(TimeoutError):
+            turn.first_audio = await call.wait_for_bot_speech(after=end, within=ANSWER_TIMEOUT)
+        mine.append(turn)
+        total = f"{turn.total:.3f} s" if turn.total is not None else "UNANSWERED"
+        log(f"  {label}turn {number:2d}: {total}  {text}")
+    await wait_quiet(call, within=ANSWER_TIMEOUT)
+    await call.hangup()
+    with contextlib.suppress(TimeoutError):
+        await call.wait_closed(within=10)
+    await asyncio.sleep(0.3)
+    for i, turn in enumerate(mine):
+        fill(turn, server, call, mine[i + 1] if i + 1 < len(mine) else None)
+    return greeting, mine
+
+
 async def latency(server: ServerProcess, turns: int, per_call: int = 8) -> dict[str, Any]:
     """``turns`` reference questions, ``per_call`` per call, each after the previous answer."""
-    questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(turns)]
+    questions = [(i + 1, QUESTIONS[i % len(QUESTIONS)]) for i in range(turns)]
     results: list[Turn] = []
     greetings: list[float | None] = []
     async with TwilioCloud(server.url, public_url=server.url) as cloud:
         for start in range(0, turns, per_call):
-            call = await cloud.place_call()
-            greetings.append(await greeting_latency(call))
-            await wait_quiet(call)
-            mine: list[Turn] = []
-            for text in questions[start : start + per_call]:
-                await wait_quiet(call, within=ANSWER_TIMEOUT * 2)
-                await asyncio.sleep(0.3)
-                onset, end = await speak(call, utterance(text))
-                turn = Turn(text, onset, end)
-                with contextlib.suppress(TimeoutError):
-                    turn.first_audio = await call.wait_for_bot_speech(after=end, within=ANSWER_TIMEOUT)
-                mine.append(turn)
-                total = f"{turn.total:.3f} s" if turn.total is not None else "UNANSWERED"
-                log(f"  turn {len(results) + len(mine):2d}: {total}  {text}")
-            await wait_quiet(call, within=ANSWER_TIMEOUT)
-            await call.hangup()
-            with contextlib.suppress(TimeoutError):
-                await call.wait_closed(within=10)
-            await asyncio.sleep(0.3)
-            for i, turn in enumerate(mine):
-                fill(turn, server, call, mine[i + 1] if i + 1 < len(mine) else None)
+            greeting, mine = await ask(cloud, server, questions[start : start + per_call])
+            greetings.append(greeting)
             results += mine
     return {"turns": [t.as_dict() for t in results], "greetings": greetings}
 
@@ -133,34 +142,13 @@ async def compare(servers: dict[str, ServerProcess], turns: int, block: int = 4
         for name, server in servers.items():
             clouds[name] = await stack.enter_async_context(
                 TwilioCloud(server.url, public_url=server.url))
-        done = 0
-        while done < turns:
+        for done in range(0, turns, block):
+            questions = [(i + 1, QUESTIONS[i % len(QUESTIONS)])
+                         for i in range(done, min(turns, done + block))]
             for name, server in servers.items():
-                call = await clouds[name].place_call()
-                greetings[name].append(await greeting_latency(call))
-                await wait_quiet(call)
-                mine: list[Turn] = []
-                for i in range(done, min(turns, done + block)):
-                    text = QUESTIONS[i % len(QUESTIONS)]
-                    await wait_quiet(call, within=ANSWER_TIMEOUT * 2)
-                    await asyncio.sleep(0.3)
-                    onset, end = await speak(call, utterance(text))
-                    turn = Turn(text, onset, end)
-                    with contextlib.suppress(TimeoutError):
-                        turn.first_audio = await call.wait_for_bot_speech(after=end,
-                                                                          within=ANSWER_TIMEOUT)
-                    mine.append(turn)
-                    total = f"{turn.total:.3f} s" if turn.total is not None else "UNANSWERED"
-                    log(f"  {name:>16} turn {i + 1:2d}: {total}  {text}")
-                await wait_quiet(call, within=ANSWER_TIMEOUT)
-                await call.hangup()
-                with contextlib.suppress(TimeoutError):
-                    await call.wait_closed(within=10)
-                await asyncio.sleep(0.3)
-                for j, turn in enumerate(mine):
-                    fill(turn, server, call, mine[j + 1] if j + 1 < len(mine) else None)
+                greeting, mine = await ask(clouds[name], server, questions, f"{name:>16} ")
+                greetings[name].append(greeting)
                 out[name] += mine
-            done += block
     return {name: {"turns": [t.as_dict() for t in out[name]], "greetings": greetings[name]}
             for name in servers}
 

@@ -126,10 +126,7 @@ async def test_callers_goodbye_ends_a_real_call(vc_engine_factory) -> None:
     try:
         await conn.wait_for_bot_silence(timeout=60)  # the greeting
         conn.say(speech("thank you, that is all, goodbye"))
-        for _ in range(900):  # up to 90 s on a busy machine
-            if conn.hangups:
-                break
-            await asyncio.sleep(0.1)
+        await conn.wait_for_hangup(90)  # up to 90 s on a busy machine
         assert conn.hangups, "end_call did not hang up"
         outcome = await asyncio.wait_for(task, 30)
     finally:

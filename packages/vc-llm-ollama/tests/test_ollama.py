@@ -231,10 +231,7 @@ async def test_model_asks_to_end_a_real_call(vc_engine_factory, fake_ollama: Fak
     try:
         await conn.wait_for_bot_silence(timeout=60)
         conn.say(speech("ok goodbye then"))
-        for _ in range(600):
-            if conn.hangups:
-                break
-            await asyncio.sleep(0.1)
+        await conn.wait_for_hangup(60)
         assert conn.hangups, "end_call did not hang up"
         outcome = await asyncio.wait_for(task, 30)
     finally:

@@ -57,6 +57,8 @@ class StreamingLLMService(LLMService):
         model: str | None = None,
         temperature: float | None = None,
         max_tokens: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
         first_token_timeout: float = 10.0,
         token_timeout: float = 10.0,
         apology: str = DEFAULT_APOLOGY,
@@ -64,7 +66,7 @@ class StreamingLLMService(LLMService):
     ) -> None:
         settings = LLMSettings(
             system_instruction=system_prompt or None, model=model, temperature=temperature,
-            max_tokens=max_tokens,
+            max_tokens=max_tokens, top_p=top_p, seed=seed,
         )
         # pipecat logs an error for every field left NOT_GIVEN: None means "unused".
         for f in dataclasses.fields(settings):

@@ -8,6 +8,7 @@ asks it for a pipecat service for each call (``create_service``). Nothing slow m
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -245,3 +246,14 @@ class ModelCatalog:
     def prepare(self, model: str, progress: Callable[[int, int], None]) -> Path | str:
         """Make ``model`` usable (assemble, verify, pull); returns where it is."""
         raise ProviderError(f"{self.name}: nothing to prepare for {model}")
+
+
+def package_dir(module: str) -> Path | None:
+    """Where an installed package (a model package, say) lives, found without importing it."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))

@@ -34,7 +34,7 @@ def window_level(pcm: bytes) -> float:
     x = np.frombuffer(pcm, dtype="<i2").astype(np.float32)
     if not len(x):
         return 0.0
-    rms = math.sqrt(float(np.mean(x * x))) / 32768
+    rms = math.sqrt(float(np.dot(x, x)) / len(x)) / 32768
     db = 20 * math.log10(rms) if rms > 0 else -120.0
     return min(1.0, max(0.0, (db + 110) / 100))
 

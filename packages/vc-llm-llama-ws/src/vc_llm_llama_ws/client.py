@@ -22,7 +22,6 @@ from vc.settings import setting
 from vc_llm_llama_ws import protocol
 from vc_llm_llama_ws.common import (
     apology_setting,
-    complete_pipecat_settings,
     per_call,
     token_timeout_setting,
 )
@@ -71,12 +70,13 @@ class LlamaWSService(StreamingLLMService):
             system_prompt=call.profile.system_prompt,
             temperature=temperature,
             max_tokens=max_tokens,
+            model=call.profile.llm_model or s.model or None,
+            top_p=s.top_p,
             first_token_timeout=s.timeout,
             token_timeout=s.token_timeout,
             apology=s.apology,
         )
         self._model_name = call.profile.llm_model or (s.model if s.send_model else "")
-        complete_pipecat_settings(self, model=self._model_name or s.model or None, top_p=s.top_p)
         self._provider = provider
         self._call = call
         self._conn: LlamaConnection | None = None

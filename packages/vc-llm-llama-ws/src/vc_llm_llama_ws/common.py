@@ -40,20 +40,3 @@ def service_kwargs(settings: Any, call: CallContext) -> dict[str, Any]:
         "apology": settings.apology,
     }
 
-
-def complete_pipecat_settings(service: Any, **values: Any) -> None:
-    """Give every pipecat LLMSettings field a value (None where unused).
-
-    ``vc.llm.StreamingLLMService`` sets only system_instruction/temperature/max_tokens, and
-    pipecat logs an error at pipeline start for every field left NOT_GIVEN.
-    """
-    from dataclasses import fields
-
-    from pipecat.utils.types import is_given
-
-    s = service._settings
-    for name, value in values.items():
-        setattr(s, name, value)
-    for f in fields(s):
-        if f.name != "extra" and not is_given(getattr(s, f.name)):
-            setattr(s, f.name, None)

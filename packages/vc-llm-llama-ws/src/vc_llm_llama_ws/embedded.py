@@ -13,7 +13,6 @@ from vc.providers import CallContext, LLMProvider, ProviderError
 from vc.settings import setting
 from vc_llm_llama_ws.common import (
     apology_setting,
-    complete_pipecat_settings,
     first_token_timeout_setting,
     service_kwargs,
     token_timeout_setting,
@@ -98,8 +97,7 @@ class LlamaCppService(StreamingLLMService):
 
     def __init__(self, provider: LlamaCppProvider, model: LlamaModel, call: CallContext) -> None:
         s = provider.settings
-        super().__init__(**service_kwargs(s, call))
-        complete_pipecat_settings(self, model=model.name, top_p=s.top_p, seed=s.seed)
+        super().__init__(**service_kwargs(s, call), model=model.name, top_p=s.top_p, seed=s.seed)
         self._provider = provider
         self._model = model
         self._call = call

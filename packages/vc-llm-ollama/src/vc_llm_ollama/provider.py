@@ -77,12 +77,14 @@ class OllamaService(StreamingLLMService):
             system_prompt=profile.system_prompt,
             temperature=temperature,
             max_tokens=max_tokens,
+            model=profile.llm_model or s.model,
+            top_p=s.top_p,
+            seed=s.seed,
             first_token_timeout=s.first_token_timeout,
             token_timeout=s.token_timeout,
             apology=s.apology,
         )
         self.model = profile.llm_model or s.model
-        _complete_settings(self, model=self.model, top_p=s.top_p, seed=s.seed)
         self._provider = provider
         self._call = call
         #: one dict per reply: Ollama's counters plus ttft/tokens-per-second (tests, benches)
@@ -157,21 +159,6 @@ class OllamaService(StreamingLLMService):
                     stat.get("ttft", 0.0),
                     stat["tokens_per_second"],
                 )
-
-
-def _complete_settings(service: Any, **values: Any) -> None:
-    """Give every pipecat LLMSettings field a value (None where unused): vc.llm's base sets
-    only three, and pipecat logs an error at start for each field left NOT_GIVEN."""
-    from dataclasses import fields
-
-    from pipecat.utils.types import is_given
-
-    s = service._settings
-    for name, value in values.items():
-        setattr(s, name, value)
-    for f in fields(s):
-        if f.name != "extra" and not is_given(getattr(s, f.name)):
-            setattr(s, f.name, None)
 
 
 class OllamaProvider(LLMProvider):

@@ -14,7 +14,6 @@ import base64
 import contextlib
 import fcntl
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import attrs
 
-from vc.providers import ModelCatalog, ModelInfo, ProviderError
+from vc.providers import ModelCatalog, ModelInfo, ProviderError, package_dir
 
 Progress = Callable[[int, int], None]
 
@@ -117,17 +116,6 @@ def looks_like_path(value: str) -> bool:
 
 
 # -- installed packages -------------------------------------------------------------------
-
-
-def package_dir(module: str) -> Path | None:
-    """Where an installed package lives, found without importing it."""
-    try:
-        spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def recorded_files(distribution: str) -> dict[str, tuple[str, int]]:

@@ -7,13 +7,12 @@ or a damaged model into a message saying what is missing.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
 import attrs
 
-from vc.providers import ModelCatalog, ModelInfo, ProviderError
+from vc.providers import ModelCatalog, ModelInfo, ProviderError, package_dir
 
 #: Languages Vosk publishes models for (BCP-47 primary tags).
 VOSK_LANGUAGES: tuple[str, ...] = (
@@ -45,17 +44,6 @@ class ResolvedVoskModel:
     #: BCP-47 primary tag of the model's language, "" when unknown.
     language: str
     source: str
-
-
-def package_dir(module: str) -> Path | None:
-    """Where an installed package lives, found without importing it."""
-    try:
-        spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def find_package(value: str) -> VoskPackage | None:

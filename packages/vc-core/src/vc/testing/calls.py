@@ -159,6 +159,13 @@ class LoopbackConnection(CallConnection):
             await asyncio.sleep(0.01)
         raise TimeoutError(f"no bot audio within {timeout}s")
 
+    async def wait_for_hangup(self, timeout: float = 30.0) -> bool:
+        """Wait until the bot hangs up; False if it did not within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while not self.hangups and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return bool(self.hangups)
+
     async def wait_for_bot_silence(self, quiet: float = 0.6, timeout: float = 30.0) -> float:
         """Wait until the bot has been silent for ``quiet`` seconds; returns its last audio time."""
         deadline = time.monotonic() + timeout

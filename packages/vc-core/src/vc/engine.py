@@ -265,6 +265,10 @@ class Engine(CallHost):
     def _observe_value(self, name: str, value: float, labels: dict[str, str]) -> None:
         if name.endswith("_seconds") or name.endswith(".latency"):
             self.metrics.stage_latency.labels(labels.get("stage", name)).observe(value)
+        elif name == "provider_restarts":
+            self.metrics.provider_restarts.labels(
+                labels.get("provider", ""), labels.get("reason", "")
+            ).inc(value)
 
     def call_started(self, info: CallInfo, profile: str) -> None:
         self.metrics.active_calls.labels(info.transport).inc()

@@ -136,14 +136,12 @@ class StreamingLLMService(LLMService):
         except TimeoutError:
             what = "first token" if not spoke and not calls else "next token"
             logger.error(f"{self}: no {what} from the model within the timeout; apologising")
-            if not spoke:
-                await self._push_llm_text(self.apology)
+            await self._apologise(spoke)
         except asyncio.CancelledError:
             raise
         except Exception as e:
             logger.error(f"{self}: model request failed: {type(e).__name__}: {e}")
-            if not spoke:
-                await self._push_llm_text(self.apology)
+            await self._apologise(spoke)
         finally:
             await _close(gen)
         await self.stop_processing_metrics()
@@ -160,6 +158,10 @@ class StreamingLLMService(LLMService):
                     for i, c in enumerate(calls)
                 ]
             )
+
+    async def _apologise(self, spoke: bool) -> None:
+        """The caller hears the apology, also after half an answer the failure cut off."""
+        await self._push_llm_text((" " if spoke else "") + self.apology)
 
 
 async def _close(gen: AsyncIterator[Any]) -> None:

@@ -27,4 +27,10 @@ class Metrics:
                                  ["transport"], registry=self.registry)
         self.observer_errors = Counter("vc_observer_errors", "Exceptions raised by observers",
                                        ["observer"], registry=self.registry)
+        self.provider_restarts = Counter(
+            "vc_provider_restarts",
+            "Provider worker processes that died and were restarted, by provider and cause",
+            ["provider", "reason"],
+            registry=self.registry,
+        )
         self.ready = Gauge("vc_ready", "1 when the process takes calls", registry=self.registry)

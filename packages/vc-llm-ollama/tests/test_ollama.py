@@ -217,6 +217,34 @@ async def test_models_pull_command(fake_ollama: FakeOllama) -> None:
     assert result.exit_code == 0 and '"family": "llama"' in result.output
 
 
+def test_models_pull_and_show_report_provider_errors_in_one_line() -> None:
+    import socket
+
+    import click
+    from click.testing import CliRunner
+    from vc_llm_ollama.plugin import register_commands
+
+    @click.group()
+    def cli() -> None: ...
+
+    @cli.group("models")
+    def models() -> None: ...
+
+    register_commands(cli=cli)
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        host = f"http://127.0.0.1:{s.getsockname()[1]}"
+    for command in ("pull", "show"):
+        result = CliRunner().invoke(cli, ["models", command, "ollama:smollm2", "--host", host])
+        assert result.exit_code == 1, result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+        assert "Traceback" not in result.output
+        assert result.stderr == (
+            f"ollama:smollm2: {'pulling ' + repr('smollm2') + ': ' if command == 'pull' else ''}"
+            f"cannot connect to Ollama at {host} (is `ollama serve` running there?)\n"
+        )
+
+
 async def test_model_asks_to_end_a_real_call(vc_engine_factory, fake_ollama: FakeOllama) -> None:
     """VAD -> (scripted) STT -> ollama (scripted tool call) -> TTS; end_call hangs up."""
     fake_ollama.tool_call_word = "goodbye"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sys
 from typing import Any
@@ -40,8 +41,13 @@ def _print_errors(errors: list[Any]) -> None:
 
 @click.group()
 @click.version_option(__version__, prog_name="vc", message="%(prog)s %(version)s")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """vc, the voice connector: phone calls answered by an AI voice agent."""
+    if ctx.invoked_subcommand != "serve":  # serve shows them in its own log format
+        from vc import logs
+
+        logs.release()
 
 
 @cli.command("list-plugins")
@@ -129,7 +135,8 @@ def config_reference() -> None:
 @cli.command("serve")
 @_config_option
 @click.option("--port", type=int, help="HTTP port (overrides [server] port and $PORT)")
-def serve_cmd(config_file: str | None, port: int | None) -> None:
+@click.option("--host", help="HTTP listen address (overrides [server] host)")
+def serve_cmd(config_file: str | None, port: int | None, host: str | None) -> None:
     """Run the voice connector."""
     from vc import logs
     from vc.server import serve
@@ -140,16 +147,44 @@ def serve_cmd(config_file: str | None, port: int | None) -> None:
         sys.exit(1)
     assert cfg is not None
     logs.setup(cfg.vc.log_level, cfg.vc.log_format)
+    startup_warnings(cfg, registry())
+    sys.exit(asyncio.run(serve(cfg, registry(), port=port, host=host)))
+
+
+def startup_warnings(cfg: vcconfig.Config, reg: Registry) -> None:
+    """Configuration warnings and plugins that did not load, as log records (text or JSON)."""
+    log = logging.getLogger("vc.startup")
     for w in cfg.warnings:
-        click.echo(f"warning: {w}", err=True)
-    for p in registry().errors():
-        click.echo(f"warning: plugin {p.name} ({p.distribution}) not loaded: {p.error}", err=True)
-    sys.exit(asyncio.run(serve(cfg, registry(), port=port)))
+        log.warning("configuration: %s", w)
+    for p in reg.errors():
+        log.warning("plugin %s (%s) not loaded: %s", p.name, p.distribution, p.error)
 
 
-@cli.group("models")
-def models_group() -> None:
-    """List and prepare the models installed plugins can use."""
+@cli.command("doctor")
+@_config_option
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def doctor_cmd(config_file: str | None, as_json: bool) -> None:
+    """Check what a call needs (configuration, plugins, models, ports, services, clock, audio).
+
+    Exits 1 when the configured stack cannot run (a check failed).
+    """
+    from vc import doctor
+
+    ctx = doctor.gather(config_file, registry())
+    checks = doctor.run(ctx)
+    if as_json:
+        click.echo(doctor.to_json(checks, ctx))
+    else:
+        click.echo(doctor.format_text(checks, ctx, color=True))
+    sys.exit(doctor.exit_code(checks))
+
+
+@cli.group("models", invoke_without_command=True)
+@click.pass_context
+def models_group(ctx: click.Context) -> None:
+    """List and prepare the models installed plugins can use (no subcommand: list)."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(models_list)
 
 
 @models_group.command("list")
@@ -214,13 +249,18 @@ def main() -> None:
     from vc import logs
 
     logs.route_loguru(os.environ.get("VC_VC__LOG_LEVEL", "info"))
+    logs.hold()  # what plugins log while loading waits for `serve` to set the log format
     try:
-        reg = registry()
-    except PluginLoadError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
-    add_plugin_commands(reg)
-    cli()
+        try:
+            reg = registry()
+        except PluginLoadError as e:
+            logs.release()
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        add_plugin_commands(reg)
+        cli()
+    finally:
+        logs.release()
 
 
 def add_plugin_commands(reg: Registry) -> None:

@@ -44,5 +44,10 @@ def register_models(register):
 
 
 @hookspec
+def register_checks(register):
+    """Register ``vc doctor`` checks: ``register(fn)``, ``fn(config) -> Iterable[Check]``, sync or async."""
+
+
+@hookspec
 def register_commands(cli):
     """Add subcommands to the ``vc`` click group."""

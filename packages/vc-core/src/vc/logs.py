@@ -46,14 +46,66 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
+class _Held(logging.Handler):
+    """Keeps records logged before the log format is known (plugins loading at startup)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+_held: _Held | None = None
+
+
+def hold() -> None:
+    """Keep what is logged from now on until :func:`setup` (or :func:`release`) says where to."""
+    global _held
+    if _held is None:
+        _held = _Held()
+        logging.getLogger().addHandler(_held)
+
+
+def _take_held() -> list[logging.LogRecord]:
+    global _held
+    held, _held = _held, None
+    if held is None:
+        return []
+    logging.getLogger().removeHandler(held)
+    return held.records
+
+
+def release() -> None:
+    """Stop holding records; show the held ones as Python would have (message, on stderr).
+
+    Records are shown only when no other handler saw them (the root logger had no other).
+    """
+    records = _take_held()
+    last = logging.lastResort
+    if last is None or logging.getLogger().handlers:
+        return
+    for record in records:
+        if record.levelno >= last.level:
+            last.handle(record)
+
+
 def setup(level: str = "info", fmt: str = "text", stream: Any = None) -> None:
-    """Configure stdlib logging and route pipecat's loguru output into it."""
+    """Configure stdlib logging and route pipecat's loguru output into it.
+
+    Records held since :func:`hold` are written first, in this format.
+    """
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
+    held = _take_held()
     root = logging.getLogger()
     root.handlers[:] = [handler]
     numeric = logging.getLevelName(level.upper())
     root.setLevel(numeric if isinstance(numeric, int) else logging.INFO)
+    for record in held:
+        if record.levelno >= root.level:
+            handler.handle(record)
     for noisy in ("uvicorn.access", "websockets", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     route_loguru(level)

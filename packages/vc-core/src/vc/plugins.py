@@ -17,7 +17,7 @@ import os
 import re
 import sys
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast
 
 import attrs
@@ -57,6 +57,7 @@ HOOK_KIND = {
     "register_observers": "observer",
     "register_tools": "tool",
     "register_models": "models",
+    "register_checks": "check",
 }
 
 
@@ -120,6 +121,8 @@ class Registry:
     observers: dict[str, tuple[type[Observer], PluginRecord]] = attrs.field(factory=dict)
     tools: dict[str, tuple[Tool, PluginRecord]] = attrs.field(factory=dict)
     catalogs: list[ModelCatalog] = attrs.field(factory=list)
+    #: ``vc doctor`` checks: ``fn(config) -> Iterable[vc.doctor.Check]`` and who registered it.
+    checks: list[tuple[Callable[[Any], Any], PluginRecord]] = attrs.field(factory=list)
     conflicts: list[str] = attrs.field(factory=list)
 
     def provider(self, kind: str, name: str) -> type[Provider] | None:
@@ -207,6 +210,7 @@ class _Loader:
             del reg.observers[name]
         for name in [n for n, (_, p) in reg.tools.items() if p is record]:
             del reg.tools[name]
+        reg.checks[:] = [(fn, p) for fn, p in reg.checks if p is not record]
         record.provides.clear()
 
     def _register_callback(self, hook_name: str, record: PluginRecord):
@@ -271,6 +275,10 @@ class _Loader:
                 if not isinstance(obj, ModelCatalog):
                     raise TypeError(f"register_models expects a ModelCatalog, got {obj!r}")
                 reg.catalogs.append(obj)
+            elif kind == "check":
+                if not callable(obj):
+                    raise TypeError(f"register_checks expects a function fn(config), got {obj!r}")
+                reg.checks.append((obj, record))
 
         return register
 

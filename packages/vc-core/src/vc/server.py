@@ -127,8 +127,16 @@ class HTTPServer:
         self._task: asyncio.Task[None] | None = None
         self.port = port
 
+    async def _serve(self) -> None:
+        try:
+            await self.server.serve()
+        except SystemExit as e:  # uvicorn exits when it cannot bind; a task must not do that
+            raise RuntimeError(
+                f"HTTP server on {self.host}:{self.port} did not start (uvicorn exit status {e.code})"
+            ) from None
+
     async def start(self) -> int:
-        self._task = asyncio.create_task(self.server.serve())
+        self._task = asyncio.create_task(self._serve())
         while not self.server.started:
             if self._task.done():
                 self._task.result()  # raises what uvicorn raised
@@ -155,9 +163,16 @@ def listen_port(config: Config, port: int | None) -> int:
     return int(env) if env else config.server.port
 
 
-async def serve(config: Config, registry: Registry, *, port: int | None = None) -> int:
+def listen_host(config: Config, host: str | None) -> str:
+    """--host, else [server] host."""
+    return host.strip() if host and host.strip() else config.server.host
+
+
+async def serve(
+    config: Config, registry: Registry, *, port: int | None = None, host: str | None = None
+) -> int:
     app = App(config, registry)
-    http = HTTPServer(app, config.server.host, listen_port(config, port))
+    http = HTTPServer(app, listen_host(config, host), listen_port(config, port))
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

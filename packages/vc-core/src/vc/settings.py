@@ -53,9 +53,14 @@ def setting(
     factory: Any = None,
     validator: Any = None,
     aliases: tuple[str, ...] = (),
+    remote: bool = False,
 ) -> Any:
-    """An attrs field carrying the documentation vc shows in `vc config show` and the docs."""
-    metadata = {_META: {"help": help, "secret": secret, "aliases": aliases}}
+    """An attrs field carrying the documentation vc shows in `vc config show` and the docs.
+
+    ``remote=True`` marks an address or port of another program's service that vc connects to
+    (not one vc listens on): ``vc doctor`` then does not try to bind it.
+    """
+    metadata = {_META: {"help": help, "secret": secret, "aliases": aliases, "remote": remote}}
     if factory is not None:
         return attrs.field(factory=factory, metadata=metadata, validator=validator)
     return attrs.field(default=default, metadata=metadata, validator=validator)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import ctypes
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import attrs
@@ -115,3 +117,35 @@ def report() -> NativeReport:
         cpu=cpu_flags(),
         amx_usable=amx_usable(),
     )
+
+
+#: Instruction classes outside x86-64-v3, as they show in ``objdump -d`` (AT&T syntax): AVX-512
+#: (zmm registers, mask registers, the upper 16 xmm/ymm registers only EVEX can address) and
+#: AMX (tile registers and tile instructions).
+BEYOND_PORTABLE = {
+    "AVX512": re.compile(r"%zmm\d|%k[0-7]\b|%[xy]mm(1[6-9]|2\d|3[01])\b"),
+    "AMX": re.compile(r"%tmm\d|\b(ldtilecfg|sttilecfg|tileloadd|tileloaddt1|tilestored|tdpb\w+)\b"),
+}
+
+
+def disassembled_features(library: Path) -> dict[str, int]:
+    """How many instructions of each class beyond x86-64-v3 a shared library contains
+    (``objdump`` from binutils; RuntimeError when it is not installed)."""
+    objdump = shutil.which("objdump")
+    if objdump is None:
+        raise RuntimeError("objdump is not installed (apt-get install binutils)")
+    counts = dict.fromkeys(BEYOND_PORTABLE, 0)
+    with subprocess.Popen(
+        [objdump, "-d", "--no-show-raw-insn", str(library)],
+        stdout=subprocess.PIPE,
+        text=True,
+        errors="replace",
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            for name, pattern in BEYOND_PORTABLE.items():
+                if pattern.search(line):
+                    counts[name] += 1
+    if proc.returncode != 0:
+        raise RuntimeError(f"objdump failed on {library} (status {proc.returncode})")
+    return counts

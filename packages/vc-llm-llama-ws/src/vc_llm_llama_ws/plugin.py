@@ -17,3 +17,10 @@ def register_llm(register):
 @hookimpl
 def register_models(register):
     register(LlamaCppModels())
+
+
+@hookimpl
+def register_checks(register):
+    from vc_llm_llama_ws.checks import check_llama_build
+
+    register(check_llama_build)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import sys
+from typing import NoReturn
 
 from vc.hookspecs import hookimpl
+from vc.providers import ProviderError
 from vc_llm_ollama.models import OllamaModels
 from vc_llm_ollama.provider import OllamaProvider
 
@@ -28,6 +31,11 @@ def register_commands(cli):
     if group is None or not hasattr(group, "command"):
         return
 
+    def fail(message: str) -> NoReturn:
+        """A provider error (Ollama unreachable, model unknown): one line, exit status 1."""
+        click.echo(message, err=True)
+        sys.exit(1)
+
     host_option = click.option(
         "--host", default=None, help="Ollama URL (default: VC_LLM_OLLAMA__HOST, OLLAMA_HOST, local)"
     )
@@ -40,6 +48,7 @@ def register_commands(cli):
         def pull(name: str, host: str | None) -> None:
             """Pull a model onto the Ollama server, with a progress bar (NAME: ollama:MODEL)."""
             catalog = OllamaModels(host)
+            error: ProviderError | None = None
             with click.progressbar(length=100, label=f"pulling {name}") as bar:
                 last = [0]
 
@@ -48,7 +57,12 @@ def register_commands(cli):
                     bar.update(max(0, pct - last[0]))
                     last[0] = max(last[0], pct)
 
-                where = catalog.prepare(name, progress)
+                try:
+                    where = catalog.prepare(name, progress)
+                except ProviderError as e:
+                    error = e
+            if error is not None:
+                fail(f"{name}: {error}")
             click.echo(f"{name}: ready on {where}")
 
     if "show" not in group.commands:
@@ -58,4 +72,8 @@ def register_commands(cli):
         @host_option
         def show(name: str, host: str | None) -> None:
             """Show what the Ollama server knows about a model (NAME: ollama:MODEL)."""
-            click.echo(json.dumps(OllamaModels(host).show(name), indent=2, default=str))
+            try:
+                info = OllamaModels(host).show(name)
+            except ProviderError as e:
+                fail(f"{name}: {e}")
+            click.echo(json.dumps(info, indent=2, default=str))

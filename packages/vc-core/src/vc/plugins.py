@@ -142,7 +142,7 @@ KNOWN_DISTRIBUTIONS: dict[tuple[str, str], str] = {
     ("stt", "vosk-websocket"): "vc-stt-vosk",
     ("llm", "ollama"): "vc-llm-ollama",
     ("llm", "llama-ws"): "vc-llm-llama-ws",
-    ("llm", "llama-cpp"): "vc-llm-llama-ws",
+    ("llm", "llama-cpp"): "'vc-llm-llama-ws[embedded]'",
     ("tts", "piper"): "'vc-tts-piper[local]'",
     ("tts", "piper-websocket"): "vc-tts-piper",
     ("observer", "gcp-logging"): "vc-gcp",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, Literal
 
 import attrs
@@ -25,10 +26,13 @@ from vc_llm_llama_ws.generation import (
     ToolCallParser,
     ToolCallText,
     default_threads,
+    require_llama_cpp,
 )
 from vc_llm_llama_ws.models import DEFAULT_MODEL, canonical, resolve_model
+from vc_llm_llama_ws.supervisor import ModelSpec, RemoteModel, WorkerProcess
 
 ToolMode = Literal["farewell", "native", "off"]
+Isolation = Literal["process", "thread"]
 
 
 def embedded_threads() -> int:
@@ -87,6 +91,12 @@ class LlamaCppSettings:
     warm: bool = setting(
         True, help="evaluate the profiles' system prompts at startup (hot KV cache)"
     )
+    isolation: Isolation = setting(
+        "process",
+        help="process: run llama.cpp in a supervised child process, restarted if it dies (a "
+        "native crash costs the turns in flight an apology, not every call); thread: in vc's "
+        "own process (no extra process; a crash ends vc)",
+    )
     first_token_timeout: float = first_token_timeout_setting(20.0)
     token_timeout: float = token_timeout_setting(10.0)
     apology: str = apology_setting()
@@ -95,7 +105,9 @@ class LlamaCppSettings:
 class LlamaCppService(StreamingLLMService):
     """One call's LLM: generations on the shared in-process model."""
 
-    def __init__(self, provider: LlamaCppProvider, model: LlamaModel, call: CallContext) -> None:
+    def __init__(
+        self, provider: LlamaCppProvider, model: LlamaModel | RemoteModel, call: CallContext
+    ) -> None:
         s = provider.settings
         super().__init__(**service_kwargs(s, call), model=model.name, top_p=s.top_p, seed=s.seed)
         self._provider = provider
@@ -167,62 +179,95 @@ class LlamaCppProvider(LLMProvider):
 
     def __init__(self, settings: LlamaCppSettings, context: Any) -> None:
         super().__init__(settings, context)
-        self.models: dict[str, LlamaModel] = {}
-        self.default: LlamaModel | None = None
+        self.models: dict[str, LlamaModel | RemoteModel] = {}
+        self.default: LlamaModel | RemoteModel | None = None
+        self.worker: WorkerProcess | None = None
         self.tool_mode: ToolMode = settings.tool_calls
         self.supports_tools = settings.tool_calls != "off"
 
     async def start(self) -> None:
+        try:
+            require_llama_cpp()
+        except RuntimeError as e:
+            raise ProviderError(str(e)) from None
         s = self.settings
-        wanted: dict[str, bool] = {canonical(s.model): True}
-        for p in self.context.profiles:
-            if p.llm_model and p.llm in ("", self.name):
-                wanted.setdefault(canonical(p.llm_model), p.llm == self.name)
-        for key, required in wanted.items():
-            try:
-                path = await asyncio.to_thread(resolve_model, key, progress=self._progress(key))
-            except ProviderError:
-                if required:
-                    raise
-                self.log.warning(
-                    "profile model %r is not a GGUF model this provider can load; "
-                    "calls of that profile use %r",
-                    key,
-                    s.model,
-                )
-                continue
-            model = LlamaModel(
-                path,
-                name=key,
-                n_ctx=s.n_ctx,
-                n_threads=s.n_threads or embedded_threads(),
-                n_threads_batch=s.n_threads_batch,
-                chat_format=s.chat_format,
-            )
-            try:
-                await model.load()
-            except RuntimeError as e:
-                raise ProviderError(str(e)) from None
-            self.models[key] = model
+        specs = await self._resolve()
+        warm = self._warm_prompts(specs) if s.warm else {}
+        if s.isolation == "process":
+            self.worker = WorkerProcess(specs, warm, on_death=self._worker_died)
+            await self.worker.start()
+            wait = s.first_token_timeout
+            self.models = {m.key: RemoteModel(self.worker, m.key, wait) for m in specs}
+        else:
+            await self._load_in_process(specs, warm)
         self.default = self.models[canonical(s.model)]
         if self.tool_mode == "native" and not self.default.template_supports_tools:
             raise ProviderError(
                 f"tool_calls = native, but the chat template of {s.model!r} has no "
                 "tools; use tool_calls = farewell or a tool-capable GGUF"
             )
-        if s.warm:
-            for key, model in self.models.items():
-                prompts = [
-                    p.system_prompt
-                    for p in self.context.profiles
-                    if canonical(p.llm_model or s.model) == key and p.system_prompt
-                ]
-                # default profile last: its prefix is the one left in the KV cache
-                prompts.sort(key=lambda text: text == self._default_prompt())
-                seconds = await model.warm(list(dict.fromkeys(prompts)))
-                self.log.info(
-                    "model %s warmed in %.2fs (%d system prompts)", key, seconds, len(prompts)
+
+    async def _resolve(self) -> list[ModelSpec]:
+        """The GGUF files to load: the provider's model and the profiles' own."""
+        s = self.settings
+        wanted: dict[str, bool] = {canonical(s.model): True}
+        for p in self.context.profiles:
+            if p.llm_model and p.llm in ("", self.name):
+                wanted.setdefault(canonical(p.llm_model), p.llm == self.name)
+        specs = []
+        for key, required in wanted.items():
+            try:
+                path = await asyncio.to_thread(resolve_model, key, progress=self._progress(key))
+            except ProviderError as e:
+                if required:
+                    raise
+                self.log.warning(
+                    "profile model %r cannot be used (%s); calls of that profile use %r",
+                    key,
+                    e,
+                    s.model,
                 )
+                continue
+            specs.append(ModelSpec(key, str(path), s.n_ctx, s.n_threads or embedded_threads(),
+                                   s.n_threads_batch, s.chat_format))
+        return specs
+
+    def _warm_prompts(self, specs: list[ModelSpec]) -> dict[str, list[str]]:
+        """Each model's system prompts to evaluate at startup, the default profile's last (its
+        prefix is the one left in the KV cache)."""
+        out = {}
+        for spec in specs:
+            prompts = [
+                p.system_prompt
+                for p in self.context.profiles
+                if canonical(p.llm_model or self.settings.model) == spec.key and p.system_prompt
+            ]
+            prompts.sort(key=lambda text: text == self._default_prompt())
+            out[spec.key] = list(dict.fromkeys(prompts))
+        return out
+
+    async def _load_in_process(self, specs: list[ModelSpec], warm: dict[str, list[str]]) -> None:
+        for spec in specs:
+            model = LlamaModel(
+                Path(spec.path),
+                name=spec.key,
+                n_ctx=spec.n_ctx,
+                n_threads=spec.n_threads,
+                n_threads_batch=spec.n_threads_batch,
+                chat_format=spec.chat_format,
+            )
+            try:
+                await model.load()
+            except RuntimeError as e:
+                raise ProviderError(str(e)) from None
+            self.models[spec.key] = model
+            if spec.key in warm:
+                seconds = await model.warm(warm[spec.key])
+                self.log.info("model %s warmed in %.2fs (%d system prompts)",
+                              spec.key, seconds, len(warm[spec.key]))
+
+    def _worker_died(self, reason: str) -> None:
+        self.context.observe("provider_restarts", 1.0, {"provider": self.name, "reason": reason})
 
     def _progress(self, key: str) -> Any:
         shown = [-1]
@@ -244,13 +289,16 @@ class LlamaCppProvider(LLMProvider):
     async def stop(self) -> None:
         for model in self.models.values():
             await model.close()
+        if self.worker is not None:
+            await self.worker.close()
+            self.worker = None
         self.models.clear()
         self.default = None
 
     def ready(self) -> bool:
         return self.default is not None and self.default.loaded
 
-    def model_for(self, call: CallContext) -> LlamaModel:
+    def model_for(self, call: CallContext) -> LlamaModel | RemoteModel:
         if self.default is None:
             raise ProviderError("llama-cpp provider is not started")
         wanted = call.profile.llm_model

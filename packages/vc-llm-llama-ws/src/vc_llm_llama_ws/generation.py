@@ -20,19 +20,30 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import importlib.util
 import json
 import logging
 import os
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 
 log = logging.getLogger("vc.llm.llama_cpp")
+
+#: llama-cpp-python is the [embedded] extra: the llama-ws client runs without it.
+INSTALL_EMBEDDED = "pip install 'vc-llm-llama-ws[embedded]'"
+
+
+def require_llama_cpp() -> None:
+    """Raise RuntimeError, saying how to install it, unless llama-cpp-python is installed."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise RuntimeError(f"llama-cpp-python is not installed: {INSTALL_EMBEDDED}")
+
 
 TOOL_OPEN = "<tool_call>"
 TOOL_CLOSE = "</tool_call>"
@@ -134,6 +145,7 @@ class LlamaModel:
     def _load(self) -> None:
         if self._llm is not None:
             return
+        require_llama_cpp()
         from llama_cpp import Llama
 
         t0 = time.monotonic()
@@ -243,7 +255,7 @@ class LlamaModel:
         sampling: Sampling,
         tools: Sequence[dict[str, Any]] = (),
         stats: Generation | None = None,
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         """Stream the reply's text pieces. Closing the iterator stops generation within a token."""
         if self._llm is None:
             raise RuntimeError(f"model {self.name} is not loaded")

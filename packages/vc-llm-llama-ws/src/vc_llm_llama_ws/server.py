@@ -26,7 +26,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from vc_llm_llama_ws import protocol
-from vc_llm_llama_ws.generation import Generation, LlamaModel, Sampling
+from vc_llm_llama_ws.generation import Generation, LlamaModel, Sampling, require_llama_cpp
 from vc_llm_llama_ws.models import DEFAULT_MODEL, canonical, resolve_model
 
 log = logging.getLogger("vc.llama_ws_server")
@@ -293,6 +293,7 @@ def build_server(args: argparse.Namespace) -> LlamaWSServer:
 
 
 async def run(args: argparse.Namespace) -> None:
+    require_llama_cpp()
     server = build_server(args)
     await server.start()
     ws = await server.serve(args.host, args.port)

@@ -123,7 +123,8 @@ async def test_server_death_mid_stream_apologises_and_recovers(replay: ReplaySer
     finally:
         await provider.stop()
     first, second = replies(frames)
-    assert first == "r1c0 r1c1 "  # it had spoken: no apology appended to half a sentence
+    # half an answer was spoken: the caller also hears why it stopped
+    assert first == "r1c0 r1c1  " + DEFAULT_APOLOGY
     assert second == "r2c0 r2c1 r2c2 "  # a new connection served the next turn
 
 

@@ -187,8 +187,87 @@ def test_keys_the_old_engine_ignored_are_ignored_with_a_warning(tmp_path) -> Non
     text = (DATA / "legacy.ini").read_text().replace("[engine]\n", "[engine]\nworkers = 4\n")
     cfg, errors = load(write(tmp_path, text), registry("legacy_stubs", fakes=False), {})
     assert not errors
-    expected = "[transport.opensips] workers from the old configuration is not used by vc; ignored"
-    assert expected in cfg.warnings
+    # named where the file has it, not where vc moved the section ([transport.opensips])
+    assert cfg.warnings == ["[engine] workers from the old configuration is not used by vc; ignored"]
+
+
+#: What `vc config check` says about the operators' real file (tests/data/legacy-operator.ini):
+#: every section and key the old engine ignored, named, in file order; never a value.
+OPERATOR_WARNINGS = [
+    "[general] instance_name from the old configuration is not used by vc; ignored",
+    "[logging] file from the old configuration is not used by vc; ignored",
+    "[engine] workers from the old configuration is not used by vc; ignored",
+    "[rtp] jitter_buffer_ms from the old configuration is not used by vc; ignored",
+    "[ai] (flavor, disable) from the old configuration is not used by vc; ignored",
+    "[deepgram] (key, model, language, speech_model, smart_format) from the old configuration "
+    "is not used by vc; ignored",
+    "[openai] (key, model, voice, instructions, welcome_message, disable) from the old "
+    "configuration is not used by vc; ignored",
+    "[audio] (sample_rate, codec, frame_ms, agc) from the old configuration is not used by vc; "
+    "ignored",
+    "[pipeline] (stt, llm, tts, barge_in) from the old configuration is not used by vc; ignored",
+    "[stt] language from the old configuration is not used by vc; ignored",
+    "[stt] api_key from the old configuration is not used by vc; ignored",
+    "[llm] history_turns from the old configuration is not used by vc; ignored",
+    "[tts] length_scale from the old configuration is not used by vc; ignored",
+    "[interruption] cooldown_ms from the old configuration is not used by vc; ignored",
+    "[VAD] model from the old configuration is not used by vc; ignored",
+]
+#: Values of the operator file that must never be printed (API keys, a token).
+OPERATOR_SECRETS = ("dg_live_8c1f2e3d4c5b6a7988001122aabbccdd",
+                    "sk-proj-Zq8v3Xr2Lm9Nw4Ty7Ub1Kc6Hd0Fe5GjR2s", "vosk-7f3a9c1e55d24b0f")
+
+
+def test_the_operators_real_file_loads_with_a_warning_for_each_dead_section_and_key() -> None:
+    raw = read(DATA / "legacy-operator.ini", {})
+    assert raw.legacy
+    cfg, errors = resolve(raw, registry("legacy_stubs", fakes=False), {})
+    assert not errors, messages(errors)
+    assert cfg.warnings == OPERATOR_WARNINGS
+    assert not any(secret in w for w in cfg.warnings for secret in OPERATOR_SECRETS)
+    # what the old engine read still means what it meant
+    assert cfg.default_providers == {"stt": "vosk-websocket", "llm": "llama-ws", "tts": "piper-websocket"}
+    assert cfg.providers["llm"]["llama-ws"].settings.timeout == 30.0
+    sip = cfg.transports["opensips"].settings
+    assert (sip.mode, sip.sip_port, sip.mi_ip, sip.rtp_ip) == ("proxy", 8089, "10.20.0.10",
+                                                               "203.0.113.10")
+    assert cfg.vad.confidence == 0.6 and cfg.interruption.effective_min_words() == 2
+    # the dead sections are gone, not carried along
+    assert not {"ai", "deepgram", "openai", "audio", "pipeline"} & set(raw.sections)
+
+
+def test_config_check_and_show_on_the_operators_file(monkeypatch) -> None:
+    monkeypatch.setattr(cli, "_REGISTRY", registry("legacy_stubs", fakes=False))
+    runner = CliRunner()
+    path = str(DATA / "legacy-operator.ini")
+    ok = runner.invoke(cli.cli, ["config", "check", path])
+    assert ok.exit_code == 0, ok.output
+    assert ok.stderr.splitlines() == [f"warning: {w}" for w in OPERATOR_WARNINGS]
+    assert ok.stdout.splitlines()[0] == f"{path} (existing OpenSIPS AI Voice Connector format): OK"
+    shown = runner.invoke(cli.cli, ["config", "show", "-c", path])
+    assert shown.exit_code == 0, shown.output
+    assert "rtp_ip = 203.0.113.10" in shown.stdout
+    as_json = runner.invoke(cli.cli, ["config", "show", "--json", "-c", path])
+    assert as_json.exit_code == 0, as_json.output
+    for out in (ok.output, shown.output, as_json.output):
+        assert not any(secret in out for secret in OPERATOR_SECRETS)
+        assert "deepgram" not in out.replace("[deepgram] (", "")  # only named in its warning
+
+
+def test_a_vc_native_file_stays_strict(tmp_path) -> None:
+    ini = write(tmp_path, FAKES + "[vc]\ntransports =\n[openai]\nkey = sk-x\n[vad]\nmodel = silero\n")
+    _, errors = load(ini, registry(), {})
+    assert messages(errors) == [
+        f"[vad] model = 'silero' (from {ini} [vad]): unknown key; known keys: confidence, "
+        "start_secs, stop_secs, min_volume, min_silence_ms, min_speech_ms",
+        "[openai]: unknown section",
+    ]
+
+
+def test_a_bad_value_of_a_key_vc_uses_is_still_an_error_in_an_old_file(tmp_path) -> None:
+    text = (DATA / "legacy-operator.ini").read_text().replace("sip_port = 8089", "sip_port = x")
+    _, errors = load(write(tmp_path, text), registry("legacy_stubs", fakes=False), {})
+    assert [e.key for e in errors] == ["sip_port"] and "expected an integer" in str(errors[0])
 
 
 def test_config_check_and_show_cli(tmp_path, monkeypatch) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 
 import pytest
@@ -10,6 +11,8 @@ from pipecat.frames.frames import InterruptionFrame
 from pipecat.tests.utils import SleepFrame
 from replay_server import ReplayServer
 from vc_llm_llama_ws.client import LlamaWSProvider, LlamaWSSettings
+from vc_llm_llama_ws.generation import LlamaModel
+from vc_llm_llama_ws.server import LlamaWSServer
 
 from vc.config import load
 from vc.llm import DEFAULT_APOLOGY
@@ -155,6 +158,44 @@ async def test_error_reply_and_refused_connection_are_apologised(replay: ReplayS
             await back.stop()
     finally:
         await provider.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def wait_until(condition, within: float) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "not ready in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_service_started_after_vc_makes_it_ready(smollm2: LlamaModel) -> None:
+    """Start order does not matter: start() returns with the port closed, not ready; the real
+    vc-llama-ws-server comes up on that port and the retry loop gets through."""
+    port = free_port()
+    provider = await started(f"ws://127.0.0.1:{port}", timeout=2.0)
+    server = None
+    try:
+        assert not provider.ready()
+        assert f"cannot connect to the Llama WebSocket service at ws://127.0.0.1:{port}" in (
+            provider.not_ready_reason())
+        await asyncio.sleep(0.7)  # a retry or two fail meanwhile
+        assert not provider.ready()
+        server = await LlamaWSServer([smollm2]).serve("127.0.0.1", port)
+        await wait_until(provider.ready, 12)  # backoff 0.5 s doubling, capped at 10 s
+        assert provider.pool.idle == 2 and provider.not_ready_reason() == ""
+        service = provider.create_service(call_context())
+        (reply,) = replies(await drive(service, turn(user("Say hello."))))
+        assert reply.strip() and reply != DEFAULT_APOLOGY
+    finally:
+        await provider.stop()
+        if server is not None:
+            server.close()
+            await server.wait_closed()
 
 
 async def test_slow_first_token_times_out_with_apology(replay: ReplayServer) -> None:

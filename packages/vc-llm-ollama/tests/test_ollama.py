@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 from ollama_server import FakeOllama
@@ -65,11 +66,56 @@ async def test_missing_model_is_a_clear_error_or_pulled(fake_ollama: FakeOllama)
         await started(fake_ollama, model="no-such-model", missing_model="pull")
 
 
-async def test_unreachable_server_is_a_clear_error() -> None:
+async def test_server_started_after_vc_makes_it_ready() -> None:
+    """Start order does not matter: with nothing listening, start() returns, not ready (and
+    says why), a turn is apologised for; the server comes up on that port, the retry loop checks
+    and warms the model, and the next turn is answered."""
     server = await FakeOllama().start()
     await server.stop()  # nothing listens on that port any more
-    with pytest.raises(ProviderError, match=r"cannot connect to Ollama at http://127\.0\.0\.1"):
-        await started(server)
+    provider = await started(server)
+    back = None
+    try:
+        assert not provider.ready()
+        assert re.fullmatch(r"cannot connect to Ollama at http://127\.0\.0\.1:\d+ .*",
+                            provider.not_ready_reason())
+        service = provider.create_service(call_context())
+        (apology,) = replies(await drive(service, turn(user("Hi"))))
+        assert apology == DEFAULT_APOLOGY
+        back = await FakeOllama().start(server.port)
+        deadline = asyncio.get_running_loop().time() + 12  # backoff 0.5 s doubling to 10 s
+        while not provider.ready():
+            assert asyncio.get_running_loop().time() < deadline, provider.not_ready_reason()
+            await asyncio.sleep(0.05)
+        assert provider.models == ["smollm2"] and chats(back)  # checked and warmed
+        (answer,) = replies(await drive(service, turn(user("Hi"))))
+        assert answer.strip() and answer != DEFAULT_APOLOGY
+    finally:
+        await provider.stop()
+        if back is not None:
+            await back.stop()
+
+
+async def test_a_server_that_goes_away_turns_not_ready_until_it_is_back(
+    fake_ollama: FakeOllama,
+) -> None:
+    provider = await started(fake_ollama)
+    port = fake_ollama.port
+    back = None
+    try:
+        assert provider.ready()
+        await fake_ollama.stop()
+        service = provider.create_service(call_context())
+        (apology,) = replies(await drive(service, turn(user("Hi"))))
+        assert apology == DEFAULT_APOLOGY and not provider.ready()  # /readyz would say so
+        back = await FakeOllama().start(port)
+        deadline = asyncio.get_running_loop().time() + 12
+        while not provider.ready():
+            assert asyncio.get_running_loop().time() < deadline, provider.not_ready_reason()
+            await asyncio.sleep(0.05)
+    finally:
+        await provider.stop()
+        if back is not None:
+            await back.stop()
 
 
 async def test_streams_with_history_options_and_per_profile_model(fake_ollama: FakeOllama) -> None:

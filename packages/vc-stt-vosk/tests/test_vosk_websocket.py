@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import time
 from typing import Any, ClassVar
 
 import pytest
@@ -148,6 +150,32 @@ async def test_server_down_at_startup(started, ko_model: Any) -> None:
         await s.stop()
         s.close()
     assert HELLO[1] in h.transcripts[0]
+
+
+@pytest.mark.parametrize("pool_size", [1, 0])
+async def test_server_started_after_vc_makes_it_ready(started, ko_model: Any,
+                                                     pool_size: int) -> None:
+    """Start order does not matter: start() returns with the port closed, not ready (and says
+    why); the Vosk server comes up on that port and the retry loop gets through."""
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    p = await started("ws", url=f"ws://127.0.0.1:{port}", pool_size=pool_size,
+                      connect_timeout=1.0)
+    assert not p.ready()
+    assert f"cannot reach the Vosk server at ws://127.0.0.1:{port}" in p.not_ready_reason()
+    s = VoskTestServer(ko_model)
+    s.port = port
+    await s.start()
+    try:
+        deadline = time.monotonic() + 12  # backoff 0.5 s doubling, capped at 10 s
+        while not p.ready():
+            assert time.monotonic() < deadline, p.not_ready_reason()
+            await asyncio.sleep(0.05)
+        assert p.pool.idle == pool_size and p.not_ready_reason() == ""
+    finally:
+        await s.stop()
+        s.close()
 
 
 async def test_finalize_on_vad_stop_sends_reset(started, server: VoskTestServer) -> None:

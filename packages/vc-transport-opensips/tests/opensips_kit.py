@@ -470,10 +470,72 @@ async def place_call(
 
 # -- OpenSIPS stand-in (B2B mode) -----------------------------------------------------------
 
+STANDIN_SERVER = "OpenSIPS (3.6.8 (x86_64/linux))"
+STANDIN_SIP = (LOCAL, 5060)  # where the stand-in "listens" for SIP: its Contact
+
+
+def ua_build_hdrs(body: str | None, content_type: str | None, extra_headers: str | None) -> str:
+    """What OpenSIPS 3.6 puts between CSeq and Contact of a ``ua_session_reply`` answer
+    (``ua_api.c``, ``ua_build_hdrs``): ``content_type`` is a complete header line copied
+    verbatim (a bare ``application/sdp`` runs into the Contact that follows), the default
+    ``Content-Type: application/sdp\r\n`` only when there is a body and no ``content_type``;
+    without a body the extra headers are *not copied* - the buffer stays uninitialised (seen on
+    the wire as NUL bytes)."""
+    if body is None:
+        return "\x00" * len(extra_headers or "")
+    ct = "Content-Type: application/sdp\r\n" if content_type is None else content_type
+    return ct + (extra_headers or "")
+
+
+def header_names(message: str) -> list[str]:
+    """Header names of one SIP message, in order (``application/sdpContact`` included)."""
+    head = message.split("\r\n\r\n", 1)[0].split("\r\n")[1:]
+    return [line.split(":", 1)[0].strip("\x00").strip() for line in head if ":" in line]
+
+
+def header(message: str, name: str) -> str:
+    """The first value of header ``name`` in a SIP message (start line first)."""
+    return header_in(message.split("\r\n\r\n", 1)[0].split("\r\n", 1)[-1], name)
+
+
+def header_in(headers: str, name: str) -> str:
+    """The first value of header ``name`` in a block of header lines."""
+    for line in headers.split("\r\n"):
+        k, sep, v = line.partition(":")
+        if sep and k.strip().lower() == name.lower():
+            return v.strip()
+    return ""
+
+
+class Entity:
+    """One B2B server entity (``ua_session_server_init``) as the stand-in keeps it."""
+
+    def __init__(self, key: str, headers: str) -> None:
+        self.key = key
+        self.headers = headers  # the INVITE's headers, as the NEW event carries them
+        self.state = "new"  # new | early | confirmed | established | terminated
+        self.invite_final = 0
+        self.pending: set[str] = {"INVITE"}  # requests waiting for ua_session_reply
+        self.requests: dict[str, str] = {}  # headers of the pending in-dialog requests
+        self.cseq = 1  # of the requests OpenSIPS sends in this dialog
+
+    def get(self, name: str) -> str:
+        return header_in(self.headers, name)
+
 
 class OpenSIPSStandIn(asyncio.DatagramProtocol):
-    """mi_datagram + event_datagram as OpenSIPS 3.6 speaks them: JSON-RPC MI requests in,
-    replies out; E_UA_SESSION notifications sent to the subscribed socket."""
+    """mi_datagram + event_datagram + b2b_entities as OpenSIPS 3.6.8 behaves (pinned against
+    the real server by test_real_opensips_b2b.py): JSON-RPC MI requests in, replies out;
+    E_UA_SESSION notifications sent to the subscribed socket; every SIP message the real server
+    would put on the wire towards the caller is rendered into ``wire``.
+
+    Behaviour copied from the real server: ``ua_session_reply`` renders Via, To (tag = key),
+    From, Call-ID, CSeq, ``ua_build_hdrs``, Contact, Server, Content-Length; a CANCEL is
+    answered ``200 canceling`` and reported as TERMINATED/CANCEL, but the INVITE gets no final
+    response until ``ua_session_reply`` sends one, and the entity stays until
+    ``ua_session_terminate`` (which sends no BYE for a terminated entity); a BYE is answered 200
+    and deletes the entity; ``uptime`` tells the start time; ``restart()`` forgets everything.
+    """
 
     def __init__(self, port: int = 0) -> None:
         self.want_port = port
@@ -483,7 +545,11 @@ class OpenSIPSStandIn(asyncio.DatagramProtocol):
         self.raw: list[bytes] = []
         self.subscriber: tuple[str, int] | None = None
         self.expires_at = 0.0
-        self.answer: Callable[[dict[str, Any]], Any] = lambda req: "OK"
+        self.answer: Callable[[dict[str, Any]], Any] = self.handle
+        self.entities: dict[str, Entity] = {}
+        self.wire: list[str] = []
+        self._index = 0
+        self.started = time.time()
 
     async def start(self) -> OpenSIPSStandIn:
         loop = asyncio.get_running_loop()
@@ -498,16 +564,6 @@ class OpenSIPSStandIn(asyncio.DatagramProtocol):
         self.raw.append(data)
         req = json.loads(data)
         self.requests.append(req)
-        if req["method"] == "event_subscribe":
-            name, sock, expire = req["params"]
-            assert name == "E_UA_SESSION"
-            proto, ip, port = sock.split(":")
-            assert proto == "udp"
-            if expire == 0:
-                self.subscriber = None
-            else:
-                self.subscriber = (ip, int(port))
-                self.expires_at = time.monotonic() + expire
         result = self.answer(req)
         if result is None:
             return  # no reply (simulates loss)
@@ -519,28 +575,242 @@ class OpenSIPSStandIn(asyncio.DatagramProtocol):
         assert self.transport is not None
         self.transport.sendto(json.dumps(reply).encode(), addr)
 
+    # -- the server's side -------------------------------------------------------------------
+
+    def restart(self) -> None:
+        """OpenSIPS restarted: subscriptions and B2B entities are gone, new start time."""
+        self.subscriber = None
+        self.entities.clear()
+        self.started = max(time.time(), self.started + 1.0)
+
+    def handle(self, req: dict[str, Any]) -> Any:
+        """The MI command's result, or {"error": {...}} as OpenSIPS 3.6.8 answers it."""
+        method, params = req["method"], req.get("params")
+        p = params if isinstance(params, dict) else {}
+        if method == "event_subscribe":
+            name, sock, expire = params
+            assert name == "E_UA_SESSION"
+            proto, ip, port = sock.split(":")
+            assert proto == "udp"
+            if expire == 0:
+                self.subscriber = None
+            else:
+                self.subscriber = (ip, int(port))
+                self.expires_at = time.monotonic() + expire
+            return "OK"
+        if method == "uptime":
+            now = time.time()
+            return {
+                "Now": time.ctime(now),
+                "Up since": time.ctime(self.started),
+                "Up time": f"{int(now - self.started)} [sec]",
+            }
+        if method == "ua_session_reply":
+            return self._reply(p)
+        if method == "ua_session_terminate":
+            e = self.entities.get(p.get("key", ""))
+            if e is None or e.state in ("new", "early"):
+                # OpenSIPS sends no BYE for an unanswered server entity and keeps it.
+                return {"error": {"code": 500, "message": "Failed to terminate session"}}
+            if e.state != "terminated":
+                self.wire.append(self._request(e, "BYE"))
+            del self.entities[e.key]
+            return "OK"
+        if method == "ua_session_update":
+            e = self.entities.get(p.get("key", ""))
+            if e is None or e.state == "terminated":
+                return {"error": {"code": 500, "message": "Failed to send request"}}
+            self.wire.append(
+                self._request(
+                    e, p["method"], p.get("body"), p.get("extra_headers"), p.get("content_type")
+                )
+            )
+            return "OK"
+        if method == "ua_session_list":
+            if "key" in p:
+                e = self.entities.get(p["key"])
+                if e is None:
+                    return {"error": {"code": 404, "message": "Entity not found"}}
+                return [{"to_tag": e.key, "state": e.state, "callid": e.get("Call-ID")}]
+            return [{"to_tag": e.key, "state": e.state} for e in self.entities.values()]
+        return "OK"
+
+    def _reply(self, p: dict[str, Any]) -> Any:
+        e = self.entities.get(p.get("key", ""))
+        method = str(p.get("method", "")).upper()
+        fail = {"error": {"code": 500, "message": "Failed to send reply"}}
+        if e is None:
+            return fail
+        code = int(p["code"])
+        if method == "INVITE" and "INVITE" not in e.pending and e.invite_final:
+            return "OK" if code == e.invite_final else fail  # a retransmission, or refused
+        if method not in e.pending:
+            return fail
+        body = p.get("body")
+        request = e.requests.get(method) or e.headers
+        cseq = (header_in(request, "CSeq").split() or ["1"])[0]
+        text = (
+            f"SIP/2.0 {code} {p.get('reason', '')}\r\n"
+            f"Via: {header_in(request, 'Via') or e.get('Via')}\r\n"
+            f"To: {e.get('To')};tag={e.key}\r\n"
+            f"From: {e.get('From')}\r\n"
+            f"Call-ID: {e.get('Call-ID')}\r\n"
+            f"CSeq: {cseq} {method}\r\n"
+            + ua_build_hdrs(body, p.get("content_type"), p.get("extra_headers"))
+            + f"Contact: <sip:{STANDIN_SIP[0]}:{STANDIN_SIP[1]}>\r\n"
+            f"Server: {STANDIN_SERVER}\r\n"
+            f"Content-Length: {len((body or '').encode())}\r\n\r\n"
+            f"{body or ''}"
+        )
+        self.wire.append(text)
+        if code >= 200:
+            e.pending.discard(method)
+            e.requests.pop(method, None)
+        if method == "INVITE" and e.state not in ("confirmed", "established"):
+            if code < 200:
+                e.state = "early"
+            elif code < 300:
+                e.state, e.invite_final = "confirmed", code
+            else:
+                e.state, e.invite_final = "terminated", code
+        return "OK"
+
+    def _request(
+        self,
+        e: Entity,
+        method: str,
+        body: str | None = None,
+        extra: str | None = None,
+        content_type: str | None = None,
+    ) -> str:
+        """A request b2b_entities sends in the dialog (BYE, REFER...), header order as 3.6.8."""
+        e.cseq += 1
+        return (
+            f"{method} {e.get('Contact').strip('<>')} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {STANDIN_SIP[0]}:{STANDIN_SIP[1]};branch=z9hG4bK{e.cseq}da2.0\r\n"
+            f"To: {e.get('From')}\r\nFrom: {e.get('To')};tag={e.key}\r\n"
+            f"CSeq: {e.cseq} {method}\r\nCall-ID: {e.get('Call-ID')}\r\nMax-Forwards: 70\r\n"
+            f"Content-Length: {len((body or '').encode())}\r\nUser-Agent: {STANDIN_SERVER}\r\n"
+            + ua_build_hdrs(body, content_type, extra)
+            + f"Contact: <sip:{STANDIN_SIP[0]}:{STANDIN_SIP[1]}>\r\n\r\n"
+            f"{body or ''}"
+        )
+
+    # -- the caller's side (what a SIP phone would make OpenSIPS do) -------------------------
+
+    def invite(
+        self, sdp: str, headers: str = "", extra_params: str = "", key: str = ""
+    ) -> str:
+        """An initial INVITE handed to ``ua_session_server_init(key, "arbh", extra)``:
+        ``100 Giving it a try`` on the wire, NEW to the subscriber; returns the key."""
+        self._index += 1
+        key = key or f"B2B.{secrets.randbelow(512)}.{self._index}.{int(time.time())}.{secrets.randbits(31)}"
+        if not headers:
+            headers = (
+                f"Via: SIP/2.0/UDP {LOCAL}:5062;branch=z9hG4bK{secrets.token_hex(6)}\r\n"
+                f'From: "Alice" <sip:+15550001111@{LOCAL}>;tag={secrets.token_hex(4)}\r\n'
+                f"To: <sip:+15550002222@{LOCAL}>\r\n"
+                f"Call-ID: {secrets.token_hex(8)}@{LOCAL}\r\n"
+                "CSeq: 1 INVITE\r\n"
+                f"Contact: <sip:alice@{LOCAL}:5062>\r\n"
+            )
+        self.event(
+            {
+                "key": key,
+                "event_type": "NEW",
+                "method": "INVITE",
+                "body": sdp,
+                "headers": headers,
+                "extra_params": extra_params,
+            }
+        )
+        return key
+
+    def cancel(self, key: str) -> None:
+        """The caller's CANCEL: ``200 canceling`` at once, TERMINATED/CANCEL to vc; the INVITE
+        waits for vc's final reply."""
+        self.event({"key": key, "event_type": "TERMINATED", "method": "CANCEL"})
+
+    def bye(self, key: str) -> None:
+        self.event({"key": key, "event_type": "TERMINATED", "method": "BYE"})
+
     def subscribed(self) -> bool:
         return self.subscriber is not None and time.monotonic() < self.expires_at
 
     def event(self, params: dict[str, Any]) -> bytes:
-        """Send one E_UA_SESSION notification (as bytes, exactly); returns what was sent."""
+        """Send one E_UA_SESSION notification (as bytes, exactly); returns what was sent.
+        The entity follows the event as the real server's would."""
         assert self.subscribed(), "no live subscription"
-        full = {
+        # As 3.6.8 sends them: "reason" is null for requests, "extra_params" null but on NEW.
+        full: dict[str, Any] = {
             "key": "",
-            "entity_type": "UAS",
             "event_type": "",
+            "entity_type": "UAS",
             "status": 0,
-            "reason": "",
+            "reason": None,
             "method": "",
             "body": "",
             "headers": "",
-            "extra_params": "",
+            "extra_params": "" if params.get("event_type") == "NEW" else None,
         }
         full.update(params)
+        key, etype, method = full["key"], full["event_type"], full["method"]
+        e = self.entities.get(key)
+        if etype == "NEW" and e is None:
+            e = self.entities[key] = Entity(key, full["headers"] or "")
+            if e.get("Via"):
+                self.wire.append(self._provisional(e))
+        elif e is not None and etype == "TERMINATED":
+            cseq = e.get("CSeq").split()[0] if method == "CANCEL" else str(e.cseq + 1)
+            if not full["headers"]:
+                full["headers"] = e.headers.replace(e.get("CSeq"), f"{cseq} {method}")
+            if method == "CANCEL":
+                tag = f"c056-{secrets.token_hex(16)}"
+                self.wire.append(self._simple(e, 200, "canceling", method, cseq, tag))
+            else:
+                self.wire.append(self._simple(e, 200, "OK", method, cseq, e.key, contact=True))
+            if method == "CANCEL":
+                e.state = "terminated"  # the INVITE transaction stays open
+            else:
+                del self.entities[key]
+        elif e is not None and etype == "UPDATED":
+            if method == "ACK":
+                e.state = "established"
+            else:
+                e.pending.add(method)
+                if full["headers"]:
+                    e.requests[method] = full["headers"]
         data = json.dumps({"jsonrpc": "2.0", "method": "E_UA_SESSION", "params": full}).encode()
         assert self.transport is not None and self.subscriber is not None
         self.transport.sendto(data, self.subscriber)
         return data
+
+    def _provisional(self, e: Entity) -> str:
+        return self._simple(e, 100, "Giving it a try", "INVITE", e.get("CSeq").split()[0], "")
+
+    def _simple(
+        self,
+        e: Entity,
+        code: int,
+        reason: str,
+        method: str,
+        cseq: str,
+        tag: str,
+        contact: bool = False,
+    ) -> str:
+        """A reply OpenSIPS sends on its own: tm's 100 and ``200 canceling`` (tm's own To-tag,
+        no Contact), b2b_entities' 200 to BYE (To-tag = key, Contact)."""
+        to = e.get("To") + (f";tag={tag}" if tag else "")
+        return (
+            f"SIP/2.0 {code} {reason}\r\nVia: {e.get('Via')}\r\nTo: {to}\r\n"
+            f"From: {e.get('From')}\r\nCall-ID: {e.get('Call-ID')}\r\nCSeq: {cseq} {method}\r\n"
+            + (f"Contact: <sip:{STANDIN_SIP[0]}:{STANDIN_SIP[1]}>\r\n" if contact else "")
+            + f"Server: {STANDIN_SERVER}\r\nContent-Length: 0\r\n\r\n"
+        )
+
+    def on_wire(self, first_line: str) -> list[str]:
+        """Messages the stand-in put on the wire whose first line starts with ``first_line``."""
+        return [m for m in self.wire if m.startswith(first_line)]
 
     def calls(self, method: str) -> list[dict[str, Any]]:
         return [r for r in self.requests if r["method"] == method]

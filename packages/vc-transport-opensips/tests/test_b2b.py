@@ -8,7 +8,16 @@ import json
 import time
 
 import pytest
-from opensips_kit import VC, OpenSIPSStandIn, RtpPhone, free_udp_port, wait_for
+from opensips_kit import (
+    VC,
+    OpenSIPSStandIn,
+    RtpPhone,
+    free_udp_port,
+    header,
+    header_names,
+    wait_for,
+)
+from vc_transport_opensips.b2b import content_type_line
 from vc_transport_opensips.sdp import parse_offer
 
 from vc.testing.calls import speech
@@ -69,7 +78,16 @@ async def test_subscribes_and_answers_a_call_over_rtp(phone: RtpPhone) -> None:
             p = reply[0]["params"]
             assert p["key"] == key and p["method"] == "INVITE"
             assert p["code"] == 200 and isinstance(p["code"], int)
-            assert isinstance(p["reason"], str) and p["content_type"] == "application/sdp"
+            # No content_type: OpenSIPS takes it as a whole header line and adds
+            # "Content-Type: application/sdp" itself only when it is absent.
+            assert isinstance(p["reason"], str) and "content_type" not in p
+            (ok,) = standin.on_wire("SIP/2.0 200 OK")
+            assert header(ok, "Content-Type") == "application/sdp"
+            assert header(ok, "Contact") == "<sip:127.0.0.1:5060>"
+            assert header_names(ok) == [
+                "Via", "To", "From", "Call-ID", "CSeq", "Content-Type", "Contact", "Server",
+                "Content-Length",
+            ]  # fmt: skip
             answer = parse_offer(p["body"])
             assert answer.formats == [0, 101] and answer.address == "127.0.0.1"
             phone.connect((answer.address, answer.port))
@@ -114,7 +132,8 @@ async def test_subscribes_and_answers_a_call_over_rtp(phone: RtpPhone) -> None:
 
 async def test_opensips_starting_after_vc_and_subscription_refresh(phone: RtpPhone) -> None:
     mi_port = free_udp_port()
-    async with VC(transport=b2b_settings(mi_port, "subscription_expire = 3")) as vc:
+    settings = b2b_settings(mi_port, "subscription_expire = 3\nprobe_interval = 0")
+    async with VC(transport=settings) as vc:
         assert not vc.transport.ready(), "ready before OpenSIPS answered"
         await asyncio.sleep(1.0)
         assert not vc.transport.ready()
@@ -125,14 +144,96 @@ async def test_opensips_starting_after_vc_and_subscription_refresh(phone: RtpPho
             # Renewed before it expires (expire 3 s -> refreshed every 1.5 s).
             await asyncio.sleep(4.0)
             assert standin.subscribed() and len(standin.calls("event_subscribe")) >= 3
-            # OpenSIPS restarts and forgets us: the next refresh subscribes again.
-            standin.subscriber = None
+            assert not standin.calls("uptime"), "probe_interval = 0: no probes"
+            # OpenSIPS restarts and forgets us: without probes the next refresh subscribes again.
+            standin.restart()
             await wait_for(standin.subscribed, timeout=5, what="re-subscription after restart")
             # OpenSIPS goes away: readiness drops once the subscription has expired.
             standin.answer = lambda req: None
             await wait_for(lambda: not vc.transport.ready(), timeout=8, what="readiness to drop")
         finally:
             standin.close()
+
+
+async def test_restart_and_outage_noticed_by_the_uptime_probe(
+    phone: RtpPhone, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A restarted OpenSIPS is subscribed to again within a probe (not a 30 s refresh), the
+    calls it lost are ended, and an unreachable one makes vc not ready at once."""
+    caplog.set_level("INFO", logger="vc.transport.opensips.b2b")
+    standin = await OpenSIPSStandIn().start()
+    settings = b2b_settings(standin.port, "probe_interval = 0.2\nsubscription_refresh = 30")
+    try:
+        async with VC(transport=settings) as vc:
+            b2b = vc.transport.b2b
+            await wait_for(lambda: standin.calls("uptime"), what="first probe")
+            assert b2b.up_since == standin.handle({"method": "uptime"})["Up since"]
+            key = standin.invite(phone.sdp())
+            await wait_for(lambda: standin.on_wire("SIP/2.0 200"), what="answer")
+            await wait_for(lambda: vc.recorder.started, what="call start")
+            subs = len(standin.calls("event_subscribe"))
+            caplog.clear()
+            t0 = time.monotonic()
+            standin.restart()  # forgets the subscription and the call's entity
+            await wait_for(lambda: standin.subscribed(), timeout=3, what="re-subscription")
+            took = time.monotonic() - t0
+            assert took < 1.5, f"restart noticed after {took:.2f}s"
+            assert len(standin.calls("event_subscribe")) == subs + 1
+            assert b2b.restarts == 1 and vc.transport.ready()
+            await wait_for(lambda: any("restored" in r.message for r in caplog.records),
+                           what="restored log line")  # fmt: skip
+            # The call whose entity is gone ends (ua_session_list: 404), nothing to terminate.
+            lookups = standin.calls("ua_session_list")
+            assert lookups and lookups[0]["params"] == {"key": key}
+            await wait_for(lambda: vc.recorder.ended, what="lost call to end")
+            await wait_for(lambda: not vc.transport.media.pool.in_use, what="port release")
+            assert not standin.calls("ua_session_terminate")
+            # OpenSIPS stops answering: not ready within two probes, ready again once back.
+            answer = standin.answer
+            standin.answer = lambda req: None
+            t0 = time.monotonic()
+            await wait_for(lambda: not vc.transport.ready(), timeout=5, what="not ready")
+            took = time.monotonic() - t0
+            assert took < 2.0, f"outage noticed after {took:.2f}s"
+            standin.answer = answer
+            await wait_for(vc.transport.ready, timeout=5, what="ready again")
+            assert b2b.restarts == 1, "same OpenSIPS run: no restart"
+    finally:
+        standin.close()
+
+
+async def test_cancel_before_the_answer_gets_487(phone: RtpPhone) -> None:
+    """OpenSIPS 3.6 answers the CANCEL itself (200 canceling) but leaves the INVITE pending
+    and the entity alive: vc sends 487 and releases the entity."""
+    standin = await OpenSIPSStandIn().start()
+    try:
+        async with VC(transport=b2b_settings(standin.port, "answer_delay = 2")) as vc:
+            key = standin.invite(phone.sdp())
+            await wait_for(lambda: standin.on_wire("SIP/2.0 180 Ringing"), what="180")
+            standin.cancel(key)
+            await wait_for(lambda: standin.on_wire("SIP/2.0 487"), what="487")
+            await wait_for(lambda: key not in standin.entities, what="entity released")
+            await asyncio.sleep(2.5)  # past answer_delay: no 200 after all
+            statuses = [m.split("\r\n")[0] for m in standin.wire]
+            assert statuses == [
+                "SIP/2.0 100 Giving it a try",
+                "SIP/2.0 180 Ringing",
+                "SIP/2.0 200 canceling",
+                "SIP/2.0 487 Request Terminated",
+            ], statuses
+            assert not vc.recorder.started
+            assert not vc.transport.media.streams and not vc.transport.b2b.sessions
+            (term,) = standin.calls("ua_session_terminate")
+            assert term["params"] == {"key": key}
+    finally:
+        standin.close()
+
+
+def test_content_type_is_a_header_line() -> None:
+    assert content_type_line("application/sdp") is None  # OpenSIPS's own default
+    assert content_type_line("") is None
+    assert content_type_line("message/sipfrag") == "Content-Type: message/sipfrag\r\n"
+    assert content_type_line("Content-Type: text/plain") == "Content-Type: text/plain\r\n"
 
 
 async def test_rejections_unknown_keys_and_bot_hangup(phone: RtpPhone) -> None:
@@ -160,6 +261,9 @@ async def test_rejections_unknown_keys_and_bot_hangup(phone: RtpPhone) -> None:
                 c["params"]["key"]: c["params"]["code"] for c in standin.calls("ua_session_reply")
             }
             assert codes["B2B.2.2.2.2"] == 415 and codes["B2B.3.3.3.3"] == 488
+            # OpenSIPS keeps a rejected entity forever: vc releases it (no BYE goes out).
+            await wait_for(lambda: not standin.entities, what="rejected entities released")
+            assert not standin.on_wire("BYE ")
             # Garbage on the event socket is dropped; the next call works.
             assert standin.transport is not None and standin.subscriber is not None
             standin.transport.sendto(b"\x00garbage{", standin.subscriber)
@@ -181,11 +285,14 @@ async def test_rejections_unknown_keys_and_bot_hangup(phone: RtpPhone) -> None:
             await wait_for(lambda: phone.loud(), what="greeting")
             await asyncio.sleep(phone.say(speech("Okay, goodbye!")))
             term = await wait_for(
-                lambda: standin.calls("ua_session_terminate"),
+                lambda: [
+                    c for c in standin.calls("ua_session_terminate") if c["params"]["key"] == key
+                ],
                 timeout=40,
                 what="ua_session_terminate",
             )
             assert term[0]["params"] == {"key": key}
+            assert standin.on_wire("BYE ")  # an answered call: OpenSIPS sends BYE
             await wait_for(lambda: not vc.transport.media.pool.in_use, what="port release")
             # A transfer goes out as ua_session_update REFER.
             key = "B2B.5.5.5.5"

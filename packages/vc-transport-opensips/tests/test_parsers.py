@@ -369,3 +369,138 @@ def test_sip_structured_fuzz(start: bytes, lines: list[bytes], body: bytes) -> N
     assert msg is not None
     msg.call_id  # noqa: B018
     msg.cseq  # noqa: B018
+
+
+# -- issue 12: numbers that str.isdigit(), int() and float() treat in surprising ways --------
+
+#: '²' passes isdigit() but int() refuses it; int() takes '٣'; float() takes 'inf', '1_0'.
+ODD_NUMBERS = st.one_of(
+    st.sampled_from(
+        ["0", "8", "20", "101", "127", "128", "65535", "65536", "70000", "99999999999999",
+         "-1", "+5", "²", "¹", "٣", "١٠", "۲۰", "inf", "-inf", "nan", "1e400", "20.5", "1_0",
+         "0x10", "", "20.", ".5", "1" * 40]
+    ),
+    st.integers(-10, 200_000).map(str),
+    st.text(alphabet=st.characters(categories=["Nd", "No"]), min_size=1, max_size=4),
+)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("a=ptime:30", "a=ptime:inf"),
+        ("a=ptime:30", "a=ptime:nan"),
+        ("a=ptime:30", "a=ptime:1e400"),
+        ("m=audio 40000 ", "m=audio ² "),
+        ("m=audio 40000 ", "m=audio ٣ "),
+        ("RTP/AVP 8 0 96 101", "RTP/AVP ¹ 0 96 101"),
+        ("a=rtpmap:96 opus", "a=rtpmap:² opus"),
+        ("a=rtpmap:96 opus/48000/2", "a=rtpmap:96 opus/²/2"),
+        ("a=fmtp:101 0-15", "a=fmtp:¹ 0-15"),
+        ("c=IN IP4 192.0.2.1", "c=IN IP6 fe80::1%eth0"),
+    ],
+)
+def test_issue12_sdp_reproducers_raise_sdperror(old: str, new: str) -> None:
+    assert old in OFFER
+    with pytest.raises(SdpError):
+        parse_offer(OFFER.replace(old, new))
+
+
+@pytest.mark.parametrize(("ptime", "expected"), [("5", None), ("61", None), ("30.5", 30)])
+def test_ptime_outside_10_to_60_is_ignored(ptime: str, expected: int | None) -> None:
+    offer = parse_offer(OFFER.replace("a=ptime:30", f"a=ptime:{ptime}"))
+    assert offer.ptime == expected
+    neg = negotiate(offer, ["PCMU"], default_ptime=20)
+    assert neg is not None and neg.ptime == (expected or 20)
+
+
+@given(
+    port=ODD_NUMBERS,
+    pt=ODD_NUMBERS,
+    map_pt=ODD_NUMBERS,
+    rate=ODD_NUMBERS,
+    fmtp_pt=ODD_NUMBERS,
+    ptime=ODD_NUMBERS,
+)
+@settings(max_examples=200, deadline=None)
+def test_sdp_numbers_only_ever_raise_sdperror(
+    port: str, pt: str, map_pt: str, rate: str, fmtp_pt: str, ptime: str
+) -> None:
+    text = "\r\n".join(
+        [
+            "v=0",
+            "c=IN IP4 192.0.2.1",
+            f"m=audio {port} RTP/AVP {pt} 0 101",
+            f"a=rtpmap:{map_pt} PCMU/{rate}",
+            "a=rtpmap:101 telephone-event/8000",
+            f"a=fmtp:{fmtp_pt} 0-15",
+            f"a=ptime:{ptime}",
+        ]
+    )
+    try:
+        offer = parse_offer(text)
+    except SdpError:
+        return
+    assert 0 <= offer.port <= 65535
+    assert all(0 <= f <= 127 for f in offer.formats)
+    assert all(0 <= p <= 127 and 1 <= r <= 1_000_000 for p, (_, r) in offer.rtpmap.items())
+    assert offer.ptime is None or 10 <= offer.ptime <= 60
+    neg = negotiate(offer, ["PCMU", "PCMA"])
+    if neg is not None:
+        assert 10 <= neg.ptime <= 60
+        SdpSession("127.0.0.1", 1234).answer(neg)
+
+
+def _request_with(via: str, contact: str) -> bytes:
+    return (
+        "INVITE sip:bot@127.0.0.1 SIP/2.0\r\n"
+        f"Via: {via}\r\n"
+        "From: <sip:a@127.0.0.1>;tag=1\r\n"
+        "To: <sip:bot@127.0.0.1>\r\n"
+        "Call-ID: c\r\n"
+        "CSeq: 1 INVITE\r\n"
+        f"Contact: {contact}\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+@given(port=ODD_NUMBERS, rport=ODD_NUMBERS, contact_port=ODD_NUMBERS, bare_rport=st.booleans())
+@settings(max_examples=200, deadline=None)
+def test_sip_ports_only_raise_sipparseerror_and_responses_go_to_real_ports(
+    port: str, rport: str, contact_port: str, bare_rport: bool
+) -> None:
+    from vc_transport_opensips.sipua import SipUserAgent, sendable
+
+    via = f"SIP/2.0/UDP 192.0.2.9:{port};branch=z9hG4bKp;" + ("rport" if bare_rport else f"rport={rport}")
+    data = _request_with(via, f"<sip:a@192.0.2.9:{contact_port}>")
+    try:
+        msg = sipmsg.parse(data)
+    except sipmsg.SipParseError as e:
+        assert e.response is None or e.response.startswith(b"SIP/2.0 400 Bad Request")
+        return
+    assert isinstance(msg, sipmsg.Request)
+    assert sendable(SipUserAgent.response_address(msg, ("192.0.2.9", 5062)))
+
+
+@given(st.binary(max_size=40))
+@settings(max_examples=300, deadline=None)
+def test_rfc4733_parser_only_raises_rtperror(payload: bytes) -> None:
+    try:
+        event = rtp.parse_dtmf(payload)
+    except rtp.RtpError:
+        return
+    assert 0 <= event.event <= 255 and 0 <= event.volume <= 63 and 0 <= event.duration <= 0xFFFF
+    assert event.digit is None or event.digit in rtp.DTMF_EVENTS
+
+
+@given(st.binary(max_size=200), st.integers(0, 127))
+@settings(max_examples=200, deadline=None)
+def test_rtp_stream_survives_any_datagram(data: bytes, dtmf_pt: int) -> None:
+    """The whole inbound path (parse, latch, RFC 4733, jitter, decode) never raises."""
+    neg = negotiate(parse_offer(OFFER), ["PCMU"])
+    assert neg is not None
+    neg.dtmf_payload_type = dtmf_pt
+    stream = RtpStream(neg, logging.getLogger("test"))
+    stream.datagram_received(data, ("192.0.2.1", 40000))
+    stream.datagram_received(rtp.build(dtmf_pt, 1, 160, 7, data[:8]), ("192.0.2.1", 40000))
+    assert "error" not in stream.drops

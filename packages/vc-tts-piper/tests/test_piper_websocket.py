@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -175,7 +176,9 @@ async def test_unknown_voice_is_a_clear_error_and_the_connection_survives(provid
     client.close()
 
 
-async def test_service_down_at_startup_is_a_startup_error() -> None:
+async def test_service_started_after_vc_makes_it_ready(transcribe) -> None:
+    """Start order does not matter: start() returns with the port closed, not ready (and says
+    why); the shipped vc-piper-ws-server comes up on that port and the retry loop gets through."""
     import socket
 
     with socket.socket() as s:  # a port with nobody listening
@@ -183,8 +186,30 @@ async def test_service_down_at_startup_is_a_startup_error() -> None:
         port = s.getsockname()[1]
     p = PiperWebSocketProvider(_settings(f"ws://127.0.0.1:{port}/tts", connect_timeout=0.5),
                                provider_context())
-    with pytest.raises(ProviderError, match=r"cannot reach the Piper WebSocket service.*"
-                                            r"vc-piper-ws-server"):
+    proc = None
+    try:
+        await p.start()
+        assert not p.ready()
+        assert re.search(r"cannot reach the Piper WebSocket service.*vc-piper-ws-server",
+                         p.not_ready_reason())
+        proc, url = _launch(port)
+        assert url == f"ws://127.0.0.1:{port}/tts"
+        deadline = time.monotonic() + 12  # backoff 0.5 s doubling, capped at 10 s
+        while not p.ready():
+            assert time.monotonic() < deadline, p.not_ready_reason()
+            await asyncio.sleep(0.05)
+        clip = await p.synthesize(SENTENCES[1], profile())
+        heard = transcribe(clip.pcm, clip.sample_rate)
+        assert wer(SENTENCES[1], heard) <= 0.1, heard
+    finally:
+        await p.stop()
+        if proc is not None:
+            assert _shutdown(proc) == 0
+
+
+async def test_a_url_that_is_not_a_websocket_url_is_a_startup_error() -> None:
+    p = PiperWebSocketProvider(_settings("http://127.0.0.1:1/tts"), provider_context())
+    with pytest.raises(ProviderError, match="is not a WebSocket URL"):
         await p.start()
     await p.stop()
 

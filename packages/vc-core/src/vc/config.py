@@ -170,6 +170,8 @@ class RawConfig:
     path: str | None = None
     legacy: bool = False
     errors: list[ConfigError] = attrs.field(factory=list)
+    #: the file's section names as it spells them (``VAD``), in file order
+    written: list[str] = attrs.field(factory=list)
 
     def get(self, section: str) -> dict[str, tuple[str, str]]:
         return self.sections.get(section, {})
@@ -200,6 +202,7 @@ def read(path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = No
         raw.errors.append(ConfigError("", "", path, f"cannot parse INI file: {e}".replace("\n", " ")))
         return raw
     sections: Sections = {}
+    raw.written = parser.sections()
     for name in parser.sections():
         sections[name] = {
             k.strip().lower(): (v, f"{path} [{name}]") for k, v in parser.items(name, raw=True)
@@ -268,21 +271,7 @@ def resolve(
 
     warnings: list[str] = []
     if raw.legacy:
-        schemas: dict[str, type | None] = {**CORE_SECTIONS}
-        for kind in KINDS:
-            for name, reg in registry.providers[kind].items():
-                schemas[f"{kind}.{name}"] = reg.cls.Settings
-        for name, reg in registry.providers["transport"].items():
-            schemas[f"transport.{name}"] = reg.cls.Settings
-        for section, values in list(raw.sections.items()):
-            if section in schemas:
-                raw.sections[section] = _legacy_known(schemas[section], values, section, warnings)
-            elif section in KINDS:  # [stt] shorthand: the selected provider's schema
-                selected = registry.providers[section].get(values.get("provider", ("", ""))[0])
-                if selected is not None:
-                    rest = {k: v for k, v in values.items() if k != "provider"}
-                    keep = _legacy_known(selected.cls.Settings, rest, section, warnings)
-                    raw.sections[section] = {**keep, "provider": values["provider"]}
+        _ignore_what_vc_does_not_use(raw, registry, known, warnings)
 
     core: dict[str, Any] = {}
     for section, cls in CORE_SECTIONS.items():
@@ -398,18 +387,66 @@ def resolve(
     )
 
 
+def _ignore_what_vc_does_not_use(raw: RawConfig, registry: Registry,
+                                 known: dict[str, list[str]], warnings: list[str]) -> None:
+    """A file in the old format is read as the old engine read it: what vc does not use (dead
+    sections such as ``[openai]``, unknown keys in any section) is dropped with a warning that
+    names it, never its value (dead sections hold API keys), instead of being an error.
+
+    Values of the keys vc does use are still validated. A vc-native file stays strict.
+    """
+    schemas: dict[str, type | None] = {**CORE_SECTIONS}
+    for kind in KINDS:
+        for name, reg in registry.providers[kind].items():
+            schemas[f"{kind}.{name}"] = reg.cls.Settings
+    for name, reg in registry.providers["transport"].items():
+        schemas[f"transport.{name}"] = reg.cls.Settings
+    for name, (cls, _) in registry.observers.items():
+        schemas[f"observer.{name}"] = cls.Settings
+    ignored: list[tuple[str, str]] = []  # (section as written, message)
+    for section, values in list(raw.sections.items()):
+        head, _, tail = section.partition(".")
+        if section in schemas:
+            raw.sections[section] = _legacy_known(schemas[section], values, section, ignored)
+        elif section in KINDS:  # [stt] shorthand: the selected provider's schema
+            selected = registry.providers[section].get(values.get("provider", ("", ""))[0])
+            if selected is not None:
+                rest = {k: v for k, v in values.items() if k != "provider"}
+                keep = _legacy_known(selected.cls.Settings, rest, section, ignored)
+                raw.sections[section] = {**keep, "provider": values["provider"]}
+        elif head == "profile" and tail:
+            params = {k: v for k, v in values.items() if k.startswith("match.param.")}
+            plain = {k: v for k, v in values.items() if k not in params}
+            raw.sections[section] = {**_legacy_known(ProfileSettings, plain, section, ignored),
+                                     **params}
+        elif section not in known and not (head in (*KINDS, "transport", "observer") and tail):
+            del raw.sections[section]
+            written = next((n for n in raw.written if _section_key(n) == section), section)
+            keys = f" ({', '.join(values)})" if values else ""
+            ignored.append((written, f"[{written}]{keys} from the old configuration is not used "
+                                     "by vc; ignored"))
+    # In the file's order, whichever vc section the old one was translated into.
+    order = {name: i for i, name in enumerate(raw.written)}
+    ignored.sort(key=lambda item: order.get(item[0], len(order)))
+    warnings += [message for _, message in ignored]
+
+
 def _legacy_known(cls: type | None, values: dict[str, tuple[str, str]], section: str,
-                  warnings: list[str]) -> dict[str, tuple[str, str]]:
+                  ignored: list[tuple[str, str]]) -> dict[str, tuple[str, str]]:
     """Keys of the old INI that vc does not use are ignored, as the old engine ignored them."""
     known = set()
     for f in describe(cls) if cls is not None else []:
         known |= {f.name, *f.aliases}
     out = {}
     for k, v in values.items():
-        if k in known or "legacy" not in v[1]:
+        if k in known:
             out[k] = v
-        else:
-            warnings.append(f"[{section}] {k} from the old configuration is not used by vc; ignored")
+            continue
+        # Name the key where the file has it: [engine] workers, not [transport.opensips] workers.
+        old = re.search(r"\(legacy \[([^\]]+)\] [^)]*\)$", v[1])
+        where = old.group(1) if old else section
+        ignored.append((where, f"[{where}] {k} from the old configuration is not used by vc; "
+                               "ignored"))
     return out
 
 

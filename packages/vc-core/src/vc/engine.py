@@ -1,7 +1,10 @@
 """The engine: started providers, greeting cache, VAD pool, observers and the calls in flight.
 
 Everything slow happens in :meth:`Engine.start`, before the first call: providers load their
-models and open their connections, greetings are synthesised, VAD models are loaded.
+models and open their connections, greetings are synthesised, VAD models are loaded. A provider
+of a remote service that is not reachable yet (:mod:`vc.reconnect`) does not stop the start: the
+engine runs, reports it in :meth:`Engine.not_ready`, and renders the greetings of a TTS that
+comes up later as soon as it is ready.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from vc.metrics import Metrics
 from vc.plugins import Registry
 from vc.profiles import Profile, select_profile
 from vc.providers import AudioClip, CallHost, Observer, Provider, ProviderContext, ProviderError
+from vc.reconnect import backoff
 from vc.vad import CallVAD
 
 log = logging.getLogger("vc.engine")
@@ -50,6 +54,9 @@ class Engine(CallHost):
         self._drained = asyncio.Event()
         self._drained.set()
         self.startup_seconds: dict[str, float] = {}
+        #: profile name -> TTS provider whose greeting waits for it to become ready
+        self.greetings_pending: dict[str, str] = {}
+        self._later: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -94,8 +101,14 @@ class Engine(CallHost):
                 log.exception("%s provider %s failed to start", kind, name)
                 return f"{kind} provider {name!r}: {type(e).__name__}: {e}"
             self.startup_seconds[f"{kind}.{name}"] = time.monotonic() - t0
-            log.info("%s provider %s ready in %.2fs", kind, name, time.monotonic() - t0)
-            if kind == "tts":  # while the other models still load
+            if provider.ready():
+                log.info("%s provider %s ready in %.2fs", kind, name, time.monotonic() - t0)
+            else:
+                log.info("%s provider %s started in %.2fs, not ready yet: %s", kind, name,
+                         time.monotonic() - t0, provider.not_ready_reason() or "not ready")
+            if kind == "tts" and not provider.ready():  # its service is not reachable yet
+                self._render_greetings_later(name, provider)
+            elif kind == "tts":  # while the other models still load
                 try:
                     await self._render_greetings(name)
                 except EngineStartError as e:
@@ -135,6 +148,8 @@ class Engine(CallHost):
 
     async def stop(self) -> None:
         self.accepting = False
+        for task in list(self._later):
+            task.cancel()
         for kind in self.providers.values():
             for name, provider in kind.items():
                 try:
@@ -144,9 +159,23 @@ class Engine(CallHost):
         self.providers.clear()
 
     def ready(self) -> bool:
-        return self.started and self.accepting and all(
-            p.ready() for kind in self.providers.values() for p in kind.values()
-        )
+        return self.started and self.accepting and not self.not_ready()
+
+    def not_ready(self) -> dict[str, str]:
+        """What keeps the engine from being ready, each with why: ``{"llm.llama-ws": "cannot
+        connect to ..."}``, ``{"greeting.default": "waiting for tts piper-websocket"}``."""
+        out: dict[str, str] = {}
+        if not self.started:
+            out["engine"] = "starting"
+        elif not self.accepting:
+            out["engine"] = "not accepting calls (shutting down)"
+        for kind, providers in self.providers.items():
+            for name, provider in providers.items():
+                if not provider.ready():
+                    out[f"{kind}.{name}"] = provider.not_ready_reason() or "not ready"
+        for profile, tts in self.greetings_pending.items():
+            out[f"greeting.{profile}"] = f"waiting for tts {tts}"
+        return out
 
     async def drain(self, timeout: float) -> int:
         """Stop taking calls and wait up to ``timeout`` for active ones; returns how many remain."""
@@ -176,21 +205,51 @@ class Engine(CallHost):
     def select_profile(self, info: CallInfo) -> Profile:
         return select_profile(self.config.profiles, info)
 
-    async def _render_greetings(self, tts_name: str) -> None:
+    def _greeted_by(self, tts_name: str) -> list[Profile]:
         default = self.config.default_providers["tts"]
-        for profile in self.config.profiles:
-            if not profile.greeting or (profile.tts or default) != tts_name:
+        return [p for p in self.config.profiles if p.greeting and (p.tts or default) == tts_name]
+
+    async def _render_greetings(self, tts_name: str) -> None:
+        for profile in self._greeted_by(tts_name):
+            if profile.name in self.greetings:
                 continue
             tts = self.provider("tts", profile.tts)
             try:
                 clip = await tts.synthesize(profile.greeting, profile)
-            except NotImplementedError:
+            except NotImplementedError:  # this TTS cannot pre-render: calls start without one
+                self.greetings_pending.pop(profile.name, None)
                 continue
             except Exception as e:
                 raise EngineStartError(
                     f"greeting of profile {profile.name!r} could not be synthesised: {e}") from e
             self.greetings[profile.name] = clip
+            self.greetings_pending.pop(profile.name, None)
             log.info("greeting for profile %s ready (%.2fs of audio)", profile.name, clip.duration)
+
+    def _render_greetings_later(self, tts_name: str, provider: Provider) -> None:
+        """The TTS's service was not reachable at start: render its greetings once it is."""
+        profiles = self._greeted_by(tts_name)
+        if not profiles:
+            return
+        for profile in profiles:
+            self.greetings_pending[profile.name] = tts_name
+
+        async def later() -> None:
+            delays = backoff()
+            while True:
+                while not provider.ready():
+                    await asyncio.sleep(0.2)
+                try:
+                    await self._render_greetings(tts_name)
+                    return
+                except EngineStartError as e:  # went away again, or cannot speak it: retry
+                    delay = next(delays)
+                    log.warning("%s; trying again in %gs", e, delay)
+                    await asyncio.sleep(delay)
+
+        task = asyncio.ensure_future(later())
+        self._later.add(task)
+        task.add_done_callback(self._later.discard)
 
     def greeting_audio(self, profile: Profile, sample_rate: int) -> bytes:
         clip = self.greetings.get(profile.name)
@@ -242,6 +301,17 @@ class Engine(CallHost):
         refused = self.admit(info)
         if refused:
             raise ProviderError(refused)
+        # A TTS whose service is down cannot say anything, not even an apology (there is no
+        # pre-rendered one): refuse the call cleanly (Twilio says its busy_message, SIP gets a
+        # 503) rather than answer it with silence. Down STT or LLM: the call is taken; turns
+        # are apologised for (LLM) or transcribed once the service is back (STT replays).
+        profile = connection.profile or self.select_profile(info)
+        connection.profile = profile
+        tts_name = profile.tts or self.config.default_providers["tts"]
+        tts = self.providers.get("tts", {}).get(tts_name)
+        if tts is not None and not tts.ready():
+            raise ProviderError(f"tts provider {tts_name!r} is not ready "
+                                f"({tts.not_ready_reason() or 'not ready'}): refusing the call")
         session = CallSession(self, connection)
         self.sessions[info.call_id] = session
         self._drained.clear()

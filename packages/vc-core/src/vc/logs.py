@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 _STD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -58,6 +59,56 @@ class _Held(logging.Handler):
 
 
 _held: _Held | None = None
+
+
+class LogThrottle:
+    """Rate limit for one kind of log line that a peer can trigger at will.
+
+    The first ``burst`` lines of each ``interval`` seconds are logged; the rest are only
+    counted, and the next line that is logged says how many were suppressed before it
+    (``... (1234 more like this suppressed)``). :meth:`flush` logs a pending count on its own,
+    for when the owner (a call, a connection) ends. One instance per kind of line::
+
+        self._unknown = LogThrottle()
+        self._unknown.log(log, logging.WARNING, "unknown mark %r", name)
+    """
+
+    def __init__(
+        self, burst: int = 5, interval: float = 10.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.burst = burst
+        self.interval = interval
+        self._clock = clock
+        self._window = float("-inf")
+        self._count = 0
+        #: Lines suppressed since the last one logged.
+        self.suppressed = 0
+        #: Lines suppressed in all.
+        self.total_suppressed = 0
+
+    def log(self, logger: Any, level: int, msg: str, *args: Any) -> bool:
+        """Log ``msg % args`` at ``level`` unless over the limit; True if it was logged."""
+        now = self._clock()
+        if now - self._window >= self.interval:
+            self._window = now
+            self._count = 0
+        if self._count >= self.burst:
+            self.suppressed += 1
+            self.total_suppressed += 1
+            return False
+        self._count += 1
+        if self.suppressed:
+            msg += " (%d more like this suppressed)"
+            args = (*args, self.suppressed)
+            self.suppressed = 0
+        logger.log(level, msg, *args)
+        return True
+
+    def flush(self, logger: Any, level: int, what: str) -> None:
+        """Log how many lines were suppressed since the last one, if any (``what``: the kind)."""
+        if self.suppressed:
+            logger.log(level, "%d more %s suppressed", self.suppressed, what)
+            self.suppressed = 0
 
 
 def hold() -> None:

@@ -89,6 +89,13 @@ class Provider:
         """Whether this provider can take calls now (reported by ``/readyz``)."""
         return True
 
+    def not_ready_reason(self) -> str:
+        """Why ``ready()`` is False, in one line for ``/readyz`` ("" when ready).
+
+        Providers of a remote service get this from :class:`vc.reconnect.RemoteProvider`.
+        """
+        return "" if self.ready() else "not ready"
+
     @classmethod
     def supports_language(cls, language: str) -> bool:
         primary = language.split("-")[0].lower()
@@ -175,6 +182,13 @@ class TransportProvider(Provider):
     async def start(self, host: CallHost) -> None:  # type: ignore[override]
         """Start listening; calls go to ``host.run_call``."""
         self.host = host
+
+    def alive(self) -> bool:
+        """False only when this transport is broken beyond what it can repair by itself (its
+        listening socket died and could not be reopened): ``/healthz`` then fails so that the
+        process is restarted. Not started yet, or stopped on purpose, is alive. Must be cheap.
+        """
+        return True
 
 
 class Observer:

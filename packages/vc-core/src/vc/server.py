@@ -1,8 +1,11 @@
 """``vc serve``: one asyncio process with the HTTP server, the engine and every transport.
 
-The HTTP server answers from the first moment (``/healthz``); ``/readyz`` turns ready once
+The HTTP server answers from the first moment (``/healthz``: 200 unless a transport reports
+itself dead, see ``TransportProvider.alive``); ``/readyz`` turns ready once
 plugins are loaded, providers started (models warm, greetings rendered) and every transport
-is listening. SIGTERM flips ``/readyz`` to not-ready, stops new calls, waits up to
+is listening. A provider whose remote service is not reachable (yet) keeps it not ready, named
+in the body's ``not_ready`` with the reason, until the service answers (see
+:mod:`vc.reconnect`). SIGTERM flips ``/readyz`` to not-ready, stops new calls, waits up to
 ``[server] drain_timeout`` for active calls and then exits.
 """
 
@@ -13,7 +16,6 @@ import logging
 import os
 import signal
 import time
-from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Response
@@ -54,14 +56,21 @@ class App:
         http = FastAPI(title="vc", version=__version__, docs_url=None, redoc_url=None)
 
         @http.get("/healthz")
-        async def healthz() -> dict[str, Any]:
-            return {"status": "ok", "version": __version__}
+        async def healthz() -> JSONResponse:
+            dead = self.dead_transports()
+            if dead:
+                return JSONResponse(
+                    {"status": "failing", "version": __version__, "dead": dead}, status_code=503
+                )
+            return JSONResponse({"status": "ok", "version": __version__})
 
         @http.get("/readyz")
         async def readyz() -> JSONResponse:
             checks = self.checks()
             ok = all(checks.values())
-            body = {"ready": ok, "checks": checks}
+            body: dict[str, object] = {"ready": ok, "checks": checks}
+            if not ok:
+                body["not_ready"] = self.not_ready(checks)
             if self.error:
                 body["error"] = self.error
             return JSONResponse(body, status_code=200 if ok else 503)
@@ -76,12 +85,46 @@ class App:
                 http.include_router(router)
         return http
 
+    def dead_transports(self) -> list[str]:
+        """Transports whose ``alive()`` is False (or raises): ``/healthz`` fails while any is."""
+        dead = []
+        for name, t in self.transports.items():
+            alive = getattr(t, "alive", None)
+            try:
+                ok = bool(alive()) if alive is not None else True
+            except Exception:
+                log.exception("transport %s: alive() failed", name)
+                ok = False
+            if not ok:
+                dead.append(f"transport.{name}")
+        return dead
+
     def checks(self) -> dict[str, bool]:
-        out = {"plugins": not self.registry.conflicts, "engine": self.engine.ready(),
+        """Every readiness check by name: core's, each provider's (``llm.llama-ws``), each
+        greeting still waiting for its TTS (``greeting.default``), each transport's."""
+        waiting = self.engine.not_ready()
+        out = {"plugins": not self.registry.conflicts, "engine": "engine" not in waiting,
                "draining": not self.stopping}
+        for kind, providers in self.engine.providers.items():
+            for name in providers:
+                out[f"{kind}.{name}"] = f"{kind}.{name}" not in waiting
+        for name in waiting:
+            if name.startswith("greeting."):
+                out[name] = False
         for name, t in self.transports.items():
             out[f"transport.{name}"] = t.ready() and self.engine.started
         return out
+
+    def not_ready(self, checks: dict[str, bool] | None = None) -> dict[str, str]:
+        """The failing checks, each with why (``{"tts.piper-websocket": "cannot reach ..."}``)."""
+        checks = self.checks() if checks is None else checks
+        waiting = self.engine.not_ready()
+        reasons = {"plugins": "; ".join(self.registry.conflicts), "draining": "shutting down"}
+        return {
+            name: waiting.get(name) or reasons.get(name)
+            or ("not ready" if self.engine.started else "starting")
+            for name, ok in checks.items() if not ok
+        }
 
     async def start(self) -> None:
         """Start providers, then transports. Raises EngineStartError with every failure."""
@@ -93,7 +136,12 @@ class App:
             log.info("transport %s started", name)
         self.ready_at = time.monotonic()
         self.engine.metrics.ready.set(1)
-        log.info("ready in %.2fs", self.ready_at - self.started_at)
+        waiting = self.engine.not_ready()
+        if waiting:  # a remote service is not reachable yet: /readyz stays 503 until it is
+            log.warning("started in %.2fs; not ready until %s answer(s)",
+                        self.ready_at - self.started_at, ", ".join(waiting))
+        else:
+            log.info("ready in %.2fs", self.ready_at - self.started_at)
 
     async def stop(self) -> None:
         self.stopping = True

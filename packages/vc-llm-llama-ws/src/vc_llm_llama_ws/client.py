@@ -18,6 +18,7 @@ from websockets.exceptions import ConnectionClosed
 
 from vc.llm import LLMProviderError, StreamingLLMService, ToolCallRequest
 from vc.providers import CallContext, LLMProvider, ProviderError
+from vc.reconnect import RemoteProvider, ServiceUnavailable
 from vc.settings import setting
 from vc_llm_llama_ws import protocol
 from vc_llm_llama_ws.common import (
@@ -201,8 +202,12 @@ def to_wire_messages(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
     return out
 
 
-class LlamaWSProvider(LLMProvider):
-    """The existing Llama WebSocket service (``[llm] url``)."""
+class LlamaWSProvider(RemoteProvider, LLMProvider):
+    """The existing Llama WebSocket service (``[llm] url``).
+
+    The service may start after vc, or restart: vc starts anyway and the shared retry loop
+    (:mod:`vc.reconnect`) fills the pool once it answers; meanwhile calls hear the apology.
+    """
 
     name = "llama-ws"
     Settings = LlamaWSSettings
@@ -211,25 +216,27 @@ class LlamaWSProvider(LLMProvider):
 
     def __init__(self, settings: LlamaWSSettings, context: Any) -> None:
         super().__init__(settings, context)
-        self.pool = ConnectionPool(settings.url, settings.pool_size, settings.timeout)
+        self.pool = ConnectionPool(settings.url, settings.pool_size, settings.timeout,
+                                   service=self.remote)
 
     async def start(self) -> None:
         url = self.settings.url
         if not url.startswith(("ws://", "wss://")):
             raise ProviderError(f"[llm] url must start with ws:// or wss://, got {url!r}")
+        await super().start()
+
+    async def probe(self) -> None:
         try:
-            await self.pool.fill()
+            if self.pool.size:
+                await self.pool.fill()
+            else:  # no pool: check that the service accepts a connection
+                await (await self.pool.open()).close()
         except ServerUnavailable as e:
-            # The service may start after vc (compose): report, keep trying, stay not-ready.
-            self.log.warning("%s; calls will hear the apology until it is reachable", e)
-            self.pool.last_error = str(e)
-            self.pool.refill_soon()
+            raise ServiceUnavailable(str(e)) from None
 
     async def stop(self) -> None:
+        await super().stop()
         await self.pool.close()
-
-    def ready(self) -> bool:
-        return self.pool.connected_once
 
     def create_service(self, call: CallContext) -> LlamaWSService:
         return LlamaWSService(self, call)

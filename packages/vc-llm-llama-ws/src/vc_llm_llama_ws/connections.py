@@ -18,6 +18,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
+from vc.reconnect import RemoteService
 from vc_llm_llama_ws import protocol
 
 log = logging.getLogger("vc.llm.llama-ws")
@@ -131,48 +132,54 @@ async def open_connection(url: str, seconds: float) -> LlamaConnection:
 
 
 class ConnectionPool:
-    """A few open connections kept ready so a call's first turn pays no connect time."""
+    """A few open connections kept ready so a call's first turn pays no connect time.
 
-    def __init__(self, url: str, size: int, timeout: float) -> None:
+    Every connection attempt is reported to ``service`` (reachable or not): while the service
+    is unreachable the provider's shared retry loop (:mod:`vc.reconnect`) refills the pool.
+    """
+
+    def __init__(self, url: str, size: int, timeout: float,
+                 service: RemoteService | None = None) -> None:
         self.url = url
         self.size = max(0, size)
         self.timeout = timeout
+        self.service = service
         self._idle: list[LlamaConnection] = []
         self._refill: asyncio.Task[None] | None = None
         self._closed = False
         self._tasks: set[asyncio.Task[None]] = set()
-        self.last_error = ""
-        self.connected_once = False
 
     @property
     def idle(self) -> int:
         return len(self._idle)
 
+    async def open(self) -> LlamaConnection:
+        """A new connection (raises ServerUnavailable); the outcome is reported to ``service``."""
+        try:
+            conn = await open_connection(self.url, self.timeout)
+        except ServerUnavailable as e:
+            if self.service is not None:
+                self.service.lost(str(e))
+            raise
+        if self.service is not None:
+            self.service.reached()
+        return conn
+
     async def fill(self) -> None:
         """Open connections until ``size`` are idle; raises ServerUnavailable on failure."""
         while len(self._idle) < self.size and not self._closed:
-            conn = await open_connection(self.url, self.timeout)
-            self.connected_once = True
-            self.last_error = ""
-            self._idle.append(conn)
+            self._idle.append(await self.open())
 
     def refill_soon(self) -> None:
         if self._closed or len(self._idle) >= self.size:
             return
         if self._refill is None or self._refill.done():
-            self._refill = asyncio.ensure_future(self._refill_loop())
+            self._refill = asyncio.ensure_future(self._refill_once())
 
-    async def _refill_loop(self) -> None:
-        delay = 0.5
-        while not self._closed and len(self._idle) < self.size:
-            try:
-                await self.fill()
-            except ServerUnavailable as e:
-                if str(e) != self.last_error:
-                    log.warning("%s; retrying in the background", e)
-                self.last_error = str(e)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+    async def _refill_once(self) -> None:
+        # One try: a failure is reported as lost, and the provider's retry loop refills.
+        with contextlib.suppress(ServerUnavailable):
+            await self.fill()
 
     def take_idle(self) -> LlamaConnection | None:
         """A ready pooled connection without waiting, or None (the pool refills itself)."""
@@ -199,8 +206,7 @@ class ConnectionPool:
                 self.refill_soon()
                 return conn
             await conn.close()
-        conn = await open_connection(self.url, self.timeout)
-        self.connected_once = True
+        conn = await self.open()
         self.refill_soon()
         return conn
 

@@ -21,7 +21,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import importlib.util
-import json
 import logging
 import os
 import re
@@ -32,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+
+from vc import jsonsafe
 
 log = logging.getLogger("vc.llm.llama_cpp")
 
@@ -424,7 +425,7 @@ def _tool_call_for_template(call: dict[str, Any]) -> dict[str, Any]:
     args = fn.get("arguments", {})
     if isinstance(args, str):
         try:
-            args = json.loads(args) if args.strip() else {}
+            args = jsonsafe.loads(args) if args.strip() else {}
         except ValueError:
             args = {"raw": args}
     return {"type": "function", "function": {"name": fn.get("name", ""), "arguments": args}}
@@ -494,7 +495,7 @@ def parse_tool_call(body: str) -> ToolCallText | None:
         log.warning("ignoring a malformed tool call from the model: %r", body[:200])
         return None
     try:
-        data = json.loads(m.group(0))
+        data = jsonsafe.loads(m.group(0))
     except ValueError:
         log.warning("ignoring a tool call that is not JSON: %r", body[:200])
         return None
@@ -505,7 +506,7 @@ def parse_tool_call(body: str) -> ToolCallText | None:
     args = data.get("arguments", data.get("parameters", {}))
     if isinstance(args, str):
         try:
-            args = json.loads(args) if args.strip() else {}
+            args = jsonsafe.loads(args) if args.strip() else {}
         except ValueError:
             args = {}
     return ToolCallText(name, args if isinstance(args, dict) else {})

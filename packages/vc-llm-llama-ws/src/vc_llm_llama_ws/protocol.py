@@ -18,6 +18,8 @@ from typing import Any
 
 import attrs
 
+from vc import jsonsafe
+
 ROLES = {"system", "user", "assistant", "tool", "developer"}
 
 
@@ -86,7 +88,7 @@ def _content(value: Any, where: str) -> str:
 def parse_request(raw: str | bytes) -> ChatRequest:
     """A request from its JSON text; raises ProtocolError saying what is wrong."""
     try:
-        data = json.loads(raw)
+        data = jsonsafe.loads(raw)  # ValueError only, also for "[" * 1000
     except ValueError as e:
         raise ProtocolError(f"request is not JSON: {e}") from None
     if not isinstance(data, dict):
@@ -156,9 +158,9 @@ class Reply:
 
 
 def parse_reply(raw: str | bytes) -> Reply:
-    """A server message, classified; raises ProtocolError for non-JSON."""
+    """A server message, classified; raises ProtocolError (only) for anything not an object."""
     try:
-        data = json.loads(raw)
+        data = jsonsafe.loads(raw)  # ValueError only, also for "[" * 1000
     except ValueError:
         raise ProtocolError(f"server sent a non-JSON message: {str(raw)[:80]!r}") from None
     if not isinstance(data, dict):

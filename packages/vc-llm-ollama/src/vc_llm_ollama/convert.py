@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+from vc import jsonsafe
 
 
 def _text(content: Any) -> str:
@@ -21,7 +22,7 @@ def _arguments(raw: Any) -> dict[str, Any]:
         return raw
     if isinstance(raw, str) and raw.strip():
         try:
-            value = json.loads(raw)
+            value = jsonsafe.loads(raw)
         except ValueError:
             return {}
         return value if isinstance(value, dict) else {}

@@ -4,7 +4,9 @@ Streaming ``/api/chat`` with the call's history, system prompt, options and tool
 configured models (the provider's and every profile's ``llm_model``) are verified on the server
 (an error, or a pull with ``missing_model = pull``) and warmed: loaded with ``keep_alive`` and the
 system prompt evaluated, so the first call pays neither. Barge-in closes the HTTP stream, which
-is how Ollama is told to stop generating.
+is how Ollama is told to stop generating. A server that cannot be reached at start (or later)
+does not stop vc: the shared retry loop (:mod:`vc.reconnect`) checks and warms the models once
+it answers, and calls hear the apology meanwhile.
 """
 
 from __future__ import annotations
@@ -22,11 +24,21 @@ import ollama
 
 from vc.llm import DEFAULT_APOLOGY, LLMProviderError, StreamingLLMService, ToolCallRequest
 from vc.providers import CallContext, LLMProvider, ProviderError
+from vc.reconnect import RemoteProvider, ServiceUnavailable
 from vc.settings import setting
 from vc_llm_ollama.convert import to_ollama_messages, to_ollama_tools
 from vc_llm_ollama.models import DEFAULT_HOST, describe_error, pull_model
 
 log = logging.getLogger("vc.llm.ollama")
+
+#: Errors that mean the server cannot be reached now (as opposed to answering with an error).
+UNREACHABLE = (ConnectionError, httpx.ConnectError, httpx.ConnectTimeout, TimeoutError)
+
+
+def provider_error(e: BaseException, host: str, model: str, prefix: str = "") -> ProviderError:
+    """ServiceUnavailable when the server cannot be reached, else ProviderError."""
+    cls = ServiceUnavailable if isinstance(e, UNREACHABLE) else ProviderError
+    return cls(prefix + describe_error(e, host, model))
 
 
 @attrs.define
@@ -101,6 +113,14 @@ class OllamaService(StreamingLLMService):
             opts["stop"] = list(s.stop)
         return opts
 
+    def _failed(self, e: Exception) -> LLMProviderError:
+        """The turn's error (the caller hears the apology); an unreachable server also makes
+        the provider not ready until its retry loop gets through."""
+        message = describe_error(e, self._provider.settings.host, self.model)
+        if isinstance(e, UNREACHABLE):
+            self._provider.remote.lost(message)
+        return LLMProviderError(message)
+
     async def stream(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
     ) -> AsyncIterator[str | ToolCallRequest]:
@@ -120,9 +140,10 @@ class OllamaService(StreamingLLMService):
                 keep_alive=p.keep_alive,
             )
         except Exception as e:
-            raise LLMProviderError(describe_error(e, p.settings.host, self.model)) from None
+            raise self._failed(e) from None
         try:
             async for part in parts:
+                p.remote.reached()  # (the request is only sent when the stream is read)
                 msg = part.message
                 if msg.content:
                     stat.setdefault("ttft", time.monotonic() - started)
@@ -146,7 +167,7 @@ class OllamaService(StreamingLLMService):
         except LLMProviderError:
             raise
         except Exception as e:
-            raise LLMProviderError(describe_error(e, p.settings.host, self.model)) from None
+            raise self._failed(e) from None
         finally:
             # Closing the response closes the HTTP stream: Ollama stops generating.
             with contextlib.suppress(Exception):
@@ -161,7 +182,7 @@ class OllamaService(StreamingLLMService):
                 )
 
 
-class OllamaProvider(LLMProvider):
+class OllamaProvider(RemoteProvider, LLMProvider):
     """Chat models served by Ollama."""
 
     name = "ollama"
@@ -196,13 +217,18 @@ class OllamaProvider(LLMProvider):
                 names.append(p.llm_model)
         return list(dict.fromkeys(names))
 
-    async def start(self) -> None:
+    async def probe(self) -> None:
+        """Check the configured models are on the server (or pull them) and warm them.
+
+        An unreachable server is ServiceUnavailable (retried); a missing model is a
+        ProviderError (a startup error, unless the server was unreachable at start).
+        """
         s = self.settings
         client = self.client
         try:
             listed = await asyncio.wait_for(client.list(), s.connect_timeout + 10)
         except Exception as e:
-            raise ProviderError(describe_error(e, s.host, s.model)) from None
+            raise provider_error(e, s.host, s.model) from None
         installed = {m.model for m in listed.models if m.model}
         installed |= {name.removesuffix(":latest") for name in installed}
         for name in self._wanted_models():
@@ -256,20 +282,16 @@ class OllamaProvider(LLMProvider):
                     max(60.0, self.settings.first_token_timeout),
                 )
         except Exception as e:
-            raise ProviderError(
-                f"warming {name!r}: {describe_error(e, self.settings.host, name)}"
-            ) from None
+            raise provider_error(e, self.settings.host, name, f"warming {name!r}: ") from None
         self.warm_seconds[name] = time.monotonic() - t0
         self.log.info("ollama model %s warm in %.2fs", name, self.warm_seconds[name])
 
     async def stop(self) -> None:
+        await super().stop()
         if self._client is not None:
             with contextlib.suppress(Exception):
                 await self._client._client.aclose()
             self._client = None
-
-    def ready(self) -> bool:
-        return bool(self.models)
 
     def create_service(self, call: CallContext) -> OllamaService:
         return OllamaService(self, call)

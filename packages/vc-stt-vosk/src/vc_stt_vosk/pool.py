@@ -3,7 +3,9 @@
 Opening a WebSocket (TCP, maybe TLS, the HTTP upgrade) and sending the config message costs
 round trips the caller would otherwise wait for at the start of each call. The pool keeps
 ``size`` connections open and configured; a call takes one (or opens its own when the pool is
-empty) and the pool refills in the background, backing off while the server is unreachable.
+empty) and the pool refills in the background. Every connection attempt is reported to the
+provider's :class:`vc.reconnect.RemoteService`; while the server is unreachable its shared retry
+loop (backing off) refills the pool.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 from websockets.protocol import State
 
+from vc.reconnect import RemoteService
 from vc_stt_vosk.protocol import config_message
 
 #: Errors that mean "the server cannot be reached / talked to right now".
@@ -30,15 +33,15 @@ class VoskConnectionPool:
         sample_rate: int,
         size: int,
         connect_timeout: float,
-        max_delay: float,
         log: logging.Logger,
+        service: RemoteService | None = None,
     ) -> None:
         self.url = url
         self.sample_rate = sample_rate
         self.size = size
         self.connect_timeout = connect_timeout
-        self.max_delay = max_delay
         self.log = log
+        self.service = service
         self._idle: deque[ClientConnection] = deque()
         self._refill: asyncio.Task[None] | None = None
         self._closed = False
@@ -58,12 +61,17 @@ class VoskConnectionPool:
                 self.connect_timeout,
             )
             await ws.send(config_message(sample_rate or self.sample_rate))
-        except CONNECT_ERRORS:
+        except CONNECT_ERRORS as e:
             self.healthy = False
             self.failures += 1
+            if self.service is not None:
+                self.service.lost(f"cannot reach the Vosk server at {self.url}: "
+                                  f"{type(e).__name__}: {e}")
             raise
         self.healthy = True
         self.connects += 1
+        if self.service is not None:
+            self.service.reached()
         return ws
 
     async def fill(self) -> None:
@@ -73,19 +81,12 @@ class VoskConnectionPool:
 
     def refill_soon(self) -> None:
         if self.size and not self._closed and (self._refill is None or self._refill.done()):
-            self._refill = asyncio.get_running_loop().create_task(self._refill_loop())
+            self._refill = asyncio.get_running_loop().create_task(self._refill_once())
 
-    async def _refill_loop(self) -> None:
-        delay = 0.1
-        while not self._closed and len(self._idle) < self.size:
-            try:
-                await self.fill()
-                return
-            except CONNECT_ERRORS as e:
-                if self.failures == 1 or delay >= self.max_delay:
-                    self.log.warning("vosk-websocket: cannot reach %s (%s); retrying", self.url, e)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.max_delay)
+    async def _refill_once(self) -> None:
+        # One try: a failure is reported as lost, and the provider's retry loop refills.
+        with contextlib.suppress(*CONNECT_ERRORS):
+            await self.fill()
 
     async def acquire(self, sample_rate: int) -> ClientConnection:
         """A configured connection for one call: from the pool when one is open, else new."""

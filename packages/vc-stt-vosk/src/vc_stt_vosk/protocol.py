@@ -15,6 +15,8 @@ from typing import Any
 
 import attrs
 
+from vc import jsonsafe
+
 #: Exactly what upstream vosk-server recognises as end of stream.
 EOF_MESSAGE = '{"eof" : 1}'
 #: Newer vosk-server versions finish the current utterance on this text (and keep going).
@@ -35,11 +37,12 @@ class ServerMessage:
 
 
 def parse_message(message: str | bytes) -> ServerMessage | None:
-    """Parse a server message; None for anything that is neither a partial nor a result."""
+    """Parse a server message; None (ignored) for anything that is neither a partial nor a
+    result, malformed or too deeply nested JSON included. Never raises."""
     if isinstance(message, bytes):
         message = message.decode("utf-8", "replace")
     try:
-        data = json.loads(message)
+        data = jsonsafe.loads(message)
     except ValueError:
         return None
     if not isinstance(data, dict):

@@ -91,7 +91,7 @@ class VoskWebSocketSettings:
         5.0, help="seconds to wait for the server to accept a connection", validator=_positive
     )
     reconnect_max_delay: float = setting(
-        5.0, help="longest wait between reconnection attempts (backoff starts at 0.1 s)",
+        5.0, help="longest wait between a call's reconnection attempts (backoff starts at 0.1 s)",
         validator=_positive,
     )
     replay_seconds: float = setting(

@@ -38,6 +38,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
 from vc.providers import CallContext, ProviderContext, ProviderError, STTProvider
+from vc.reconnect import RemoteProvider, ServiceUnavailable
 from vc_stt_vosk.pool import CONNECT_ERRORS, VoskConnectionPool
 from vc_stt_vosk.protocol import EOF_MESSAGE, RESET_MESSAGE, parse_message
 from vc_stt_vosk.settings import VoskWebSocketSettings
@@ -48,7 +49,11 @@ EOF_TIMEOUT = 3.0
 RESET_MARK = b""
 
 
-class VoskWebSocketSTT(STTProvider):
+class VoskWebSocketSTT(RemoteProvider, STTProvider):
+    """A Vosk server. If it is not reachable at start, vc starts anyway and the shared retry
+    loop (:mod:`vc.reconnect`) fills the pool once it is; a call meanwhile keeps its audio and
+    replays it when its own connection gets through."""
+
     name = "vosk-websocket"
     Settings = VoskWebSocketSettings
     #: The server's model decides; vc cannot check it.
@@ -78,30 +83,28 @@ class VoskWebSocketSTT(STTProvider):
         if s.channels != 1:
             self.log.warning("vosk-websocket: channels = %d ignored (vc sends mono)", s.channels)
         self.pool = VoskConnectionPool(s.url, s.sample_rate, s.pool_size, s.connect_timeout,
-                                       s.reconnect_max_delay, self.log)
+                                       self.log, service=self.remote)
+        await super().start()  # the server may start after vc: not fatal, retried
+
+    async def probe(self) -> None:
+        assert self.pool is not None
+        s = self.settings
         t0 = time.monotonic()
         try:
-            await self.pool.fill() if s.pool_size else await self._probe()
+            if s.pool_size:
+                await self.pool.fill()
+            else:
+                await (await self.pool.connect()).close()
         except CONNECT_ERRORS as e:
-            # Not fatal: the server may start after vc. /readyz says not ready meanwhile.
-            self.log.warning("vosk-websocket: %s is not reachable yet (%s); retrying in the "
-                             "background", s.url, e)
-            self.pool.refill_soon()
-            return
+            raise ServiceUnavailable(
+                f"cannot reach the Vosk server at {s.url}: {type(e).__name__}: {e}") from None
         self.log.info("vosk-websocket: %d connection(s) to %s ready in %.3fs (model %s)",
                       self.pool.idle, s.url, time.monotonic() - t0, s.model or "unknown")
 
-    async def _probe(self) -> None:
-        assert self.pool is not None
-        ws = await self.pool.connect()
-        await ws.close()
-
     async def stop(self) -> None:
+        await super().stop()
         if self.pool is not None:
             await self.pool.close()
-
-    def ready(self) -> bool:
-        return self.pool is not None and self.pool.healthy
 
     def observe(self, stage: str, seconds: float) -> None:
         self.context.observe(f"{stage}_seconds", seconds, {"stage": stage, "provider": self.name})

@@ -1,16 +1,28 @@
 """B2B mode: OpenSIPS terminates SIP (b2b_entities); vc follows E_UA_SESSION events.
 
 * Subscription: ``event_subscribe ["E_UA_SESSION", "udp:<ip>:<port>", <expire>]`` over MI,
-  renewed every ``subscription_refresh`` seconds (well before expiry, and often enough to
-  notice a restarted OpenSIPS), retried every ``subscription_retry`` seconds while OpenSIPS is
-  unreachable; ``ready()`` is true only while a subscription is known to be alive. Shutdown
-  unsubscribes (expire 0).
+  renewed every ``subscription_refresh`` seconds (well before expiry), retried every
+  ``subscription_retry`` seconds while OpenSIPS is unreachable. Shutdown unsubscribes
+  (expire 0).
+* Liveness: MI ``uptime`` every ``probe_interval`` seconds. No answer (twice in a row) ->
+  ``ready()`` false until a subscription succeeds again; a new "Up since" (OpenSIPS restarted
+  and forgot every subscription and B2B entity) -> subscribed again at once, and the calls
+  whose entities are gone (``ua_session_list``) are ended. A line is logged when the
+  subscription is restored.
 * Events (JSON-RPC notifications, one per datagram): NEW -> SDP answer with
-  ``ua_session_reply`` (200, or 415/488/503); UPDATED -> re-INVITE (hold/resume) answered,
-  ACK noted, NOTIFY (transfer progress) and INFO/OPTIONS answered 200; TERMINATED (BYE or
-  CANCEL) -> the call stops at once; REJECTED/ANSWERED of our REFER -> transfer outcome.
-  Requests for keys we do not know are answered 481.
+  ``ua_session_reply`` (200, or 415/488/503; 180 first with ``answer_delay``); UPDATED ->
+  re-INVITE (hold/resume) answered, ACK noted, NOTIFY (transfer progress) and INFO/OPTIONS
+  answered 200; TERMINATED BYE -> the call stops at once; TERMINATED CANCEL -> the call stops
+  and the INVITE gets ``487 Request Terminated`` (OpenSIPS 3.6 answers the CANCEL with 200 but
+  leaves the INVITE to us); REJECTED/ANSWERED of our REFER -> transfer outcome. Requests for
+  keys we do not know are answered 481.
 * Call control: ``ua_session_terminate`` (hang up), ``ua_session_update`` REFER (transfer).
+* Entities OpenSIPS would keep forever are released with ``ua_session_terminate`` (it sends no
+  BYE for them): after a final non-2xx reply to the INVITE (rejection, 487), OpenSIPS 3.6
+  never deletes the entity itself.
+* ``ua_session_reply``/``ua_session_update`` take ``content_type`` as a complete header line
+  (``"Content-Type: ...\r\n"``, copied verbatim); with a body and no ``content_type``
+  OpenSIPS adds ``Content-Type: application/sdp`` itself, so SDP goes without it.
 """
 
 from __future__ import annotations
@@ -35,6 +47,9 @@ log = logging.getLogger("vc.transport.opensips.b2b")
 
 EVENT = "E_UA_SESSION"
 DROP_LOG_EVERY = 5.0
+PROBE_FAILURES = 2  # consecutive unanswered uptime probes before OpenSIPS counts as down
+RETRY_LOG_EVERY = 30.0  # while OpenSIPS stays unreachable, one warning per this many seconds
+NOT_FOUND = 404  # MI error code of ua_session_list for an unknown key
 REQUEST_METHODS = {
     "INVITE",
     "BYE",
@@ -48,6 +63,22 @@ REQUEST_METHODS = {
     "SUBSCRIBE",
     "PRACK",
 }
+
+
+def content_type_line(value: str) -> str | None:
+    """The ``content_type`` MI parameter for a body of type ``value``.
+
+    OpenSIPS 3.6 (``ua_build_hdrs``) copies ``content_type`` verbatim as a complete header
+    line and adds ``Content-Type: application/sdp\r\n`` itself when the parameter is absent.
+    A bare ``application/sdp`` would run into the next header (``application/sdpContact:``),
+    leaving the answer without Content-Type and Contact. None: leave the parameter out.
+    """
+    value = value.strip()
+    if not value or value.lower() == "application/sdp":
+        return None
+    if ":" in value.split("/", 1)[0]:  # already "Content-Type: x/y"
+        return value.rstrip("\r\n") + "\r\n"
+    return f"Content-Type: {value}\r\n"
 
 
 def parse_headers(text: str) -> list[tuple[str, str]]:
@@ -110,6 +141,7 @@ class B2BSession(Signalling):
         self.sdp: SdpSession | None = None
         self.task: asyncio.Task[str] | None = None
         self.answered = False
+        self.answering = False  # the 200 is on its way to OpenSIPS
         self.confirmed = False
         self.terminated = False
         self.hung_up = False
@@ -178,6 +210,13 @@ class B2BController:
         self.sessions: dict[str, B2BSession] = {}
         self.subscribed_until = 0.0
         self.subscriptions = 0
+        self.reachable = False
+        self.up_since: str | None = None  # OpenSIPS's start time ("Up since" of MI uptime)
+        self._up_time = -1
+        self._lost_at: float | None = None  # when the subscription was lost (restart, outage)
+        self._lost_why = ""
+        self.restarts = 0  # restarts of OpenSIPS noticed
+        self.probes = 0
         self.drops: dict[str, int] = {}
         self._drop_logged: dict[str, float] = {}
         self._keeper: asyncio.Task[None] | None = None
@@ -206,7 +245,19 @@ class B2BController:
             await asyncio.wait_for(self._first.wait(), self.settings.mi_timeout + 0.5)
 
     def ready(self) -> bool:
-        return time.monotonic() < self.subscribed_until
+        return self.reachable and time.monotonic() < self.subscribed_until
+
+    def not_ready_reason(self) -> str:
+        """For ``/readyz``: why calls cannot reach vc now ("" when they can)."""
+        if self.ready():
+            return ""
+        where = f"{self.settings.mi_ip}:{self.settings.mi_port}"
+        if self._lost_at is not None:
+            ago = time.monotonic() - self._lost_at
+            return f"{self._lost_why} {ago:.0f}s ago (MI at {where}); re-subscribing"
+        if not self.subscriptions:
+            return f"not subscribed to {EVENT} yet: OpenSIPS MI at {where} not answering"
+        return f"subscription to {EVENT} lapsed: OpenSIPS MI at {where}"
 
     async def stop(self) -> None:
         if self._keeper is not None:
@@ -241,31 +292,159 @@ class B2BController:
         margin = min(60.0, expire / 2)
         return max(0.5, min(self.settings.subscription_refresh, expire - margin))
 
+    def probe_limit(self) -> float:
+        return max(0.2, min(self.settings.mi_timeout, 1.0))
+
+    async def _uptime(self, limit: float) -> tuple[str | None, int]:
+        """OpenSIPS's start time and uptime in seconds (MI ``uptime``); raises MIError when
+        OpenSIPS does not answer (an error reply still proves it is there)."""
+        try:
+            result = await self.mi.call("uptime", limit=limit)
+        except MIError as e:
+            if not e.replied:
+                raise
+            result = None
+        self.probes += 1
+        if not isinstance(result, dict):
+            return None, -1
+        since = result.get("Up since")
+        up = str(result.get("Up time", "")).split(" ", 1)[0]
+        return (str(since) if since else None), (int(up) if up.isdigit() else -1)
+
+    def _restarted(self, since: str | None, up_time: int) -> bool:
+        """Is this another OpenSIPS run than the one we subscribed to?"""
+        if since is None or self.up_since is None:
+            return False
+        return since != self.up_since or (0 <= up_time < self._up_time - 1)
+
+    def _lost(self, why: str) -> None:
+        if self._lost_at is None:
+            self._lost_at = time.monotonic()
+            self._lost_why = why
+        self.subscribed_until = 0.0
+
+    async def _subscribe(self, expire: int) -> None:
+        """One subscription (after learning which OpenSIPS run answers); raises MIError."""
+        restarted = False
+        if self.settings.probe_interval > 0:
+            since, up_time = await self._uptime(self.probe_limit())
+            if self._restarted(since, up_time):
+                restarted = True
+                self.restarts += 1
+                self._lost("OpenSIPS restarted")
+                self._lost_why = "OpenSIPS restarted"
+                log.warning(
+                    "OpenSIPS restarted (up since %s, before: %s): its subscriptions and "
+                    "B2B sessions are gone",
+                    since,
+                    self.up_since,
+                )
+            if since is not None:
+                self.up_since = since
+            self._up_time = up_time
+        sent = time.monotonic()
+        result = await self.mi.call("event_subscribe", [EVENT, self.socket_uri(), expire])
+        if result != "OK":
+            raise MIError(f"event_subscribe answered {result!r}")
+        first = self.subscriptions == 0
+        self.subscribed_until = sent + expire
+        self.subscriptions += 1
+        self.reachable = True
+        if first:
+            log.info(
+                "subscribed to %s at %s for %ds (OpenSIPS up since %s)",
+                EVENT,
+                self.socket_uri(),
+                expire,
+                self.up_since or "?",
+            )
+        elif self._lost_at is not None:
+            log.info(
+                "subscription to %s at %s restored %.1fs after it was lost (%s)",
+                EVENT,
+                self.socket_uri(),
+                time.monotonic() - self._lost_at,
+                self._lost_why,
+            )
+        self._lost_at = None
+        if restarted and self.sessions:
+            self.spawn(self._drop_lost_sessions())
+
+    async def _watch(self, until: float) -> str:
+        """Probe OpenSIPS until the next refresh is due; returns why it stopped."""
+        interval = self.settings.probe_interval
+        if interval <= 0:
+            await asyncio.sleep(max(0.0, until - time.monotonic()))
+            return "refresh"
+        failures = 0
+        while True:
+            now = time.monotonic()
+            if now >= until:
+                return "refresh"
+            if not failures:
+                await asyncio.sleep(min(interval, until - now))
+            try:
+                since, up_time = await self._uptime(self.probe_limit())
+            except MIError as e:
+                failures += 1
+                if failures < PROBE_FAILURES:
+                    continue  # one lost datagram is not an outage: ask again at once
+                log.warning(
+                    "OpenSIPS MI at %s:%d stopped answering (%s): not ready until it is back",
+                    self.settings.mi_ip,
+                    self.settings.mi_port,
+                    e,
+                )
+                self.reachable = False
+                self._lost("OpenSIPS was unreachable")
+                return "unreachable"
+            failures = 0
+            if self._restarted(since, up_time):
+                return "restarted"  # _subscribe() logs it and subscribes again
+            self._up_time = up_time
+
     async def _keep_subscribed(self) -> None:
         expire = max(1, self.settings.subscription_expire)
+        failing_since: float | None = None
+        logged = 0.0
         while True:
             try:
-                sent = time.monotonic()
-                result = await self.mi.call("event_subscribe", [EVENT, self.socket_uri(), expire])
-                if result != "OK":
-                    raise MIError(f"event_subscribe answered {result!r}")
-                if not self.ready():
-                    log.info("subscribed to %s at %s for %ds", EVENT, self.socket_uri(), expire)
-                self.subscribed_until = sent + expire
-                self.subscriptions += 1
-                self._first.set()
-                await asyncio.sleep(self.refresh_interval())
+                await self._subscribe(expire)
             except MIError as e:
-                if self.ready():
-                    log.warning("re-subscription failed (%s); retrying", e)
-                else:
+                self.reachable = False
+                if self.subscriptions:
+                    self._lost("OpenSIPS was unreachable")
+                now = time.monotonic()
+                if failing_since is None or now - logged >= RETRY_LOG_EVERY:
+                    failing_since = failing_since or now
+                    logged = now
                     log.warning(
-                        "OpenSIPS not reachable for event_subscribe (%s); retrying in %.0fs",
+                        "OpenSIPS not reachable for event_subscribe (%s) for %.0fs; "
+                        "retrying every %.1fs",
                         e,
+                        now - failing_since,
                         self.settings.subscription_retry,
                     )
                 self._first.set()
                 await asyncio.sleep(self.settings.subscription_retry)
+                continue
+            failing_since = None
+            self._first.set()
+            await self._watch(time.monotonic() + self.refresh_interval())
+
+    async def _drop_lost_sessions(self) -> None:
+        """After a restart: end the calls whose B2B entity the new OpenSIPS does not know."""
+        for session in list(self.sessions.values()):
+            if session.terminated:
+                continue
+            try:
+                await self.mi.call("ua_session_list", {"key": session.key})
+            except MIError as e:
+                if e.code == NOT_FOUND:
+                    session.hung_up = True  # nothing left in OpenSIPS to terminate
+                    session.end_remote("OpenSIPS restarted: the session is gone")
+                else:
+                    session.log.warning("could not check the session after a restart: %s", e)
 
     def spawn(self, coro: Any) -> None:
         t = asyncio.ensure_future(coro)
@@ -292,18 +471,42 @@ class B2BController:
             )
 
     async def reply(
-        self, key: str, method: str, code: int, reason: str, body: str = "", content_type: str = ""
+        self,
+        key: str,
+        method: str,
+        code: int,
+        reason: str,
+        body: str = "",
+        content_type: str = "application/sdp",
+        quiet: bool = False,
     ) -> bool:
         params: dict[str, Any] = {"key": key, "method": method, "code": code, "reason": reason}
         if body:
             params["body"] = body
-            params["content_type"] = content_type or "application/sdp"
+            line = content_type_line(content_type)
+            if line is not None:
+                params["content_type"] = line
         try:
             await self.mi.call("ua_session_reply", params)
             return True
         except MIError as e:
-            log.error("ua_session_reply %d to %s %s failed: %s", code, method, key, e)
+            (log.debug if quiet else log.error)(
+                "ua_session_reply %d to %s %s failed: %s", code, method, key, e
+            )
             return False
+
+    async def release(self, key: str, quiet: bool = False) -> None:
+        """Free an entity OpenSIPS keeps after a final non-2xx reply (no BYE goes out)."""
+        try:
+            await self.mi.call("ua_session_terminate", {"key": key})
+        except MIError as e:
+            (log.debug if quiet else log.warning)("releasing session %s failed: %s", key, e)
+
+    async def _cancelled(self, key: str, quiet: bool = False) -> None:
+        """CANCEL before the answer: 487 for the INVITE, then free the entity."""
+        if await self.reply(key, "INVITE", 487, "Request Terminated", quiet=quiet):
+            log.info("caller cancelled %s: 487 Request Terminated sent", key)
+        await self.release(key, quiet=True)
 
     # -- events ----------------------------------------------------------------------------
 
@@ -348,11 +551,24 @@ class B2BController:
         if session is None:
             if etype == "UPDATED" and method in REQUEST_METHODS - {"BYE", "CANCEL"}:
                 self.spawn(self.reply(key, method, 481, "Call/Transaction Does Not Exist"))
+            elif etype == "TERMINATED" and method == "CANCEL":
+                # A call we never saw (or already rejected): the INVITE may still wait.
+                self.spawn(self._cancelled(key, quiet=True))
             else:
                 log.debug("%s %s for unknown session %s ignored", etype, method, key)
             return
         if etype == "TERMINATED":
-            session.end_remote("caller cancelled" if method == "CANCEL" else "caller hung up")
+            if method == "CANCEL":
+                session.end_remote("caller cancelled")
+                if not session.hung_up:
+                    session.hung_up = True
+                    if session.answered or session.answering:
+                        # The CANCEL crossed our 200: OpenSIPS has ended the entity anyway.
+                        self.spawn(self.release(key, quiet=True))
+                    else:
+                        self.spawn(self._cancelled(key))
+            else:
+                session.end_remote("caller hung up")
         elif etype == "UPDATED":
             self._updated(session, method, p)
         elif etype == "REJECTED":
@@ -394,20 +610,22 @@ class B2BController:
             self.spawn(self.reply(key, method, 501, "Not Implemented"))
 
     async def _new(self, session: B2BSession, p: dict[str, Any]) -> None:
-        key = session.key
         try:
             await self._setup(session, p)
         except Exception:
             session.log.exception("call setup failed")
-            if not session.answered:
-                await self.reply(key, "INVITE", 500, "Server Internal Error")
+            if not session.answered and not session.answering:
+                await self._reject(session, 500, "Server Internal Error")
             await self._finish(session)
 
     async def _reject(self, session: B2BSession, code: int, reason: str) -> None:
         session.log.info("rejecting the call: %d %s", code, reason)
         session.terminated = True
         self.sessions.pop(session.key, None)
-        await self.reply(session.key, "INVITE", code, reason)
+        if not session.hung_up:
+            session.hung_up = True
+            if await self.reply(session.key, "INVITE", code, reason):
+                await self.release(session.key, quiet=True)
 
     async def _setup(self, session: B2BSession, p: dict[str, Any]) -> None:
         key = session.key
@@ -453,15 +671,18 @@ class B2BController:
         if sip_call_id:
             info.params.setdefault("sip_call_id", sip_call_id)
         session.conn = conn = SipCall(info, stream, session, session.log)
+        if self.settings.answer_delay > 0 and not session.terminated:
+            await self.reply(key, "INVITE", 180, "Ringing")
+            await asyncio.sleep(self.settings.answer_delay)
         if session.terminated:
+            session.log.info("call cancelled before the answer: media released")
             await self._finish(session)
             return
         try:
             session.task = await start_call(self.host, conn)
         except CallRefused as e:
             session.log.info("core refused the call: %s", e)
-            await self.reply(key, "INVITE", 503, "Service Unavailable")
-            session.terminated = True
+            await self._reject(session, 503, "Service Unavailable")
             await self._finish(session)
             return
         session.task.add_done_callback(lambda _: self.spawn(self._finish(session)))
@@ -477,6 +698,7 @@ class B2BController:
         )
         if session.terminated:
             return
+        session.answering = True
         if await self.reply(key, "INVITE", 200, "OK", sdp.answer(neg)):
             session.answered = True
         else:

@@ -18,11 +18,12 @@ log = logging.getLogger("vc.transport.opensips.mi")
 
 
 class MIError(Exception):
-    """An MI command failed: no reply in time, or an error reply."""
+    """An MI command failed: no reply in time, or an error reply (``replied``)."""
 
-    def __init__(self, message: str, code: int | None = None) -> None:
+    def __init__(self, message: str, code: int | None = None, replied: bool = False) -> None:
         super().__init__(message)
         self.code = code
+        self.replied = replied
 
 
 class _Protocol(asyncio.DatagramProtocol):
@@ -106,6 +107,7 @@ class MIClient:
                 MIError(
                     f"MI error {err.get('code')}: {err.get('message')}",
                     err.get("code") if isinstance(err.get("code"), int) else None,
+                    replied=True,
                 )
             )
         else:

@@ -2,7 +2,13 @@
 
 Only what a G.711 voice bot needs: the first audio m-line, its connection address (media-level
 ``c=`` or the session-level one), rtpmap/fmtp, ptime and direction. Static payload types 0
-(PCMU) and 8 (PCMA) are recognised without rtpmap. Malformed offers raise :class:`SdpError`.
+(PCMU) and 8 (PCMA) are recognised without rtpmap.
+
+:func:`parse_offer` raises :class:`SdpError` and nothing else for any input it cannot use:
+numbers must be plain ASCII digits within range (media port 0-65535, where 0 means the far
+end takes no audio; payload types 0-127; clock rates 1-1000000), the connection address an IP
+literal without a zone. A ``ptime`` outside 10-60 ms is ignored (the configured default
+applies); one that is not a number is an error.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ CODECS: dict[str, tuple[int, int]] = {"PCMU": (0, 8000), "PCMA": (8, 8000)}
 STATIC_PT = {pt: (name, rate) for name, (pt, rate) in CODECS.items()}
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
 MAX_SDP = 16384
+#: a=ptime values honoured (ms); others are ignored.
+PTIME_RANGE = (10, 60)
 
 
 class SdpError(ValueError):
@@ -118,40 +126,28 @@ def parse_offer(text: str) -> MediaOffer:
             elif name == "rtpmap":
                 pt, enc = _pt_and_rest(arg)
                 bits = enc.split("/")
-                try:
-                    rate = int(bits[1]) if len(bits) > 1 else 8000
-                except ValueError:
-                    raise SdpError(f"malformed rtpmap {arg[:40]!r}") from None
+                rate = _number(bits[1], 1, 1_000_000, "rtpmap clock rate") if len(bits) > 1 else 8000
                 media["rtpmap"][pt] = (bits[0].upper(), rate)  # type: ignore[index]
             elif name == "fmtp":
                 pt, rest = _pt_and_rest(arg)
                 media["fmtp"][pt] = rest  # type: ignore[index]
             elif name == "ptime":
-                try:
-                    media["ptime"] = int(float(arg))
-                except ValueError:
-                    raise SdpError(f"malformed ptime {arg[:20]!r}") from None
+                media["ptime"] = _ptime_attribute(arg)
     if not seen_v:
         raise SdpError("not an SDP body (no v=0)")
     if media is None or media["kind"] != "audio":
         raise SdpError("no audio stream offered")
-    port_text = str(media["port"]).split("/")[0]
-    if not port_text.isdigit() or int(port_text) > 65535:
-        raise SdpError(f"malformed media port {port_text[:10]!r}")
+    port = _number(str(media["port"]).split("/")[0], 0, 65535, "media port")
     if "RTP/" not in str(media["proto"]).upper():
-        raise SdpError(f"unsupported media transport {media['proto']!r}")
-    formats = []
-    for f in media["fmts"]:  # type: ignore[union-attr]
-        if not f.isdigit() or int(f) > 127:
-            raise SdpError(f"malformed payload type {f[:10]!r}")
-        formats.append(int(f))
+        raise SdpError(f"unsupported media transport {str(media['proto'])[:40]!r}")
+    formats = [_number(f, 0, 127, "payload type") for f in media["fmts"]]  # type: ignore[union-attr]
     address = media["addr"] or session_addr
     if address is None:
         raise SdpError("no connection address (c=)")
     ptime = media["ptime"]
     return MediaOffer(
         address=str(address),
-        port=int(port_text),
+        port=port,
         formats=formats,
         rtpmap=dict(media["rtpmap"]),  # type: ignore[arg-type]
         fmtp=dict(media["fmtp"]),  # type: ignore[arg-type]
@@ -166,17 +162,42 @@ def _connection_address(value: str) -> str:
         raise SdpError(f"malformed c= line {value[:40]!r}")
     addr = parts[2].split("/")[0]
     try:
+        if "%" in addr:  # ipaddress accepts IPv6 zones ("fe80::1%eth0"): not in SDP
+            raise ValueError(addr)
         ipaddress.ip_address(addr)
     except ValueError:
         raise SdpError(f"connection address is not an IP address: {addr[:40]!r}") from None
     return addr
 
 
+def _number(text: str, low: int, high: int, what: str) -> int:
+    """A plain ASCII decimal number in [low, high]; SdpError otherwise.
+
+    ``str.isdigit`` and ``int`` accept other Unicode digits ('²' is a digit that int() refuses,
+    '٣' one it takes), hence the explicit ASCII check.
+    """
+    text = text.strip()
+    if not (text.isascii() and text.isdigit() and len(text) <= 10) or not low <= int(text) <= high:
+        raise SdpError(f"malformed {what} {text[:20]!r} (expected {low}-{high})")
+    return int(text)
+
+
+def _ptime_attribute(arg: str) -> int | None:
+    """a=ptime: a plain ASCII number (fraction allowed); None (ignored) outside 10-60 ms."""
+    text = arg.strip()
+    whole, dot, frac = text.partition(".")
+    if not (
+        whole.isascii() and whole.isdigit() and len(whole) <= 6
+        and (not dot or (frac.isascii() and frac.isdigit()))
+    ):
+        raise SdpError(f"malformed ptime {text[:20]!r}")
+    value = int(whole)
+    return value if PTIME_RANGE[0] <= value <= PTIME_RANGE[1] else None
+
+
 def _pt_and_rest(arg: str) -> tuple[int, str]:
     pt, _, rest = arg.strip().partition(" ")
-    if not pt.isdigit() or int(pt) > 127:
-        raise SdpError(f"malformed attribute {arg[:40]!r}")
-    return int(pt), rest.strip()
+    return _number(pt, 0, 127, "payload type"), rest.strip()
 
 
 def encoding_of(offer: MediaOffer, pt: int) -> tuple[str, int] | None:

@@ -55,7 +55,9 @@ class OpenSIPSSettings:
     )
     user_agent: str = setting("vc", help="User-Agent/Server header value")
     answer_delay: float = setting(
-        0.0, help="proxy mode: seconds to ring (180 Ringing) before answering an INVITE"
+        0.0,
+        help="seconds to ring (180 Ringing) before answering an INVITE (both modes; in b2b "
+        "mode the 180 goes out through ua_session_reply)",
     )
     # -- b2b mode: event_datagram + mi_datagram --------------------------------------------
     event_ip: str = setting(
@@ -85,11 +87,17 @@ class OpenSIPSSettings:
     )
     subscription_refresh: float = setting(
         30.0,
-        help="b2b mode: seconds between re-subscriptions (also how fast a restarted OpenSIPS "
-        "is noticed); capped below subscription_expire",
+        help="b2b mode: seconds between re-subscriptions; capped below subscription_expire "
+        "(with probe_interval = 0 also how fast a restarted OpenSIPS is noticed)",
     )
     subscription_retry: float = setting(
-        2.0, help="b2b mode: seconds between subscription attempts while OpenSIPS is unreachable"
+        1.0, help="b2b mode: seconds between subscription attempts while OpenSIPS is unreachable"
+    )
+    probe_interval: float = setting(
+        1.0,
+        help="b2b mode: seconds between MI uptime probes; an OpenSIPS that stops answering "
+        "makes the transport not ready, a restarted one (new start time) is subscribed to again "
+        "at once and its lost calls are ended (0: no probes, rely on subscription_refresh)",
     )
     # -- media -----------------------------------------------------------------------------
     rtp_min_port: int = setting(

@@ -5,8 +5,10 @@ grammar of the start line and of the headers the UAS relies on (Via, From/To, CS
 checked by the ``sipmessage`` library. Header values are kept exactly as received so that
 responses copy Via, From, To, Call-ID, CSeq and Record-Route byte for byte.
 
-:func:`parse` raises :class:`SipParseError`; when the broken message is a request whose
-routing headers could still be read, ``error.response`` is the ``400 Bad Request`` to send.
+:func:`parse` raises :class:`SipParseError` and nothing else, for any datagram; when the
+broken message is a request whose routing headers could still be read, ``error.response`` is
+the ``400 Bad Request`` to send. Ports the UAS would send to (the top Via's sent-by port and
+``rport`` value, an INVITE's Contact) must be within 1-65535.
 """
 
 from __future__ import annotations
@@ -246,16 +248,30 @@ def _build(start: str, pairs: list[tuple[str, str]], body: bytes) -> Request | R
         if not msg.get(name):
             raise SipParseError(f"missing {name} header")
     # Check the grammar of everything the UAS relies on.
-    msg.top_via  # noqa: B018
+    via = msg.top_via
     _, method = msg.cseq
     _tag(msg.get("From"))
     _tag(msg.get("To"))
+    check_port(via.port, "Via sent-by port")
+    rport = via.parameters.get("rport")
+    if rport:  # a bare ";rport" asks for the source port; a value must be a real port
+        check_port(rport, "Via rport")
     if isinstance(msg, Request):
         if method != msg.method and msg.method not in ("ACK", "CANCEL"):
             raise SipParseError(f"CSeq method {method} does not match {msg.method}")
         if msg.method == "INVITE" and msg.get("Contact"):
-            msg.contact_uri  # noqa: B018
+            contact = sipmessage.Address.parse_many(msg.get("Contact"))[0].uri
+            check_port(contact.port, "Contact port")
     return msg
+
+
+def check_port(value: int | str | None, what: str) -> None:
+    """SipParseError unless ``value`` is None (absent) or a port 1-65535 (ASCII digits)."""
+    if value is None:
+        return
+    text = str(value)
+    if not (text.isascii() and text.isdigit() and len(text) <= 5 and 1 <= int(text) <= 65535):
+        raise SipParseError(f"{what} {text[:12]!r} is not a port (1-65535)")
 
 
 def bad_request(start: str, pairs: list[tuple[str, str]], why: str) -> bytes | None:

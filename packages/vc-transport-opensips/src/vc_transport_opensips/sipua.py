@@ -6,12 +6,20 @@ answered from their transaction; BYE -> 200 and the call stops at once; CANCEL -
 487 for the INVITE; OPTIONS -> 200; re-INVITE/UPDATE renegotiate (hold/resume, new address);
 NOTIFY/INFO in a dialog -> 200 (INFO dtmf-relay digits reach the call). The bot hangs up with
 BYE and transfers with REFER, both routed through the dialog's route set (Record-Route).
+
+No datagram can take the listener down: parse errors are dropped (400 when answerable), every
+request that starts a server transaction gets a final response (500 if its handler fails),
+and :meth:`SipUserAgent.send` refuses a destination that is not an IP literal and port
+1-65535 instead of handing it to asyncio (which closes the socket on such errors). If the
+socket closes anyway, it is reopened on the same port; :meth:`SipUserAgent.alive` is False
+until then (``/healthz`` fails).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import secrets
 import time
@@ -45,6 +53,22 @@ ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO, NOTIFY, REFER"
 NOT_ALLOWED = {"REGISTER", "SUBSCRIBE", "PUBLISH", "MESSAGE", "REFER", "PRACK"}
 SUPPORTED: set[str] = set()
 DROP_LOG_EVERY = 5.0
+#: Seconds between attempts to reopen a SIP socket that closed under us (the last repeats).
+REOPEN_DELAYS = (0.0, 0.1, 0.5, 1.0, 2.0, 5.0)
+
+
+def sendable(addr: Any) -> bool:
+    """Whether ``addr`` is an (IP literal, port 1-65535) pair that sendto cannot choke on."""
+    if not isinstance(addr, tuple) or len(addr) < 2:
+        return False
+    host, port = addr[0], addr[1]
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        return False
+    try:
+        ipaddress.ip_address(host)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _user(value: str) -> str:
@@ -179,9 +203,14 @@ class Dialog(Signalling):
 class SipProtocol(asyncio.DatagramProtocol):
     def __init__(self, ua: SipUserAgent) -> None:
         self.ua = ua
+        self.transport: asyncio.BaseTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
         self.ua.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ua.listener_lost(self.transport, exc)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         self.ua.received(data, addr)
@@ -203,18 +232,78 @@ class SipUserAgent:
         self.drops: dict[str, int] = {}
         self._drop_logged: dict[str, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._started = False
+        self._stopping = False
+        self._reopening: asyncio.Task[None] | None = None
+        #: How many times the socket was reopened after closing under us.
+        self.reopened = 0
 
     # -- socket ----------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def _bind(self, port: int) -> asyncio.BaseTransport:
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(
-            lambda: SipProtocol(self), local_addr=(self.settings.sip_ip, self.settings.sip_port)
+            lambda: SipProtocol(self), local_addr=(self.settings.sip_ip, port)
         )
+        return transport
+
+    async def start(self) -> None:
+        transport = await self._bind(self.settings.sip_port)
         self.port = transport.get_extra_info("sockname")[1]
+        self._started = True
         log.info("SIP UAS listening on %s:%d/udp", self.settings.sip_ip, self.port)
 
+    def alive(self) -> bool:
+        """False while the listening socket is closed although nobody stopped us."""
+        if not self._started or self._stopping:
+            return True
+        return self.transport is not None and not self.transport.is_closing()
+
+    def listener_lost(self, transport: asyncio.BaseTransport | None, exc: Exception | None) -> None:
+        """The socket closed: unless we are stopping, reopen it on the same port."""
+        if self._stopping or transport is not self.transport:
+            return
+        log.error(
+            "SIP socket %s:%d/udp closed unexpectedly (%s): reopening it",
+            self.settings.sip_ip,
+            self.port,
+            f"{type(exc).__name__}: {exc}" if exc else "closed",
+        )
+        if self._reopening is None or self._reopening.done():
+            self._reopening = asyncio.ensure_future(self._reopen())
+
+    async def _reopen(self) -> None:
+        attempt = 0
+        while not self._stopping:
+            await asyncio.sleep(REOPEN_DELAYS[min(attempt, len(REOPEN_DELAYS) - 1)])
+            attempt += 1
+            if self._stopping:
+                return
+            try:
+                await self._bind(self.port)
+            except OSError as e:
+                if attempt <= 3 or attempt % 10 == 0:
+                    log.error(
+                        "cannot reopen the SIP socket %s:%d/udp (attempt %d): %s",
+                        self.settings.sip_ip,
+                        self.port,
+                        attempt,
+                        e,
+                    )
+                continue
+            self.reopened += 1
+            log.warning(
+                "SIP socket %s:%d/udp reopened (attempt %d)",
+                self.settings.sip_ip,
+                self.port,
+                attempt,
+            )
+            return
+
     async def stop(self) -> None:
+        self._stopping = True
+        if self._reopening is not None:
+            self._reopening.cancel()
         for d in list(self.dialogs.values()):
             if not d.terminated:
                 d.end_remote("transport stopping")
@@ -226,8 +315,21 @@ class SipUserAgent:
             self.transport.close()
 
     def send(self, data: bytes, addr: tuple[str, int]) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.sendto(data, addr)
+        """Send one datagram; a destination sendto would choke on is dropped with a log line.
+
+        asyncio closes a datagram transport on any sendto error that is not an OSError (port
+        70000 raises OverflowError): such an address must never reach it.
+        """
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if not sendable(addr):
+            self._drop("unusable destination", _printable(addr), "not sent", "to")
+            return
+        try:
+            transport.sendto(data, addr)
+        except Exception as e:  # sendto's own argument checks (closed, wrong type...)
+            self._drop("send failed", addr, f"{type(e).__name__}: {e}", "to")
 
     def spawn(self, coro: Any) -> None:
         t = asyncio.ensure_future(coro)
@@ -239,13 +341,14 @@ class SipUserAgent:
         if not t.cancelled() and t.exception() is not None:
             log.error("SIP handler failed", exc_info=t.exception())
 
-    def _drop(self, reason: str, addr: tuple[str, int], detail: str) -> None:
+    def _drop(self, reason: str, addr: tuple[Any, Any], detail: str, way: str = "from") -> None:
         self.drops[reason] = self.drops.get(reason, 0) + 1
         now = time.monotonic()
         if now - self._drop_logged.get(reason, -DROP_LOG_EVERY) >= DROP_LOG_EVERY:
             self._drop_logged[reason] = now
             log.warning(
-                "dropped SIP datagram from %s:%d (%s: %s); %d dropped so far",
+                "dropped SIP datagram %s %s:%s (%s: %s); %d dropped so far",
+                way,
                 addr[0],
                 addr[1],
                 reason,
@@ -290,9 +393,11 @@ class SipUserAgent:
         """Where responses go (RFC 3261 §18.2.2 with RFC 3581 rport)."""
         via = req.top_via
         if "rport" in via.parameters:
-            rport = via.parameters.get("rport")
-            return (addr[0], int(rport) if rport and rport.isdigit() else addr[1])
-        return (addr[0], via.port or 5060)
+            rport = via.parameters.get("rport") or ""
+            port = int(rport) if rport.isascii() and rport.isdigit() and len(rport) <= 5 else 0
+            return (addr[0], port if 1 <= port <= 65535 else addr[1])
+        port = via.port or 5060
+        return (addr[0], port if 1 <= port <= 65535 else addr[1])
 
     # -- receiving -------------------------------------------------------------------------
 
@@ -342,6 +447,23 @@ class SipUserAgent:
             return
         txn = ServerTransaction(req, dest, self.send, self._txn_done)
         self.server_txns[key] = txn
+        try:
+            self._dispatch(req, txn)
+        except Exception:
+            # Whatever failed, the transaction gets its final response (and so its timers):
+            # never a request left unanswered with its transaction stuck in the table.
+            log.exception("%s handling failed: answering 500", req.method)
+            if not txn.final_status:
+                with contextlib.suppress(Exception):
+                    self._reply(txn, 500, to_tag=req.to_tag)
+            if not txn.final_status:
+                self.server_txns.pop(key, None)
+            dialog = self.dialogs.get(req.call_id)
+            if dialog is not None and dialog.txn is txn and dialog.task is None:
+                dialog.terminated = True  # an INVITE that failed before its call started
+                self.dialogs.pop(req.call_id, None)
+
+    def _dispatch(self, req: Request, txn: ServerTransaction) -> None:
         required = [r.strip() for v in req.get_all("Require") for r in v.split(",") if r.strip()]
         unsupported = [r for r in required if r not in SUPPORTED]
         if unsupported and req.method not in ("ACK", "CANCEL"):
@@ -703,9 +825,18 @@ class SipUserAgent:
             else sipmessage.URI.parse(dialog.remote_target)
         )
         port = uri.port or 5060
+        if not 1 <= port <= 65535:
+            raise ValueError(f"port {port} out of range")
         host = uri.host.strip("[]")
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=2)  # SOCK_DGRAM
         return infos[0][4][0], infos[0][4][1]
+
+
+def _printable(addr: Any) -> tuple[str, str]:
+    """An address of any shape, for a log line."""
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        return str(addr[0])[:60], str(addr[1])[:12]
+    return repr(addr)[:60], "?"
 
 
 def new_call_id() -> str:

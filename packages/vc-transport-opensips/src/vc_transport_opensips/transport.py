@@ -59,6 +59,17 @@ class OpenSIPSTransport(TransportProvider):
             return self.b2b.ready()
         return False
 
+    def not_ready_reason(self) -> str:
+        if self.b2b is not None:
+            return self.b2b.not_ready_reason()
+        return super().not_ready_reason()
+
+    def alive(self) -> bool:
+        """Proxy mode: False while the SIP socket is closed and not yet reopened."""
+        if self.ua is not None:
+            return self.ua.alive()
+        return True
+
     async def stop(self) -> None:
         if self.ua is not None:
             await self.ua.stop()

@@ -22,6 +22,7 @@ import attrs
 
 from vc.audio import pcm_to_ulaw
 from vc.call import CallConnection, CallControlError, CallInfo, Mark
+from vc.logs import LogThrottle
 from vc_transport_twilio import twiml
 from vc_transport_twilio.rest import CallEnded, TwilioREST
 
@@ -83,6 +84,8 @@ class TwilioCall(CallConnection):
         self._guard_until = 0.0
         self._outstanding: list[str] = []  # marks sent, not yet echoed
         self._cleared: set[str] = set()  # marks dropped by a clear (Twilio echoes them too)
+        #: Warnings about echoes of marks never sent: 5 per 10 s, then counted.
+        self.unknown_marks = LogThrottle(burst=5, interval=10.0)
         self.stats = StreamStats()
         self.closed = False
         #: Why the call is ending from our side ("" while it is not): hung up / transferred.
@@ -155,8 +158,11 @@ class TwilioCall(CallConnection):
                     self.events.mark_played(done)
                 if done == name:
                     break
-        else:
-            self.log.warning("Twilio echoed a mark this call never sent: %r", name[:64])
+        else:  # a peer can send any number of these: rate-limited
+            self.unknown_marks.log(
+                self.log, logging.WARNING, "Twilio echoed a mark this call never sent: %r",
+                name[:64],
+            )
 
     # -- CallConnection --------------------------------------------------------------------------
 

@@ -8,7 +8,6 @@ sees). Refused requests get 403 and start nothing; each refusal is logged with i
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
@@ -16,6 +15,7 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Request, Response, WebSocket
 from fastapi.responses import JSONResponse
 
+from vc import jsonsafe
 from vc.call import CallControlError
 from vc_transport_twilio import twiml
 from vc_transport_twilio.outbound import place_call
@@ -184,7 +184,7 @@ def build_router(transport: TwilioTransport) -> APIRouter:
             )
         body = await request.body()
         try:
-            data: Any = json.loads(body) if len(body) <= MAX_BODY else None
+            data: Any = jsonsafe.loads(body) if len(body) <= MAX_BODY else None
         except ValueError:
             data = None
         if not isinstance(data, dict) or not isinstance(data.get("to"), str):

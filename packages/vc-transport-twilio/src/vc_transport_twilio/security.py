@@ -97,8 +97,10 @@ class StreamTokens:
 
     def check(self, token: str, call_sid: str, now: float | None = None) -> str | None:
         """None if ``token`` is valid for ``call_sid`` (and consumes it); else the reason."""
-        parts = token.split(".") if token else []
-        if len(parts) != 3 or not parts[0].isdigit():
+        parts = token.split(".") if isinstance(token, str) and token.isascii() else []
+        # ASCII only: str.isdigit() accepts '²' (which int() refuses) and compare_digest
+        # raises TypeError for non-ASCII str.
+        if len(parts) != 3 or not parts[0].isdigit() or len(parts[0]) > 12:
             return "missing or malformed stream token"
         expires, nonce, mac = int(parts[0]), parts[1], parts[2]
         if not hmac.compare_digest(mac, self._mac(call_sid, expires, nonce)):

@@ -34,6 +34,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import aiohttp
 
+from vc import jsonsafe
 from vc.audio import pcm_to_ulaw, rms, ulaw_to_pcm
 from vc_transport_twilio.fake_rest import FakeTwilioREST, new_sid
 from vc_transport_twilio.security import SignatureChecker
@@ -289,7 +290,7 @@ class SimulatedCall:
 
     async def _on_message(self, t: float, text: str) -> None:
         try:
-            data = json.loads(text)
+            data = jsonsafe.loads_object(text)
         except ValueError:
             self.protocol_errors.append(f"bad JSON {text[:60]!r}")
             return

@@ -13,12 +13,12 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import json
 import logging
 from typing import TYPE_CHECKING, Any
 
 from starlette.websockets import WebSocket
 
+from vc import jsonsafe
 from vc.audio import ulaw_to_pcm
 from vc.call import CallInfo
 from vc.providers import ProviderError
@@ -95,9 +95,9 @@ class StreamHandler:
                 TOO_BIG,
             )
         try:
-            data = json.loads(text)
-        except ValueError:
-            raise StreamRejected("malformed JSON message", BAD_DATA) from None
+            data = jsonsafe.loads(text)  # ValueError only, also for "[" * 1000
+        except ValueError as e:
+            raise StreamRejected(f"malformed JSON message ({e})"[:120], BAD_DATA) from None
         if not isinstance(data, dict) or not isinstance(data.get("event"), str):
             raise StreamRejected("message is not a Twilio stream event", BAD_DATA)
         return data
@@ -241,6 +241,7 @@ class StreamHandler:
                     task.cancel()
             await asyncio.gather(sender, receiver, call_task, return_exceptions=True)
             await self._close(self._close_code)
+        call.unknown_marks.flush(self.log, logging.WARNING, "warnings about unknown marks")
         self.log.info(
             "stream %s ended: %s (sent %d media, %d marks, %d clears; received %d media)",
             stream_sid,

@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
+from vc import jsonsafe
+
 START_TYPES = {"start", "started", "connected", "audio_start"}
 END_TYPES = {"end", "audio_end", "done", "completed", "complete"}
 START_STATUS = {"started", "start"}
@@ -37,9 +39,12 @@ def error(message: str) -> dict[str, str]:
 
 
 def classify(message: str) -> tuple[Kind, str]:
-    """A control message -> (kind, error text or the raw message)."""
+    """A control message -> (kind, error text or the raw message); never raises.
+
+    Anything that is not a JSON object (malformed, nested too deeply) is ``other``: ignored.
+    """
     try:
-        data: Any = json.loads(message)
+        data: Any = jsonsafe.loads(message)
     except ValueError:
         return "other", message
     if not isinstance(data, dict):

@@ -27,6 +27,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from vc import jsonsafe
 from vc.audio import StreamResampler
 from vc.providers import ProviderError
 from vc_tts_piper import protocol
@@ -119,9 +120,7 @@ class PiperWebSocketServer:
 
     async def _request(self, ws: ServerConnection, message: str | bytes) -> None:
         try:
-            req = json.loads(message)
-            if not isinstance(req, dict):
-                raise ValueError("a request is a JSON object")
+            req = jsonsafe.loads_object(message)  # ValueError only, also for "[" * 1000
         except ValueError as e:
             await self._error(ws, f"bad request: {e}; send {{\"text\": .., \"voice\": .., "
                                   "\"sample_rate\": .., \"format\": \"pcm16\"}")

@@ -24,6 +24,7 @@ from websockets.protocol import State
 
 from vc.profiles import Profile
 from vc.providers import AudioClip, CallContext, ProviderError, TTSProvider
+from vc.reconnect import RemoteProvider, RemoteService, ServiceUnavailable
 from vc.settings import setting
 from vc_tts_piper import protocol
 from vc_tts_piper.normalize import normalize
@@ -77,10 +78,14 @@ class ConnectionPool:
 
     A keeper task holds ``spare`` connections open (checked every second and after each
     hand-out), so ``healthy`` also turns false when the service goes away between calls.
+    Reachability is reported to ``service``; while the service is unreachable the keeper
+    leaves the retrying to the provider's shared retry loop (:mod:`vc.reconnect`).
     """
 
-    def __init__(self, url: str, *, connect_timeout: float, spare: int, log: Any) -> None:
+    def __init__(self, url: str, *, connect_timeout: float, spare: int, log: Any,
+                 service: RemoteService | None = None) -> None:
         self.url = url
+        self.service = service
         self.connect_timeout = connect_timeout
         self.spare = max(0, spare)
         self.log = log
@@ -93,8 +98,9 @@ class ConnectionPool:
         self._wake = asyncio.Event()
         self._closing: set[asyncio.Task[None]] = set()
 
-    async def connect(self, deadline: float) -> ClientConnection:
-        """A new connection, retrying with backoff until ``deadline`` (loop time)."""
+    async def connect(self, deadline: float, *, retry: bool = True) -> ClientConnection:
+        """A new connection, retrying with backoff until ``deadline`` (loop time), or trying
+        once (``retry=False``: the handshake may take until ``deadline``)."""
         loop = asyncio.get_running_loop()
         delay = 0.05
         while True:
@@ -108,21 +114,33 @@ class ConnectionPool:
                     f"[tts] url {self.url!r} is not a WebSocket URL: {e}") from e
             except _CONNECT_ERRORS as e:
                 self.healthy = False
-                if loop.time() + delay >= deadline:
-                    raise PiperServiceError(
+                if not retry or loop.time() + delay >= deadline:
+                    error = PiperServiceError(
                         f"cannot reach the Piper WebSocket service at {self.url}: "
-                        f"{type(e).__name__}: {e}") from e
+                        f"{type(e).__name__}: {e}")
+                    if self.service is not None:
+                        self.service.lost(str(error))
+                    raise error from e
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
                 continue
             self.healthy = True
             self.connects += 1
+            if self.service is not None:
+                self.service.reached()
             return conn
 
     async def start(self) -> None:
+        """One connection attempt now, kept as a spare (raises PiperServiceError); then the
+        keeper tops up the spares."""
         loop = asyncio.get_running_loop()
-        self._idle.append(await self.connect(loop.time() + self.connect_timeout))
-        self._keeper = asyncio.ensure_future(self._keep())
+        conn = await self.connect(loop.time() + self.connect_timeout, retry=False)
+        if self.closed:
+            self.discard(conn)
+            return
+        self._idle.append(conn)
+        if self._keeper is None or self._keeper.done():
+            self._keeper = asyncio.ensure_future(self._keep())
 
     async def acquire(self, deadline: float) -> ClientConnection:
         while self._idle:
@@ -153,16 +171,14 @@ class ConnectionPool:
         loop = asyncio.get_running_loop()
         while not self.closed:
             self._idle = [c for c in self._idle if c.state is State.OPEN]
-            if len(self._idle) < self.spare:
-                was_healthy = self.healthy
+            # While the service is unreachable the shared retry loop is in charge.
+            if len(self._idle) < self.spare and (self.healthy or self.service is None):
                 try:
                     conn = await self.connect(loop.time() + self.connect_timeout)
                 except PiperServiceError as e:
-                    if was_healthy:
+                    if self.service is None:
                         self.log.warning("Piper service unavailable: %s", e)
                 else:
-                    if not was_healthy:
-                        self.log.info("Piper service at %s is reachable again", self.url)
                     if self.closed:
                         await conn.close()
                         return
@@ -297,7 +313,11 @@ class PiperWebSocketTTSService(ClauseStreamingTTSService):
         self.client.close()
 
 
-class PiperWebSocketProvider(TTSProvider):
+class PiperWebSocketProvider(RemoteProvider, TTSProvider):
+    """The Piper WebSocket service. If it is not reachable at start, vc starts anyway and the
+    shared retry loop (:mod:`vc.reconnect`) connects once it is; until then calls are refused
+    (nothing could be said to the caller) and greetings wait."""
+
     name = "piper-websocket"
     Settings = PiperWebSocketSettings
     languages = ("*",)
@@ -306,20 +326,24 @@ class PiperWebSocketProvider(TTSProvider):
     def __init__(self, settings: PiperWebSocketSettings, context: Any) -> None:
         super().__init__(settings, context)
         self.pool = ConnectionPool(settings.url, connect_timeout=settings.connect_timeout,
-                                   spare=max(1, settings.spare_connections), log=self.log)
+                                   spare=max(1, settings.spare_connections), log=self.log,
+                                   service=self.remote)
 
-    async def start(self) -> None:
+    async def probe(self) -> None:
         try:
             await self.pool.start()
         except PiperServiceError as e:
-            raise ProviderError(f"{e} (start the service, e.g. vc-piper-ws-server, or fix "
-                                "[tts] url)") from e
+            if isinstance(e.__cause__, InvalidURI):
+                raise
+            raise ServiceUnavailable(f"{e} (start the service, e.g. vc-piper-ws-server, or fix "
+                                     "[tts] url)") from e
 
     async def stop(self) -> None:
+        await super().stop()
         await self.pool.close()
 
     def ready(self) -> bool:
-        return self.pool.healthy and not self.pool.closed
+        return super().ready() and not self.pool.closed
 
     def voice_for(self, profile: Profile) -> str:
         return profile.voice or self.settings.voice

@@ -22,7 +22,11 @@ compile() {  # $1: output file (its pins are kept as preferences unless --upgrad
   local extra=()
   [ "$mode" = --upgrade ] && extra=(--upgrade)
   local locals=()
-  for p in packages/*/pyproject.toml; do locals+=(--no-emit-package "$(basename "$(dirname "$p")")"); done
+  for p in packages/*/pyproject.toml; do
+    # not emitted; and their metadata always read afresh (uv caches a directory's build, and
+    # the versions live in src/*/__init__.py, which its cache key does not cover)
+    locals+=(--no-emit-package "$(basename "$(dirname "$p")")" --refresh-package "$(basename "$(dirname "$p")")")
+  done
   "$UV" pip compile requirements/app.in -o "$1" --quiet --no-header --no-annotate \
     --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
     "${locals[@]}" "${extra[@]}"

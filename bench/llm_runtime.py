@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from utterances import QUESTIONS
 from vc_llm_llama_ws import native
 from vc_llm_llama_ws.embedded import embedded_threads
 from vc_llm_llama_ws.generation import Generation, LlamaModel, Sampling
@@ -29,20 +30,6 @@ from vc_llm_llama_ws.supervisor import ModelSpec, WorkerProcess
 
 from vc.profiles import DEFAULT_SYSTEM_PROMPT
 
-QUESTIONS = (
-    "What is the capital of France?",
-    "How many days are there in a week?",
-    "What color is the sky on a clear day?",
-    "Can you recommend a good book to read?",
-    "What is the weather usually like in spring?",
-    "How do I make a good cup of tea?",
-    "What time does the store open tomorrow?",
-    "Can you help me reset my password?",
-    "What is two plus two?",
-    "Where is the nearest train station?",
-    "Tell me something interesting about the ocean.",
-    "Do you know a good name for a pet dog?",
-)
 SAMPLING = Sampling(temperature=0.0, max_tokens=48, seed=7)
 
 

@@ -44,20 +44,6 @@ def bad_sdp(phone: RtpPhone, which: str) -> str:
     return text.replace(old, new)
 
 
-@pytest.fixture
-async def phone():
-    p = await RtpPhone().start()
-    yield p
-    await p.close()
-
-
-@pytest.fixture
-async def caller():
-    c = await SipCaller().start()
-    yield c
-    await c.close()
-
-
 def options(caller: SipCaller, via: str) -> bytes:
     return (
         f"OPTIONS sip:vc@{LOCAL} SIP/2.0\r\n"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 from itertools import pairwise
 
-import pytest
 from opensips_kit import (
     VC,
     RtpPhone,
@@ -21,20 +20,6 @@ from opensips_kit import (
 from vc_transport_opensips.sdp import parse_offer
 
 from vc.testing.calls import speech
-
-
-@pytest.fixture
-async def phone():
-    p = await RtpPhone().start()
-    yield p
-    await p.close()
-
-
-@pytest.fixture
-async def caller():
-    c = await SipCaller().start()
-    yield c
-    await c.close()
 
 
 async def test_answer_headers_and_sdp(phone: RtpPhone, caller: SipCaller) -> None:

@@ -8,7 +8,6 @@ import secrets
 import time
 from itertools import pairwise
 
-import pytest
 from opensips_kit import (
     LOCAL,
     VC,
@@ -21,20 +20,6 @@ from opensips_kit import (
 from vc_transport_opensips.sdp import parse_offer
 
 from vc.testing.calls import speech
-
-
-@pytest.fixture
-async def phone():
-    p = await RtpPhone().start()
-    yield p
-    await p.close()
-
-
-@pytest.fixture
-async def caller():
-    c = await SipCaller().start()
-    yield c
-    await c.close()
 
 
 async def test_retransmitted_invite_is_absorbed_and_200_repeats_until_ack(

@@ -20,20 +20,6 @@ from vc.settings import build
 from vc.testing.calls import speech
 
 
-@pytest.fixture
-async def phone():
-    p = await RtpPhone().start()
-    yield p
-    await p.close()
-
-
-@pytest.fixture
-async def caller():
-    c = await SipCaller().start()
-    yield c
-    await c.close()
-
-
 def garbage(rng: random.Random) -> bytes:
     kind = rng.randrange(5)
     if kind == 0:

@@ -8,6 +8,7 @@ import sys
 import pytest
 from loguru import logger
 from opensips_kit import RtpPhone, SipCaller
+from real_opensips import opensips_prefix  # noqa: F401  (one cached build for all real_opensips tests)
 
 logger.remove()
 logger.add(sys.stderr, level="WARNING")

@@ -310,3 +310,61 @@ async def test_rejections_unknown_keys_and_bot_hangup(phone: RtpPhone) -> None:
             await wait_for(lambda: not vc.transport.media.pool.in_use, what="port release")
     finally:
         standin.close()
+
+
+async def test_failed_setups_give_their_rtp_port_back(
+    phone: RtpPhone, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 12 bug 4: ``extra_params`` of ``"[" * 1000`` raised RecursionError after the RTP
+    port was bound and the port was never released; once the pool was gone every valid call
+    got 503. Bad extra_params is now parsed before a port is taken, and any failure of the
+    session setup after that releases the port."""
+    from vc_transport_opensips import b2b
+    from vc_transport_opensips.ports import PortPool
+
+    standin = await OpenSIPSStandIn().start()
+    try:
+        async with VC(transport=b2b_settings(standin.port), script="what time is it") as vc:
+            media = vc.transport.media
+            base = free_udp_port() & ~1
+            media.pool = pool = PortPool("127.0.0.1", base, base + 2)  # two ports
+            assert pool.size == 2
+
+            def replies(key: str) -> list[dict]:
+                return [c for c in standin.calls("ua_session_reply") if c["params"]["key"] == key]
+
+            # The reproducer: more nested-bracket events than the pool has ports. Each is a
+            # call like any other (the text is passed on as 'extra_params'), none leaks.
+            for i in range(pool.size + 3):
+                key = f"B2B.9.{i}.1.1"
+                standin.event(new_event(key, phone, extra_params="[" * 1000))
+                (r,) = await wait_for(lambda k=key: replies(k), what=f"reply {i}")
+                assert r["params"]["code"] == 200, r
+                standin.bye(key)
+                await wait_for(lambda: not pool.in_use, what="port release")
+            assert pool.free == pool.size
+
+            # Any failure between binding the port and the call owning it gives the port back.
+            def broken(*a: object, **k: object) -> None:
+                raise RecursionError("maximum recursion depth exceeded")
+
+            monkeypatch.setattr(b2b, "SipCall", broken)
+            for i in range(pool.size + 3):
+                key = f"B2B.8.{i}.1.1"
+                standin.event(new_event(key, phone, extra_params='{"a": 1}'))
+                (r,) = await wait_for(lambda k=key: replies(k), what=f"reply {i}")
+                assert r["params"]["code"] == 500, r
+                await wait_for(lambda: not pool.in_use, what="port release")
+            assert pool.free == pool.size and not media.streams
+            monkeypatch.undo()
+
+            # A valid call is answered afterwards.
+            key = "B2B.7.7.7.7"
+            standin.event(new_event(key, phone, extra_params='{"profile": "default"}'))
+            (r,) = await wait_for(lambda: replies(key), what="valid call answer")
+            assert r["params"]["code"] == 200
+            standin.bye(key)
+            await wait_for(lambda: not pool.in_use, what="port release")
+            assert pool.free == pool.size
+    finally:
+        standin.close()

@@ -287,3 +287,35 @@ async def test_port_exhaustion_rejects_cleanly(phone: RtpPhone) -> None:
 
 def test_local_is_loopback() -> None:
     assert LOCAL == "127.0.0.1"
+
+
+async def test_failed_setups_give_their_rtp_port_back(
+    phone: RtpPhone, caller: SipCaller, monkeypatch
+) -> None:
+    """Issue 12 bug 4, proxy mode: a failure between binding the call's RTP port and the call
+    owning it releases the port (it leaked for good before, until the pool was gone)."""
+    from vc_transport_opensips import sipua
+    from vc_transport_opensips.ports import PortPool
+
+    async with VC() as vc:
+        media = vc.transport.media
+        media.pool = pool = PortPool("127.0.0.1", 0, 0)  # ephemeral: in_use tracks the calls
+        tried: list[int] = []
+
+        def broken(*a: object, **k: object) -> None:
+            tried.append(1)
+            raise RecursionError("maximum recursion depth exceeded")
+
+        monkeypatch.setattr(sipua, "SipCall", broken)
+        for i in range(3):
+            c = await SipCaller().start()
+            try:
+                c.send(c.invite(vc.sip_addr, phone.sdp()), vc.sip_addr)
+                await wait_for(lambda n=i: len(tried) > n, what=f"setup {i}")
+                await wait_for(lambda: not pool.in_use and not media.streams, what="port release")
+            finally:
+                await c.close()
+        monkeypatch.undo()
+        ok = await place_call(vc, phone, caller)
+        assert ok.status == 200
+        assert len(pool.in_use) == 1

@@ -13,16 +13,13 @@ import asyncio
 import contextlib
 import importlib.util
 import json
-import os
-import re
 import secrets
 import shutil
-import subprocess
 import sys
 import time
 import wave
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import pytest
@@ -30,21 +27,19 @@ from opensips_kit import (
     LOCAL,
     VC,
     OpenSIPSStandIn,
-    free_udp_port,
     header,
     header_names,
     wait_for,
 )
+from real_opensips import DEPLOY, RealOpenSIPS, common_subs, sipp_messages, substitute
 from test_pjsua import tone_seconds, write_wav
 from test_sipp import run_sipp
-from vc_transport_opensips.mi import MIClient, MIError
+from vc_transport_opensips.mi import MIError
 
 from vc.audio import pcm_to_ulaw
 from vc.testing.calls import speech
 
-ROOT = Path(__file__).resolve().parents[3]
-PEERS = ROOT.parent / "shared" / "peers"
-B2B_CFG = ROOT / "deploy" / "opensips" / "opensips-b2b.cfg"
+B2B_CFG = DEPLOY / "opensips-b2b.cfg"
 
 pytestmark = [
     pytest.mark.real_opensips,
@@ -58,113 +53,17 @@ if importlib.util.find_spec("pytest_timeout") is not None:
 # -- the real OpenSIPS ----------------------------------------------------------------------
 
 
-def _can_install_tools() -> bool:
-    if os.geteuid() == 0:
-        return True
-    sudo = shutil.which("sudo")
-    return sudo is not None and subprocess.run([sudo, "-n", "true"], capture_output=True).returncode == 0
-
-
-@pytest.fixture(scope="session")
-def opensips_prefix() -> Path:
-    """Build OpenSIPS 3.6.8 (cached per machine) and return its install prefix."""
-    script = PEERS / "build-opensips.sh"
-    if not script.is_file():
-        pytest.skip(f"cannot build OpenSIPS 3.6.8: {script} is missing (shared/ beside the repo)")
-    if not (shutil.which("cc") or shutil.which("gcc")):
-        pytest.skip("cannot build OpenSIPS 3.6.8: no C compiler (cc/gcc) on this machine")
-    missing = [t for t in ("make", "bison", "flex", "pkg-config") if shutil.which(t) is None]
-    if missing and not _can_install_tools():
-        pytest.skip(f"cannot build OpenSIPS 3.6.8: {', '.join(missing)} missing and no root to install")
-    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=1800)
-    if proc.returncode != 0:
-        pytest.fail(f"building OpenSIPS 3.6.8 failed (rc {proc.returncode}):\n{proc.stderr[-4000:]}")
-    prefix = Path(proc.stdout.strip().splitlines()[-1])
-    assert (prefix / "sbin" / "opensips").is_file(), proc.stdout
-    return prefix
-
-
 def adapt_cfg(text: str, modules: Path, sip_port: int, mi_port: int) -> str:
     """The shipped script with test addresses: 127.0.0.1 and free ports, this build's mpath."""
-    subs = [
-        (r"(?m)^socket = udp:0\.0\.0\.0:5060$", f"socket = udp:{LOCAL}:{sip_port}\nudp_workers = 2"),
-        (r'(?m)^mpath = ".*"$', f'mpath = "{modules}/"'),
-        (r'"socket_name", "udp:0\.0\.0\.0:8080"', f'"socket_name", "udp:{LOCAL}:{mi_port}"'),
-    ]
-    for pattern, repl in subs:
-        text, n = re.subn(pattern, repl, text)
-        assert n == 1, f"{B2B_CFG.name} changed: {pattern!r} is not there exactly once"
-    return text
-
-
-def _log_file(path: Path) -> BinaryIO:
-    return path.open("wb")
-
-
-class RealOpenSIPS:
-    """One OpenSIPS process (``opensips -F``: no daemon) on 127.0.0.1, restartable."""
-
-    def __init__(self, prefix: Path, workdir: Path) -> None:
-        self.binary = prefix / "sbin" / "opensips"
-        modules = next(
-            p for p in (prefix / "lib64/opensips/modules", prefix / "lib/opensips/modules") if p.is_dir()
-        )
-        self.workdir = workdir
-        self.sip_port = free_udp_port()
-        self.mi_port = free_udp_port()
-        self.cfg = workdir / "opensips-b2b.cfg"
-        self.cfg.write_text(adapt_cfg(B2B_CFG.read_text(), modules, self.sip_port, self.mi_port))
-        self.proc: asyncio.subprocess.Process | None = None
-        self.runs = 0
-        self.mi = MIClient(LOCAL, self.mi_port, timeout=0.5)
-
-    @property
-    def sip_addr(self) -> tuple[str, int]:
-        return (LOCAL, self.sip_port)
-
-    async def start(self) -> None:
-        self.runs += 1
-        with _log_file(self.workdir / f"opensips-{self.runs}.log") as out:
-            self.proc = await asyncio.create_subprocess_exec(
-                str(self.binary), "-F", "-f", str(self.cfg), stdout=out, stderr=subprocess.STDOUT
-            )
-        if self.mi.transport is None:
-            await self.mi.start()
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.proc.returncode is not None:
-                pytest.fail(f"OpenSIPS exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
-            with contextlib.suppress(MIError):
-                await self.mi.call("uptime", limit=0.3)
-                return
-        pytest.fail(f"OpenSIPS did not answer MI within 15 s:\n{self.log()[-3000:]}")
-
-    async def stop(self) -> None:
-        if self.proc is None or self.proc.returncode is not None:
-            return
-        self.proc.terminate()  # the main process stops its children and exits
-        try:
-            await asyncio.wait_for(self.proc.wait(), 10)
-        except TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
-
-    async def call(self, method: str, params: Any = None) -> Any:
-        return await self.mi.call(method, params, limit=1.0)
-
-    def log(self) -> str:
-        return "\n".join(p.read_text(errors="replace") for p in sorted(self.workdir.glob("opensips-*.log")))
-
-    async def close(self) -> None:
-        await self.stop()
-        await self.mi.close()
+    mi = [(r'"socket_name", "udp:0\.0\.0\.0:8080"', f'"socket_name", "udp:{LOCAL}:{mi_port}"')]
+    return substitute(text, B2B_CFG.name, common_subs(modules, sip_port) + mi)
 
 
 @pytest.fixture
 async def opensips(opensips_prefix: Path, tmp_path: Path) -> Any:
     workdir = tmp_path / "opensips"
     workdir.mkdir()
-    server = RealOpenSIPS(opensips_prefix, workdir)
+    server = RealOpenSIPS(opensips_prefix, workdir, B2B_CFG, adapt_cfg)
     await server.start()
     try:
         yield server
@@ -183,18 +82,6 @@ async def assert_no_leftovers(server: RealOpenSIPS) -> None:
     assert await server.call("ua_session_list") == [], "a B2B entity was left behind in OpenSIPS"
     log = server.log()
     assert "bad uri" not in log, log[-3000:]
-
-
-def sipp_messages(cwd: Path, direction: str = "received") -> list[str]:
-    """SIP messages SIPp logged (-trace_msg), CRLF line ends, in order."""
-    out = []
-    for path in sorted(cwd.glob("*_messages.log")):
-        for block in re.split(r"(?m)^-{10,}.*$", path.read_text(errors="replace")):
-            head, sep, msg = block.partition(" bytes :")
-            if sep and direction in head:
-                msg = msg.strip("\r\n").replace("\r\n", "\n").replace("\n", "\r\n")
-                out.append(msg)
-    return out
 
 
 # -- calls ----------------------------------------------------------------------------------

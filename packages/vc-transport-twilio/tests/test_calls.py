@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 
+import attrs
 import numpy as np
 import pytest
 import pytest_asyncio
@@ -27,6 +28,7 @@ from vc_transport_twilio.connection import TwilioCall
 
 from vc.builtins import transfer_call
 from vc.call import CallControlError
+from vc.profiles import Profile
 from vc.providers import ToolCall
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -195,12 +197,17 @@ async def test_transfer_after_the_announcement_through_rest(env):
     call = await cloud.place_call()
     await after_greeting(call)
     session = session_of(vc, call)
+    # The model may only name a destination the profile allows (issue 12 bug 8).
+    profile = Profile(
+        session.profile.name,
+        attrs.evolve(session.profile.settings, transfer_allowed=["+15557654321"]),
+    )
     result = await transfer_call(
         ToolCall(
             arguments={"target": "+1 (555) 765-4321"},
             connection=session.connection,
             info=session.info,
-            profile=session.profile,
+            profile=profile,
             after_speech=session.after_speech,
             say=session.say,
             end=session.end,

@@ -7,6 +7,7 @@ from typing import Any
 
 from vc.call import CallInfo
 from vc.hookspecs import hookimpl
+from vc.profiles import transfer_allowed
 from vc.providers import Observer, Tool, ToolCall
 
 log = logging.getLogger("vc.events")
@@ -22,9 +23,21 @@ async def end_call(call: ToolCall) -> dict[str, Any]:
 
 async def transfer_call(call: ToolCall) -> dict[str, Any]:
     """Blind-transfer the caller once the bot has finished speaking."""
-    target = str(call.arguments.get("target") or call.profile.transfer_target or "").strip()
+    asked = str(call.arguments.get("target") or "").strip()
+    target = asked or str(call.profile.transfer_target or "").strip()
     if not target:
         return {"error": "no transfer destination is configured; tell the caller you cannot transfer"}
+    if not transfer_allowed(call.profile, target):
+        # The model named a destination the profile does not allow (a caller may have talked
+        # it into one: toll fraud). Nothing is dialled; the model is told why.
+        log.warning(
+            "transfer to %r refused: not allowed by the profile", target,
+            extra={"call_id": call.info.call_id},
+        )
+        return {
+            "error": f"transferring to {target} is not allowed; only the configured "
+            "destinations may be used (leave target empty for the default one)"
+        }
     if not call.spoke_this_turn:
         await call.say("Transferring your call now.")
 
@@ -48,6 +61,7 @@ TRANSFER_CALL = Tool(
         "target": {
             "type": "string",
             "description": "phone number or SIP URI; leave empty for the default destination",
+            "maxLength": 256,
         }
     },
 )

@@ -59,23 +59,32 @@ class VCSettings:
 @attrs.define
 class ServerSettings:
     host: str = setting("127.0.0.1", help="HTTP listen address (0.0.0.0 in containers)")
-    port: int = setting(8080, help="HTTP port (Cloud Run: $PORT is used when set)")
-    drain_timeout: float = setting(
-        30.0, help="seconds SIGTERM waits for active calls to end before stopping"
+    port: int = setting(
+        8080, min=0, max=65535, help="HTTP port (Cloud Run: $PORT is used when set)"
     )
-    max_calls: int = setting(0, help="refuse calls beyond this many at once (0: no limit)")
+    drain_timeout: float = setting(
+        30.0, min=0, max=86400,
+        help="seconds SIGTERM waits for active calls to end before stopping",
+    )
+    max_calls: int = setting(
+        0, min=0, max=100000, help="refuse calls beyond this many at once (0: no limit)"
+    )
 
 
 @attrs.define
 class VADSettings:
-    confidence: float = setting(0.7, help="Silero speech probability threshold (0..1)")
-    start_secs: float = setting(0.15, help="speech needed before the caller's turn starts")
+    confidence: float = setting(0.7, min=0, max=1, help="Silero speech probability threshold (0..1)")
+    start_secs: float = setting(0.15, min=0, max=10, help="speech needed before the caller's turn starts")
     stop_secs: float | None = setting(
-        None, help="silence that ends the caller's turn (default 0.4; legacy min_silence_ms)"
+        None, min=0, max=10, help="silence that ends the caller's turn (default 0.4; legacy min_silence_ms)"
     )
-    min_volume: float = setting(0.5, help="minimum normalised volume counted as speech (0..1)")
-    min_silence_ms: int | None = setting(None, help="legacy: silence in ms that ends a turn")
-    min_speech_ms: int | None = setting(None, help="legacy: speech in ms that starts a turn")
+    min_volume: float = setting(0.5, min=0, max=1, help="minimum normalised volume counted as speech (0..1)")
+    min_silence_ms: int | None = setting(
+        None, min=0, max=10000, help="legacy: silence in ms that ends a turn"
+    )
+    min_speech_ms: int | None = setting(
+        None, min=0, max=10000, help="legacy: speech in ms that starts a turn"
+    )
 
     def effective_stop_secs(self) -> float:
         if self.stop_secs is not None:
@@ -93,7 +102,7 @@ class VADSettings:
 @attrs.define
 class InterruptionSettings:
     enabled: bool = setting(True, help="let the caller interrupt the bot (barge-in)")
-    min_words: int = setting(0, help="words the caller must say to interrupt (0: any speech)")
+    min_words: int = setting(0, min=0, max=100, help="words the caller must say to interrupt (0: any speech)")
     min_words_strategy: str = setting(
         "", help="legacy: true/false or a number of words; sets min_words"
     )
@@ -103,13 +112,13 @@ class InterruptionSettings:
         "confirmed) and play on from the same point if it was only a noise",
     )
     pause_after_ms: int = setting(
-        60, help="voiced audio that pauses the bot (pause_on_speech; 32 ms VAD windows)"
+        60, min=0, max=10000, help="voiced audio that pauses the bot (pause_on_speech; 32 ms VAD windows)"
     )
     volume_threshold: float | None = setting(
-        None, help="legacy: minimum caller volume to interrupt (0..1, or 16-bit RMS if > 1)"
+        None, min=0, max=32768, help="legacy: minimum caller volume to interrupt (0..1, or 16-bit RMS if > 1)"
     )
     volume_duration_ms: int | None = setting(
-        None, help="legacy: how long the caller must speak to interrupt, in ms"
+        None, min=0, max=10000, help="legacy: how long the caller must speak to interrupt, in ms"
     )
 
     def effective_min_words(self) -> int:
@@ -531,6 +540,8 @@ def reference(registry: Registry) -> str:
             default = default if len(default) <= 40 else default[:37] + "..."
             env = env_name(section.replace("<name>", "NAME"), f.name)
             kind = f.type_name.replace(" | ", " or ")
+            if f.allowed:
+                kind += f" ({f.allowed})"
             rows.append(f"| `{f.name}` | {kind} | {default} | `{env}` | {f.help} |")
         return [*rows, ""]
 

@@ -13,6 +13,7 @@ import asyncio
 import importlib
 import logging
 import time
+from functools import partial
 from typing import Any
 
 from pipecat.audio.vad.vad_analyzer import VADParams
@@ -30,6 +31,8 @@ from vc.vad import CallVAD
 log = logging.getLogger("vc.engine")
 
 VAD_POOL = 4
+#: After [server] drain_timeout: how long the calls still up may take to hear the goodbye.
+DRAIN_GOODBYE_TIMEOUT = 8.0
 VAD_POOL_RATE = 16000
 
 
@@ -178,7 +181,8 @@ class Engine(CallHost):
         return out
 
     async def drain(self, timeout: float) -> int:
-        """Stop taking calls and wait up to ``timeout`` for active ones; returns how many remain."""
+        """Stop taking calls and wait up to ``timeout`` for active ones; those still up then hear
+        their profile's goodbye and are hung up. Returns how many were still up at ``timeout``."""
         self.accepting = False
         self.metrics.ready.set(0)
         try:
@@ -186,8 +190,24 @@ class Engine(CallHost):
         except TimeoutError:
             pass
         remaining = list(self.sessions.values())
+        # The caller hears the profile's goodbye, then the bot hangs up (as end_call does).
         for session in remaining:
+            goodbye = str(getattr(session.profile, "goodbye", "") or "")
             try:
+                if goodbye:
+                    await session.say(goodbye)
+                    session.after_speech(partial(session.end, "server shutting down"))
+                else:
+                    await session.end("server shutting down")
+            except Exception as e:
+                log.warning("ending %s failed: %s", session.info.call_id, e)
+        if any(s in self.sessions.values() for s in remaining):
+            try:
+                await asyncio.wait_for(self._drained.wait(), DRAIN_GOODBYE_TIMEOUT)
+            except TimeoutError:
+                pass
+        for session in [s for s in remaining if s in self.sessions.values()]:
+            try:  # the goodbye was not heard in time: hang up now
                 await session.end("server shutting down")
             except Exception as e:
                 log.warning("hanging up %s failed: %s", session.info.call_id, e)

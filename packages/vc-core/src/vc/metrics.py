@@ -33,4 +33,10 @@ class Metrics:
             ["provider", "reason"],
             registry=self.registry,
         )
+        self.tool_calls = Counter(
+            "vc_tool_calls",
+            "Tool calls of the LLM, by tool and outcome (ok, refused, invalid, error)",
+            ["tool", "outcome"],
+            registry=self.registry,
+        )
         self.ready = Gauge("vc_ready", "1 when the process takes calls", registry=self.registry)

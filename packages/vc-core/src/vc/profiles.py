@@ -9,6 +9,7 @@ an existing profile selects it directly.
 from __future__ import annotations
 
 import fnmatch
+import re
 from typing import TYPE_CHECKING
 
 import attrs
@@ -51,6 +52,11 @@ class ProfileSettings:
         factory=lambda: ["end_call", "transfer_call"], help="tools the LLM may call"
     )
     transfer_target: str = setting("", help="where transfer_call sends the caller by default")
+    transfer_allowed: list[str] = setting(
+        factory=list,
+        help="targets transfer_call may send the caller to when the LLM names one (exact, or "
+        "globs like +1555*; empty: only transfer_target)",
+    )
     goodbye: str = setting("Goodbye!", help="said before the bot hangs up when the LLM asks")
     max_duration: float = setting(
         0.0, help="seconds after which the bot says goodbye and hangs up (0: no limit)"
@@ -93,6 +99,31 @@ class Profile:
             for globs, values in rules
             if globs
         )
+
+
+def transfer_allowed(profile: Profile | ProfileSettings, target: str) -> bool:
+    """Whether the profile lets transfer_call send the caller to ``target``: its own
+    ``transfer_target``, or an entry (exact or glob) of ``transfer_allowed``."""
+    s = profile.settings if isinstance(profile, Profile) else profile
+    target = _dialable(target)
+    if not target:
+        return False
+    if target == _dialable(s.transfer_target):
+        return True
+    allowed = [_dialable(a) for a in s.transfer_allowed]
+    return any(target == a or fnmatch.fnmatchcase(target, a) for a in allowed if a)
+
+
+def _dialable(value: str) -> str:
+    """A phone number without its punctuation (``+1 (555) 765-4321`` -> ``+15557654321``),
+    as the transports dial it; anything else (SIP URIs) stripped of surrounding blanks only."""
+    value = value.strip()
+    if _PHONE.fullmatch(value):
+        return re.sub(r"[\s().-]", "", value)
+    return value
+
+
+_PHONE = re.compile(r"\+?[\d\s().*?-]+")
 
 
 def select_profile(profiles: list[Profile], info: CallInfo) -> Profile:

@@ -6,16 +6,20 @@ plugins are loaded, providers started (models warm, greetings rendered) and ever
 is listening. A provider whose remote service is not reachable (yet) keeps it not ready, named
 in the body's ``not_ready`` with the reason, until the service answers (see
 :mod:`vc.reconnect`). SIGTERM flips ``/readyz`` to not-ready, stops new calls, waits up to
-``[server] drain_timeout`` for active calls and then exits.
+``[server] drain_timeout`` for active calls (their media streams stay open: the HTTP server
+is told to exit only after the drain), has the calls still up say their goodbye and hang up,
+and then exits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import time
+from collections.abc import Generator
 
 import uvicorn
 from fastapi import FastAPI, Response
@@ -158,10 +162,21 @@ class App:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: vc drains calls first."""
+    """uvicorn without its own signal handling: vc drains calls first, then tells it to exit.
 
-    def install_signal_handlers(self) -> None:
+    uvicorn has changed how it takes signals (``install_signal_handlers`` up to 0.28,
+    ``capture_signals`` since, which replaces the process's handlers with ``signal.signal``):
+    both are turned off here, and :func:`serve` also (re)installs vc's own handlers once uvicorn
+    has started, so SIGTERM reaches vc's drain whatever a uvicorn version does. Had uvicorn
+    taken SIGTERM, it would close every WebSocket at once, cutting live Twilio calls.
+    """
+
+    def install_signal_handlers(self) -> None:  # uvicorn < 0.29
         pass
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:  # uvicorn >= 0.29
+        yield
 
 
 class HTTPServer:
@@ -216,20 +231,37 @@ def listen_host(config: Config, host: str | None) -> str:
     return host.strip() if host and host.strip() else config.server.host
 
 
+def install_stop_signals(stop: asyncio.Event) -> None:
+    """SIGTERM and SIGINT set ``stop`` (through the running loop; main thread only)."""
+    loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if not stop.is_set():
+            log.info("%s received", sig.name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, on_signal, sig)
+        except (NotImplementedError, RuntimeError, ValueError) as e:  # not the main thread...
+            log.debug("cannot handle %s: %s", sig.name, e)
+
+
 async def serve(
     config: Config, registry: Registry, *, port: int | None = None, host: str | None = None
 ) -> int:
     app = App(config, registry)
     http = HTTPServer(app, listen_host(config, host), listen_port(config, port))
-    loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    install_stop_signals(stop)
     try:
         await http.start()
     except (OSError, SystemExit, RuntimeError) as e:
         log.error("cannot listen on %s:%s: %s", http.host, http.port, e)
         return 1
+    # Again, now that uvicorn runs: whatever it did with the process's signal handlers,
+    # SIGTERM/SIGINT are vc's (readiness off, drain, then uvicorn is told to exit).
+    install_stop_signals(stop)
     log.info("listening on %s", http.url)
     try:
         starting = asyncio.create_task(app.start())

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 from pipecat.audio.vad.vad_analyzer import VADParams
@@ -44,6 +44,7 @@ from vc.llm import tools_schema
 from vc.media import CallTransport
 from vc.monitor import MonotonicClock, TurnMonitor
 from vc.providers import CallContext, Tool, ToolCall
+from vc.tools import redact, run_tool
 from vc.vad import CallVADProcessor
 
 if TYPE_CHECKING:
@@ -232,10 +233,13 @@ class CallSession(CallEvents):
 
     def _tool_handler(self, tool: Tool) -> Callable[[FunctionCallParams], Awaitable[None]]:
         async def handle(params: FunctionCallParams) -> None:
-            args = dict(params.arguments)
-            self.engine.event(self.info, "tool_call", {"name": tool.name, "arguments": args})
+            raw = params.arguments
+            args: Any = dict(raw) if isinstance(raw, Mapping) else raw
+            self.engine.event(
+                self.info, "tool_call", {"name": tool.name, "arguments": redact(args)}
+            )
             call = ToolCall(
-                arguments=dict(params.arguments),
+                arguments=args,
                 connection=self.connection,
                 info=self.info,
                 profile=self.profile,
@@ -244,12 +248,9 @@ class CallSession(CallEvents):
                 end=self.end,
                 spoke_this_turn=self._spoke_this_turn,
             )
-            try:
-                result = await tool.handler(call)
-            except Exception as e:
-                self.log.error("tool %s failed: %s", tool.name, e)
-                await params.result_callback({"error": str(e)})
-                return
+            result = await run_tool(
+                tool, call, call_id=self.info.call_id, metrics=self.engine.metrics
+            )
             from pipecat.frames.frames import FunctionCallResultProperties
 
             run_llm = not (isinstance(result, dict) and result.get("_final"))

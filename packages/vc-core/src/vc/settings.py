@@ -12,10 +12,16 @@ Values arrive as strings (INI file or environment) and are converted by the fiel
 ``str``, ``int``, ``float``, ``bool``, ``pathlib.Path``, ``list[str]`` (comma separated),
 ``Literal[...]`` (one of the choices) and ``X | None`` (empty string means None).
 A value ``$env:NAME`` or ``$file:/path`` is read from that variable or file (for secrets).
+
+Ranges and choices are declared on the field (``setting(8080, min=1, max=65535, help=..)``,
+``choices=(..)``) and checked when the settings are built; a float must be finite (no ``nan``
+or ``inf``) unless declared ``finite=False``. A settings class may check fields against each
+other in a method ``check_settings(self)`` returning ``(key, problem)`` pairs.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import types
@@ -54,13 +60,30 @@ def setting(
     validator: Any = None,
     aliases: tuple[str, ...] = (),
     remote: bool = False,
+    min: float | None = None,
+    max: float | None = None,
+    choices: tuple[Any, ...] | None = None,
+    finite: bool = True,
 ) -> Any:
     """An attrs field carrying the documentation vc shows in `vc config show` and the docs.
 
     ``remote=True`` marks an address or port of another program's service that vc connects to
-    (not one vc listens on): ``vc doctor`` then does not try to bind it.
+    (not one vc listens on): ``vc doctor`` then does not try to bind it. ``min``/``max`` bound a
+    number (inclusive), ``choices`` lists the values allowed, ``finite=False`` lets a float be
+    ``inf``/``nan``; :func:`build` refuses values outside them, naming section and key.
     """
-    metadata = {_META: {"help": help, "secret": secret, "aliases": aliases, "remote": remote}}
+    metadata = {
+        _META: {
+            "help": help,
+            "secret": secret,
+            "aliases": aliases,
+            "remote": remote,
+            "min": min,
+            "max": max,
+            "choices": tuple(choices) if choices is not None else None,
+            "finite": finite,
+        }
+    }
     if factory is not None:
         return attrs.field(factory=factory, metadata=metadata, validator=validator)
     return attrs.field(default=default, metadata=metadata, validator=validator)
@@ -77,6 +100,58 @@ class FieldInfo:
     help: str
     secret: bool
     aliases: tuple[str, ...]
+    #: the values allowed, in words ("1..65535", "one of 'a', 'b'"); empty: any of the type
+    allowed: str = ""
+
+
+def allowed_text(meta: dict[str, Any]) -> str:
+    """The declared range or choices of a field, for people."""
+    low, high, choices = meta.get("min"), meta.get("max"), meta.get("choices")
+    if choices:
+        return "one of " + ", ".join(repr(c) for c in choices)
+    if low is not None and high is not None:
+        return f"{low}..{high}"
+    if low is not None:
+        return f">= {low}"
+    if high is not None:
+        return f"<= {high}"
+    return ""
+
+
+def check_value(value: Any, meta: dict[str, Any]) -> str | None:
+    """What is wrong with a converted value given the field's declared limits (None: fine)."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    for v in values:
+        if v is None or isinstance(v, bool):
+            continue
+        if isinstance(v, float) and not math.isfinite(v) and meta.get("finite", True):
+            return "a finite number" + (f" ({allowed_text(meta)})" if allowed_text(meta) else "")
+        choices = meta.get("choices")
+        if choices and v not in choices:
+            return allowed_text(meta)
+        if isinstance(v, (int, float)):
+            low, high = meta.get("min"), meta.get("max")
+            if (low is not None and v < low) or (high is not None and v > high):
+                return "a number in " + allowed_text(meta) if low is not None and high is not None \
+                    else "a number " + allowed_text(meta)
+    return None
+
+
+def check_settings(obj: Any, section: str) -> list[ConfigError]:
+    """Every field of a built settings object against its limits, then the class's own check."""
+    errors = []
+    for f in attrs.fields(type(obj)):
+        meta = f.metadata.get(_META, {})
+        value = getattr(obj, f.name)
+        problem = check_value(value, meta)
+        if problem:
+            shown = "<redacted>" if looks_secret(f.name) else show_value(f.name, value, False)
+            errors.append(ConfigError(section, f.name, shown, f"expected {problem}"))
+    hook = getattr(obj, "check_settings", None)
+    if callable(hook) and not errors:
+        for key, problem in hook() or ():
+            errors.append(ConfigError(section, key, None, problem))
+    return errors
 
 
 def describe(cls: type) -> list[FieldInfo]:
@@ -97,6 +172,7 @@ def describe(cls: type) -> list[FieldInfo]:
                 help=meta.get("help", ""),
                 secret=bool(meta.get("secret", False)) or looks_secret(f.name),
                 aliases=tuple(meta.get("aliases", ())),
+                allowed=allowed_text(meta),
             )
         )
     return out
@@ -224,7 +300,11 @@ def build(
         if name in kwargs and key != name:
             continue  # the canonical key wins over an alias
         try:
-            kwargs[name] = convert(resolve_reference(raw), hints[name])
+            value = convert(resolve_reference(raw), hints[name])
+            problem = check_value(value, fields[name].metadata.get(_META, {}))
+            if problem:
+                raise ValueError(problem)
+            kwargs[name] = value
         except ValueError as e:
             shown = "<redacted>" if looks_secret(name) else raw
             errors.append(ConfigError(section, key, shown, f"expected {e}", source))
@@ -234,9 +314,12 @@ def build(
     try:
         # With errors, the object is built from the valid keys (the rest default), so that one
         # bad key does not cascade into misleading errors elsewhere; callers still fail.
-        return cls(**kwargs), errors
+        obj = cls(**kwargs)
     except (ValueError, TypeError) as e:
         return None, errors or [ConfigError(section, "", None, f"invalid settings: {e}")]
+    if not errors:  # defaults and the class's cross-field check (values were checked above)
+        errors = check_settings(obj, section)
+    return obj, errors
 
 
 def show_value(name: str, value: Any, secret: bool) -> str:

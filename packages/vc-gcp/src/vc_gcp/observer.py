@@ -69,7 +69,7 @@ class CloudLoggingSettings:
         "", help="service name Error Reporting groups errors under (default: $K_SERVICE, else vc)"
     )
     max_message_chars: int = setting(
-        100_000,
+        100_000, min=100, max=10_000_000,
         help="longer messages are cut (a Cloud Logging entry is limited to 256 KiB)",
         validator=attrs.validators.ge(1000),
     )

@@ -34,17 +34,29 @@ DEFAULT_URL = "ws://127.0.0.1:8765"
 @attrs.define
 class LlamaWSSettings:
     url: str = setting(DEFAULT_URL, help="WebSocket URL of the Llama service (ws:// or wss://)")
+    token: str = setting(
+        "",
+        help="shared token the service wants (vc-llama-ws-server --token), sent as "
+        "Authorization: Bearer; $env:NAME or $file:/path to keep it out of the file",
+        secret=True,
+    )
     model: str = setting(
         "", help='model name; sent as "model" only if send_model (the old server ignores it)'
     )
-    temperature: float = setting(0.2, help="sampling temperature (a profile's temperature wins)")
+    temperature: float = setting(
+        0.2, min=0, max=5,
+        help="sampling temperature (a profile's temperature wins)",
+    )
     max_tokens: int = setting(
-        80, help="cap on a reply's length in tokens (a profile's max_tokens wins)"
+        80, min=1, max=8192, help="cap on a reply's length in tokens (a profile's max_tokens wins)"
     )
     top_p: float | None = setting(
-        None, help="nucleus sampling probability (empty: server default, not sent)"
+        None, min=0, max=1, help="nucleus sampling probability (empty: server default, not sent)"
     )
-    timeout: float = setting(10.0, help="seconds to connect and to wait for the first token")
+    timeout: float = setting(
+        10.0, min=0.1, max=600,
+        help="seconds to connect and to wait for the first token",
+    )
     token_timeout: float = token_timeout_setting(10.0)
     stream: bool = setting(
         True, help="ask for streamed chunks (false: the whole reply in one chunk)"
@@ -54,9 +66,9 @@ class LlamaWSSettings:
     legacy_prompt: bool = setting(
         False, help="send the legacy {prompt, system_prompt} form (last user message only)"
     )
-    pool_size: int = setting(2, help="connections kept open and ready for new calls")
+    pool_size: int = setting(2, min=0, max=64, help="connections kept open and ready for new calls")
     drain_timeout: float = setting(
-        15.0, help="seconds to discard an interrupted reply before closing its connection"
+        15.0, min=0, max=600, help="seconds to discard an interrupted reply before closing its connection"
     )
     apology: str = apology_setting()
 
@@ -217,7 +229,7 @@ class LlamaWSProvider(RemoteProvider, LLMProvider):
     def __init__(self, settings: LlamaWSSettings, context: Any) -> None:
         super().__init__(settings, context)
         self.pool = ConnectionPool(settings.url, settings.pool_size, settings.timeout,
-                                   service=self.remote)
+                                   service=self.remote, token=settings.token)
 
     async def start(self) -> None:
         url = self.settings.url

@@ -10,11 +10,11 @@ from vc.settings import setting
 
 
 def first_token_timeout_setting(default: float = 10.0) -> Any:
-    return setting(default, help="seconds to wait for the first token before apologising")
+    return setting(default, min=0.1, max=600, help="seconds to wait for the first token before apologising")
 
 
 def token_timeout_setting(default: float = 10.0) -> Any:
-    return setting(default, help="seconds to wait for each further token before giving up")
+    return setting(default, min=0.1, max=600, help="seconds to wait for each further token before giving up")
 
 
 def apology_setting() -> Any:

@@ -19,6 +19,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from vc.reconnect import RemoteService
+from vc.wsauth import auth_headers
 from vc_llm_llama_ws import protocol
 
 log = logging.getLogger("vc.llm.llama-ws")
@@ -104,12 +105,13 @@ class LlamaConnection:
             await self.ws.close()
 
 
-async def open_connection(url: str, seconds: float) -> LlamaConnection:
+async def open_connection(url: str, seconds: float, token: str = "") -> LlamaConnection:
     """Connect (bounded by ``seconds``); raises ServerUnavailable with a clear reason."""
     try:
         ws = await asyncio.wait_for(
             connect(
                 url,
+                additional_headers=auth_headers(token),
                 open_timeout=seconds,
                 ping_interval=20,
                 ping_timeout=20,
@@ -139,8 +141,9 @@ class ConnectionPool:
     """
 
     def __init__(self, url: str, size: int, timeout: float,
-                 service: RemoteService | None = None) -> None:
+                 service: RemoteService | None = None, token: str = "") -> None:
         self.url = url
+        self.token = token
         self.size = max(0, size)
         self.timeout = timeout
         self.service = service
@@ -156,7 +159,7 @@ class ConnectionPool:
     async def open(self) -> LlamaConnection:
         """A new connection (raises ServerUnavailable); the outcome is reported to ``service``."""
         try:
-            conn = await open_connection(self.url, self.timeout)
+            conn = await open_connection(self.url, self.timeout, self.token)
         except ServerUnavailable as e:
             if self.service is not None:
                 self.service.lost(str(e))

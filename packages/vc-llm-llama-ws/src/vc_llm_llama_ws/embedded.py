@@ -52,26 +52,35 @@ class LlamaCppSettings:
     model: str = setting(
         DEFAULT_MODEL, help="packaged model name (smollm2, qwen2.5-0.5b) or a GGUF path"
     )
-    n_ctx: int = setting(2048, help="context window in tokens (prompt + reply)")
+    n_ctx: int = setting(2048, min=128, max=1 << 20, help="context window in tokens (prompt + reply)")
     n_threads: int = setting(
-        0,
+        0, min=0, max=1024,
         help="CPU threads for llama.cpp (0: half the cores this process may use, at least "
         "one: the model shares them with the STT, the TTS and every call's VAD)",
     )
     n_threads_batch: int = setting(
-        0,
+        0, min=0, max=1024,
         help="CPU threads evaluating a turn's prompt before the first token (0: n_threads). "
         "On 2 shared cores, 2 threads cut the median first token by 40 ms but stalled it "
         "for 1.5-7 s in 1 turn of 15",
     )
-    temperature: float = setting(0.2, help="sampling temperature (a profile's temperature wins)")
-    max_tokens: int = setting(
-        80, help="cap on a reply's length in tokens (a profile's max_tokens wins)"
+    temperature: float = setting(
+        0.2, min=0, max=5,
+        help="sampling temperature (a profile's temperature wins)",
     )
-    top_p: float = setting(0.95, help="nucleus sampling probability")
-    repeat_penalty: float = setting(1.1, help="penalty for repeating recent tokens (1.0: none)")
+    max_tokens: int = setting(
+        80, min=1, max=8192, help="cap on a reply's length in tokens (a profile's max_tokens wins)"
+    )
+    top_p: float = setting(0.95, min=0, max=1, help="nucleus sampling probability")
+    repeat_penalty: float = setting(
+        1.1, min=0, max=10,
+        help="penalty for repeating recent tokens (1.0: none)",
+    )
     stop: list[str] = setting(factory=list, help="extra stop strings (comma separated)")
-    seed: int | None = setting(None, help="sampling seed for reproducible replies (empty: random)")
+    seed: int | None = setting(
+        None, min=-(1 << 31), max=(1 << 32) - 1,
+        help="sampling seed for reproducible replies (empty: random)",
+    )
     chat_format: str = setting(
         "",
         help="llama-cpp-python chat format (chatml, llama-3, ...); empty: the GGUF's own template",

@@ -60,6 +60,9 @@ class Sampling:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     repeat_penalty: float = 1.1
+    #: seconds a generation may run once it has the model (prompt + reply); None: no limit.
+    #: Past it the generation stops within a token and finish_reason is "time_limit".
+    time_limit: float | None = None
 
 
 @attrs.define
@@ -352,6 +355,9 @@ class LlamaModel:
                 if stop.is_set():
                     stats.cancelled = True
                     stats.finish_reason = "cancelled"
+                    break
+                if sampling.time_limit is not None and time.monotonic() - started > sampling.time_limit:
+                    stats.finish_reason = "time_limit"
                     break
                 choice = chunk["choices"][0]
                 text = choice.get("text") or ""

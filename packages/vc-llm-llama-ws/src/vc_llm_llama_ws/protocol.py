@@ -14,6 +14,7 @@ old server ignores: ``top_p``, ``seed`` and ``model``.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import attrs
@@ -68,6 +69,8 @@ def _number(data: dict[str, Any], key: str, kind: type, low: float, high: float)
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ProtocolError(f"{key} must be a number, got {value!r}")
+    if not math.isfinite(value):  # json accepts Infinity and NaN; int(inf) would raise
+        raise ProtocolError(f"{key} must be a finite number, got {value!r}")
     if kind is int and value != int(value):
         raise ProtocolError(f"{key} must be an integer, got {value!r}")
     if not low <= value <= high:

@@ -4,6 +4,14 @@ Speaks protocols.md section 5 (see :mod:`vc_llm_llama_ws.protocol`) and answers 
 conversation history. Requests on one connection are handled in order; connections share the
 loaded model, whose generations run one at a time (FIFO). ``GET /health`` answers 200 with the
 model's name once the model is loaded.
+
+It listens on 127.0.0.1 unless told otherwise (``--host``). With ``--token`` (or
+``VC_LLAMA_WS_TOKEN``) a connection must present that token (``Authorization: Bearer`` or a
+``token`` query parameter; ``/health`` stays open) or is refused with 401. Every request is held
+to :class:`Limits` (history length, text length, max_tokens, generation time); one outside them
+gets an ``{"error": ..}`` reply and the connection stays open. Generations take the model one at
+a time in arrival order, so the time limit (with the history and text caps, which bound prompt
+preparation) bounds how long one request can keep the others waiting.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -21,10 +30,12 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
+import attrs
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from vc.wsauth import token_ok
 from vc_llm_llama_ws import protocol
 from vc_llm_llama_ws.generation import Generation, LlamaModel, Sampling, require_llama_cpp
 from vc_llm_llama_ws.models import DEFAULT_MODEL, canonical, resolve_model
@@ -68,6 +79,20 @@ def _words(text: str) -> set[str]:
     return {w[:-1] if w.endswith("s") and len(w) > 3 else w for w in words}
 
 
+@attrs.frozen
+class Limits:
+    """What one request may ask for; beyond these it gets an error reply."""
+
+    #: messages in the history (system prompt included)
+    max_messages: int = 100
+    #: characters of all messages' content together
+    max_chars: int = 32_000
+    #: the largest ``max_tokens`` a request may ask for
+    max_tokens: int = 1024
+    #: seconds one generation may hold the model (prompt and reply); 0: no limit
+    time_limit: float = 30.0
+
+
 class LlamaWSServer:
     """The protocol handler over one or more loaded models (the first is the default)."""
 
@@ -78,6 +103,8 @@ class LlamaWSServer:
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
         sampling: Sampling | None = None,
         knowledge: Knowledge | None = None,
+        limits: Limits | None = None,
+        token: str = "",
     ) -> None:
         if not models:
             raise ValueError("at least one model")
@@ -86,6 +113,8 @@ class LlamaWSServer:
         self.system_prompt = system_prompt
         self.sampling = sampling or Sampling()
         self.knowledge = knowledge
+        self.limits = limits or Limits()
+        self.token = token
         self.connections = 0
         self.requests = 0
         #: the last requests' statistics (most recent last), for tests and /health
@@ -103,6 +132,12 @@ class LlamaWSServer:
 
     def health(self, connection: ServerConnection, request: Request) -> Response | None:
         if request.path.split("?")[0] not in ("/health", "/healthz"):
+            if not token_ok(self.token, request.path, request.headers):
+                log.warning("refused %s: missing or wrong token", connection.remote_address)
+                return connection.respond(
+                    HTTPStatus.UNAUTHORIZED,
+                    "a token is required (Authorization: Bearer <token>, or ?token=)\n",
+                )
             return None
         ok = all(m.loaded for m in self.models.values())
         body = json.dumps(
@@ -145,8 +180,28 @@ class LlamaWSServer:
                 return model
         return self.default
 
+    def refusal(self, request: protocol.ChatRequest) -> str:
+        """Why ``request`` is outside the limits ("" when it is within them)."""
+        lim = self.limits
+        if len(request.messages) > lim.max_messages:
+            return (f"too many messages: {len(request.messages)} (this server takes at most "
+                    f"{lim.max_messages}); send fewer turns of history")
+        chars = sum(len(m["content"]) for m in request.messages)
+        if chars > lim.max_chars:
+            return (f"messages are too long: {chars} characters (this server takes at most "
+                    f"{lim.max_chars})")
+        if request.max_tokens is not None and request.max_tokens > lim.max_tokens:
+            return (f"max_tokens must be between 1 and {lim.max_tokens}, got "
+                    f"{request.max_tokens}")
+        return ""
+
     async def answer(self, ws: ServerConnection, request: protocol.ChatRequest) -> None:
         """Stream one reply. A client that goes away stops the generation at once."""
+        problem = self.refusal(request)
+        if problem:
+            log.warning("request refused: %s", problem)
+            await ws.send(protocol.error(problem))
+            return
         self.requests += 1
         messages = [dict(m) for m in request.messages]
         if not any(m["role"] == "system" for m in messages) and self.system_prompt:
@@ -165,6 +220,7 @@ class LlamaWSServer:
             stop=d.stop,
             seed=d.seed if request.seed is None else request.seed,
             repeat_penalty=d.repeat_penalty,
+            time_limit=self.limits.time_limit or None,
         )
         stats = Generation()
         self.recent = [*self.recent[-19:], stats]
@@ -184,6 +240,12 @@ class LlamaWSServer:
             return
         finally:
             await pieces.aclose()
+        if stats.finish_reason == "time_limit":
+            log.warning("generation stopped at the time limit (%gs)", self.limits.time_limit)
+            await ws.send(protocol.error(
+                f"generation time limit of {self.limits.time_limit:g}s reached; the reply "
+                "is incomplete"))
+            return
         if not request.stream:
             await ws.send(protocol.chunk("".join(text)))
         await ws.send(protocol.done())
@@ -229,7 +291,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="The Llama WebSocket LLM service (protocols.md section 5) from a GGUF model "
         "run by llama.cpp in this process. Every option also reads VC_LLAMA_WS_<OPTION>.",
     )
-    p.add_argument("--host", default=_env("HOST", "0.0.0.0"), help="address to listen on")
+    p.add_argument(
+        "--host",
+        default=_env("HOST", "127.0.0.1"),
+        help="address to listen on (0.0.0.0: every interface, e.g. in a container)",
+    )
+    p.add_argument(
+        "--token",
+        default=_env("TOKEN", ""),
+        help="shared token clients must present (Authorization: Bearer, or ?token=); "
+        "empty: no authentication. Prefer the environment variable to the command line",
+    )
+    p.add_argument("--max-messages", type=int, default=int(_env("MAX_MESSAGES", "100")),
+                   help="most messages one request's history may have")
+    p.add_argument("--max-chars", type=int, default=int(_env("MAX_CHARS", "32000")),
+                   help="most characters one request's messages may have together")
+    p.add_argument("--max-request-tokens", type=int,
+                   default=int(_env("MAX_REQUEST_TOKENS", "1024")),
+                   help="largest max_tokens a request may ask for")
+    p.add_argument("--time-limit", type=float, default=float(_env("TIME_LIMIT", "30")),
+                   help="seconds one generation may hold the model (0: no limit)")
     p.add_argument("--port", type=int, default=int(_env("PORT", "8765")), help="port (0: any free)")
     p.add_argument(
         "--model",
@@ -264,6 +345,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
     args = p.parse_args(argv)
+    if not (math.isfinite(args.time_limit) and args.time_limit >= 0):
+        p.error(f"--time-limit must be a finite number of seconds >= 0, got {args.time_limit}")
+    for name in ("max_messages", "max_chars", "max_request_tokens"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
     if not args.model:
         args.model = [m for m in _env("MODEL", DEFAULT_MODEL).split(",") if m.strip()]
     return args
@@ -289,6 +375,13 @@ def build_server(args: argparse.Namespace) -> LlamaWSServer:
         sampling=Sampling(
             temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens
         ),
+        limits=Limits(
+            max_messages=args.max_messages,
+            max_chars=args.max_chars,
+            max_tokens=args.max_request_tokens,
+            time_limit=args.time_limit,
+        ),
+        token=args.token,
     )
 
 

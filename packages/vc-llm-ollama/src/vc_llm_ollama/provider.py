@@ -45,14 +45,26 @@ def provider_error(e: BaseException, host: str, model: str, prefix: str = "") ->
 class OllamaSettings:
     host: str = setting(DEFAULT_HOST, help="Ollama server URL")
     model: str = setting("llama3.2", help="model name on the server (a profile's llm_model wins)")
-    temperature: float = setting(0.2, help="sampling temperature (a profile's temperature wins)")
-    top_p: float | None = setting(None, help="nucleus sampling probability (empty: model default)")
-    num_ctx: int | None = setting(None, help="context window in tokens (empty: model default)")
+    temperature: float = setting(
+        0.2, min=0, max=5,
+        help="sampling temperature (a profile's temperature wins)",
+    )
+    top_p: float | None = setting(
+        None, min=0, max=1,
+        help="nucleus sampling probability (empty: model default)",
+    )
+    num_ctx: int | None = setting(
+        None, min=128, max=1 << 20,
+        help="context window in tokens (empty: model default)",
+    )
     num_predict: int = setting(
-        120, help="cap on a reply's length in tokens (a profile's max_tokens wins)"
+        120, min=-1, max=1 << 17, help="cap on a reply's length in tokens (a profile's max_tokens wins)"
     )
     stop: list[str] = setting(factory=list, help="stop strings (comma separated)")
-    seed: int | None = setting(None, help="sampling seed for reproducible replies (empty: random)")
+    seed: int | None = setting(
+        None, min=-(1 << 31), max=(1 << 32) - 1,
+        help="sampling seed for reproducible replies (empty: random)",
+    )
     keep_alive: str = setting(
         "30m", help="how long the server keeps the model loaded after a request (-1: forever)"
     )
@@ -61,11 +73,11 @@ class OllamaSettings:
         "error", help="a configured model the server lacks at start: error, or pull it"
     )
     warm: bool = setting(True, help="load each model and evaluate the system prompts at start")
-    connect_timeout: float = setting(5.0, help="seconds to connect to the server")
+    connect_timeout: float = setting(5.0, min=0.1, max=600, help="seconds to connect to the server")
     first_token_timeout: float = setting(
-        15.0, help="seconds to wait for the first token before apologising"
+        15.0, min=0.1, max=600, help="seconds to wait for the first token before apologising"
     )
-    token_timeout: float = setting(10.0, help="seconds to wait for each further token")
+    token_timeout: float = setting(10.0, min=0.1, max=600, help="seconds to wait for each further token")
     apology: str = setting(DEFAULT_APOLOGY, help="said to the caller when the model fails")
 
 

@@ -40,16 +40,15 @@ class FasterWhisperSettings:
         "on cpu, float16 on cuda",
     )
     beam_size: int = setting(
-        1, help="beam width; 1 (greedy) is fastest and was as accurate as 5 here",
+        1, min=1, max=20, help="beam width; 1 (greedy) is fastest and was as accurate as 5 here",
         validator=_positive,
     )
     cpu_threads: int = setting(
-        0, help="threads one transcription uses on cpu; 0: one per core, at most 4",
+        0, min=0, max=1024, help="threads one transcription uses on cpu; 0: one per core, at most 4",
         validator=_non_negative,
     )
     num_workers: int = setting(
-        2,
-        help="transcriptions that run at the same time; calls share one model (the weights "
+        2, min=1, max=64, help="transcriptions that run at the same time; calls share one model (the weights "
         "are not copied) and further utterances wait their turn",
         validator=_positive,
     )
@@ -67,7 +66,7 @@ class FasterWhisperSettings:
         "robust on poor audio, up to 6x slower on it)",
     )
     max_tokens_per_second: float = setting(
-        15.0,
+        15.0, min=0, max=1000,
         help="cap on tokens decoded per second of audio, which stops hallucination loops "
         "early (0: no cap)",
         validator=_non_negative,
@@ -78,7 +77,7 @@ class FasterWhisperSettings:
         "~/.cache/vc/models)",
     )
     ttfs_p99_latency: float | None = setting(
-        None,
+        None, min=0, max=60,
         help="p99 seconds from end of speech to transcript, told to pipecat's turn logic "
         "(empty: measured at startup)",
     )

@@ -34,6 +34,7 @@ import logging
 import time
 from typing import Any
 
+from vc import jsonsafe
 from vc.call import CallControlError, CallInfo
 from vc_transport_opensips.addresses import AddressError, is_wildcard, route_to
 from vc_transport_opensips.call import Signalling, SipCall
@@ -118,8 +119,8 @@ def call_params(extra: Any, headers: list[tuple[str, str]]) -> dict[str, str]:
         data: Any = extra
     elif isinstance(extra, str) and extra.strip():
         try:
-            data = json.loads(extra)
-        except ValueError:
+            data = jsonsafe.loads(extra)
+        except ValueError:  # JsonError: malformed or nested too deeply
             log.warning("extra_params is not JSON, passed on as 'extra_params': %.80r", extra)
             data = {"extra_params": extra}
     else:
@@ -512,8 +513,8 @@ class B2BController:
 
     def received(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
-            msg = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as e:
+            msg = jsonsafe.loads(data)
+        except ValueError as e:  # JsonError: malformed, not UTF-8, or nested too deeply
             self._drop("not JSON", addr, str(e))
             return
         if not isinstance(msg, dict) or msg.get("method") != EVENT:
@@ -647,6 +648,10 @@ class B2BController:
         if neg is None:
             await self._reject(session, 488, "Not Acceptable Here")
             return
+        # Everything parsed from the event is parsed before a port is taken: a failure here
+        # (malformed extra_params...) then has nothing to leak.
+        h = session.headers
+        params = call_params(p.get("extra_params"), h)
         try:
             stream, sdp = await self.media.open(neg, session.log)
         except PortsExhausted as e:
@@ -657,20 +662,25 @@ class B2BController:
             session.log.error("%s", e)
             await self._reject(session, 500, "Server Internal Error")
             return
-        session.neg, session.sdp = neg, sdp
-        h = session.headers
-        info = CallInfo(
-            call_id=key,
-            transport="opensips",
-            from_=_user(_header(h, "From", "f")),
-            to=_user(_header(h, "To", "t")),
-            user=_user(_header(h, "To", "t")),
-            params=call_params(p.get("extra_params"), h),
-        )
-        sip_call_id = _header(h, "Call-ID", "i")
-        if sip_call_id:
-            info.params.setdefault("sip_call_id", sip_call_id)
-        session.conn = conn = SipCall(info, stream, session, session.log)
+        try:
+            session.neg, session.sdp = neg, sdp
+            info = CallInfo(
+                call_id=key,
+                transport="opensips",
+                from_=_user(_header(h, "From", "f")),
+                to=_user(_header(h, "To", "t")),
+                user=_user(_header(h, "To", "t")),
+                params=params,
+            )
+            sip_call_id = _header(h, "Call-ID", "i")
+            if sip_call_id:
+                info.params.setdefault("sip_call_id", sip_call_id)
+            session.conn = conn = SipCall(info, stream, session, session.log)
+        finally:
+            # Until the call owns the stream (and _finish closes it), a failure here must
+            # give the RTP port back itself, or every such failure leaks one for good.
+            if session.conn is None:
+                await self.media.close(stream)
         if self.settings.answer_delay > 0 and not session.terminated:
             await self.reply(key, "INVITE", 180, "Ringing")
             await asyncio.sleep(self.settings.answer_delay)

@@ -616,29 +616,35 @@ class SipUserAgent:
             dialog.log.error("%s", e)
             self._reject(dialog, txn, 500, "No media address configured")
             return
-        dialog.neg, dialog.sdp = neg, sdp
-        if self.settings.answer_delay > 0:
-            txn.respond(
-                sipmsg.response(
-                    req,
+        try:
+            dialog.neg, dialog.sdp = neg, sdp
+            if self.settings.answer_delay > 0:
+                txn.respond(
+                    sipmsg.response(
+                        req,
+                        180,
+                        to_tag=dialog.local_tag,
+                        record_route=True,
+                        headers=self.contact_headers(),
+                    ),
                     180,
-                    to_tag=dialog.local_tag,
-                    record_route=True,
-                    headers=self.contact_headers(),
-                ),
-                180,
+                )
+                await asyncio.sleep(self.settings.answer_delay)
+            info = CallInfo(
+                call_id=req.call_id,
+                transport="opensips",
+                from_=_user(req.get("From")),
+                to=_user(req.get("To")),
+                user=_user(f"<{req.uri}>"),
+                params=_params(req),
             )
-            await asyncio.sleep(self.settings.answer_delay)
-        info = CallInfo(
-            call_id=req.call_id,
-            transport="opensips",
-            from_=_user(req.get("From")),
-            to=_user(req.get("To")),
-            user=_user(f"<{req.uri}>"),
-            params=_params(req),
-        )
-        conn = SipCall(info, stream, dialog, dialog.log)
-        dialog.conn = conn
+            conn = SipCall(info, stream, dialog, dialog.log)
+            dialog.conn = conn
+        finally:
+            # Until the call owns the stream (and _finish closes it), a failure (or this task
+            # being cancelled) must give the RTP port back here, or the port leaks for good.
+            if dialog.conn is None:
+                await self.media.close(stream)
         if txn.cancelled or dialog.terminated:
             dialog.log.info("call cancelled before the answer: media released")
             await self._finish(dialog)

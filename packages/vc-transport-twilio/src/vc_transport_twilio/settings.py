@@ -62,7 +62,11 @@ class TwilioSettings:
         secret=True,
     )
     stream_ttl: float = setting(
-        60.0, help="seconds a stream token issued in the TwiML stays valid", validator=_positive
+        60.0,
+        min=1,
+        max=86400,
+        help="seconds a stream token issued in the TwiML stays valid",
+        validator=_positive,
     )
     voice_path: str = setting("/twilio/voice", help="voice webhook path (TwiML)", validator=_path)
     stream_path: str = setting(
@@ -88,16 +92,24 @@ class TwilioSettings:
     )
     max_message_bytes: int = setting(
         65536,
+        min=1024,
+        max=16 << 20,
         help="largest stream message accepted; a bigger one closes that stream",
         validator=_positive,
     )
     send_ahead_ms: int = setting(
         100,
+        min=0,
+        max=10000,
         help="bot audio kept buffered at Twilio beyond real time (absorbs network jitter)",
         validator=attrs.validators.ge(0),
     )
     start_timeout: float = setting(
-        10.0, help="seconds a new stream may take to send its start message", validator=_positive
+        10.0,
+        min=0.1,
+        max=3600,
+        help="seconds a new stream may take to send its start message",
+        validator=_positive,
     )
     api_base_url: str = setting(
         TWILIO_API,
@@ -105,7 +117,11 @@ class TwilioSettings:
         validator=_public_url,
     )
     rest_timeout: float = setting(
-        10.0, help="seconds a Twilio REST request may take", validator=_positive
+        10.0,
+        min=0.1,
+        max=600,
+        help="seconds a Twilio REST request may take",
+        validator=_positive,
     )
 
     def base(self) -> str:

@@ -64,25 +64,26 @@ class PiperSettings:
         factory=list, help="folders of NAME.onnx + NAME.onnx.json voices, comma separated")
     speaker: str = setting("", help="speaker name or number, for multi-speaker voices")
     length_scale: float | None = setting(
-        None, validator=_positive,
+        None, min=0.1, max=10, validator=_positive,
         help="speaking time scale: below 1 faster, above 1 slower (empty: the voice's default)")
     noise_scale: float | None = setting(
-        None, validator=_not_negative, help="generator noise (empty: the voice's default, ~0.667)")
+        None, min=0, max=10, validator=_not_negative,
+        help="generator noise (empty: the voice's default, ~0.667)")
     noise_w: float | None = setting(
-        None, validator=_not_negative,
+        None, min=0, max=10, validator=_not_negative,
         help="phoneme duration noise (empty: the voice's default, ~0.8)")
     sentence_silence: float = setting(
-        0.0, validator=_not_negative, help="seconds of silence added after each sentence")
+        0.0, min=0, max=10, validator=_not_negative, help="seconds of silence added after each sentence")
     threads: int = setting(
-        0, validator=_not_negative,
+        0, min=0, max=1024, validator=_not_negative,
         help="onnxruntime threads per synthesis (0: half the cores, at least one: a reply's "
         "first clause is synthesised while the LLM is still writing the rest)")
     parallel: int = setting(
-        2, validator=_positive, help="syntheses that may run at once, across all calls")
+        2, min=1, max=64, validator=_positive, help="syntheses that may run at once, across all calls")
     min_clause_words: int = setting(
-        4, help="words a clause needs before a comma, colon or dash ends it and it is spoken")
+        4, min=0, max=100, help="words a clause needs before a comma, colon or dash ends it and it is spoken")
     max_piece_words: int = setting(
-        16, validator=_positive,
+        16, min=1, max=1000, validator=_positive,
         help="longest piece synthesised in one go (bounds how late barge-in stops synthesis)")
     normalize: bool = setting(
         True, help="spell out numbers, currency, times, URLs; drop markdown and emoji")

@@ -8,6 +8,15 @@ main vc image (see docs/tts.md).
 Each request is answered with a start message, the audio in binary messages as it is
 synthesised (short pieces, resampled to the requested rate with a streaming soxr
 resampler), and an end message; control messages carry both dialects' keys.
+
+It listens on 127.0.0.1 unless told otherwise (``--host``/``VC_PIPER_WS_HOST``). With
+``--token`` (or ``VC_PIPER_WS_TOKEN``) a connection must present that token (``Authorization:
+Bearer`` or a ``token`` query parameter; ``/health`` stays open) or is refused with 401. A
+request's text is capped (``--max-text``) and its synthesis time limited (``--time-limit``);
+numbers must be finite and in range. A refused request gets an error message and the connection
+stays open. Requests are synthesised piece by piece (about 16 words) on a shared pool of
+``--parallel`` threads taken in arrival order, so a long request interleaves with the others
+instead of holding a thread for its whole text.
 """
 
 from __future__ import annotations
@@ -17,6 +26,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
+import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
@@ -30,6 +41,7 @@ from websockets.http11 import Request, Response
 from vc import jsonsafe
 from vc.audio import StreamResampler
 from vc.providers import ProviderError
+from vc.wsauth import token_ok
 from vc_tts_piper import protocol
 from vc_tts_piper.clauses import split_for_synthesis
 from vc_tts_piper.normalize import normalize
@@ -37,8 +49,11 @@ from vc_tts_piper.voices import DEFAULT_VOICE, LoadedVoice, Synthesis, resolve
 
 log = logging.getLogger("vc_tts_piper.server")
 
-#: Longest text one request may carry.
-MAX_TEXT = 20_000
+#: Longest text one request may carry (default; ``--max-text``).
+MAX_TEXT = 2_000
+#: Seconds one request's synthesis may take (default; ``--time-limit``).
+TIME_LIMIT = 20.0
+RATES = (8000, 48000)
 #: Bytes per binary message (about 0.2 s at 22050 Hz).
 MESSAGE_BYTES = 8820
 PATHS = ("/tts", "/")
@@ -49,7 +64,8 @@ class PiperWebSocketServer:
 
     def __init__(self, voices: dict[str, LoadedVoice], default_voice: str, *,
                  synthesis: Synthesis | None = None, parallel: int = 2, normalize_text: bool = True,
-                 max_piece_words: int = 16) -> None:
+                 max_piece_words: int = 16, token: str = "", max_text: int = MAX_TEXT,
+                 time_limit: float = TIME_LIMIT) -> None:
         if default_voice not in voices:
             raise ProviderError(f"default voice {default_voice!r} is not loaded")
         self.voices = voices
@@ -57,6 +73,9 @@ class PiperWebSocketServer:
         self.synthesis = synthesis or Synthesis()
         self.normalize_text = normalize_text
         self.max_piece_words = max_piece_words
+        self.token = token
+        self.max_text = max_text
+        self.time_limit = time_limit
         self._configs = {name: v.config_for(self.synthesis) for name, v in voices.items()}
         self._executor = ThreadPoolExecutor(max(1, parallel), thread_name_prefix="piper-server")
         self._server: Server | None = None
@@ -107,6 +126,11 @@ class PiperWebSocketServer:
             return response
         if path not in PATHS:
             return connection.respond(HTTPStatus.NOT_FOUND, "not found; the service is at /tts\n")
+        if not token_ok(self.token, request.path, request.headers):
+            log.warning("refused %s: missing or wrong token", connection.remote_address)
+            return connection.respond(
+                HTTPStatus.UNAUTHORIZED,
+                "a token is required (Authorization: Bearer <token>, or ?token=)\n")
         return None
 
     # -- requests ------------------------------------------------------------------------
@@ -129,17 +153,16 @@ class PiperWebSocketServer:
         name = str(req.get("voice") or self.default_voice)
         voice = self.voices.get(name)
         fmt = str(req.get("format") or "pcm16")
-        try:
-            rate = int(req.get("sample_rate") or (voice.sample_rate if voice else 0))
-        except (TypeError, ValueError):
-            rate = -1
+        rate = _rate(req.get("sample_rate"), voice.sample_rate if voice else 0)
+        low, high = RATES
         problem = (
             "text must be a string" if not isinstance(text, str) else
-            f"text is longer than {MAX_TEXT} characters" if len(text) > MAX_TEXT else
+            f"text is longer than {self.max_text} characters ({len(text)}); send it in "
+            "sentences" if len(text) > self.max_text else
             f"unknown voice {name!r}; this server has: {', '.join(self.voices)}" if voice is None
             else f"unsupported format {fmt!r}; only pcm16" if fmt != "pcm16" else
-            f"sample_rate {req.get('sample_rate')!r} is not between 8000 and 48000"
-            if not 8000 <= rate <= 48000 else ""
+            f"sample_rate {req.get('sample_rate')!r} is not a whole number between {low} and "
+            f"{high}" if not low <= rate <= high else ""
         )
         if problem or voice is None:
             await self._error(ws, problem)
@@ -150,6 +173,9 @@ class PiperWebSocketServer:
             await self._speak(ws, voice, text, rate)
         except ConnectionClosed:
             raise
+        except TimeLimitError as e:
+            await self._error(ws, str(e))
+            return
         except Exception as e:  # one bad request must not end the connection
             log.exception("synthesis failed for %r", text[:60])
             await self._error(ws, f"synthesis failed: {e}")
@@ -164,7 +190,11 @@ class PiperWebSocketServer:
             return
         loop = asyncio.get_running_loop()
         resampler = StreamResampler(voice.sample_rate, rate)
+        started = loop.time()
         for piece in split_for_synthesis(text, self.max_piece_words):
+            if self.time_limit and loop.time() - started > self.time_limit:
+                raise TimeLimitError(f"synthesis time limit of {self.time_limit:g}s reached; "
+                                     "the audio is incomplete")
             pcm = await loop.run_in_executor(self._executor, voice.synthesize_piece, piece,
                                              self.synthesis, self._configs[voice.name])
             await self._send_audio(ws, resampler.process(pcm))
@@ -181,12 +211,46 @@ class PiperWebSocketServer:
         await ws.send(json.dumps(protocol.error(message)))
 
 
+class TimeLimitError(Exception):
+    """A request's synthesis ran past the server's time limit."""
+
+
+def _rate(value: Any, default: int) -> int:
+    """The requested sample rate as an int, or -1 when it is not a finite whole number."""
+    if value is None or value == "" or value == 0:
+        return default
+    if isinstance(value, bool):
+        return -1
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return -1
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value != int(value):
+        return -1
+    return int(value)
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"VC_PIPER_WS_{name}", default)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vc-piper-ws-server",
         description="Serve Piper voices over the Piper WebSocket protocol (ws://HOST:PORT/tts), "
         "with GET /health.")
-    p.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0 in containers)")
+    p.add_argument("--host", default=_env("HOST", "127.0.0.1"),
+                   help="listen address (0.0.0.0 in containers; env VC_PIPER_WS_HOST)")
+    p.add_argument("--token", default=_env("TOKEN", ""),
+                   help="shared token clients must present (Authorization: Bearer, or ?token=); "
+                   "empty: no authentication (env VC_PIPER_WS_TOKEN, preferred)")
+    p.add_argument("--max-text", type=int, default=int(_env("MAX_TEXT", str(MAX_TEXT))),
+                   help=f"most characters one request may carry (default {MAX_TEXT})")
+    p.add_argument("--time-limit", type=float,
+                   default=float(_env("TIME_LIMIT", str(TIME_LIMIT))),
+                   help=f"seconds one request's synthesis may take (default {TIME_LIMIT:g}; "
+                   "0: no limit)")
     p.add_argument("--port", type=int, default=8000, help="listen port (default 8000; 0: any)")
     p.add_argument("--voice", action="append", default=[],
                    help="voice name or .onnx path; repeat for more; the first is the default "
@@ -217,7 +281,8 @@ async def _serve(args: argparse.Namespace) -> None:
                           sentence_silence=args.sentence_silence)
     server = await asyncio.to_thread(
         PiperWebSocketServer.load, args.voice, args.voices_dir, threads=args.threads,
-        synthesis=synthesis, parallel=args.parallel, normalize_text=not args.no_normalize)
+        synthesis=synthesis, parallel=args.parallel, normalize_text=not args.no_normalize,
+        token=args.token, max_text=args.max_text, time_limit=args.time_limit)
     port = await server.start(args.host, args.port)
     # One line on stdout for supervisors and tests (the port is the real one with --port 0).
     print(f"vc-piper-ws-server listening on ws://{args.host}:{port}/tts", flush=True)
@@ -227,7 +292,12 @@ async def _serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not (math.isfinite(args.time_limit) and args.time_limit >= 0):
+        parser.error(f"--time-limit must be a finite number of seconds >= 0, got {args.time_limit}")
+    if args.max_text < 1:
+        parser.error("--max-text must be at least 1")
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -26,6 +26,7 @@ from vc.profiles import Profile
 from vc.providers import AudioClip, CallContext, ProviderError, TTSProvider
 from vc.reconnect import RemoteProvider, RemoteService, ServiceUnavailable
 from vc.settings import setting
+from vc.wsauth import auth_headers
 from vc_tts_piper import protocol
 from vc_tts_piper.normalize import normalize
 from vc_tts_piper.service import ClauseStreamingTTSService
@@ -52,20 +53,24 @@ def _pcm16(instance: Any, attribute: Any, value: str) -> None:
 @attrs.define
 class PiperWebSocketSettings:
     url: str = setting("ws://127.0.0.1:8000/tts", help="the Piper WebSocket service's URL")
+    token: str = setting(
+        "", secret=True,
+        help="shared token the service wants (vc-piper-ws-server --token), sent as "
+        "Authorization: Bearer; $env:NAME or $file:/path to keep it out of the file")
     voice: str = setting(
         "tr_TR-dfki-medium", help="voice the service should speak with (a profile's voice wins)")
     sample_rate: int = setting(
-        22050, validator=_rate,
+        22050, min=8000, max=48000, validator=_rate,
         help="rate asked of the service; its audio is resampled to the call's rate")
     format: str = setting("pcm16", validator=_pcm16, help="audio format asked of the service")
     connect_timeout: float = setting(
-        5.0, help="seconds to keep trying to (re)connect before a request fails")
+        5.0, min=0.1, max=600, help="seconds to keep trying to (re)connect before a request fails")
     response_timeout: float = setting(
-        10.0, help="seconds the service may stay silent during an answer")
+        10.0, min=0.1, max=600, help="seconds the service may stay silent during an answer")
     spare_connections: int = setting(
-        1, help="connections kept open and ready for the next call or after a barge-in")
+        1, min=0, max=64, help="connections kept open and ready for the next call or after a barge-in")
     min_clause_words: int = setting(
-        4, help="words a clause needs before a comma, colon or dash ends it and it is sent")
+        4, min=0, max=100, help="words a clause needs before a comma, colon or dash ends it and it is sent")
     normalize: bool = setting(
         True, help="spell out numbers, currency, times, URLs; drop markdown and emoji")
 
@@ -83,8 +88,9 @@ class ConnectionPool:
     """
 
     def __init__(self, url: str, *, connect_timeout: float, spare: int, log: Any,
-                 service: RemoteService | None = None) -> None:
+                 service: RemoteService | None = None, token: str = "") -> None:
         self.url = url
+        self.token = token
         self.service = service
         self.connect_timeout = connect_timeout
         self.spare = max(0, spare)
@@ -106,7 +112,8 @@ class ConnectionPool:
         while True:
             remaining = deadline - loop.time()
             try:
-                conn = await connect(self.url, open_timeout=max(0.2, remaining), max_size=None,
+                conn = await connect(self.url, additional_headers=auth_headers(self.token),
+                                     open_timeout=max(0.2, remaining), max_size=None,
                                      compression=None, close_timeout=1, ping_interval=20,
                                      ping_timeout=20)
             except InvalidURI as e:
@@ -327,7 +334,7 @@ class PiperWebSocketProvider(RemoteProvider, TTSProvider):
         super().__init__(settings, context)
         self.pool = ConnectionPool(settings.url, connect_timeout=settings.connect_timeout,
                                    spare=max(1, settings.spare_connections), log=self.log,
-                                   service=self.remote)
+                                   service=self.remote, token=settings.token)
 
     async def probe(self) -> None:
         try:

@@ -55,12 +55,16 @@ MATRIX = [
     ("twilio", "faster-whisper", "ollama", "piper"),
     ("twilio", "vosk", "llama-cpp", "piper"),
     ("opensips", "faster-whisper", "llama-cpp", "piper"),
+    # The existing deployment's own stack, configured by its legacy INI (the upstream Vosk
+    # server runs from shared/peers in .venv-vosk-server, which scripts/setup.sh test creates).
+    ("opensips", "vosk-websocket", "llama-ws", "piper-websocket"),
 ]
 DIST = {
     "twilio": "vc-transport-twilio[test]",
     "opensips": "vc-transport-opensips[test]",
     "faster-whisper": "vc-stt-faster-whisper",
     "vosk": "vc-stt-vosk[ko]",
+    "vosk-websocket": "vc-stt-vosk[ko]",  # the client, plus the model the Vosk server loads
     "llama-cpp": "vc-llm-llama-ws[embedded]",
     "llama-ws": "vc-llm-llama-ws[embedded]",  # the client, plus the server it talks to
     "ollama": "vc-llm-ollama[test]",
@@ -156,3 +160,23 @@ def packaging(session: nox.Session) -> None:
     if names != {"vc-core", "vc-transport-twilio"}:
         session.error(f"expected exactly vc-core and vc-transport-twilio, saw {sorted(names)}")
     session.log(f"clean install sees exactly: {sorted(names)} ({os.environ.get('VIRTUAL_ENV', '')})")
+
+
+@nox.session(python=PY)
+def fuzz(session: nox.Session) -> None:
+    """Every hypothesis property of every package (pytest's `hypothesis` marker) at 5000
+    examples each (VC_FUZZ_EXAMPLES; the README test command runs them at the small default)."""
+    _install(session, *[f"{p}[{TEST_EXTRAS[p]}]" if TEST_EXTRAS.get(p) else p for p in PACKAGES])
+    session.install("-c", LOCK, "pytest-timeout")
+    env = {"VC_FUZZ_EXAMPLES": os.environ.get("VC_FUZZ_EXAMPLES", "5000")}
+    for p in PACKAGES:
+        session.run("pytest", f"packages/{p}/tests", "-m", "hypothesis and not slow", "-q",
+                    "-p", "no:cacheprovider", *session.posargs, env=env, success_codes=[0, 5])
+
+
+@nox.session(python=PY)
+def soak(session: nox.Session) -> None:
+    """20 simulated Twilio calls against `vc serve` (fake providers) for --minutes (default 10):
+    RSS and open FDs sampled, bench/results/<date>-soak.{json,md}. `nox -s soak -- --minutes 2`"""
+    _install(session, "vc-core[test]", "vc-transport-twilio[test]")
+    session.run("python", "bench/soak.py", *session.posargs)

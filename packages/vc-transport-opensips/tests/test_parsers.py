@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -14,6 +15,9 @@ from vc_transport_opensips.media import RtpStream
 from vc_transport_opensips.sdp import SdpError, SdpSession, negotiate, parse_offer
 
 from vc.call import PlayoutBuffer
+
+#: nox -s fuzz raises every property's budget to VC_FUZZ_EXAMPLES (5000).
+FUZZ_EXAMPLES = int(os.environ.get("VC_FUZZ_EXAMPLES", "0"))
 
 OFFER = (
     "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n"
@@ -76,7 +80,7 @@ def test_bad_sdp_is_rejected(bad: str) -> None:
 
 
 @given(st.text(max_size=400))
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=max(300, FUZZ_EXAMPLES), suppress_health_check=[HealthCheck.too_slow])
 def test_sdp_parser_never_raises_anything_but_sdperror(text: str) -> None:
     try:
         offer = parse_offer(text)
@@ -113,7 +117,7 @@ sdp_lines = st.lists(
 
 
 @given(sdp_lines)
-@settings(max_examples=300)
+@settings(max_examples=max(300, FUZZ_EXAMPLES))
 def test_sdp_structured_fuzz(lines: list[str]) -> None:
     try:
         offer = parse_offer("\r\n".join(lines))
@@ -164,7 +168,7 @@ def test_bad_rtp_is_rejected(bad: bytes) -> None:
 
 
 @given(st.binary(max_size=300))
-@settings(max_examples=500)
+@settings(max_examples=max(500, FUZZ_EXAMPLES))
 def test_rtp_parser_only_raises_rtperror(data: bytes) -> None:
     try:
         p = rtp.parse(data)
@@ -235,7 +239,7 @@ def test_jitter_reorders_and_conceals() -> None:
 
 
 @given(st.permutations(list(range(40))), st.sets(st.integers(0, 39), max_size=8))
-@settings(max_examples=200)
+@settings(max_examples=max(200, FUZZ_EXAMPLES))
 def test_jitter_delivers_each_packet_once_in_order(order: list[int], lost: set[int]) -> None:
     jb = JitterBuffer(0.02, 0.2, 160)
     out = []
@@ -305,7 +309,7 @@ def test_broken_requests_get_400_when_answerable(mutate, answerable: bool) -> No
 
 
 @given(st.binary(max_size=600))
-@settings(max_examples=400)
+@settings(max_examples=max(400, FUZZ_EXAMPLES))
 def test_sip_parser_only_raises_sipparseerror(data: bytes) -> None:
     try:
         sipmsg.parse(data)
@@ -356,7 +360,7 @@ header_lines = st.lists(
     header_lines,
     st.binary(max_size=20),
 )
-@settings(max_examples=400)
+@settings(max_examples=max(400, FUZZ_EXAMPLES))
 def test_sip_structured_fuzz(start: bytes, lines: list[bytes], body: bytes) -> None:
     data = b"\r\n".join([start, *lines]) + b"\r\n\r\n" + body
     try:
@@ -422,7 +426,7 @@ def test_ptime_outside_10_to_60_is_ignored(ptime: str, expected: int | None) -> 
     fmtp_pt=ODD_NUMBERS,
     ptime=ODD_NUMBERS,
 )
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=max(200, FUZZ_EXAMPLES), deadline=None)
 def test_sdp_numbers_only_ever_raise_sdperror(
     port: str, pt: str, map_pt: str, rate: str, fmtp_pt: str, ptime: str
 ) -> None:
@@ -465,7 +469,7 @@ def _request_with(via: str, contact: str) -> bytes:
 
 
 @given(port=ODD_NUMBERS, rport=ODD_NUMBERS, contact_port=ODD_NUMBERS, bare_rport=st.booleans())
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=max(200, FUZZ_EXAMPLES), deadline=None)
 def test_sip_ports_only_raise_sipparseerror_and_responses_go_to_real_ports(
     port: str, rport: str, contact_port: str, bare_rport: bool
 ) -> None:
@@ -483,7 +487,7 @@ def test_sip_ports_only_raise_sipparseerror_and_responses_go_to_real_ports(
 
 
 @given(st.binary(max_size=40))
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=max(300, FUZZ_EXAMPLES), deadline=None)
 def test_rfc4733_parser_only_raises_rtperror(payload: bytes) -> None:
     try:
         event = rtp.parse_dtmf(payload)
@@ -494,7 +498,7 @@ def test_rfc4733_parser_only_raises_rtperror(payload: bytes) -> None:
 
 
 @given(st.binary(max_size=200), st.integers(0, 127))
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=max(200, FUZZ_EXAMPLES), deadline=None)
 def test_rtp_stream_survives_any_datagram(data: bytes, dtmf_pt: int) -> None:
     """The whole inbound path (parse, latch, RFC 4733, jitter, decode) never raises."""
     neg = negotiate(parse_offer(OFFER), ["PCMU"])

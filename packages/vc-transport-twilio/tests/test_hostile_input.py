@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 
 import pytest
@@ -25,6 +26,9 @@ from vc_transport_twilio.security import StreamTokens
 from vc_transport_twilio.simulator import parse_twiml
 
 from vc.call import CallInfo
+
+#: nox -s fuzz raises every property's budget to VC_FUZZ_EXAMPLES (5000).
+FUZZ_EXAMPLES = int(os.environ.get("VC_FUZZ_EXAMPLES", "0"))
 
 #: The async tests share the module's event loop (and so its server and bystander call).
 in_module_loop = pytest.mark.asyncio(loop_scope="module")
@@ -137,7 +141,7 @@ token_like = st.builds(
 
 
 @given(st.text(max_size=60) | token_like, st.text(max_size=40))
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=max(200, FUZZ_EXAMPLES), deadline=None)
 def test_stream_token_check_never_raises(token: str, call_sid: str) -> None:
     result = StreamTokens(b"k" * 32, ttl=60).check(token, call_sid)
     assert result is None or isinstance(result, str)

@@ -117,3 +117,76 @@ async def test_caller_interrupts_piper(transcribe) -> None:
         await asyncio.wait_for(task, 30)
         await conn.stop()
         await engine.stop()
+
+
+async def test_piper_service_killed_mid_call_costs_one_turn_an_apology(transcribe) -> None:
+    """The Piper WebSocket service (its console script) is killed mid-call: the caller hears the
+    apology pre-rendered at startup, at once (a refused connection fails fast), and the next turn
+    is spoken again once the service is back; both are counted in /metrics."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from prometheus_client import generate_latest
+
+    from vc.llm import DEFAULT_APOLOGY
+
+    def launch(port: int) -> tuple[subprocess.Popen[str], int]:
+        exe = os.path.join(os.path.dirname(sys.executable), "vc-piper-ws-server")
+        proc = subprocess.Popen([exe, "--host", "127.0.0.1", "--port", str(port),
+                                 "--log-level", "warning"], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert "listening on ws://" in line, f"server did not start: {line!r}"
+        return proc, int(line.rsplit(":", 1)[1].split("/", 1)[0])
+
+    proc, port = launch(0)
+    tts = f"url = ws://127.0.0.1:{port}/tts\nvoice = en_US-joe-medium\nsample_rate = 16000"
+    reg = fake_registry()
+    cfg = config_from_ini(ini(tts, [QUESTION, "hello again"]), reg)
+    cfg.profiles[-1].settings.language = "en"
+    engine = Engine(cfg, reg)
+    await engine.start()
+    conn = LoopbackConnection()
+    task = await run_loopback_call(engine, conn)
+    try:
+        profile_ = conn.profile or engine.config.profiles[-1]
+        clip = engine.apology_audio(profile_, 8000)
+        assert clip, "no apology was pre-rendered"
+        await conn.wait_for_bot_audio(0, timeout=30)
+        await conn.wait_for_bot_silence(timeout=60)
+        proc.send_signal(signal.SIGKILL)  # the service dies mid-call
+        proc.wait(10)
+        before = len(conn.bot_audio)
+        end = conn.say(speech(QUESTION, 8000))
+        apology_at = await conn.wait_for_bot_audio(end, timeout=30)
+        await conn.wait_for_bot_silence(timeout=60)
+        heard = bytes(conn.bot_audio[before:])
+        whole_frames = clip[: len(clip) // 320 * 320]  # the last frame is zero-padded
+        assert whole_frames in heard, "the caller did not hear the pre-rendered clip"
+        assert wer(DEFAULT_APOLOGY, transcribe(heard, 8000)) <= 0.2
+        # Fail fast: no connect_timeout (5 s) of silence before the apology.
+        assert apology_at - end < 3.0, f"apology came {apology_at - end:.1f}s after the turn"
+        proc, _ = launch(port)  # the service comes back on the same address
+        deadline = time.monotonic() + 30
+        while not engine.provider("tts").ready() and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        before = len(conn.bot_audio)
+        second = conn.say(speech("hello again", 8000))
+        await conn.wait_for_bot_audio(second, timeout=60)
+        await conn.wait_for_bot_silence(timeout=60)
+        answer = transcribe(bytes(conn.bot_audio[before:]), 8000)
+        assert wer("You said: hello again.", answer) <= 0.2, answer
+        metrics = generate_latest(engine.metrics.registry).decode()
+        assert 'vc_provider_failures_total{kind="tts",provider="piper-websocket"} 1.0' in metrics
+        assert 'vc_apologies_total{kind="tts"} 1.0' in metrics
+    finally:
+        conn.caller_hangs_up()
+        await asyncio.wait_for(task, 30)
+        await conn.stop()
+        await engine.stop()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from piper_helpers import tokens
 from vc_tts_piper.clauses import ClauseAggregator, count_words, split_for_synthesis
+
+#: nox -s fuzz raises every property's budget to VC_FUZZ_EXAMPLES (5000).
+FUZZ_EXAMPLES = int(os.environ.get("VC_FUZZ_EXAMPLES", "0"))
 
 
 async def aggregate(chunks: list[str], **kwargs) -> list[str]:
@@ -93,7 +98,8 @@ def test_split_for_synthesis() -> None:
     assert split_for_synthesis("  ") == []
 
 
-@settings(max_examples=200, deadline=None, derandomize=True)  # same examples on every CI run
+# same examples on every CI run
+@settings(max_examples=max(200, FUZZ_EXAMPLES), deadline=None, derandomize=True)
 @given(st.text(alphabet=st.sampled_from(list("abc ,.;:!?—-1")), max_size=300))
 @example("1" * 31)  # one word longer than a piece (found by hypothesis in CI)
 def test_split_loses_no_words(text: str) -> None:

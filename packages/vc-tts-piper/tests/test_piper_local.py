@@ -18,6 +18,7 @@ from pipecat.frames.frames import (
     LLMTextFrame,
     TTSSpeakFrame,
     TTSStartedFrame,
+    TTSStoppedFrame,
 )
 from pipecat.utils.text.simple_text_aggregator import SimpleTextAggregator
 from piper_helpers import (
@@ -180,6 +181,9 @@ async def test_two_calls_at_once(piper, transcribe) -> None:
     async with Harness(services[0], 8000) as a, Harness(services[1], 8000) as b:
         await asyncio.gather(a.send(TTSSpeakFrame(texts[0])), b.send(TTSSpeakFrame(texts[1])))
         await asyncio.gather(a.wait(lambda: a.audio_frames()), b.wait(lambda: b.audio_frames()))
+        # The end of each utterance, not a gap in its audio: two syntheses share 2 busy cores.
+        await asyncio.gather(a.wait(lambda: a.first(TTSStoppedFrame), 120),
+                             b.wait(lambda: b.first(TTSStoppedFrame), 120))
         await asyncio.gather(a.quiet(), b.quiet())
     for h, text in ((a, texts[0]), (b, texts[1])):
         heard = transcribe(h.audio(), 8000)

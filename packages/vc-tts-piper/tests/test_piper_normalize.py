@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import unicodedata
 
@@ -10,6 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from vc_tts_piper.normalize import lower, normalize, upper
 from vc_tts_piper.numwords import cardinal, ordinal, year_en
+
+#: nox -s fuzz raises every property's budget to VC_FUZZ_EXAMPLES (5000).
+FUZZ_EXAMPLES = int(os.environ.get("VC_FUZZ_EXAMPLES", "0"))
 
 EN = [
     ("It costs $5.99.", "It costs five dollars and ninety-nine cents."),
@@ -119,7 +123,7 @@ def test_numbers() -> None:
 _MARKUP = set("*_`~#|<>[]{}^\\/@=+")
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=max(300, FUZZ_EXAMPLES), deadline=None)
 @given(st.text(max_size=200), st.sampled_from(["en", "tr", "de"]))
 def test_never_fails_and_leaves_no_markup(text: str, lang: str) -> None:
     out = normalize(text, lang)
@@ -128,7 +132,7 @@ def test_never_fails_and_leaves_no_markup(text: str, lang: str) -> None:
     assert out == "" or any(c.isalnum() for c in out)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=max(200, FUZZ_EXAMPLES), deadline=None)
 @given(st.integers(min_value=0, max_value=10**15 - 1), st.sampled_from(["en", "tr"]))
 def test_integers_are_spelled_out(n: int, lang: str) -> None:
     out = normalize(f"we have {n} items", lang)

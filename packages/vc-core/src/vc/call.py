@@ -137,6 +137,11 @@ class PlayoutBuffer:
 
     def flush_partial(self) -> None:
         """Pad and queue the last incomplete frame (end of an utterance)."""
+        # A write waiting for space may hold more than a frame: queue its whole frames first.
+        while len(self._partial) >= self.frame_bytes:
+            self._items.append(bytes(self._partial[: self.frame_bytes]))
+            del self._partial[: self.frame_bytes]
+            self._frames += 1
         if self._partial:
             self._partial += bytes(self.frame_bytes - len(self._partial))
             self._items.append(bytes(self._partial))

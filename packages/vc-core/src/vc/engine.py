@@ -21,6 +21,7 @@ from pipecat.audio.vad.vad_analyzer import VADParams
 from vc.audio import resample
 from vc.call import CallConnection, CallInfo
 from vc.config import Config
+from vc.llm import DEFAULT_APOLOGY
 from vc.metrics import Metrics
 from vc.plugins import Registry
 from vc.profiles import Profile, select_profile
@@ -49,6 +50,9 @@ class Engine(CallHost):
         self.observers: list[Observer] = []
         self.greetings: dict[str, AudioClip] = {}
         self._greeting_rates: dict[tuple[str, int], bytes] = {}
+        #: profile name -> its apology, pre-rendered like the greeting (see apology_text)
+        self.apologies: dict[str, AudioClip] = {}
+        self._apology_rates: dict[tuple[str, int], bytes] = {}
         self._vad_pool: list[CallVAD] = []
         self._vad_refill: asyncio.Task[None] | None = None
         self.sessions: dict[str, Any] = {}
@@ -245,12 +249,55 @@ class Engine(CallHost):
             self.greetings[profile.name] = clip
             self.greetings_pending.pop(profile.name, None)
             log.info("greeting for profile %s ready (%.2fs of audio)", profile.name, clip.duration)
+        await self._render_apologies(tts_name)
+
+    def apology_text(self, profile: Profile) -> str:
+        """What the caller hears when a provider fails a turn: the one source of truth is the
+        ``apology`` setting of the profile's LLM provider (``[llm.<name>] apology``), which the
+        LLM also says when the model fails; vc.llm.DEFAULT_APOLOGY where it has none."""
+        try:
+            llm = self.provider("llm", profile.llm)
+        except KeyError:
+            return DEFAULT_APOLOGY
+        text = getattr(getattr(llm, "settings", None), "apology", None)
+        return str(text) if isinstance(text, str) and text.strip() else DEFAULT_APOLOGY
+
+    async def _render_apologies(self, tts_name: str) -> None:
+        """Pre-render each profile's apology with its TTS, so it plays when the TTS fails."""
+        default = self.config.default_providers["tts"]
+        for profile in self.config.profiles:
+            if (profile.tts or default) != tts_name or profile.name in self.apologies:
+                continue
+            tts = self.provider("tts", profile.tts)
+            try:
+                clip = await tts.synthesize(self.apology_text(profile), profile)
+            except NotImplementedError:  # this TTS cannot pre-render: failed TTS turns are silent
+                continue
+            except Exception as e:  # not worth refusing to start over; retried if rendered later
+                log.warning("apology of profile %s could not be synthesised: %s", profile.name, e)
+                continue
+            self.apologies[profile.name] = clip
+            log.info("apology for profile %s ready (%.2fs of audio)", profile.name, clip.duration)
+
+    def apology_audio(self, profile: Profile, sample_rate: int) -> bytes:
+        """The profile's pre-rendered apology at ``sample_rate`` (empty if there is none)."""
+        clip = self.apologies.get(profile.name)
+        if clip is None:
+            return b""
+        key = (profile.name, sample_rate)
+        if key not in self._apology_rates:
+            self._apology_rates[key] = resample(clip.pcm, clip.sample_rate, sample_rate)
+        return self._apology_rates[key]
+
+    def provider_failed(self, info: CallInfo, kind: str, provider: str) -> None:
+        self.metrics.provider_failures.labels(kind, provider).inc()
+
+    def apologised(self, info: CallInfo, kind: str) -> None:
+        self.metrics.apologies.labels(kind).inc()
 
     def _render_greetings_later(self, tts_name: str, provider: Provider) -> None:
         """The TTS's service was not reachable at start: render its greetings once it is."""
         profiles = self._greeted_by(tts_name)
-        if not profiles:
-            return
         for profile in profiles:
             self.greetings_pending[profile.name] = tts_name
 
@@ -321,10 +368,11 @@ class Engine(CallHost):
         refused = self.admit(info)
         if refused:
             raise ProviderError(refused)
-        # A TTS whose service is down cannot say anything, not even an apology (there is no
-        # pre-rendered one): refuse the call cleanly (Twilio says its busy_message, SIP gets a
-        # 503) rather than answer it with silence. Down STT or LLM: the call is taken; turns
-        # are apologised for (LLM) or transcribed once the service is back (STT replays).
+        # A TTS whose service is down cannot answer any turn (at best each one would hear the
+        # pre-rendered apology, where one could be rendered): refuse the call cleanly (Twilio
+        # says its busy_message, SIP gets a 503). Down STT or LLM: the call is taken; turns
+        # are apologised for (LLM) or transcribed once the service is back (STT replays). A
+        # provider failing mid-call costs that turn the apology (vc.session._provider_failed).
         profile = connection.profile or self.select_profile(info)
         connection.profile = profile
         tts_name = profile.tts or self.config.default_providers["tts"]

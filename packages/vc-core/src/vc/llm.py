@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import attrs
@@ -78,6 +78,10 @@ class StreamingLLMService(LLMService):
         self.first_token_timeout = first_token_timeout
         self.token_timeout = token_timeout
         self.apology = apology
+        #: The call this service answers (set by the call's session): on its log lines.
+        self.call_id: str | None = None
+        #: Called with the reason each time the model fails a turn (the session counts it).
+        self.on_failure: Callable[[str], None] | None = None
         #: seconds from request to first token, for each response (read by tests and benches)
         self.ttft: list[float] = []
 
@@ -135,13 +139,11 @@ class StreamingLLMService(LLMService):
                     await self._push_llm_text(item)
         except TimeoutError:
             what = "first token" if not spoke and not calls else "next token"
-            logger.error(f"{self}: no {what} from the model within the timeout; apologising")
-            await self._apologise(spoke)
+            await self._model_failed(f"no {what} from the model within the timeout", spoke)
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            logger.error(f"{self}: model request failed: {type(e).__name__}: {e}")
-            await self._apologise(spoke)
+            await self._model_failed(f"model request failed: {type(e).__name__}: {e}", spoke)
         finally:
             await _close(gen)
         await self.stop_processing_metrics()
@@ -158,6 +160,16 @@ class StreamingLLMService(LLMService):
                     for i, c in enumerate(calls)
                 ]
             )
+
+    async def _model_failed(self, reason: str, spoke: bool) -> None:
+        log = logger.bind(call_id=self.call_id) if self.call_id else logger
+        log.error(f"{self}: {reason}; apologising")
+        if self.on_failure is not None:
+            try:
+                self.on_failure(reason)
+            except Exception as e:  # counting must not cost the caller the apology
+                log.warning(f"{self}: failure callback failed: {e}")
+        await self._apologise(spoke)
 
     async def _apologise(self, spoke: bool) -> None:
         """The caller hears the apology, also after half an answer the failure cut off."""

@@ -7,7 +7,24 @@ import logging
 import sys
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
+
+#: The call on whose behalf the running task works (set by the call's session for its task,
+#: inherited by every task pipecat starts inside it): log lines without a ``call_id`` of their
+#: own get this one (pipecat's loguru lines included, see :func:`route_loguru`).
+current_call_id: ContextVar[str | None] = ContextVar("vc_call_id", default=None)
+
+
+class CallIdFilter(logging.Filter):
+    """Adds the running call's id to records that carry none."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "call_id", None) is None:
+            call = current_call_id.get()
+            if call:
+                record.call_id = call
+        return True
 
 _STD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -149,6 +166,7 @@ def setup(level: str = "info", fmt: str = "text", stream: Any = None) -> None:
     """
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(CallIdFilter())
     held = _take_held()
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -170,7 +188,9 @@ def route_loguru(level: str = "info") -> None:
     def sink(message: Any) -> None:
         r = message.record
         lvl = r["level"].no
-        pipecat_log.log(lvl if lvl in (10, 20, 30, 40, 50) else 20, r["message"])
+        call = r["extra"].get("call_id") or current_call_id.get()
+        pipecat_log.log(lvl if lvl in (10, 20, 30, 40, 50) else 20, r["message"],
+                        extra={"call_id": call} if call else None)
 
     logger.remove()
     # pipecat is chatty at INFO about its own plumbing: only warnings unless debugging.

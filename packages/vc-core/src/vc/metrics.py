@@ -39,4 +39,16 @@ class Metrics:
             ["tool", "outcome"],
             registry=self.registry,
         )
+        self.provider_failures = Counter(
+            "vc_provider_failures",
+            "Provider failures during a call's turn (crash, stall or refusal), by kind and provider",
+            ["kind", "provider"],
+            registry=self.registry,
+        )
+        self.apologies = Counter(
+            "vc_apologies",
+            "Apologies the caller heard for a failed turn, by the kind of provider that failed",
+            ["kind"],
+            registry=self.registry,
+        )
         self.ready = Gauge("vc_ready", "1 when the process takes calls", registry=self.registry)

@@ -40,7 +40,8 @@ from pipecat.turns.user_turn_strategies import UserTurnStrategies
 from pipecat.utils.types import NOT_GIVEN
 
 from vc.call import CallConnection, CallEvents
-from vc.llm import tools_schema
+from vc.llm import StreamingLLMService, tools_schema
+from vc.logs import current_call_id
 from vc.media import CallTransport
 from vc.monitor import MonotonicClock, TurnMonitor
 from vc.providers import CallContext, Tool, ToolCall
@@ -53,6 +54,8 @@ if TYPE_CHECKING:
 AFTER_SPEECH_TIMEOUT = 20.0
 #: Longest the bot stays paused for a sound that never becomes a confirmed turn.
 MAX_PAUSE_S = 1.0
+#: A TTS error this soon after a barge-in belongs to the turn the caller cut off.
+INTERRUPTED_GRACE_S = 1.0
 
 
 class CallSession(CallEvents):
@@ -82,6 +85,11 @@ class CallSession(CallEvents):
         self.context: LLMContext | None = None
         self.barge_ins = 0
         self._pause_on_speech = False
+        self._apology_until = 0.0  # monotonic time the apology now playing ends
+        self._interrupted_at = -1e9  # monotonic time of the last barge-in (any interruption)
+        self._interruptions = 0
+        self.apologies = 0  # pre-rendered apologies played for failed STT/TTS turns
+        self.failures: list[tuple[str, str]] = []  # (kind, reason) of each provider failure
         self._paused = 0  # the pause episode in progress (0: the bot is not paused)
         self.pauses = 0  # times the bot was paused because the caller seemed to talk
 
@@ -190,6 +198,11 @@ class CallSession(CallEvents):
             ),
         )
         self._watch_llm(llm)
+        if isinstance(llm, StreamingLLMService):
+            llm.call_id = self.info.call_id
+            llm.on_failure = lambda reason: self._provider_failed("llm", reason)
+        self._watch_errors("stt", stt)
+        self._watch_errors("tts", tts)
 
         pipeline = Pipeline(
             [
@@ -278,10 +291,69 @@ class CallSession(CallEvents):
 
         llm.push_frame = push_frame
 
+    def _watch_errors(self, kind: str, service: Any) -> None:
+        """Every error pipecat reports for ``service`` (an exception in ``run_stt``/``run_tts``,
+        an ErrorFrame it yields) is a failed turn: counted, and apologised for."""
+        original = service.push_error_frame
+
+        async def push_error_frame(error: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return await original(error, *args, **kwargs)
+            finally:
+                self._provider_failed(kind, str(getattr(error, "error", error)))
+                # A call outlives an outage: the next turn tries the service again.
+                if not service.is_usable:
+                    await service.set_usable(True)
+
+        service.push_error_frame = push_error_frame
+
+    def _provider_failed(self, kind: str, reason: str) -> None:
+        name = getattr(self.profile, kind, "") or self.engine.config.default_providers[kind]
+        if kind == "tts" and time.monotonic() - self._interrupted_at < INTERRUPTED_GRACE_S:
+            # The caller talked over this turn (pipecat reports the cancelled TTS request as
+            # "no audio"): they are speaking now, and an apology would talk over them.
+            self.log.info("%s provider %s: %s (after a barge-in: no apology)", kind, name, reason)
+            return
+        if kind != "llm" and time.monotonic() < self._apology_until:
+            # The same failure reported again (pipecat follows a failed request with "no audio"):
+            # the turn is already apologised for and counted.
+            self.log.debug("%s provider %s: %s", kind, name, reason)
+            return
+        self.failures.append((kind, reason))
+        self.engine.provider_failed(self.info, kind, name)
+        self.log.warning("%s provider %s failed the turn: %s", kind, name, reason)
+        if kind == "llm":  # the LLM service says its apology itself (through the TTS)
+            self.engine.apologised(self.info, kind)
+        else:
+            clip_bytes = len(self.engine.apology_audio(self.profile, self.connection.sample_rate))
+            self._apology_until = time.monotonic() + clip_bytes / 2 / self.connection.sample_rate + 1.0
+            self._spawn(self._play_apology(kind))
+
+    async def _play_apology(self, kind: str) -> None:
+        """The profile's pre-rendered apology, straight into the playout (as the greeting): it
+        plays even when the TTS is what failed. Once per failed turn."""
+        clip = self.engine.apology_audio(self.profile, self.connection.sample_rate)
+        if not clip:
+            self.log.warning("no pre-rendered apology for profile %s: the turn stays silent",
+                             self.profile.name)
+            return
+        self.apologies += 1
+        self.engine.apologised(self.info, kind)
+        playout = self.connection.playout
+        step = playout.frame_bytes
+        interruptions = self._interruptions
+        for i in range(0, len(clip), step):  # frame by frame: the TTS may be writing too
+            if self._interruptions != interruptions:
+                return  # the caller talked over it: the barge-in cleared what was written
+            await playout.write(clip[i : i + step])
+        playout.mark(self._next_mark("apology"))
+
     # -- running -------------------------------------------------------------------------
 
     async def run(self) -> str:
         started = time.monotonic()
+        # Every task pipecat starts for this call inherits it: their log lines name the call.
+        call_token = current_call_id.set(self.info.call_id)
         self.connection.attach(self)
         self.engine.call_started(self.info, self.profile.name)
         try:
@@ -309,6 +381,7 @@ class CallSession(CallEvents):
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self.connection.hangup())
             self.engine.call_ended(self.info, self.outcome, time.monotonic() - started)
+            current_call_id.reset(call_token)
         return self.outcome
 
     async def _time_limit(self, seconds: float) -> None:
@@ -368,6 +441,9 @@ class CallSession(CallEvents):
 
     def _on_barge_in(self, had_audio: bool) -> None:
         self._paused = 0  # the connection's clear dropped the held audio
+        self._interruptions += 1
+        if had_audio:
+            self._interrupted_at = time.monotonic()
         if had_audio:
             self.barge_ins += 1
             self.engine.event(self.info, "barge_in", {})

@@ -103,7 +103,7 @@ def parse_request(raw: str | bytes) -> ChatRequest:
             raise ProtocolError("messages must be a non-empty list")
         messages = []
         for i, m in enumerate(msgs):
-            if not isinstance(m, dict) or m.get("role") not in ROLES:
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or m["role"] not in ROLES:
                 raise ProtocolError(f"messages[{i}] needs a role ({', '.join(sorted(ROLES))})")
             messages.append(
                 {"role": m["role"], "content": _content(m.get("content"), f"messages[{i}].content")}

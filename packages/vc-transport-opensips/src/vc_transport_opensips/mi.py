@@ -14,6 +14,8 @@ import logging
 import secrets
 from typing import Any
 
+from vc import jsonsafe
+
 log = logging.getLogger("vc.transport.opensips.mi")
 
 
@@ -90,8 +92,8 @@ class MIClient:
 
     def _reply(self, data: bytes) -> None:
         try:
-            msg = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
+            msg = jsonsafe.loads(data)  # ValueError only, also for "[" * 1000 (RecursionError)
+        except ValueError:
             log.warning("MI reply is not JSON (%d bytes): dropped", len(data))
             return
         if not isinstance(msg, dict):

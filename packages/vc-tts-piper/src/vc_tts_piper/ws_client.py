@@ -6,7 +6,8 @@ waits for a handshake. On barge-in the interrupted request's connection is dropp
 the protocol has no cancel message and no request ids, so the rest of that answer is never
 read, and the next clause goes out on a spare connection instead of waiting behind the old
 answer. A connection found closed (the service restarted) is replaced and the request sent
-again, within ``connect_timeout``.
+again, within ``connect_timeout``; a connection refused outright (nothing listens: the service
+is stopped) fails the request at once, so the caller hears core's apology without a wait.
 """
 
 from __future__ import annotations
@@ -121,7 +122,11 @@ class ConnectionPool:
                     f"[tts] url {self.url!r} is not a WebSocket URL: {e}") from e
             except _CONNECT_ERRORS as e:
                 self.healthy = False
-                if not retry or loop.time() + delay >= deadline:
+                # Refused at once: nothing listens there (a stopped or crashed service). Waiting
+                # out the deadline would only make the caller sit through seconds of silence
+                # before the apology; fail now (the pool's keeper notices when it is back).
+                refused = isinstance(e, ConnectionRefusedError)
+                if not retry or refused or loop.time() + delay >= deadline:
                     error = PiperServiceError(
                         f"cannot reach the Piper WebSocket service at {self.url}: "
                         f"{type(e).__name__}: {e}")

@@ -63,6 +63,8 @@ class FakeSTTService(SegmentedSTTService):
             await asyncio.sleep(self._delay)
         text = self._script[self._n % len(self._script)] if self._script else ""
         self._n += 1
+        if text == "stt-raise":  # the STT crashes on this turn
+            raise ConnectionError("the fake STT failed as asked")
         yield TranscriptionFrame(text, self._user_id, time_now_iso8601(), finalized=True)
 
 
@@ -166,6 +168,8 @@ class FakeTTSService(TTSService):
         if "tts-fail" in text:
             yield ErrorFrame(error="the fake TTS failed as asked")
             return
+        if "tts-raise" in text:  # a crashed service: run_tts raises
+            raise ConnectionError("the fake TTS service went away")
         pcm = tone(len(text) * self._s.ms_per_char / 1000, self._s.sample_rate)
 
         async def chunks() -> AsyncIterator[bytes]:

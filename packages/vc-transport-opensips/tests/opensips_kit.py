@@ -534,7 +534,10 @@ class OpenSIPSStandIn(asyncio.DatagramProtocol):
     answered ``200 canceling`` and reported as TERMINATED/CANCEL, but the INVITE gets no final
     response until ``ua_session_reply`` sends one, and the entity stays until
     ``ua_session_terminate`` (which sends no BYE for a terminated entity); a BYE is answered 200
-    and deletes the entity; ``uptime`` tells the start time; ``restart()`` forgets everything.
+    and deletes the entity; a re-INVITE gets ``100 Giving it a try`` in the dialog, its final
+    answer from ``ua_session_reply``; ``ua_session_update`` and ``ua_session_terminate`` render
+    the REFER and BYE OpenSIPS sends; ``uptime`` tells the start time; ``restart()`` forgets
+    everything.
     """
 
     def __init__(self, port: int = 0) -> None:
@@ -780,13 +783,21 @@ class OpenSIPSStandIn(asyncio.DatagramProtocol):
                 e.pending.add(method)
                 if full["headers"]:
                     e.requests[method] = full["headers"]
+                if method == "INVITE":  # a re-INVITE: tm's 100, in the dialog
+                    self.wire.append(self._provisional(e, full["headers"]))
         data = json.dumps({"jsonrpc": "2.0", "method": "E_UA_SESSION", "params": full}).encode()
         assert self.transport is not None and self.subscriber is not None
         self.transport.sendto(data, self.subscriber)
         return data
 
-    def _provisional(self, e: Entity) -> str:
-        return self._simple(e, 100, "Giving it a try", "INVITE", e.get("CSeq").split()[0], "")
+    def _provisional(self, e: Entity, request: str = "") -> str:
+        """tm's 100 to the initial INVITE (no To-tag) or to a re-INVITE (``request``: its
+        headers; the To-tag is the key)."""
+        if not request:
+            return self._simple(e, 100, "Giving it a try", "INVITE", e.get("CSeq").split()[0], "")
+        cseq = header_in(request, "CSeq").split()[0]
+        via = header_in(request, "Via")
+        return self._simple(e, 100, "Giving it a try", "INVITE", cseq, e.key, via=via)
 
     def _simple(
         self,
@@ -797,12 +808,13 @@ class OpenSIPSStandIn(asyncio.DatagramProtocol):
         cseq: str,
         tag: str,
         contact: bool = False,
+        via: str = "",
     ) -> str:
         """A reply OpenSIPS sends on its own: tm's 100 and ``200 canceling`` (tm's own To-tag,
         no Contact), b2b_entities' 200 to BYE (To-tag = key, Contact)."""
         to = e.get("To") + (f";tag={tag}" if tag else "")
         return (
-            f"SIP/2.0 {code} {reason}\r\nVia: {e.get('Via')}\r\nTo: {to}\r\n"
+            f"SIP/2.0 {code} {reason}\r\nVia: {via or e.get('Via')}\r\nTo: {to}\r\n"
             f"From: {e.get('From')}\r\nCall-ID: {e.get('Call-ID')}\r\nCSeq: {cseq} {method}\r\n"
             + (f"Contact: <sip:{STANDIN_SIP[0]}:{STANDIN_SIP[1]}>\r\n" if contact else "")
             + f"Server: {STANDIN_SERVER}\r\nContent-Length: 0\r\n\r\n"

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from opensips_kit import LOCAL, free_udp_port
+from opensips_kit import LOCAL, SipCaller, free_udp_port
 from vc_transport_opensips.mi import MIClient, MIError
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -189,3 +189,25 @@ def sipp_messages(cwd: Path, direction: str = "received") -> list[str]:
                 msg = msg.strip("\r\n").replace("\r\n", "\n").replace("\n", "\r\n")
                 out.append(msg)
     return out
+
+
+class RoutedCaller(SipCaller):
+    """The scripted caller of opensips_kit, sending everything to OpenSIPS: a plain INVITE
+    (OpenSIPS adds its own Via and Record-Route), then in-dialog requests to vc's Contact with
+    the Route set learnt from the 200 OK. It answers BYE/NOTIFY 200 and REFER 202."""
+
+    def invite(self, target: tuple[str, int], sdp: str = "", **_: Any) -> bytes:  # type: ignore[override]
+        self.invite_branch = "z9hG4bK" + secrets.token_hex(8)
+        body = sdp.encode()
+        return (
+            f"INVITE sip:ai@{target[0]}:{target[1]} SIP/2.0\r\n"
+            f"Via: {self.via(self.invite_branch)}\r\n"
+            f"Max-Forwards: 70\r\n"
+            f'From: "Caller" <sip:+15550001111@{LOCAL}>;tag={self.from_tag}\r\n'
+            f"To: <sip:ai@{target[0]}>\r\n"
+            f"Call-ID: {self.call_id}\r\n"
+            f"CSeq: 1 INVITE\r\n"
+            f"Contact: <sip:caller@{LOCAL}:{self.port}>\r\n"
+            f"Content-Type: application/sdp\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode() + body

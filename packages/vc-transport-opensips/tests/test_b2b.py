@@ -294,12 +294,19 @@ async def test_rejections_unknown_keys_and_bot_hangup(phone: RtpPhone) -> None:
             assert term[0]["params"] == {"key": key}
             assert standin.on_wire("BYE ")  # an answered call: OpenSIPS sends BYE
             await wait_for(lambda: not vc.transport.media.pool.in_use, what="port release")
-            # A transfer goes out as ua_session_update REFER.
+            # A transfer goes out as ua_session_update REFER and returns once OpenSIPS reports
+            # the caller's 202 (ANSWERED).
             key = "B2B.5.5.5.5"
             standin.event(new_event(key, phone))
             await wait_for(lambda: vc.session(), what="second call")
-            await vc.session().connection.transfer("sip:agent@example.com")
-            (upd,) = standin.calls("ua_session_update")
+            transfer = asyncio.create_task(vc.session().connection.transfer("sip:agent@example.com"))
+            (upd,) = await wait_for(lambda: standin.calls("ua_session_update"), what="REFER")
+            assert not transfer.done()
+            standin.event(
+                {"key": key, "event_type": "ANSWERED", "method": "REFER", "status": 202, "reason": "Accepted"}
+            )
+            await asyncio.wait_for(transfer, 2)
+            assert standin.on_wire("REFER sip:alice@")
             assert upd["params"]["key"] == key and upd["params"]["method"] == "REFER"
             assert upd["params"]["body"] == ""
             assert upd["params"]["extra_headers"].startswith(

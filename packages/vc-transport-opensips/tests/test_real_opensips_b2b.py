@@ -1,5 +1,8 @@
 """B2B mode against the REAL OpenSIPS 3.6.8 (not the stand-in): deploy/opensips/opensips-b2b.cfg
-run as its own process, vc's transport subscribed to it, real SIP callers (SIPp, pjsua2).
+run as its own process, vc's transport subscribed to it, real SIP callers (SIPp, pjsua2) and a
+scripted caller (``RoutedCaller`` of real_opensips) for the flows SIPp cannot check (bot BYE,
+hold/resume audio, REFER). OpenSIPS is the caller's only peer: every request goes to its
+Contact, every request vc makes OpenSIPS send comes from it; media flows directly.
 
 OpenSIPS is built once per machine from ``../shared/peers`` (``build-opensips.sh``, cached);
 the tests skip, saying why, only when that build is impossible (no compiler, no source).
@@ -27,16 +30,30 @@ from opensips_kit import (
     LOCAL,
     VC,
     OpenSIPSStandIn,
+    RtpPhone,
+    answer_media,
     header,
     header_names,
     wait_for,
 )
-from real_opensips import DEPLOY, RealOpenSIPS, common_subs, sipp_messages, substitute
+from real_opensips import (
+    DEPLOY,
+    RealOpenSIPS,
+    RoutedCaller,
+    common_subs,
+    sipp_messages,
+    substitute,
+)
 from test_pjsua import tone_seconds, write_wav
 from test_sipp import run_sipp
+from vc_transport_opensips import sipmsg
+from vc_transport_opensips.b2b import refer_params
 from vc_transport_opensips.mi import MIError
+from vc_transport_opensips.sdp import parse_offer
+from vc_transport_opensips.sipmsg import Request, Response
 
 from vc.audio import pcm_to_ulaw
+from vc.call import CallControlError
 from vc.testing.calls import speech
 
 B2B_CFG = DEPLOY / "opensips-b2b.cfg"
@@ -82,6 +99,60 @@ async def assert_no_leftovers(server: RealOpenSIPS) -> None:
     assert await server.call("ua_session_list") == [], "a B2B entity was left behind in OpenSIPS"
     log = server.log()
     assert "bad uri" not in log, log[-3000:]
+
+
+def assert_clean_log(server: RealOpenSIPS) -> None:
+    """OpenSIPS had nothing to complain about (a request for a deleted entity, a reply it could
+    not send, a malformed header would all log an ERROR)."""
+    errors = [line for line in server.log().splitlines() if "ERROR:" in line or "CRITICAL:" in line]
+    assert not errors, "\n".join(errors[-20:])
+
+
+async def b2b_call(opensips: RealOpenSIPS, caller: RoutedCaller, phone: RtpPhone) -> Response:
+    """INVITE -> 200 from OpenSIPS (its Contact, no Record-Route: a B2BUA, not a proxy) -> ACK
+    to that Contact; RTP starts to the answer's address (vc's)."""
+    to = opensips.sip_addr
+    caller.send(caller.invite(to, phone.sdp()), to)
+    ok = await caller.expect("INVITE", 200)
+    caller.learn_dialog(ok)
+    assert caller.contact == f"sip:{LOCAL}:{opensips.sip_port}" and caller.route == [], ok.headers
+    caller.send(caller.ack(to), to)
+    addr, _ = answer_media(ok)
+    phone.connect(addr)
+    return ok
+
+
+def from_opensips(opensips: RealOpenSIPS, caller: RoutedCaller, request: Request) -> bool:
+    """A request reached the caller from OpenSIPS (its Via alone: vc is not on the SIP path),
+    in the caller's dialog, sent to the caller's Contact."""
+    vias = request.get_all("Via")
+    return (
+        len(vias) == 1
+        and f"{LOCAL}:{opensips.sip_port};" in vias[0]
+        and request.uri == f"sip:caller@{LOCAL}:{caller.port}"
+        and request.call_id == caller.call_id
+        and request.to_tag == caller.from_tag
+        and request.from_tag == caller.to_tag
+    )
+
+
+def reinvite_ok(caller: RoutedCaller, cseq: int) -> list[Response]:
+    return [r for r in caller.responses("INVITE", 200) if r.cseq[0] == cseq]
+
+
+def confirmed(vc: VC) -> bool:
+    return any(s.confirmed for s in vc.transport.b2b.sessions.values())
+
+
+async def all_released(vc: VC, opensips: RealOpenSIPS) -> None:
+    """No call, B2B session, RTP stream or port left in vc; no entity left in OpenSIPS."""
+    await wait_for(
+        lambda: not vc.transport.media.pool.in_use and not vc.transport.media.streams,
+        what="RTP ports released",
+    )
+    await wait_for(lambda: not vc.transport.b2b.sessions, what="B2B sessions forgotten")
+    assert not vc.app.engine.sessions
+    await assert_no_leftovers(opensips)
 
 
 # -- calls ----------------------------------------------------------------------------------
@@ -252,6 +323,188 @@ async def test_restart_mid_run(
     await assert_no_leftovers(opensips)
 
 
+async def test_bot_hangs_up_with_bye_through_opensips(opensips: RealOpenSIPS, phone: RtpPhone) -> None:
+    """The caller says goodbye, the fake LLM calls end_call: vc's ua_session_terminate makes
+    OpenSIPS send BYE in the caller's dialog after the goodbye was heard; the caller's 200 ends
+    OpenSIPS's transaction (no retransmission) and nothing is left on either side."""
+    caller = await RoutedCaller().start()
+    try:
+        async with VC(transport=vc_settings(opensips), script="goodbye") as vc:
+            await b2b_call(opensips, caller, phone)
+            await wait_for(lambda: phone.loud(), what="greeting")
+            await asyncio.sleep(phone.say(speech("Okay, goodbye!")))
+            byes = await wait_for(lambda: caller.requests("BYE"), timeout=30, what="BYE from OpenSIPS")
+            t_bye, bye = byes[0]
+            assert from_opensips(opensips, caller, bye), bye.headers
+            assert bye.cseq[1] == "BYE" and not bye.body
+            loud = phone.loud()
+            assert loud and max(loud) <= t_bye, "BYE before the goodbye was heard"
+            await wait_for(lambda: vc.recorder.ended, what="call end")
+            assert vc.recorder.named("transcript") or vc.recorder.named("turn"), vc.recorder.events
+            # The caller answered 200 (RoutedCaller does): OpenSIPS took it, else its tm would
+            # retransmit the BYE after T1 (0.5 s).
+            await asyncio.sleep(1.0)
+            assert len(caller.requests("BYE")) == 1, "OpenSIPS retransmitted the BYE"
+            await all_released(vc, opensips)
+    finally:
+        await caller.close()
+    assert_clean_log(opensips)
+
+
+async def test_hold_and_resume_through_opensips(opensips: RealOpenSIPS, phone: RtpPhone) -> None:
+    """re-INVITEs through OpenSIPS: sendonly (hold) -> vc answers recvonly and stops sending;
+    inactive -> inactive, still silent; sendrecv (resume) -> sendrecv on the same port, vc sends
+    again and the caller hears the bot answer its question. Each answer is vc's SDP (its RTP
+    port, a new o= version) in a 200 from OpenSIPS."""
+    caller = await RoutedCaller().start()
+    try:
+        async with VC(transport=vc_settings(opensips), script="what time is it") as vc:
+            to = opensips.sip_addr
+            ok = await b2b_call(opensips, caller, phone)
+            first = parse_offer(ok.body.decode())
+            versions = [int(ok.body.decode().split("o=")[1].split()[2])]
+            await wait_for(lambda: confirmed(vc), what="ACK")
+            await wait_for(lambda: len(phone.received) > 10, what="RTP from vc")
+
+            async def reinvite(direction: str) -> Any:
+                caller.send(caller.in_dialog("INVITE", to, body=phone.sdp(extra=f"a={direction}")), to)
+                cseq = caller.cseq
+                (ok, *_) = await wait_for(lambda: reinvite_ok(caller, cseq), what=f"200 to {direction}")
+                assert ok.get("Contact") == f"<sip:{LOCAL}:{opensips.sip_port}>"
+                assert ok.to_tag == caller.to_tag
+                caller.send(caller.in_dialog("ACK", to, cseq=cseq), to)
+                body = ok.body.decode()
+                versions.append(int(body.split("o=")[1].split()[2]))
+                answer = parse_offer(body)
+                assert (answer.address, answer.port, answer.formats[0]) == (
+                    first.address,
+                    first.port,
+                    first.formats[0],
+                ), body
+                return answer
+
+            def silent_for(seconds: float) -> Any:
+                async def check() -> None:
+                    await asyncio.sleep(0.3)  # packets already on their way
+                    n = len(phone.received)
+                    await asyncio.sleep(seconds)
+                    assert len(phone.received) - n <= 1, "vc kept sending RTP to a held caller"
+
+                return check()
+
+            assert (await reinvite("sendonly")).direction == "recvonly"
+            await silent_for(1.0)
+            phone.sending = False
+            assert (await reinvite("inactive")).direction == "inactive"
+            await silent_for(0.7)
+            phone.sending = True
+            assert (await reinvite("sendrecv")).direction == "sendrecv"
+            assert versions == sorted(set(versions)), f"o= version not increased: {versions}"
+            n = len(phone.received)
+            await wait_for(lambda: len(phone.received) > n + 20, what="RTP after resume")
+            t_resumed = time.monotonic()
+            await asyncio.sleep(phone.say(speech("What time is it now, please?")))
+            await wait_for(lambda: phone.loud(after=t_resumed), timeout=20, what="the answer after resume")
+            assert len(vc.recorder.started) == 1 and not vc.recorder.ended
+            caller.send(caller.in_dialog("BYE", to), to)
+            await caller.expect("BYE", 200)
+            await wait_for(lambda: vc.recorder.ended, what="call end")
+            await all_released(vc, opensips)
+    finally:
+        await caller.close()
+    assert_clean_log(opensips)
+
+
+async def test_transfer_sends_refer_through_opensips(opensips: RealOpenSIPS, phone: RtpPhone) -> None:
+    """transfer_call in B2B mode: ua_session_update makes OpenSIPS send REFER in the caller's
+    dialog with vc's Refer-To/Referred-By intact. A declined REFER (603, reported REJECTED)
+    makes the transfer fail; an accepted one (202, reported ANSWERED) returns; the caller's
+    NOTIFY (sipfrag 200) is answered 200 and vc ends its leg: OpenSIPS sends BYE."""
+    caller = await RoutedCaller().start()
+    try:
+        async with VC(transport=vc_settings(opensips)) as vc:
+            to = opensips.sip_addr
+            await b2b_call(opensips, caller, phone)
+            await wait_for(lambda: confirmed(vc), what="ACK")
+            session = await wait_for(vc.session, what="session")
+            caller.auto_answer = False  # this caller declines the first REFER
+            declined = asyncio.create_task(session.connection.transfer("+15559990000"))
+            ((_, refer),) = await wait_for(lambda: caller.requests("REFER"), what="REFER")
+            caller.send(sipmsg.response(refer, 603, "Declined"), to)
+            with pytest.raises(CallControlError, match="603"):
+                await asyncio.wait_for(declined, 5)
+            caller.auto_answer = True
+            await session.connection.transfer("+15559990000")  # returns once the 202 is reported
+            refers = [r for _, r in caller.requests("REFER")]
+            assert len({r.cseq for r in refers}) == 2, "the accepted REFER is the second one"
+            refer = refers[-1]
+            assert from_opensips(opensips, caller, refer), refer.headers
+            assert refer.get("Refer-To") == f"<sip:+15559990000@{LOCAL}>"
+            assert refer.get("Referred-By") == f"<sip:ai@{LOCAL}>"  # the number the caller dialled
+            # OpenSIPS 3.6.8 copies extra_headers only with a body: vc sends an empty one, and
+            # OpenSIPS labels it application/sdp. Every header arrives whole (no garbage).
+            assert not refer.body and refer.get("Content-Length") == "0"
+            assert [k for k, _ in refer.headers] == [
+                "Via", "To", "From", "CSeq", "Call-ID", "Max-Forwards", "Content-Length",
+                "User-Agent", "Content-Type", "Refer-To", "Referred-By", "Contact",
+            ]  # fmt: skip
+            assert not vc.recorder.ended
+            caller.send(
+                caller.in_dialog(
+                    "NOTIFY",
+                    to,
+                    body="SIP/2.0 200 OK\r\n",
+                    content_type="message/sipfrag",
+                    headers="Event: refer\r\nSubscription-State: terminated;reason=noresource\r\n",
+                ),
+                to,
+            )
+            await caller.expect("NOTIFY", 200)
+            ((_, bye),) = await wait_for(lambda: caller.requests("BYE"), what="BYE after the transfer")
+            assert from_opensips(opensips, caller, bye), bye.headers
+            await wait_for(lambda: vc.recorder.ended, what="call end")
+            await all_released(vc, opensips)
+    finally:
+        await caller.close()
+    assert_clean_log(opensips)
+
+
+async def test_two_concurrent_sipp_calls(opensips: RealOpenSIPS, tmp_path: Path) -> None:
+    """Two SIPp callers at once: two B2B entities, two RTP ports, both callers heard, both
+    hung up by the callers; afterwards nothing is left in vc or OpenSIPS."""
+    pcm = bytes(8000) + speech("What time is it now, please?") + bytes(16000)
+    audio = tmp_path / "question.pcmu"
+    audio.write_bytes(pcm_to_ulaw(pcm))
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    for d in dirs:
+        d.mkdir()
+    async with VC(transport=vc_settings(opensips), script="what time is it") as vc:
+        keys = {"audio": str(audio), "hold_ms": "4500"}
+        both = asyncio.ensure_future(
+            asyncio.gather(*(run_sipp("uac_b2b.xml", opensips.sip_addr, keys, d, 30) for d in dirs))
+        )
+        await wait_for(lambda: len(vc.app.engine.sessions) == 2 or both.done(), timeout=15, what="two calls")
+        assert len(vc.app.engine.sessions) == 2 and len(vc.transport.b2b.sessions) == 2
+        assert len(await opensips.call("ua_session_list")) == 2
+        for rc, out in await both:
+            assert rc == 0, out + opensips.log()[-3000:]
+        answers = []
+        for d in dirs:
+            (ok,) = {
+                m
+                for m in sipp_messages(d)
+                if m.startswith("SIP/2.0 200 OK") and "INVITE" in header(m, "CSeq")
+            }
+            answers.append(parse_offer(ok.split("\r\n\r\n", 1)[1]).port)
+        assert len(set(answers)) == 2, f"both calls answered with one RTP port: {answers}"
+        await wait_for(lambda: len(vc.recorder.ended) == 2, what="both calls to end")
+        assert len({info.call_id for info, _ in vc.recorder.started}) == 2
+        heard = {cid for cid, name, _ in vc.recorder.events if name in ("transcript", "turn")}
+        assert len(heard) == 2, vc.recorder.events
+        await all_released(vc, opensips)
+    assert_clean_log(opensips)
+
+
 # -- the stand-in, pinned to the real server ------------------------------------------------
 
 
@@ -296,17 +549,29 @@ class Caller(asyncio.DatagramProtocol):
         to_tag: str = "",
         cseq: int = 1,
         new_branch: bool = False,
+        content_type: str = "application/sdp",
+        extra: str = "",
     ) -> None:
         """INVITE, its CANCEL and the ACK of a non-2xx share the INVITE's branch."""
         assert self.transport is not None
         branch = "z9hG4bK" + secrets.token_hex(6) if new_branch else self.branch
-        ct = "Content-Type: application/sdp\r\n" if body else ""
+        ct = f"Content-Type: {content_type}\r\n" if body else ""
         msg = (
             f"{method} sip:ai@{to[0]}:{to[1]} SIP/2.0\r\n"
-            f"{self.headers(method, to_tag, cseq, branch)}{ct}"
+            f"{self.headers(method, to_tag, cseq, branch)}{extra}{ct}"
             f"Content-Length: {len(body)}\r\n\r\n{body}"
         )
         self.transport.sendto(msg.encode(), to)
+
+    def answer(self, request: str, code: int, to: tuple[str, int]) -> None:
+        """The caller's response to a request OpenSIPS sent it (REFER, BYE)."""
+        assert self.transport is not None
+        parsed = sipmsg.parse(request.encode())
+        assert isinstance(parsed, Request), request
+        self.transport.sendto(sipmsg.response(parsed, code), to)
+
+    def requests(self, method: str) -> list[str]:
+        return [m for m in self.received if m.startswith(f"{method} ")]
 
     def unique(self) -> list[str]:
         """Received messages without retransmissions, in order."""
@@ -338,6 +603,59 @@ class Events(asyncio.DatagramProtocol):
 
 
 SDP = f"v=0\r\no=- 1 1 IN IP4 {LOCAL}\r\ns=-\r\nc=IN IP4 {LOCAL}\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\n"
+TRANSFER = ("sip:+15559990000@127.0.0.1", "<sip:ai@127.0.0.1>")
+SIPFRAG = "SIP/2.0 200 OK\r\n"
+NOTIFY_HEADERS = "Event: refer\r\nSubscription-State: terminated;reason=noresource\r\n"
+
+
+async def _real_dialog(server: RealOpenSIPS, ev: Events) -> tuple[list[str], dict[str, Any]]:
+    """An answered call driven over MI as vc drives it: re-INVITE (hold) answered, REFER sent
+    with vc's parameters (the caller accepts, 202), the caller's NOTIFY answered,
+    ua_session_terminate (OpenSIPS's BYE, answered 200). Returns the wire and the events."""
+    caller = await Caller().start()
+    to = server.sip_addr
+    try:
+        caller.send(to, "INVITE", SDP)
+        new = await wait_for(
+            lambda: [e for e in ev.of("NEW", "INVITE") if caller.call_id in e["headers"]], what="NEW"
+        )
+        key = new[0]["key"]
+
+        def mine(etype: str, method: str) -> list[dict[str, Any]]:
+            return [e for e in ev.of(etype, method) if e["key"] == key]
+
+        ok = {"key": key, "method": "INVITE", "code": 200, "reason": "OK", "body": SDP}
+        assert await server.call("ua_session_reply", ok) == "OK"
+        await wait_for(lambda: any(m.startswith("SIP/2.0 200") for m in caller.received), what="200")
+        caller.send(to, "ACK", to_tag=key, new_branch=True)
+        await wait_for(lambda: mine("UPDATED", "ACK"), what="ACK")
+        caller.send(to, "INVITE", SDP + "a=sendonly\r\n", to_tag=key, cseq=2, new_branch=True)
+        reinvite = await wait_for(lambda: mine("UPDATED", "INVITE"), what="UPDATED INVITE")
+        assert await server.call("ua_session_reply", dict(ok, body=SDP + "a=recvonly\r\n")) == "OK"
+        await wait_for(lambda: any(" 200 " in m and "2 INVITE" in m for m in caller.received), what="200")
+        caller.send(to, "ACK", to_tag=key, cseq=2, new_branch=True)
+        await wait_for(lambda: len(mine("UPDATED", "ACK")) == 2, what="second ACK")
+        assert await server.call("ua_session_update", refer_params(key, *TRANSFER)) == "OK"
+        refer = await wait_for(lambda: caller.requests("REFER"), what="REFER")
+        caller.answer(refer[0], 202, to)
+        answered = await wait_for(lambda: mine("ANSWERED", "REFER"), what="ANSWERED REFER")
+        caller.send(
+            to, "NOTIFY", SIPFRAG, to_tag=key, cseq=3, new_branch=True,
+            content_type="message/sipfrag", extra=NOTIFY_HEADERS,
+        )  # fmt: skip
+        notify = await wait_for(lambda: mine("UPDATED", "NOTIFY"), what="UPDATED NOTIFY")
+        reply = {"key": key, "method": "NOTIFY", "code": 200, "reason": "OK"}
+        assert await server.call("ua_session_reply", reply) == "OK"
+        await wait_for(lambda: any("3 NOTIFY" in m for m in caller.received), what="200 NOTIFY")
+        assert await server.call("ua_session_terminate", {"key": key}) == "OK"
+        bye = await wait_for(lambda: caller.requests("BYE"), what="BYE")
+        caller.answer(bye[0], 200, to)
+        await asyncio.sleep(0.6)  # a BYE whose 200 got lost would be sent again by now
+        events = {"reinvite": reinvite[0], "answered": answered[0], "notify": notify[0]}
+        return caller.unique(), events
+    finally:
+        assert caller.transport is not None
+        caller.transport.close()
 
 
 async def _real_flows(server: RealOpenSIPS) -> dict[str, Any]:
@@ -395,8 +713,9 @@ async def _real_flows(server: RealOpenSIPS) -> dict[str, Any]:
         caller.send(server.sip_addr, "ACK", to_tag=key)
         await asyncio.sleep(0.2)
         out["cancel"] = (caller.unique(), new[0], cancel[0])
-        out["left"] = await server.call("ua_session_list")
         caller.transport.close()
+        out["dialog"] = await _real_dialog(server, ev)
+        out["left"] = await server.call("ua_session_list")
     finally:
         with contextlib.suppress(MIError):
             await server.call("event_subscribe", ["E_UA_SESSION", f"udp:{LOCAL}:{ev.port}", 0])
@@ -411,7 +730,9 @@ def _shape(messages: list[str]) -> list[tuple[str, list[str]]]:
 async def test_standin_puts_on_the_wire_what_real_opensips_does(opensips: RealOpenSIPS) -> None:
     """The same MI commands give the same SIP messages (status, header names and order) from
     the stand-in as from OpenSIPS 3.6.8: the 200 OK without content_type, with a bare one
-    (the defect), and CANCEL -> 200 canceling -> vc's 487; and events of the same shape."""
+    (the defect), CANCEL -> 200 canceling -> vc's 487, and in an answered call a re-INVITE
+    (100 and vc's 200), vc's REFER, the 200 to the caller's NOTIFY and the BYE of
+    ua_session_terminate; and events of the same shape."""
     real = await _real_flows(opensips)
     standin = await OpenSIPSStandIn().start()
     ev = await Events().start()
@@ -467,6 +788,58 @@ async def test_standin_puts_on_the_wire_what_real_opensips_does(opensips: RealOp
             "SIP/2.0 487 Request Terminated",
         ]
         assert real["left"] == [] and not standin.entities
+        # An answered call: hold, transfer, NOTIFY, bot hang-up.
+        wire, real_events = real["dialog"]
+        standin.wire.clear()
+        caller = Caller()
+        caller.port = 5062
+        key = standin.invite(SDP, headers=caller.headers("INVITE") + "Content-Type: application/sdp\r\n")
+        ok = {"key": key, "method": "INVITE", "code": 200, "reason": "OK", "body": SDP}
+        assert standin.handle({"method": "ua_session_reply", "params": ok}) == "OK"
+        standin.event({"key": key, "event_type": "UPDATED", "method": "ACK"})
+        reinvite = caller.headers("INVITE", key, 2) + "Content-Type: application/sdp\r\n"
+        standin.event(
+            {"key": key, "event_type": "UPDATED", "method": "INVITE", "body": SDP, "headers": reinvite}
+        )
+        reply = dict(ok, body=SDP + "a=recvonly\r\n")
+        assert standin.handle({"method": "ua_session_reply", "params": reply}) == "OK"
+        standin.event({"key": key, "event_type": "UPDATED", "method": "ACK"})
+        assert standin.handle({"method": "ua_session_update", "params": refer_params(key, *TRANSFER)}) == "OK"
+        answered = {"key": key, "event_type": "ANSWERED", "method": "REFER", "status": 202}
+        standin.event(dict(answered, reason="Accepted", headers=real_events["answered"]["headers"]))
+        notify = caller.headers("NOTIFY", key, 3) + NOTIFY_HEADERS
+        standin.event(
+            {"key": key, "event_type": "UPDATED", "method": "NOTIFY", "body": SIPFRAG, "headers": notify}
+        )
+        reply = {"key": key, "method": "NOTIFY", "code": 200, "reason": "OK"}
+        assert standin.handle({"method": "ua_session_reply", "params": reply}) == "OK"
+        assert standin.handle({"method": "ua_session_terminate", "params": {"key": key}}) == "OK"
+        assert _shape(standin.wire) == _shape(wire), (standin.wire, wire)
+        assert [m.split("\r\n")[0].split(" sip:")[0] for m in wire] == [
+            "SIP/2.0 100 Giving it a try",
+            "SIP/2.0 200 OK",
+            "SIP/2.0 100 Giving it a try",
+            "SIP/2.0 200 OK",
+            "REFER",
+            "SIP/2.0 200 OK",
+            "BYE",
+        ]
+        real_refer = next(m for m in wire if m.startswith("REFER "))
+        standin_refer = next(m for m in standin.wire if m.startswith("REFER "))
+        for name in ("Refer-To", "Referred-By", "Content-Type", "Content-Length"):
+            assert header(standin_refer, name) == header(real_refer, name), name
+        assert header(real_refer, "Refer-To") == f"<{TRANSFER[0]}>"
+        assert not standin.entities
+        await wait_for(lambda: ev.of("UPDATED", "NOTIFY"), what="stand-in UPDATED NOTIFY")
+        standin_events = {
+            "reinvite": ev.of("UPDATED", "INVITE")[-1],
+            "answered": ev.of("ANSWERED", "REFER")[-1],
+            "notify": ev.of("UPDATED", "NOTIFY")[-1],
+        }
+        for name, real_event in real_events.items():
+            assert {k: type(v) for k, v in real_event.items()} == {
+                k: type(v) for k, v in standin_events[name].items()
+            }, name
         # The events carry the same parameters, of the same JSON types.
         got_new = await wait_for(lambda: ev.of("NEW", "INVITE"), what="stand-in NEW")
         for real_event, standin_event in ((new, got_new[-1]), (cancel, ev.of("TERMINATED", "CANCEL")[0])):

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import importlib.util
 import re
-import secrets
 import shutil
 import sys
 import time
@@ -24,8 +23,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from opensips_kit import LOCAL, VC, RtpPhone, SipCaller, answer_media, header, wait_for
-from real_opensips import DEPLOY, RealOpenSIPS, common_subs, sipp_messages, substitute
+from opensips_kit import LOCAL, VC, RtpPhone, answer_media, header, wait_for
+from real_opensips import (
+    DEPLOY,
+    RealOpenSIPS,
+    RoutedCaller,
+    common_subs,
+    sipp_messages,
+    substitute,
+)
 from test_pjsua import tone_seconds, write_wav
 from test_sipp import run_sipp
 from vc_transport_opensips.sdp import parse_offer
@@ -85,28 +91,6 @@ def proxy(opensips_prefix: Path, tmp_path: Path) -> Setup:
             assert not errors, "\n".join(errors[-20:])
 
     return run
-
-
-class RoutedCaller(SipCaller):
-    """The scripted caller of opensips_kit, sending everything to OpenSIPS: a plain INVITE
-    (OpenSIPS adds its own Via and Record-Route), then in-dialog requests to vc's Contact with
-    the Route set learnt from the 200 OK. It answers BYE/NOTIFY 200 and REFER 202."""
-
-    def invite(self, target: tuple[str, int], sdp: str = "", **_: Any) -> bytes:  # type: ignore[override]
-        self.invite_branch = "z9hG4bK" + secrets.token_hex(8)
-        body = sdp.encode()
-        return (
-            f"INVITE sip:ai@{target[0]}:{target[1]} SIP/2.0\r\n"
-            f"Via: {self.via(self.invite_branch)}\r\n"
-            f"Max-Forwards: 70\r\n"
-            f'From: "Caller" <sip:+15550001111@{LOCAL}>;tag={self.from_tag}\r\n'
-            f"To: <sip:ai@{target[0]}>\r\n"
-            f"Call-ID: {self.call_id}\r\n"
-            f"CSeq: 1 INVITE\r\n"
-            f"Contact: <sip:caller@{LOCAL}:{self.port}>\r\n"
-            f"Content-Type: application/sdp\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        ).encode() + body
 
 
 async def routed_call(opensips: RealOpenSIPS, caller: RoutedCaller, phone: RtpPhone) -> Response:

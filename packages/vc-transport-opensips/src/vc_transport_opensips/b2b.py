@@ -14,9 +14,11 @@
   re-INVITE (hold/resume) answered, ACK noted, NOTIFY (transfer progress) and INFO/OPTIONS
   answered 200; TERMINATED BYE -> the call stops at once; TERMINATED CANCEL -> the call stops
   and the INVITE gets ``487 Request Terminated`` (OpenSIPS 3.6 answers the CANCEL with 200 but
-  leaves the INVITE to us); REJECTED/ANSWERED of our REFER -> transfer outcome. Requests for
-  keys we do not know are answered 481.
-* Call control: ``ua_session_terminate`` (hang up), ``ua_session_update`` REFER (transfer).
+  leaves the INVITE to us); REJECTED/ANSWERED of our REFER -> transfer outcome; a NOTIFY with
+  a 2xx sipfrag ends our leg (``ua_session_terminate``: OpenSIPS sends BYE). Requests for keys
+  we do not know are answered 481.
+* Call control: ``ua_session_terminate`` (hang up), ``ua_session_update`` REFER (transfer,
+  see :func:`refer_params`).
 * Entities OpenSIPS would keep forever are released with ``ua_session_terminate`` (it sends no
   BYE for them): after a final non-2xx reply to the INVITE (rejection, 487), OpenSIPS 3.6
   never deletes the entity itself.
@@ -51,6 +53,7 @@ DROP_LOG_EVERY = 5.0
 PROBE_FAILURES = 2  # consecutive unanswered uptime probes before OpenSIPS counts as down
 RETRY_LOG_EVERY = 30.0  # while OpenSIPS stays unreachable, one warning per this many seconds
 NOT_FOUND = 404  # MI error code of ua_session_list for an unknown key
+REFER_TIMEOUT = 10.0  # seconds to wait for OpenSIPS to report the reply to our REFER
 REQUEST_METHODS = {
     "INVITE",
     "BYE",
@@ -80,6 +83,24 @@ def content_type_line(value: str) -> str | None:
     if ":" in value.split("/", 1)[0]:  # already "Content-Type: x/y"
         return value.rstrip("\r\n") + "\r\n"
     return f"Content-Type: {value}\r\n"
+
+
+def refer_params(key: str, uri: str, referred_by: str) -> dict[str, Any]:
+    """The ``ua_session_update`` parameters of a blind transfer to ``uri``.
+
+    OpenSIPS 3.6.8 (``ua_build_hdrs``) copies ``extra_headers`` into the request only when
+    there is a body; without one it sends an uninitialised buffer of their length instead (seen
+    on the wire: ``Refer-To: <...>\r\nReContact: ...``, leftovers of an earlier request). So
+    the REFER carries an empty body, which OpenSIPS labels ``Content-Type: application/sdp``
+    (``Content-Length: 0``). An empty ``content_type`` does not avoid that: OpenSIPS then adds
+    the same header after Contact (``b2breq_complete_ehdr``).
+    """
+    return {
+        "key": key,
+        "method": "REFER",
+        "body": "",
+        "extra_headers": f"Refer-To: <{uri}>\r\nReferred-By: {referred_by}\r\n",
+    }
 
 
 def parse_headers(text: str) -> list[tuple[str, str]]:
@@ -147,6 +168,7 @@ class B2BSession(Signalling):
         self.terminated = False
         self.hung_up = False
         self.headers: list[tuple[str, str]] = []
+        self.refer: asyncio.Future[tuple[int, str]] | None = None  # our REFER's final reply
 
     def end_remote(self, reason: str) -> None:
         self.terminated = True
@@ -155,6 +177,12 @@ class B2BSession(Signalling):
 
     async def hangup(self) -> None:
         if self.hung_up or self.terminated:
+            return
+        await self.terminate()
+
+    async def terminate(self) -> None:
+        """``ua_session_terminate`` (once): OpenSIPS sends BYE and deletes the entity."""
+        if self.hung_up:
             return
         self.hung_up = True
         self.terminated = True
@@ -177,19 +205,31 @@ class B2BSession(Signalling):
         referred_by = (
             _header(self.headers, "To", "t").split(";")[0] or f"<sip:vc@{self.ctl.settings.mi_ip}>"
         )
+        self.refer = outcome = asyncio.get_running_loop().create_future()
         try:
-            await self.ctl.mi.call(
-                "ua_session_update",
-                {
-                    "key": self.key,
-                    "method": "REFER",
-                    "body": "",
-                    "extra_headers": f"Refer-To: <{uri}>\r\nReferred-By: {referred_by}\r\n",
-                },
-            )
-        except MIError as e:
-            raise CallControlError(f"REFER could not be sent: {e}") from e
-        self.log.info("REFER to %s sent", uri)
+            try:
+                await self.ctl.mi.call("ua_session_update", refer_params(self.key, uri, referred_by))
+            except MIError as e:
+                raise CallControlError(f"REFER could not be sent: {e}") from e
+            self.log.info("REFER to %s sent", uri)
+            try:
+                status, reason = await asyncio.wait_for(outcome, REFER_TIMEOUT)
+            except TimeoutError:
+                # OpenSIPS reports replies only with flag "r" of ua_session_server_init.
+                self.log.warning("no reply to the REFER reported within %.0fs", REFER_TIMEOUT)
+                return
+        finally:
+            if self.refer is outcome:
+                self.refer = None
+        if status >= 300:
+            raise CallControlError(f"REFER refused: {status} {reason}")
+        self.log.info("transfer to %s accepted (%d)", uri, status)
+
+    def refer_replied(self, p: dict[str, Any]) -> None:
+        """OpenSIPS reported the final reply to our REFER (ANSWERED or REJECTED)."""
+        status = p.get("status")
+        if self.refer is not None and not self.refer.done() and isinstance(status, int):
+            self.refer.set_result((status, str(p.get("reason") or "")))
 
 
 class _EventProtocol(asyncio.DatagramProtocol):
@@ -575,6 +615,7 @@ class B2BController:
         elif etype == "REJECTED":
             if method == "REFER":
                 session.log.warning("transfer refused: %s %s", p.get("status"), p.get("reason"))
+                session.refer_replied(p)
             elif not session.answered:
                 session.end_remote(f"rejected: {p.get('status')} {p.get('reason')}")
             else:
@@ -585,6 +626,8 @@ class B2BController:
             session.log.info(
                 "%s %s: %s %s", method, etype.lower(), p.get("status"), p.get("reason")
             )
+            if etype == "ANSWERED" and method == "REFER":
+                session.refer_replied(p)
 
     def _updated(self, session: B2BSession, method: str, p: dict[str, Any]) -> None:
         key = session.key
@@ -597,10 +640,17 @@ class B2BController:
             frag = str(p.get("body") or "").strip().split("\r\n")[0]
             session.log.info("transfer progress: %s", frag or "(empty NOTIFY)")
             bits = frag.split(" ")
-            if len(bits) >= 2 and bits[1].isdigit() and 200 <= int(bits[1]) < 300:
+            if (
+                len(bits) >= 2
+                and bits[1].isdigit()
+                and 200 <= int(bits[1]) < 300
+                and not session.terminated
+            ):
                 session.log.info("transfer completed: ending our leg")
                 session.end_remote("transferred")
-                self.spawn(session.hangup())
+                # Not hangup(): end_remote() marked the session terminated, which hangup()
+                # takes for "the caller has ended it" and would send nothing.
+                self.spawn(session.terminate())
         elif method == "BYE":
             session.end_remote("caller hung up")
         elif method in ("INFO", "OPTIONS"):

@@ -1,7 +1,7 @@
 """Developer sessions. `nox -l` lists them.
 
     nox -s lint                 ruff over the whole repository
-    nox -s typecheck            mypy over vc-core
+    nox -s typecheck            mypy over every package's src
     nox -s "tests(package='vc-core')"   one package's tests in a fresh venv with only what it needs
     nox -s matrix               every provider combination: installs exactly that set of
                                 distributions into a fresh venv and runs a real call through it
@@ -100,10 +100,13 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PY)
 def typecheck(session: nox.Session) -> None:
-    _install(session, "vc-core[test]")
+    """mypy over every package's src, in one run (their top-level modules are distinct).
+
+    Every package is installed with its test extras, so mypy sees the libraries they use."""
+    _install(session, *[f"{p}[{TEST_EXTRAS[p]}]" if TEST_EXTRAS.get(p) else p for p in PACKAGES])
     session.install("-c", LOCK, "mypy")
     session.run("mypy", "--ignore-missing-imports", "--follow-imports=silent",
-                "packages/vc-core/src/vc")
+                *[f"packages/{p}/src" for p in PACKAGES])
 
 
 @nox.session(python=PY)

@@ -71,7 +71,9 @@ class Provider:
     #: attrs class of this provider's settings (see :mod:`vc.settings`), or None.
     Settings: ClassVar[type | None] = None
     #: Languages supported, as BCP-47 primary tags (``"en"``, ``"tr"``); ``"*"`` = any.
-    languages: ClassVar[tuple[str, ...]] = ("*",)
+    #: The class value is what configuration checks (:meth:`supports_language`) and plugin
+    #: listings see; an instance may narrow it once its settings or model are known.
+    languages: tuple[str, ...] = ("*",)
     description: ClassVar[str] = ""
 
     def __init__(self, settings: Any, context: ProviderContext) -> None:
@@ -106,8 +108,8 @@ class STTProvider(Provider):
     """Speech to text. ``create_service`` returns a pipecat ``STTService``."""
 
     kind = "stt"
-    #: The sample rate the STT wants its input at.
-    sample_rate: ClassVar[int] = 16000
+    #: The sample rate the STT wants its input at (an instance may set it from its settings).
+    sample_rate: int = 16000
 
     def create_service(self, call: CallContext) -> STTService:
         raise NotImplementedError
@@ -117,8 +119,9 @@ class LLMProvider(Provider):
     """Language model. ``create_service`` returns a pipecat ``LLMService`` (see vc.llm)."""
 
     kind = "llm"
-    #: Whether the model can call tools (``end_call``, ``transfer_call``...).
-    supports_tools: ClassVar[bool] = False
+    #: Whether the model can call tools (``end_call``, ``transfer_call``...). The class value
+    #: is the capability; an instance may turn it off from its settings.
+    supports_tools: bool = False
 
     def create_service(self, call: CallContext) -> LLMService:
         raise NotImplementedError

@@ -181,9 +181,12 @@ class OllamaService(StreamingLLMService):
         except Exception as e:
             raise self._failed(e) from None
         finally:
-            # Closing the response closes the HTTP stream: Ollama stops generating.
-            with contextlib.suppress(Exception):
-                await parts.aclose()
+            # Closing the response closes the HTTP stream: Ollama stops generating. (The client
+            # types it AsyncIterator; what it returns is an async generator, which has aclose.)
+            aclose = getattr(parts, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
             stat["seconds"] = time.monotonic() - started
             if "tokens_per_second" in stat:
                 self._call.log.debug(

@@ -105,10 +105,11 @@ class MIClient:
             return
         if "error" in msg:
             err = msg["error"] if isinstance(msg["error"], dict) else {"message": str(msg["error"])}
+            code = err.get("code")
             fut.set_exception(
                 MIError(
-                    f"MI error {err.get('code')}: {err.get('message')}",
-                    err.get("code") if isinstance(err.get("code"), int) else None,
+                    f"MI error {code}: {err.get('message')}",
+                    code if isinstance(code, int) else None,
                     replied=True,
                 )
             )

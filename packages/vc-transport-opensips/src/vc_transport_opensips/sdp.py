@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
+from typing import TypedDict
 
 import attrs
 
@@ -71,13 +72,27 @@ class Negotiated:
         return self.direction in ("sendrecv", "sendonly")
 
 
+class _Media(TypedDict):
+    """One m= section while it is parsed."""
+
+    kind: str
+    port: str
+    proto: str
+    fmts: list[str]
+    addr: str | None
+    rtpmap: dict[int, tuple[str, int]]
+    fmtp: dict[int, str]
+    ptime: int | None
+    dir: str | None
+
+
 def parse_offer(text: str) -> MediaOffer:
     """Parse the first audio stream of an SDP body."""
     if len(text) > MAX_SDP:
         raise SdpError("SDP body too large")
     session_addr: str | None = None
     session_dir = "sendrecv"
-    media: dict[str, object] | None = None
+    media: _Media | None = None
     seen_v = False
     for raw in text.replace("\r\n", "\n").split("\n"):
         line = raw.strip()
@@ -127,32 +142,31 @@ def parse_offer(text: str) -> MediaOffer:
                 pt, enc = _pt_and_rest(arg)
                 bits = enc.split("/")
                 rate = _number(bits[1], 1, 1_000_000, "rtpmap clock rate") if len(bits) > 1 else 8000
-                media["rtpmap"][pt] = (bits[0].upper(), rate)  # type: ignore[index]
+                media["rtpmap"][pt] = (bits[0].upper(), rate)
             elif name == "fmtp":
                 pt, rest = _pt_and_rest(arg)
-                media["fmtp"][pt] = rest  # type: ignore[index]
+                media["fmtp"][pt] = rest
             elif name == "ptime":
                 media["ptime"] = _ptime_attribute(arg)
     if not seen_v:
         raise SdpError("not an SDP body (no v=0)")
     if media is None or media["kind"] != "audio":
         raise SdpError("no audio stream offered")
-    port = _number(str(media["port"]).split("/")[0], 0, 65535, "media port")
-    if "RTP/" not in str(media["proto"]).upper():
-        raise SdpError(f"unsupported media transport {str(media['proto'])[:40]!r}")
-    formats = [_number(f, 0, 127, "payload type") for f in media["fmts"]]  # type: ignore[union-attr]
+    port = _number(media["port"].split("/")[0], 0, 65535, "media port")
+    if "RTP/" not in media["proto"].upper():
+        raise SdpError(f"unsupported media transport {media['proto'][:40]!r}")
+    formats = [_number(f, 0, 127, "payload type") for f in media["fmts"]]
     address = media["addr"] or session_addr
     if address is None:
         raise SdpError("no connection address (c=)")
-    ptime = media["ptime"]
     return MediaOffer(
-        address=str(address),
+        address=address,
         port=port,
         formats=formats,
-        rtpmap=dict(media["rtpmap"]),  # type: ignore[arg-type]
-        fmtp=dict(media["fmtp"]),  # type: ignore[arg-type]
-        ptime=ptime if isinstance(ptime, int) else None,
-        direction=str(media["dir"] or session_dir),
+        rtpmap=dict(media["rtpmap"]),
+        fmtp=dict(media["fmtp"]),
+        ptime=media["ptime"],
+        direction=media["dir"] or session_dir,
     )
 
 

@@ -835,7 +835,8 @@ class SipUserAgent:
             raise ValueError(f"port {port} out of range")
         host = uri.host.strip("[]")
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=2)  # SOCK_DGRAM
-        return infos[0][4][0], infos[0][4][1]
+        sockaddr = infos[0][4]  # an IPv4/IPv6 address: (host, port, ...)
+        return str(sockaddr[0]), int(sockaddr[1])
 
 
 def _printable(addr: Any) -> tuple[str, str]:

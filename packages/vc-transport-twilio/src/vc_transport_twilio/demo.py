@@ -379,7 +379,7 @@ async def _call(server: ServerProcess, utterances: list[Utterance], out_dir: Pat
             else:
                 p.line("(no timeline plot: matplotlib is not installed; "
                        "pip install 'vc-transport-twilio[demo]')")
-        summary = {
+        summary: dict[str, Any] = {
             "server_ready_seconds": next((e["seconds"] for e in server.events
                                           if e["event"] == "ready"), None),
             "providers": next((e["providers"] for e in server.events

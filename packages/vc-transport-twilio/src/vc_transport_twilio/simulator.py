@@ -298,17 +298,21 @@ class SimulatedCall:
         if data.get("streamSid") != self.stream_sid:
             self.protocol_errors.append(f"{event} with streamSid {data.get('streamSid')!r}")
         if event == "media":
-            payload = (data.get("media") or {}).get("payload")
+            media = data.get("media")
+            payload = media.get("payload") if isinstance(media, dict) else None
             try:
-                raw = base64.b64decode(payload, validate=True)
-            except (TypeError, ValueError):
+                raw = base64.b64decode(payload, validate=True) if isinstance(payload, str) else None
+            except ValueError:  # (binascii.Error is one)
+                raw = None
+            if raw is None:
                 self.protocol_errors.append("media without a base64 payload")
                 return
             pcm = ulaw_to_pcm(raw)
             self.media.append((t, pcm))
             self._queue.append(pcm)
         elif event == "mark":
-            name = (data.get("mark") or {}).get("name")
+            mark = data.get("mark")
+            name = mark.get("name") if isinstance(mark, dict) else None
             if not isinstance(name, str):
                 self.protocol_errors.append("mark without mark.name")
                 return
@@ -338,7 +342,7 @@ class SimulatedCall:
             dial = parse_twiml(document).find("Dial")
             if dial is not None:
                 target = next(iter(dial), None)
-                self.dialed = (target.text if target is not None else dial.text or "").strip()
+                self.dialed = ((target.text if target is not None else dial.text) or "").strip()
 
     # -- what the caller does ------------------------------------------------------------------
 

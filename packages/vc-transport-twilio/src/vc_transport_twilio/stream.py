@@ -322,7 +322,9 @@ class StreamHandler:
 
     def _on_media(self, call: TwilioCall, data: dict[str, Any]) -> None:
         media = data.get("media")
-        payload = media.get("payload") if isinstance(media, dict) else None
+        if not isinstance(media, dict):
+            media = {}
+        payload = media.get("payload")
         if not isinstance(payload, str):
             raise StreamRejected("media message without a payload", BAD_DATA)
         if media.get("track", "inbound") not in ("inbound", "inbound_track"):

@@ -29,7 +29,7 @@ class Catalog(ModelCatalog):
 def test_vc_models_alone_lists(monkeypatch) -> None:
     reg = fake_registry(env={"VC_LOAD_PLUGINS": ""})
     reg.catalogs.append(Catalog())
-    monkeypatch.setattr(cli, "_REGISTRY", reg)
+    monkeypatch.setattr("vc.plugins._loaded", reg)
     runner = CliRunner()
     alone = runner.invoke(cli.cli, ["models"])
     listed = runner.invoke(cli.cli, ["models", "list"])
@@ -49,7 +49,7 @@ def test_serve_host_overrides_the_configured_host(tmp_path, monkeypatch) -> None
         return 0
 
     monkeypatch.setattr(vc.server, "serve", fake_serve)
-    monkeypatch.setattr(cli, "_REGISTRY", fake_registry(env={"VC_LOAD_PLUGINS": ""}))
+    monkeypatch.setattr("vc.plugins._loaded", fake_registry(env={"VC_LOAD_PLUGINS": ""}))
     ini = tmp_path / "vc.ini"
     ini.write_text(FAKE_STACK + "[server]\nhost = 127.0.0.1\n")
     result = CliRunner().invoke(cli.cli, ["serve", "-c", str(ini), "--host", "0.0.0.0", "--port", "9"])

@@ -237,7 +237,7 @@ def test_the_operators_real_file_loads_with_a_warning_for_each_dead_section_and_
 
 
 def test_config_check_and_show_on_the_operators_file(monkeypatch) -> None:
-    monkeypatch.setattr(cli, "_REGISTRY", registry("legacy_stubs", fakes=False))
+    monkeypatch.setattr("vc.plugins._loaded", registry("legacy_stubs", fakes=False))
     runner = CliRunner()
     path = str(DATA / "legacy-operator.ini")
     ok = runner.invoke(cli.cli, ["config", "check", path])
@@ -272,7 +272,7 @@ def test_a_bad_value_of_a_key_vc_uses_is_still_an_error_in_an_old_file(tmp_path)
 
 def test_config_check_and_show_cli(tmp_path, monkeypatch) -> None:
     reg = registry("legacy_stubs", fakes=False)
-    monkeypatch.setattr(cli, "_REGISTRY", reg)
+    monkeypatch.setattr("vc.plugins._loaded", reg)
     runner = CliRunner()
     ok = runner.invoke(cli.cli, ["config", "check", str(DATA / "legacy.ini")])
     assert ok.exit_code == 0, ok.output
@@ -321,7 +321,7 @@ def test_secrets_are_redacted_in_config_show(tmp_path, monkeypatch) -> None:
             register(T)
 
     reg = load_plugins(env={"VC_FAKE_PROVIDERS": "1"}, eps=[], extra=[("secretive", P())])
-    monkeypatch.setattr(cli, "_REGISTRY", reg)
+    monkeypatch.setattr("vc.plugins._loaded", reg)
     ini = write(tmp_path, FAKES + "[vc]\ntransports = secretive\n[transport.secretive]\n"
                                   "auth_token = hunter2\nmax_tokens = 12\n")
     out = CliRunner().invoke(cli.cli, ["config", "show", "-c", str(ini)]).output

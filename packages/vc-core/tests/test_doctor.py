@@ -316,7 +316,7 @@ def test_check_rejects_unknown_status() -> None:
 
 
 def run_cli(monkeypatch, reg, *args: str):
-    monkeypatch.setattr(cli, "_REGISTRY", reg)
+    monkeypatch.setattr("vc.plugins._loaded", reg)
     return CliRunner().invoke(cli.cli, ["doctor", *args])
 
 

@@ -183,7 +183,7 @@ async def test_providers_observers_and_tools_take_part_in_a_call() -> None:
 
 
 def test_model_catalogues_feed_vc_models(monkeypatch) -> None:
-    monkeypatch.setattr(cli, "_REGISTRY", registry())
+    monkeypatch.setattr("vc.plugins._loaded", registry())
     runner = CliRunner()
     listed = json.loads(runner.invoke(cli.cli, ["models", "list", "--json"]).stdout)
     mine = {m["name"]: m["installed"] for m in listed if m["name"].startswith("mine-")}
@@ -197,7 +197,7 @@ def test_model_catalogues_feed_vc_models(monkeypatch) -> None:
 
 def test_plugins_add_commands(monkeypatch) -> None:
     reg = registry()
-    monkeypatch.setattr(cli, "_REGISTRY", reg)
+    monkeypatch.setattr("vc.plugins._loaded", reg)
     cli.add_plugin_commands(reg)
     try:
         out = CliRunner().invoke(cli.cli, ["hello"])

@@ -9,7 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from vc import cli
+from vc.hookspecs import hookimpl
 from vc.plugins import PluginLoadError, load_plugins
+from vc.providers import TTSProvider
 
 if sys.version_info >= (3, 12):
     from importlib.metadata import EntryPoint
@@ -112,7 +114,7 @@ def test_core_is_always_loaded() -> None:
 
 def test_list_plugins_table_and_json(monkeypatch) -> None:
     reg = load_plugins(env={}, eps=[ep("good", "good_plugin"), ep("broken", "broken_import")])
-    monkeypatch.setattr(cli, "_REGISTRY", reg)
+    monkeypatch.setattr("vc.plugins._loaded", reg)
     runner = CliRunner()
     table = runner.invoke(cli.cli, ["list-plugins"]).output.splitlines()
     assert table[0].split() == ["DISTRIBUTION", "VERSION", "KINDS", "PROVIDERS", "LANGUAGES", "STATUS"]
@@ -150,3 +152,75 @@ def test_installed_plugins_all_load_cleanly() -> None:
     reg = load_plugins(env={})
     assert not reg.errors(), [(p.name, p.error) for p in reg.errors()]
     assert not reg.conflicts
+
+
+class _Named(TTSProvider):
+    name = "clash"
+
+
+class _Tryfirst(TTSProvider):
+    name = "clash"
+
+
+def test_hooks_go_through_pluggy_so_another_plugins_wrapper_sees_each_registration() -> None:
+    """A policy plugin can wrap every plugin's register_* call (pluggy's new-style wrapper)."""
+    seen: list[str] = []
+
+    class Policy:
+        @hookimpl(wrapper=True)
+        def register_tts(self, register):
+            seen.append("before")
+            result = yield
+            seen.append("after")
+            return result
+
+    class Voice:
+        @hookimpl
+        def register_tts(self, register):
+            seen.append("voice")
+            register(_Named)
+
+    reg = load_plugins(env={"VC_LOAD_PLUGINS": ""}, eps=[],
+                       extra=[("policy", Policy()), ("voice", Voice())])
+    assert seen == ["before", "voice", "after"]
+    assert reg.provider("tts", "clash") is _Named
+    assert record(reg, "policy").hooks == ["register_tts"]
+
+
+def test_a_tryfirst_plugin_registers_first_and_wins_a_name_clash() -> None:
+    class Early:
+        @hookimpl(tryfirst=True)
+        def register_tts(self, register):
+            register(_Tryfirst)
+
+    class Plain:
+        @hookimpl
+        def register_tts(self, register):
+            register(_Named)
+
+    reg = load_plugins(env={"VC_LOAD_PLUGINS": ""}, eps=[],
+                       extra=[("plain", Plain()), ("early", Early())])
+    assert reg.provider("tts", "clash") is _Tryfirst
+    assert record(reg, "plain").status == "error"
+    assert "registered twice" in reg.conflicts[0]
+
+
+def test_plugin_commands_are_added_through_pluggy_and_a_failing_one_is_isolated() -> None:
+    import click
+
+    added: list[str] = []
+
+    class Broken:
+        @hookimpl
+        def register_commands(self, cli):
+            raise RuntimeError("no commands today")
+
+    class Good:
+        @hookimpl
+        def register_commands(self, cli):
+            added.append(cli.name)
+
+    reg = load_plugins(env={"VC_LOAD_PLUGINS": ""}, eps=[],
+                       extra=[("broken", Broken()), ("good", Good())])
+    cli.add_plugin_commands(reg, click.Group("probe"))
+    assert added == ["probe"]

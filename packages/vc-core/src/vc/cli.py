@@ -13,17 +13,8 @@ import click
 
 from vc import __version__
 from vc import config as vcconfig
-from vc.plugins import PluginLoadError, Registry, load_plugins
+from vc.plugins import PluginLoadError, Registry, hook_of, registry
 from vc.providers import ProviderError
-
-_REGISTRY: Registry | None = None
-
-
-def registry() -> Registry:
-    global _REGISTRY
-    if _REGISTRY is None:
-        _REGISTRY = load_plugins()
-    return _REGISTRY
 
 
 def _config_option(f: Any) -> Any:
@@ -263,13 +254,18 @@ def main() -> None:
         logs.release()
 
 
-def add_plugin_commands(reg: Registry) -> None:
-    """Let each plugin add its subcommands; one failing plugin does not break the others."""
-    for impl in reg.pm.hook.register_commands.get_hookimpls():
+def add_plugin_commands(reg: Registry, group: click.Group | None = None) -> None:
+    """Let each plugin add its subcommands to ``group`` (default: ``vc``); one failing plugin
+    does not break the others."""
+    for plugin in reg.pm.get_plugins():
+        call = hook_of(reg.pm, plugin, "register_commands")
+        if call is None:
+            continue
         try:
-            impl.function(cli=cli)
+            call(cli=cli if group is None else group)
         except Exception as e:
-            click.echo(f"warning: plugin {impl.plugin_name} failed to add commands: {e}", err=True)
+            name = reg.pm.get_name(plugin)
+            click.echo(f"warning: plugin {name} failed to add commands: {e}", err=True)
             if os.environ.get("VC_STRICT_PLUGINS") == "1":
                 sys.exit(2)
 

@@ -18,7 +18,7 @@ import re
 import sys
 import traceback
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, cast
+from typing import Any
 
 import attrs
 import pluggy
@@ -43,21 +43,11 @@ else:  # pragma: no cover - exercised on 3.11
 log = logging.getLogger("vc.plugins")
 
 GROUP = "vc"
-KIND_BASES: dict[str, type] = {
+KIND_BASES: dict[str, type[Provider]] = {
     "transport": TransportProvider,
     "stt": STTProvider,
     "llm": LLMProvider,
     "tts": TTSProvider,
-}
-HOOK_KIND = {
-    "register_transports": "transport",
-    "register_stt": "stt",
-    "register_llm": "llm",
-    "register_tts": "tts",
-    "register_observers": "observer",
-    "register_tools": "tool",
-    "register_models": "models",
-    "register_checks": "check",
 }
 
 
@@ -149,12 +139,119 @@ KNOWN_DISTRIBUTIONS: dict[tuple[str, str], str] = {
 }
 
 
+def _provider_name(base: type[Provider]) -> Callable[[Any], str]:
+    def check(obj: Any) -> str:
+        if not (isinstance(obj, type) and issubclass(obj, base)):
+            raise TypeError(f"expects a subclass of {base.__qualname__}, got {obj!r}")
+        if not obj.name:
+            raise TypeError(f"{obj.__qualname__} has no name")
+        if obj.Settings is not None and not attrs.has(obj.Settings):
+            raise TypeError(f"{obj.__qualname__}.Settings must be an attrs class")
+        return str(obj.name)
+
+    return check
+
+
+def _observer_name(obj: Any) -> str:
+    if not (isinstance(obj, type) and issubclass(obj, Observer) and obj.name):
+        raise TypeError(f"expects a named Observer subclass, got {obj!r}")
+    return obj.name
+
+
+def _tool_name(obj: Any) -> str:
+    if not isinstance(obj, Tool):
+        raise TypeError(f"expects a vc.providers.Tool, got {obj!r}")
+    return obj.name
+
+
+def _catalog(obj: Any) -> None:
+    if not isinstance(obj, ModelCatalog):
+        raise TypeError(f"expects a ModelCatalog, got {obj!r}")
+
+
+def _check_function(obj: Any) -> None:
+    if not callable(obj):
+        raise TypeError(f"expects a function fn(config), got {obj!r}")
+
+
+def _providers_of(kind: str) -> Callable[[Registry], dict[str, Registered]]:
+    return lambda reg: reg.providers[kind]
+
+
+@attrs.frozen
+class _Hook:
+    """What one ``register_*`` hook accepts and where the registry keeps it."""
+
+    kind: str
+    #: checks an object (TypeError when wrong); returns its name, or None for unnamed kinds
+    check: Callable[[Any], str | None]
+    #: named kinds: the registry's table of that kind; unnamed: the list appended to
+    store: Callable[[Registry], Any]
+    label: str
+
+
+#: One registration path: every register_* hook, what it accepts and where it goes.
+HOOKS: dict[str, _Hook] = {
+    **{
+        f"register_{'transports' if kind == 'transport' else kind}": _Hook(
+            kind, _provider_name(base), _providers_of(kind), f"{kind} provider"
+        )
+        for kind, base in KIND_BASES.items()
+    },
+    "register_observers": _Hook("observer", _observer_name, lambda reg: reg.observers, "observer"),
+    "register_tools": _Hook("tool", _tool_name, lambda reg: reg.tools, "tool"),
+    "register_models": _Hook("models", _catalog, lambda reg: reg.catalogs, "model catalogue"),
+    "register_checks": _Hook("check", _check_function, lambda reg: reg.checks, "check"),
+}
+HOOK_KIND = {hook: spec.kind for hook, spec in HOOKS.items()}
+
+
+def _is_wrapper(impl: pluggy.HookImpl) -> bool:
+    return bool(impl.wrapper or impl.hookwrapper)
+
+
+def implements(pm: pluggy.PluginManager, plugin: object, hook_name: str) -> bool:
+    impls = getattr(pm.hook, hook_name).get_hookimpls()
+    return any(impl.plugin is plugin for impl in impls)
+
+
+def in_call_order(impls: list[pluggy.HookImpl]) -> list[pluggy.HookImpl]:
+    """The non-wrapper implementations: tryfirst ones, then the others, then trylast ones,
+    each group in load order (stable, so the first plugin loaded wins a name clash)."""
+    plain = [impl for impl in impls if not _is_wrapper(impl)]
+    return sorted(plain, key=lambda impl: 0 if impl.tryfirst else 2 if impl.trylast else 1)
+
+
+def hook_of(pm: pluggy.PluginManager, plugin: object, hook_name: str) -> Any | None:
+    """The hook ``hook_name`` called through pluggy for one plugin's implementation, with every
+    plugin's wrappers around it (None if the plugin does not implement it).
+
+    vc calls each hook plugin by plugin, so one that raises is reported on its own and the
+    others still run; the call still goes through pluggy (wrappers, tracing, monitoring).
+    """
+    impls = getattr(pm.hook, hook_name).get_hookimpls()
+    if not any(impl.plugin is plugin for impl in impls):
+        return None
+    others = [i.plugin for i in impls if i.plugin is not plugin and not _is_wrapper(i)]
+    return pm.subset_hook_caller(hook_name, remove_plugins=others)
+
+
+def _origin(record: PluginRecord, obj: Any) -> str:
+    where = f" ({obj.__module__}.{obj.__qualname__})" if isinstance(obj, type) else ""
+    return f"{record.distribution} {record.version}{where}"
+
+
 class _Loader:
+    """Registers plugins one at a time; each plugin's hooks are called through pluggy
+    (``subset_hook_caller``: that plugin's implementations, wrappers included), so a plugin
+    that fails is reported and everything it registered is dropped, and the others load."""
+
     def __init__(self, strict: bool) -> None:
         self.strict = strict
         self.pm = pluggy.PluginManager("vc")
         self.pm.add_hookspecs(hookspecs)
         self.registry = Registry(pm=self.pm)
+        self.records: dict[str, PluginRecord] = {}
 
     def fail(self, record: PluginRecord, message: str, exc: BaseException | None = None) -> None:
         record.status = "error"
@@ -168,6 +265,7 @@ class _Loader:
             ) from exc
 
     def add(self, plugin: object, record: PluginRecord) -> None:
+        """Register a plugin with pluggy (its hooks are called by :meth:`register_all`)."""
         self.registry.plugins.append(record)
         try:
             self.pm.register(plugin, name=record.name)
@@ -177,110 +275,90 @@ class _Loader:
                 self.pm.unregister(plugin)
             self.fail(record, f"{type(e).__name__}: {e}", e)
             return
-        impls = [
-            (hook_name, impl)
-            for hook_name in HOOK_KIND
-            for impl in getattr(self.pm.hook, hook_name).get_hookimpls()
-            if impl.plugin is plugin
-        ]
-        record.hooks = [
-            h
-            for h in ("register_commands", *HOOK_KIND)
-            if any(i.plugin is plugin for i in getattr(self.pm.hook, h).get_hookimpls())
-        ]
-        for hook_name, impl in impls:
-            try:
-                impl.function(register=self._register_callback(hook_name, record))
-            except PluginLoadError:
-                raise
-            except Exception as e:
-                self.fail(record, f"{hook_name} raised {type(e).__name__}: {e}", e)
-                self._forget(record)
-                if self.pm.is_registered(plugin):
-                    self.pm.unregister(plugin)
-                return
+        self.records[record.name] = record
+        record.hooks = [h for h in ("register_commands", *HOOKS) if implements(self.pm, plugin, h)]
+
+    def register_all(self) -> None:
+        """Call every register_* hook, plugin by plugin in pluggy's order (tryfirst/trylast,
+        then load order); a plugin whose hook raises loses everything it registered."""
+        for hook_name in HOOKS:
+            for impl in in_call_order(getattr(self.pm.hook, hook_name).get_hookimpls()):
+                if not self.pm.is_registered(impl.plugin):  # failed in an earlier hook
+                    continue
+                record = self.records[impl.plugin_name]
+                call = hook_of(self.pm, impl.plugin, hook_name)
+                try:
+                    if call is not None:
+                        call(register=self._register_callback(hook_name, record))
+                except PluginLoadError:
+                    raise
+                except Exception as e:
+                    self._forget(record)
+                    self.pm.unregister(impl.plugin)
+                    self.fail(record, f"{hook_name} raised {type(e).__name__}: {e}", e)
 
     def _forget(self, record: PluginRecord) -> None:
         """Drop whatever a plugin registered before it failed."""
         reg = self.registry
-        for kind in KIND_BASES:
-            for name in [n for n, r in reg.providers[kind].items() if r.plugin is record]:
-                del reg.providers[kind][name]
-        for name in [n for n, (_, p) in reg.observers.items() if p is record]:
-            del reg.observers[name]
-        for name in [n for n, (_, p) in reg.tools.items() if p is record]:
-            del reg.tools[name]
+        for spec in HOOKS.values():
+            store = spec.store(reg)
+            if isinstance(store, dict):
+                for name in [n for n, entry in store.items() if self._owner(entry) is record]:
+                    del store[name]
         reg.checks[:] = [(fn, p) for fn, p in reg.checks if p is not record]
         record.provides.clear()
 
-    def _register_callback(self, hook_name: str, record: PluginRecord):
-        kind = HOOK_KIND[hook_name]
+    @staticmethod
+    def _owner(entry: Any) -> PluginRecord:
+        return entry.plugin if isinstance(entry, Registered) else entry[1]
+
+    def _register_callback(self, hook_name: str, record: PluginRecord) -> Callable[[Any], None]:
+        spec = HOOKS[hook_name]
         reg = self.registry
 
         def register(obj: Any) -> None:
-            if kind in KIND_BASES:
-                base = KIND_BASES[kind]
-                if not (isinstance(obj, type) and issubclass(obj, base)):
-                    raise TypeError(f"{hook_name} expects a subclass of {base.__qualname__}, got {obj!r}")
-                obj = cast(type[Provider], obj)
-                if not obj.name:
-                    raise TypeError(f"{obj.__qualname__} has no name")
-                if obj.Settings is not None and not attrs.has(obj.Settings):
-                    raise TypeError(f"{obj.__qualname__}.Settings must be an attrs class")
-                taken = reg.providers[kind].get(obj.name)
-                if taken is not None:
-                    msg = (
-                        f"{kind} provider {obj.name!r} is registered twice: by "
-                        f"{taken.plugin.distribution} {taken.plugin.version} ({taken.cls.__module__}."
-                        f"{taken.cls.__qualname__}) and by {record.distribution} {record.version} "
-                        f"({obj.__module__}.{obj.__qualname__}); uninstall one of them"
-                    )
-                    reg.conflicts.append(msg)
-                    record.status = "error"
-                    record.error = msg
-                    log.error(msg)
-                    return
-                reg.providers[kind][obj.name] = Registered(obj, record)
-                record.provides.append((kind, obj.name))
-                record.languages[obj.name] = list(obj.languages)
-            elif kind == "observer":
-                if not (isinstance(obj, type) and issubclass(obj, Observer) and obj.name):
-                    raise TypeError(f"register_observers expects a named Observer subclass, got {obj!r}")
-                if obj.name in reg.observers:
-                    other = reg.observers[obj.name][1]
-                    msg = (
-                        f"observer {obj.name!r} is registered twice: by {other.distribution} "
-                        f"and by {record.distribution}"
-                    )
-                    reg.conflicts.append(msg)
-                    record.status, record.error = "error", msg
-                    return
-                reg.observers[obj.name] = (obj, record)
-                record.provides.append(("observer", obj.name))
-            elif kind == "tool":
-                if not isinstance(obj, Tool):
-                    raise TypeError(f"register_tools expects a vc.providers.Tool, got {obj!r}")
-                if obj.name in reg.tools:
-                    other = reg.tools[obj.name][1]
-                    msg = (
-                        f"tool {obj.name!r} is registered twice: by {other.distribution} "
-                        f"and by {record.distribution}"
-                    )
-                    reg.conflicts.append(msg)
-                    record.status, record.error = "error", msg
-                    return
-                reg.tools[obj.name] = (obj, record)
-                record.provides.append(("tool", obj.name))
-            elif kind == "models":
-                if not isinstance(obj, ModelCatalog):
-                    raise TypeError(f"register_models expects a ModelCatalog, got {obj!r}")
-                reg.catalogs.append(obj)
-            elif kind == "check":
-                if not callable(obj):
-                    raise TypeError(f"register_checks expects a function fn(config), got {obj!r}")
-                reg.checks.append((obj, record))
+            try:
+                name = spec.check(obj)
+            except TypeError as e:
+                raise TypeError(f"{hook_name} {e}") from None
+            store = spec.store(reg)
+            if name is None:  # unnamed kinds: model catalogues, doctor checks
+                store.append(obj if spec.kind == "models" else (obj, record))
+                return
+            taken = store.get(name)
+            if taken is not None:
+                first = taken.cls if isinstance(taken, Registered) else taken[0]
+                msg = (f"{spec.label} {name!r} is registered twice: by "
+                       f"{_origin(self._owner(taken), first)} and by {_origin(record, obj)}; "
+                       "uninstall one of them")
+                reg.conflicts.append(msg)
+                record.status, record.error = "error", msg
+                log.error(msg)
+                return
+            store[name] = Registered(obj, record) if spec.kind in KIND_BASES else (obj, record)
+            record.provides.append((spec.kind, name))
+            if spec.kind in KIND_BASES:
+                record.languages[name] = list(obj.languages)
 
         return register
+
+
+_loaded: Registry | None = None
+
+
+def registry() -> Registry:
+    """The plugins of this process, loaded on first use (what ``vc`` commands and plugin
+    commands use; a plugin's command calls this rather than loading plugins again)."""
+    global _loaded
+    if _loaded is None:
+        _loaded = load_plugins()
+    return _loaded
+
+
+def use_registry(reg: Registry | None) -> None:
+    """Make ``reg`` what :func:`registry` returns (None: load afresh on next use)."""
+    global _loaded
+    _loaded = reg
 
 
 def _wanted(env: Mapping[str, str]) -> set[str] | None:
@@ -329,6 +407,7 @@ def load_plugins(
         loader.add(plugin, record)
     for name, plugin in extra:
         loader.add(plugin, PluginRecord(name, name, "0"))
+    loader.register_all()
     return loader.registry
 
 

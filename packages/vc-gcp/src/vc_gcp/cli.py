@@ -37,7 +37,7 @@ def secret_check(config_file: str | None, strict: bool, as_json: bool) -> None:
             click.echo(f"error: {e}", err=True)
         sys.exit(2)
     try:
-        from vc.cli import registry
+        from vc.plugins import registry
 
         reg = registry()
     except Exception:  # secret flags by name only

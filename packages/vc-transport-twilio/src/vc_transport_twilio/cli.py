@@ -18,7 +18,7 @@ from vc.call import CallControlError
 
 def _settings(config_file: str | None) -> Any:
     from vc import config as vcconfig
-    from vc.cli import registry
+    from vc.plugins import registry
     from vc.settings import build
     from vc_transport_twilio.settings import TwilioSettings
 

@@ -35,6 +35,7 @@ TEST_EXTRAS = {
     "vc-llm-llama-ws": "embedded",
     "vc-llm-ollama": "test",
     "vc-tts-piper": "local,test",
+    "vc-tts-espeak": "test",
     "vc-gcp": "test",
 }
 #: Packages whose tests import another package's code (installed alongside).

@@ -208,7 +208,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     if "capacity" in only:
         ini = Path(args.out) / "logs" / "capacity.ini"
         ini.write_text(FAKE_INI, encoding="utf-8")
-        env = {**os.environ, "VC_FAKE_PROVIDERS": "1"}
+        env = {**os.environ, "VC_PLUGIN_MODULES": "vc.testing.fakes"}
         pin_server, pin_caller = ["taskset", "-c", "0"], {1 % (os.cpu_count() or 1)}
         with contextlib.suppress(OSError):
             os.sched_setaffinity(0, pin_caller)

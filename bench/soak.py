@@ -1,7 +1,7 @@
 """Bounded soak test: N concurrent simulated Twilio calls against a real ``vc serve`` process.
 
-The vc process runs with the fake providers (``VC_FAKE_PROVIDERS=1``); callers talk (espeak-ng
-speech when installed, tone bursts otherwise), each call lasts a few turns, hangs up and is
+The vc process runs with the fake providers (``VC_PLUGIN_MODULES=vc.testing.fakes``); callers
+talk (espeak-ng speech when installed, tone bursts otherwise), each call lasts a few turns, hangs up and is
 replaced at once, so ``--calls`` are always up. Every ``--every`` seconds the vc process's RSS
 (``/proc/<pid>/status`` VmRSS) and open file descriptors (``/proc/<pid>/fd``) are sampled. It
 stops by itself after ``--minutes`` and writes ``bench/results/<date>-soak.{json,md}``: the
@@ -64,15 +64,16 @@ def utterances() -> list[bytes]:
     return [tone(1.2, f) for f in (220.0, 330.0, 440.0)]
 
 
-def proc_sample(pid: int) -> tuple[float, int]:
-    """(RSS in MiB, open file descriptors) of a live process."""
-    rss_kib = 0
+def proc_sample(pid: int) -> tuple[float, int, int]:
+    """(RSS in MiB, open file descriptors, threads) of a live process."""
+    status: dict[str, str] = {}
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
-                rss_kib = int(line.split()[1])
-                break
-    return rss_kib / 1024, len(os.listdir(f"/proc/{pid}/fd"))
+            key, _, value = line.partition(":")
+            status[key] = value
+    rss_kib = int(status.get("VmRSS", "0 kB").split()[0])
+    threads = int(status.get("Threads", "0"))
+    return rss_kib / 1024, len(os.listdir(f"/proc/{pid}/fd")), threads
 
 
 def slope(points: list[tuple[float, float]]) -> float:
@@ -121,9 +122,9 @@ class Soak:
 
     async def sampler(self, pid: int, t0: float) -> None:
         while time.monotonic() < self.stop_at:
-            rss, fds = proc_sample(pid)
+            rss, fds, threads = proc_sample(pid)
             self.samples.append({"t": round(time.monotonic() - t0, 1), "rss_mib": round(rss, 2),
-                                 "fds": fds, "completed": self.completed})
+                                 "fds": fds, "threads": threads, "completed": self.completed})
             await asyncio.sleep(self.args.every)
 
     async def run(self) -> dict[str, Any]:
@@ -148,7 +149,8 @@ class Soak:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-c", "from vc.cli import main; main()", "serve", "-c", str(ini),
             "--port", str(port),
-            env={**os.environ, "VC_FAKE_PROVIDERS": "1", "VC_LOAD_PLUGINS": "vc-transport-twilio"},
+            env={**os.environ, "VC_PLUGIN_MODULES": "vc.testing.fakes",
+                 "VC_LOAD_PLUGINS": "vc-transport-twilio"},
             stdout=log, stderr=subprocess.STDOUT,
         )
         try:
@@ -169,9 +171,10 @@ class Soak:
             await asyncio.gather(self.sampler(proc.pid, t0),
                                  *(self.caller(cloud, audio, i) for i in range(args.calls)))
             await asyncio.sleep(2)  # every call closed on vc's side too
-            rss, fds = proc_sample(proc.pid)
+            rss, fds, threads = proc_sample(proc.pid)
             self.samples.append({"t": round(time.monotonic() - t0, 1), "rss_mib": round(rss, 2),
-                                 "fds": fds, "completed": self.completed, "idle": True})
+                                 "fds": fds, "threads": threads, "completed": self.completed,
+                                 "idle": True})
             alive = proc.returncode is None
         finally:
             if proc.returncode is None:
@@ -219,12 +222,18 @@ class Soak:
                     "idle_after": self.samples[-1]["fds"] if self.samples else None,
                     "slope_per_min": round(fd_slope, 3),
                     "flat": abs(fd_slope) < FD_FLAT_PER_MIN},
+            "threads": {"start": self.samples[0].get("threads") if self.samples else None,
+                        "max": max((s.get("threads", 0) for s in self.samples), default=None),
+                        "idle_after": self.samples[-1].get("threads") if self.samples else None},
+            "env": {k: os.environ[k] for k in sorted(os.environ)
+                    if k.startswith(("MALLOC_", "VC_SERVER__"))},
             "samples": self.samples,
         }
 
 
 def markdown(r: dict[str, Any]) -> str:
-    c, rss, fds = r["config"], r["rss_mib"], r["fds"]
+    c, rss, fds, th = r["config"], r["rss_mib"], r["fds"], r["threads"]
+    env = ", ".join(f"`{k}={v}`" for k, v in r["env"].items()) or "no MALLOC_* or VC_SERVER__* set"
     lines = [
         f"# Soak test, {r['date']}",
         "",
@@ -244,6 +253,9 @@ def markdown(r: dict[str, Any]) -> str:
         f"{rss['idle_after']} | {rss['slope_mib_per_h']} MiB/h | {rss['flat']} |",
         f"| open FDs | {fds['start']} | {fds['after_warmup']} | {fds['end']} | {fds['max']} | "
         f"{fds['idle_after']} | {fds['slope_per_min']} /min | {fds['flat']} |",
+        "",
+        f"Threads in vc: {th['start']} at the start, at most {th['max']}, {th['idle_after']} "
+        f"once the calls had ended. Environment: {env}.",
         "",
         f"Flat means |slope| < {RSS_FLAT_MIB_PER_H} MiB/h (RSS) and < {FD_FLAT_PER_MIN}/min (FDs), "
         "least squares over the samples after the warm-up. Samples are in the JSON file.",

@@ -59,6 +59,7 @@ if [ "$MODE" = test ]; then
     -e "$P/vc-llm-llama-ws[embedded]" \
     -e "$P/vc-llm-ollama[test]" \
     -e "$P/vc-tts-piper[local,test]" \
+    -e "$P/vc-tts-espeak[test]" \
     -e "$P/vc-gcp[test]" \
     nox ruff mypy uv pytest-timeout
 else

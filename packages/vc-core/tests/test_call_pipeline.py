@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from vc.engine import Engine
+from vc.session import CallSession
 from vc.testing import FAKE_STACK, config_from_ini, fake_registry
 from vc.testing.calls import LoopbackConnection, run_loopback_call, speech
 
@@ -235,6 +236,46 @@ async def test_max_duration_says_goodbye_and_hangs_up(make_engine) -> None:
     await conn.stop()
 
 
+async def test_a_turkish_call_says_its_time_limit_goodbye_in_turkish(make_engine, monkeypatch) -> None:
+    """Issue 14: the max-duration goodbye is the profile's phrase, in its language."""
+    engine = await make_engine(
+        stack(["merhaba"], "\n[profile.default]\nlanguage = tr\nmax_duration = 1\ngreeting =\n")
+    )
+    said: list[str] = []
+    original = CallSession.say
+
+    async def say(self: CallSession, text: str) -> None:
+        said.append(text)
+        await original(self, text)
+
+    monkeypatch.setattr(CallSession, "say", say)
+    conn, task = await start_call(engine)
+    assert await asyncio.wait_for(task, 20) == "completed"
+    await conn.stop()
+    assert said == ["Bu görüşme için ayrılan süre doldu. Hoşça kalın!"]
+
+
+async def test_dtmf_reaches_the_model_with_the_profiles_phrasing(make_engine) -> None:
+    engine = await make_engine(stack([], "\n[profile.default]\nlanguage = tr\ngreeting =\n"))
+    conn, task = await start_call(engine)
+    session = engine.sessions[conn.info.call_id]
+    while session.context is None:
+        await asyncio.sleep(0.01)
+    for digit in "42#":
+        conn.press(digit)
+
+    def user_messages() -> str:
+        messages = session.context.get_messages() if session.context else []
+        return " ".join(str(m.get("content")) for m in messages if m.get("role") == "user")
+
+    deadline = asyncio.get_running_loop().time() + 10
+    while "42#" not in user_messages():
+        assert asyncio.get_running_loop().time() < deadline, user_messages()
+        await asyncio.sleep(0.05)
+    assert "Arayan şu tuşlara bastı: 42#" in user_messages()
+    await finish(conn, task)
+
+
 async def answer_playing(engine: Engine, question: str, seconds: float
                          ) -> tuple[LoopbackConnection, asyncio.Task[str], float]:
     """A call whose caller asks ``question`` after the greeting; returns ``seconds`` into the
@@ -303,3 +344,60 @@ async def test_no_pause_when_interruptions_are_off(make_engine) -> None:
     heard = [t for t, _ in conn.bot_audio_after(reply_at) if t < reply_at + 1.6]
     assert all(b - a < 0.1 for a, b in itertools.pairwise(heard))
     await finish(conn, task)
+
+
+@pytest.mark.parametrize("first_audio_delay", [0.0, 0.25])
+async def test_whole_goodbye_is_played_before_the_bot_hangs_up(make_engine, first_audio_delay) -> None:
+    # A transport that reports marks as soon as it reads them (RTP does) and a TTS that takes
+    # a moment to start: the hang-up must still wait for every frame of the goodbye.
+    engine = await make_engine(stack(
+        ["goodbye"], f"\n[tts.fake]\nfirst_audio_delay = {first_audio_delay}\n"
+    ))
+    conn, task = await start_call(engine)
+    await conn.wait_for_bot_audio(0, timeout=5)
+    await conn.wait_for_bot_silence()
+    end = conn.say(speech("goodbye", 8000))
+    outcome = await asyncio.wait_for(task, 20)
+    assert outcome == "completed"
+    assert conn.hangups, "the bot never hung up"
+    await asyncio.sleep(1.5)  # anything still queued would play now
+    goodbye = conn.bot_audio_after(end)
+    late = [t for t, _ in goodbye if t > conn.hangups[0]]
+    # "Goodbye, have a nice day." at 30 ms per character: 0.75 s of tone.
+    assert len(goodbye) * 0.02 >= 0.6, "the goodbye was not spoken"
+    assert late == [], f"{len(late) * 0.02:.2f}s of the goodbye played after the hang-up"
+    await conn.stop()
+
+
+async def test_max_duration_goodbye_is_played_before_the_hang_up(make_engine) -> None:
+    engine = await make_engine(stack(
+        ["hello"],
+        "\n[profile.default]\nmax_duration = 1\ngreeting =\n[tts.fake]\nfirst_audio_delay = 0.25\n",
+    ))
+    conn, task = await start_call(engine)
+    assert await asyncio.wait_for(task, 20) == "completed"
+    assert conn.hangups, "the bot never hung up"
+    await asyncio.sleep(1.5)  # anything still queued would play now
+    late = [t for t, _ in conn.bot_frames if t > conn.hangups[0]]
+    assert len(conn.bot_frames) * 0.02 >= 0.5, "the goodbye was not spoken"
+    assert late == [], f"{len(late) * 0.02:.2f}s of the goodbye played after the hang-up"
+    await conn.stop()
+
+
+async def test_a_tts_that_never_finishes_cannot_keep_the_call_open(make_engine, monkeypatch, caplog) -> None:
+    from vc import session as session_module
+    from vc.media import SpeechWrittenFrame
+
+    # The marker that follows the goodbye through the TTS never comes out (a stuck TTS).
+    monkeypatch.setattr(session_module, "AFTER_SPEECH_TIMEOUT", 1.5)
+    monkeypatch.setattr(session_module, "SpeechWrittenFrame", lambda written: SpeechWrittenFrame())
+    engine = await make_engine(stack(["goodbye"]))
+    conn, task = await start_call(engine)
+    await conn.wait_for_bot_audio(0, timeout=5)
+    await conn.wait_for_bot_silence()
+    end = conn.say(speech("goodbye", 8000))
+    assert await asyncio.wait_for(task, 20) == "completed"
+    assert conn.hangups, "the bot never hung up"
+    assert conn.hangups[0] - end < 1.5 + 3.0  # the turn (VAD, STT, LLM) plus the bound
+    assert any("not synthesised within" in r.getMessage() for r in caplog.records)
+    await conn.stop()

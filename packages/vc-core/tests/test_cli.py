@@ -72,7 +72,7 @@ def test_serve_host_reaches_the_http_server(tmp_path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-c", "from vc.cli import main; main()", "serve", "-c", str(ini),
          "--host", "127.0.0.2", "--port", str(port)],
-        env={**os.environ, "VC_FAKE_PROVIDERS": "1", "VC_LOAD_PLUGINS": ""},
+        env={**os.environ, "VC_PLUGIN_MODULES": "vc.testing.fakes", "VC_LOAD_PLUGINS": ""},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -109,7 +109,7 @@ def test_json_logs_carry_the_startup_warnings(tmp_path) -> None:
                        "[stt.nobody]\nmodel = x\n")
         proc = subprocess.run(
             [sys.executable, "-c", "from vc.cli import main; main()", "serve", "-c", str(ini)],
-            env={**os.environ, "VC_FAKE_PROVIDERS": "1", "VC_LOAD_PLUGINS": "vc-broken-test",
+            env={**os.environ, "VC_PLUGIN_MODULES": "vc.testing.fakes", "VC_LOAD_PLUGINS": "vc-broken-test",
                  "PYTHONPATH": os.pathsep.join([str(site), str(PLUGINS)])},
             capture_output=True, text=True, timeout=120,
         )

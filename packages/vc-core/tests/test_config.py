@@ -23,7 +23,7 @@ FAKES = "[stt]\nprovider = fake\n[llm]\nprovider = fake\n[tts]\nprovider = fake\
 
 def registry(*modules: str, fakes: bool = True):
     eps = [EntryPoint(name=m, value=m, group="vc") for m in modules]
-    env = {"VC_FAKE_PROVIDERS": "1"} if fakes else {}
+    env = {"VC_PLUGIN_MODULES": "vc.testing.fakes"} if fakes else {}
     return load_plugins(env=env, eps=eps)
 
 
@@ -320,7 +320,7 @@ def test_secrets_are_redacted_in_config_show(tmp_path, monkeypatch) -> None:
         def register_transports(self, register):
             register(T)
 
-    reg = load_plugins(env={"VC_FAKE_PROVIDERS": "1"}, eps=[], extra=[("secretive", P())])
+    reg = load_plugins(env={"VC_PLUGIN_MODULES": "vc.testing.fakes"}, eps=[], extra=[("secretive", P())])
     monkeypatch.setattr("vc.plugins._loaded", reg)
     ini = write(tmp_path, FAKES + "[vc]\ntransports = secretive\n[transport.secretive]\n"
                                   "auth_token = hunter2\nmax_tokens = 12\n")

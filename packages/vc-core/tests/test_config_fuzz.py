@@ -53,7 +53,7 @@ def ini_text(draw) -> str:
 
 env_vars = st.dictionaries(
     st.builds(env_name, st.sampled_from(SECTIONS), st.sampled_from(KEYS))
-    | st.sampled_from(["VC_FAKE_PROVIDERS", "VC_CONFIG_FILE", "OAVC_CONFIG_FILE", "VC_"])
+    | st.sampled_from(["VC_PLUGIN_MODULES", "VC_CONFIG_FILE", "OAVC_CONFIG_FILE", "VC_"])
     | st.text(max_size=10).map(lambda s: "VC_" + s),
     VALUES,
     max_size=5,

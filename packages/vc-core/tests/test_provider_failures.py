@@ -60,6 +60,19 @@ async def test_apology_is_pre_rendered_per_profile(make_engine) -> None:
     assert engine.apology_audio(profile, 8000)
 
 
+async def test_a_turkish_profiles_apology_is_turkish(make_engine) -> None:
+    """Issue 14: the apology comes from the profile's phrases, in its language."""
+    turkish = "Özür dilerim, bir sorun oluştu. Lütfen tekrar eder misiniz?"
+    engine = await make_engine(
+        stack(["x"], "\n[profile.tr]\nlanguage = tr\nmatch.to = +90*\n")
+    )
+    by_name = {p.name: p for p in engine.config.profiles}
+    assert engine.apology_text(by_name["tr"]) == turkish
+    assert engine.apology_text(by_name["default"]) == DEFAULT_APOLOGY
+    clip = engine.apologies["tr"]
+    assert clip.duration == pytest.approx(len(turkish) * 0.03, abs=0.01)
+
+
 @pytest.mark.parametrize("failing", ["tts-raise please", "stt-raise"])
 async def test_failed_turn_plays_the_pre_rendered_apology_and_the_next_turn_works(
     make_engine, failing: str

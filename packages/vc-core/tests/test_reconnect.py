@@ -134,7 +134,7 @@ async def served():
     running: list[tuple[App, HTTPServer, httpx.AsyncClient]] = []
 
     async def serve(ini: str) -> tuple[App, httpx.AsyncClient]:
-        reg = load_plugins(env={"VC_FAKE_PROVIDERS": "1"}, eps=[], extra=[("flaky", Plugin())])
+        reg = load_plugins(env={"VC_PLUGIN_MODULES": "vc.testing.fakes"}, eps=[], extra=[("flaky", Plugin())])
         app = App(config_from_ini(FAKE_STACK + ini, reg), reg)
         http = HTTPServer(app, "127.0.0.1", 0)
         await http.start()

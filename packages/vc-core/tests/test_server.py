@@ -67,7 +67,7 @@ def test_vc_serve_process_answers_and_stops_on_sigterm(tmp_path) -> None:
     ini = tmp_path / "vc.ini"
     ini.write_text(INI + "[vc]\ntransports =\nlog_format = json\n")
     port = free_port()
-    env = {**os.environ, "VC_FAKE_PROVIDERS": "1"}
+    env = {**os.environ, "VC_PLUGIN_MODULES": "vc.testing.fakes"}
     proc = subprocess.Popen(
         [sys.executable, "-c", "from vc.cli import main; main()", "serve", "-c", str(ini),
          "--port", str(port)],
@@ -102,7 +102,8 @@ def test_startup_failure_is_reported_and_exits_nonzero(tmp_path) -> None:
     ini.write_text("[vc]\ntransports =\n[stt]\nprovider = nope\n")
     proc = subprocess.run(
         [sys.executable, "-c", "from vc.cli import main; main()", "serve", "-c", str(ini)],
-        env={**os.environ, "VC_FAKE_PROVIDERS": "1"}, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "VC_PLUGIN_MODULES": "vc.testing.fakes"}, capture_output=True, text=True,
+        timeout=60,
     )
     assert proc.returncode == 1
     assert "[stt] provider = 'nope'" in proc.stderr and "is not installed" in proc.stderr

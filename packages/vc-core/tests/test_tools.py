@@ -15,6 +15,7 @@ from vc.call import CallInfo
 from vc.metrics import Metrics
 from vc.profiles import Profile, ProfileSettings, transfer_allowed
 from vc.providers import Tool, ToolCall
+from vc.testing import FAKE_STACK, config_from_ini, fake_registry
 from vc.tools import check_arguments, redact, run_tool
 
 
@@ -115,6 +116,32 @@ async def test_allowed_targets_are_transferred(
     await call.heard()
     assert call.line.transferred == [dialled]
     assert counted(metrics, "transfer_call", "ok") == 1
+
+
+@pytest.mark.parametrize(
+    ("language", "transferring", "goodbye"),
+    [
+        ("en", "Transferring your call now.", "Goodbye!"),
+        ("tr", "Çağrınızı aktarıyorum.", "Hoşça kalın!"),
+    ],
+)
+async def test_transfer_and_goodbye_are_said_in_the_profiles_language(
+    language: str, transferring: str, goodbye: str
+) -> None:
+    """Issue 14: what the tools say comes from the profile's phrases (vc.phrases)."""
+    config = config_from_ini(
+        FAKE_STACK + f"[profile.default]\nlanguage = {language}\ntransfer_target = +15550009999\n",
+        fake_registry(),
+    )
+    call, metrics = Call(), Metrics()
+    call.profile = config.profiles[-1]
+    await run_tool(TRANSFER_CALL, call.tool_call({}), call_id="CA1", metrics=metrics)
+    await run_tool(END_CALL, call.tool_call({}), call_id="CA1", metrics=metrics)
+    assert call.said == [transferring, goodbye]
+    # the profile's own key wins; empty: nothing is said
+    call = Call(transfer_target="+15550009999", transfer_message="")
+    await run_tool(TRANSFER_CALL, call.tool_call({}), call_id="CA1", metrics=metrics)
+    assert call.said == []
 
 
 def test_transfer_allowed_setting() -> None:

@@ -89,3 +89,30 @@ async def test_the_processor_reports_onset_early_and_quiet_after_the_sound() -> 
     assert [name for name, _ in calls] == ["onset", "quiet"]
     assert calls[0][1] - onset_at < 0.1  # two 32 ms windows after the sound starts
     assert calls[1][1] > calls[0][1] + 0.15
+
+
+def test_call_vads_share_one_onnx_session_but_not_the_model_state() -> None:
+    a, b = CallVAD(sample_rate=RATE), CallVAD(sample_rate=RATE)
+    assert a._model.session is b._model.session  # ~10 MiB once, not once per call
+    assert a._model._state is not b._model._state
+
+
+def test_call_vad_sets_everything_pipecats_silero_analyzer_sets() -> None:
+    """CallVAD skips SileroVADAnalyzer.__init__ (its model load): a pipecat upgrade that adds
+    state there must show up here."""
+    assert set(vars(SileroVADAnalyzer(sample_rate=RATE))) <= set(vars(CallVAD(sample_rate=RATE)))
+
+
+async def test_concurrent_calls_on_the_shared_session_hear_what_separate_ones_do() -> None:
+    import asyncio
+
+    pcms = [padded(t)[0] for t in ("Wait, stop please.", "No.", "Hello there, how are you?")]
+
+    def vad() -> CallVAD:
+        v = CallVAD(sample_rate=RATE)
+        v.configure(PARAMS)
+        return v
+
+    alone = [await speaking_at(vad(), pcm) for pcm in pcms]
+    together = await asyncio.gather(*(speaking_at(vad(), pcm) for pcm in pcms))
+    assert list(together) == alone and None not in alone

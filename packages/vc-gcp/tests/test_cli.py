@@ -40,7 +40,7 @@ def test_config_show_lists_the_observer_settings_with_their_env_names(tmp_path: 
     ini = tmp_path / "vc.ini"
     ini.write_text("[vc]\ntransports =\n[stt]\nprovider = fake\n[llm]\nprovider = fake\n"
                    "[tts]\nprovider = fake\n[observer.gcp-logging]\nlabels = env=prod, team=voice\n")
-    env = clean_env(VC_FAKE_PROVIDERS="1", VC_OBSERVER_GCP_LOGGING__MODE="always")
+    env = clean_env(VC_PLUGIN_MODULES="vc.testing.fakes", VC_OBSERVER_GCP_LOGGING__MODE="always")
     proc = run_vc("config", "show", "--json", "-c", str(ini), env=env)
     assert proc.returncode == 0, proc.stderr
     rows = {(r["section"], r["key"]): r for r in json.loads(proc.stdout)}
@@ -49,7 +49,8 @@ def test_config_show_lists_the_observer_settings_with_their_env_names(tmp_path: 
     assert rows[("observer.gcp-logging", "labels")]["value"] == "env=prod, team=voice"
     assert rows[("observer.gcp-logging", "stream")]["value"] == "stdout"
     bad = run_vc("config", "check", "-c", str(ini),
-                 env=clean_env(VC_FAKE_PROVIDERS="1", VC_OBSERVER_GCP_LOGGING__MODE="sometimes"))
+                 env=clean_env(VC_PLUGIN_MODULES="vc.testing.fakes",
+                               VC_OBSERVER_GCP_LOGGING__MODE="sometimes"))
     assert bad.returncode == 1
     assert "[observer.gcp-logging] mode = 'sometimes'" in bad.stderr
     assert "'auto', 'always', 'off'" in bad.stderr
@@ -153,7 +154,8 @@ async def test_vc_serve_on_cloud_run_logs_only_cloud_logging_json(tmp_path: Path
         ini = tmp_path / "vc.ini"
         ini.write_text(SERVE_INI + twilio_section(cloud))
         with metadata_server() as metadata:
-            env = clean_env(VC_FAKE_PROVIDERS="1", VC_LOAD_PLUGINS="vc-gcp,vc-transport-twilio",
+            env = clean_env(VC_PLUGIN_MODULES="vc.testing.fakes",
+                            VC_LOAD_PLUGINS="vc-gcp,vc-transport-twilio",
                             K_SERVICE="vc", K_REVISION="vc-00001-abc", GCE_METADATA_HOST=metadata)
             proc, out_path, err_path = start_vc(["serve", "-c", str(ini), "--port", "0"], env, tmp_path)
             try:

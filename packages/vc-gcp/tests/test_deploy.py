@@ -49,7 +49,7 @@ needs_kubectl = pytest.mark.skipif(kubectl() is None, reason="kubectl (kustomize
 OVERLAY_IDS = [p.name for p in OVERLAYS]
 HPA_METRIC = "prometheus.googleapis.com|vc_active_calls|gauge"
 #: Environment variables vc reads that are not configuration keys.
-VC_SPECIAL = {"VC_CONFIG_FILE", "VC_LOAD_PLUGINS", "VC_STRICT_PLUGINS", "VC_FAKE_PROVIDERS"}
+VC_SPECIAL = {"VC_CONFIG_FILE", "VC_LOAD_PLUGINS", "VC_STRICT_PLUGINS", "VC_PLUGIN_MODULES"}
 
 
 @pytest.fixture(scope="module")

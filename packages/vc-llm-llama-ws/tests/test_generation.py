@@ -149,6 +149,18 @@ def test_farewell_is_the_callers_goodbye() -> None:
     assert f.says_goodbye("Hoşça kal!")
 
 
+def test_farewell_matches_with_turkish_casing() -> None:
+    """Issue 14: keywords are matched with the call language's casing (vc.phrases.fold)."""
+    f = FarewellDetector(language="tr")
+    assert f.says_goodbye("Tamam, HOŞÇA KALIN!") and f.says_goodbye("Görüşmek üzere.")
+    assert FarewellDetector(["iyi geceler"], "tr").says_goodbye("İYİ GECELER")
+    assert FarewellDetector(["allahaısmarladık"], "tr").says_goodbye("ALLAHAISMARLADIK")
+    # the dotted capital İ is a plain i whatever the language; I is dotless only in Turkish
+    assert FarewellDetector(["iyi geceler"], "en").says_goodbye("İYİ GECELER")
+    assert not FarewellDetector(["allahaısmarladık"], "en").says_goodbye("ALLAHAISMARLADIK")
+    assert FarewellDetector(language="tr").says_goodbye("BYE BYE")
+
+
 async def test_long_conversation_drops_oldest_turns_to_fit(smollm2: LlamaModel) -> None:
     small = LlamaModel(smollm2.path, name="small-ctx", n_ctx=512)
     await small.load()

@@ -14,6 +14,7 @@ from vc_llm_ollama.provider import OllamaProvider, OllamaSettings
 
 from vc.llm import DEFAULT_APOLOGY
 from vc.providers import ProviderError
+from vc.testing import FAKE_STACK, config_from_ini, fake_registry
 from vc.testing.calls import LoopbackConnection, run_loopback_call, speech
 from vc.testing.contracts import LLMContract
 from vc.testing.services import assistant, call_context, drive, profile, provider_context, replies, turn, user
@@ -344,3 +345,31 @@ async def test_model_removed_from_server_is_apologised_then_recovers(
         await provider.stop()
     assert apology == DEFAULT_APOLOGY
     assert answer.strip() and answer != DEFAULT_APOLOGY
+
+
+async def test_a_turkish_call_hears_the_turkish_apology() -> None:
+    """Issue 14: the apology is the profile's phrase, in its language; an apology the
+    operator set on the provider wins over the catalogue, the profile's own key over both."""
+    turkish = "Özür dilerim, bir sorun oluştu. Lütfen tekrar eder misiniz?"
+    assert profile("tr").apology == turkish
+    server = await FakeOllama().start()
+    await server.stop()  # nothing answers: the turn is apologised for
+    provider = await started(server)
+    try:
+        service = provider.create_service(call_context("tr"))
+        (apology,) = replies(await drive(service, turn(user("Merhaba"))))
+    finally:
+        await provider.stop()
+    assert apology == turkish
+
+    reg = fake_registry()
+    base = FAKE_STACK.replace("[llm]\nprovider = fake", "[llm]\nprovider = ollama")
+    cfg = config_from_ini(base + "[profile.default]\nlanguage = tr\n", reg)
+    assert cfg.profiles[-1].apology == turkish
+    cfg = config_from_ini(
+        base + "[llm.ollama]\napology = Bir dakika lütfen.\n[profile.default]\nlanguage = tr\n"
+        "[profile.own]\nlanguage = tr\nmatch.to = +90*\napology = Kusura bakmayın.\n", reg
+    )
+    by_name = {p.name: p for p in cfg.profiles}
+    assert by_name["default"].apology == "Bir dakika lütfen."
+    assert by_name["own"].apology == "Kusura bakmayın."

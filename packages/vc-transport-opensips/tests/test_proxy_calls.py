@@ -98,3 +98,21 @@ async def test_conversation_over_rtp(phone: RtpPhone, caller: SipCaller) -> None
         await caller.expect("BYE", 200)
         await wait_for(lambda: vc.recorder.ended, what="call end")
         assert vc.recorder.ended[0][1] in ("completed", "cancelled")
+
+
+async def test_the_whole_goodbye_is_sent_before_the_bye(phone: RtpPhone, caller: SipCaller) -> None:
+    # RTP reports a mark as soon as the audio before it was sent, and the TTS takes a moment
+    # to start: end_call must still wait until the goodbye's text was synthesised and sent.
+    async with VC(script="goodbye", extra="[tts.fake]\nfirst_audio_delay = 0.25\n") as vc:
+        await place_call(vc, phone, caller)
+        await wait_for(lambda: phone.loud(), what="greeting audio")
+        await asyncio.sleep(0.5)
+        t_goodbye = asyncio.get_running_loop().time()
+        dur = phone.say(speech("Goodbye!"))
+        (bye_at, _), *_ = await wait_for(lambda: caller.requests("BYE"), timeout=30, what="BYE")
+        await asyncio.sleep(1.0)  # a goodbye still queued would arrive now
+        goodbye = phone.loud(after=t_goodbye + dur)
+        # "Goodbye, have a nice day." at 30 ms per character: 0.75 s of tone.
+        assert len(goodbye) * 0.02 >= 0.6, f"only {len(goodbye) * 0.02:.2f}s of the goodbye was sent"
+        assert goodbye[-1] <= bye_at
+        await wait_for(lambda: vc.recorder.ended, what="call end")

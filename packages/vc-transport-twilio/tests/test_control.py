@@ -13,6 +13,8 @@ from urllib.parse import parse_qs, urlsplit
 from twilio_helpers import Recorder, after_greeting, ini, say_audio, twilio_vc
 from vc_transport_twilio.testing import twilio_section
 
+from vc.audio import rms
+
 GOODBYE = "goodbye then"
 
 
@@ -127,7 +129,7 @@ async def test_vc_call_twilio_command_places_a_call():
         with tempfile.NamedTemporaryFile("w", suffix=".ini", delete=False) as f:
             f.write(text + "\n" + twilio_section(cloud))
         try:
-            env = {**os.environ, "VC_FAKE_PROVIDERS": "1"}
+            env = {**os.environ, "VC_PLUGIN_MODULES": "vc.testing.fakes"}
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
@@ -180,3 +182,19 @@ async def test_development_mode_without_validation(caplog):
         await call.wait_for_bot_speech()
         await call.hangup()
         await call.wait_closed()
+
+
+async def test_the_whole_goodbye_is_heard_before_the_hang_up_when_the_tts_is_slow():
+    # The TTS takes a moment to start (as real ones do): the goodbye's text is still inside it
+    # when end_call runs. The hang-up must wait for its audio, played and echoed.
+    async with twilio_vc(ini(script="goodbye", extra="first_audio_delay = 0.25")) as (cloud, _):
+        call = await cloud.place_call()
+        await after_greeting(call)
+        end = call.say(say_audio(GOODBYE))
+        await call.wait_closed(within=60)
+        [hangup] = [r for r in cloud.rest.requests if r.call_sid == call.call_sid]
+        heard = [t for t, pcm in call.played if t >= end and rms(pcm) > 0.001]
+        # "Goodbye, have a nice day." at 40 ms per character: 1 s of tone.
+        assert len(heard) * 0.02 >= 0.9, f"only {len(heard) * 0.02:.2f}s of the goodbye was heard"
+        assert hangup.at >= heard[-1]
+        assert len(call.played) == len(call.media)  # nothing sent was left unplayed

@@ -47,7 +47,7 @@ def run_demo(tmp_path: Path, *args: str, script: str = "", llm: str = "", timeou
     if script:
         ini = tmp_path / "fake.ini"
         ini.write_text(FAKE_INI.format(script=script, llm=llm), encoding="utf-8")
-        env["VC_FAKE_PROVIDERS"] = "1"
+        env["VC_PLUGIN_MODULES"] = "vc.testing.fakes"
         cmd += ["-c", str(ini)]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout,
                           check=False)

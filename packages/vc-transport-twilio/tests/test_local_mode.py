@@ -131,7 +131,7 @@ async def _drain(stream: asyncio.StreamReader, into: list[str]) -> None:
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VC_", "OAVC_"))}
     # The fake AI stack stands in for the default models (the real one: test_demo.py).
-    env.update(VC_FAKE_PROVIDERS="1", VC_STT__PROVIDER="fake", VC_LLM__PROVIDER="fake",
+    env.update(VC_PLUGIN_MODULES="vc.testing.fakes", VC_STT__PROVIDER="fake", VC_LLM__PROVIDER="fake",
                VC_TTS__PROVIDER="fake", **extra)
     return env
 

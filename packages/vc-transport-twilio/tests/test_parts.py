@@ -57,6 +57,28 @@ def test_reject_and_hangup():
     assert twiml.hangup("Bye & thanks").endswith("<Say>Bye &amp; thanks</Say><Hangup /></Response>")
 
 
+def test_busy_message_is_the_profiles_in_its_language():
+    """Issue 14: at capacity a caller hears the busy message of the call's profile, in its
+    language (<Say language>); the transport's busy_message, where set, replaces it."""
+    cfg = config_from_ini(
+        FAKE_STACK + "[profile.tr]\nlanguage = tr\nmatch.to = +90*\n", fake_registry()
+    )
+    context = ProviderContext(cfg.profiles, logging.getLogger("t"))
+    transport = TwilioTransport(TwilioSettings(), context)
+    turkish = transport.busy_reply(CallInfo(call_id="CA1", transport="twilio", to="+902125550000"))
+    assert (
+        '<Say language="tr-TR">Şu anda tüm hatlarımız dolu. Lütfen daha sonra tekrar arayın.</Say>'
+        "<Hangup />" in turkish
+    )
+    english = transport.busy_reply(CallInfo(call_id="CA2", transport="twilio", to="+15550000"))
+    assert "<Say>Sorry, all our lines are busy. Please call again later.</Say><Hangup />" in english
+    own = TwilioTransport(TwilioSettings(busy_message="Full."), context)
+    assert "<Say>Full.</Say>" in own.busy_reply(CallInfo(call_id="CA3", transport="twilio",
+                                                         to="+902125550000"))
+    assert twiml.say_language("tr") == "tr-TR" and twiml.say_language("tr-tr") == "tr-TR"
+    assert twiml.say_language("en-gb") == "en-GB" and twiml.say_language("en") == ""
+
+
 # -- stream tokens ------------------------------------------------------------------------------
 
 

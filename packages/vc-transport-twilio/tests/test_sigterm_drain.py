@@ -55,7 +55,7 @@ async def test_sigterm_drains_twilio_calls_then_exits(tmp_path: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", "from vc.cli import main; main()", "serve", "-c", str(ini),
         "--port", str(port),
-        env={**os.environ, "VC_FAKE_PROVIDERS": "1", "VC_LOAD_PLUGINS": "vc-transport-twilio"},
+        env={**os.environ, "VC_PLUGIN_MODULES": "vc.testing.fakes", "VC_LOAD_PLUGINS": "vc-transport-twilio"},
         stdout=log, stderr=subprocess.STDOUT,
     )
     try:

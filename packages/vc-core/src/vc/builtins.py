@@ -38,8 +38,8 @@ async def transfer_call(call: ToolCall) -> dict[str, Any]:
             "error": f"transferring to {target} is not allowed; only the configured "
             "destinations may be used (leave target empty for the default one)"
         }
-    if not call.spoke_this_turn:
-        await call.say("Transferring your call now.")
+    if not call.spoke_this_turn and call.profile.transfer_message:
+        await call.say(call.profile.transfer_message)
 
     async def transfer() -> None:
         await call.connection.transfer(target)

@@ -247,3 +247,16 @@ class CallConnection(ABC):
     async def send_dtmf(self, digits: str) -> None:
         """Send DTMF digits to the caller's side."""
         raise CallControlError(f"{self.info.transport} calls cannot send DTMF")
+
+
+class UnconnectedCall(CallConnection):
+    """A call with no far end: what the engine builds a throw-away pipeline on at start-up."""
+
+    def __init__(self) -> None:
+        super().__init__(CallInfo(call_id="warm-up", transport="none"))
+
+    async def clear(self) -> None:
+        pass
+
+    async def hangup(self) -> None:
+        pass

@@ -3,7 +3,7 @@
 Layout (see docs/configuration.md)::
 
     [vc]               transports = twilio, opensips     ; several at once
-    [server]           host, port, drain_timeout
+    [server]           host, port, drain_timeout, max_calls, memory_trim_interval
     [vad]              confidence, start_secs, stop_secs, min_volume
     [interruption]     enabled, min_words
     [stt]              provider = faster-whisper          ; + that provider's keys (shorthand)
@@ -23,6 +23,7 @@ default stack.
 from __future__ import annotations
 
 import configparser
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -31,10 +32,14 @@ from typing import Any, Literal
 
 import attrs
 
-from vc import legacy
+from vc import legacy, phrases
+from vc.capabilities import capability_errors, capability_warnings, create_provider
 from vc.plugins import KNOWN_DISTRIBUTIONS, Registry
 from vc.profiles import Profile, ProfileSettings
+from vc.providers import Provider
 from vc.settings import ConfigError, build, describe, setting, show_value
+
+log = logging.getLogger("vc.config")
 
 Sections = dict[str, dict[str, tuple[str, str]]]
 KINDS = ("stt", "llm", "tts")
@@ -54,6 +59,10 @@ class VCSettings:
     )
     log_level: str = setting("info", help="debug, info, warning, error")
     log_format: Literal["text", "json"] = setting("text", help="text for people, json for log collectors")
+    phrases_dir: str = setting(
+        "", help="directory of <language>.toml phrase files: more languages, or other texts for "
+        "the shipped ones (en, tr); see vc.phrases"
+    )
 
 
 @attrs.define
@@ -68,6 +77,11 @@ class ServerSettings:
     )
     max_calls: int = setting(
         0, min=0, max=100000, help="refuse calls beyond this many at once (0: no limit)"
+    )
+    memory_trim_interval: float = setting(
+        10.0, min=0, max=86400,
+        help="after calls end, hand freed memory back to the OS (glibc malloc_trim) at most "
+        "every this many seconds (0: never; no effect off glibc)",
     )
 
 
@@ -335,18 +349,14 @@ def resolve(
                         values.setdefault(k, v)
             settings, errs = _provider_settings(found.cls.Settings, values, f"{kind}.{name}")
             errors += errs
-            for p in profiles:
-                if (getattr(p.settings, kind) or chosen) == name and not found.cls.supports_language(
-                    p.settings.language
-                ):
-                    errors.append(
-                        ConfigError(
-                            f"profile.{p.name}", "language", p.settings.language,
-                            f"{kind} provider {name!r} does not support this language "
-                            f"(supports: {', '.join(found.cls.languages)})",
-                        )
-                    )
+            if not errs:  # judged as vc serve judges it: by the instance it would run
+                # (The old engine had no tools: a legacy file is not told it lacks them.)
+                errors += _check_capabilities(found.cls, kind, name, settings, profiles, chosen,
+                                              [] if raw.legacy else warnings)
             providers[kind][name] = ProviderChoice(kind, name, settings)
+
+    # What the bot says by itself, in each profile's language (vc.phrases).
+    errors += _apply_phrases(core["vc"], profiles, raw, providers, defaults, warnings)
 
     transports: dict[str, ProviderChoice] = {}
     for name in core["vc"].transports:
@@ -394,6 +404,71 @@ def resolve(
         ),
         [],
     )
+
+
+def _apply_phrases(
+    vc_settings: VCSettings, profiles: list[Profile], raw: RawConfig,
+    providers: dict[str, dict[str, ProviderChoice]], defaults: dict[str, str], warnings: list[str],
+) -> list[ConfigError]:
+    """Fill in each profile's phrases: its own keys, else its ``phrases`` file, else (for the
+    apology) its LLM provider's ``apology`` where set, else its language's catalogue."""
+    errors: list[ConfigError] = []
+    directory = _beside(raw, vc_settings.phrases_dir.strip())
+    if directory:
+        source = raw.get("vc").get("phrases_dir", ("", ""))[1]
+        try:
+            for path in phrases.directory_files(directory).values():
+                phrases.read_file(path)
+        except phrases.PhrasesError as e:
+            errors.append(ConfigError("vc", "phrases_dir", directory, str(e), source))
+            directory = ""
+    shipped = ", ".join(phrases.shipped())
+    for p in profiles:
+        section = f"profile.{p.name}"
+        values = raw.get(section)
+        own: dict[str, str] = {}
+        file = _beside(raw, p.settings.phrases.strip())
+        if file:
+            try:
+                own = phrases.read_file(file)
+            except phrases.PhrasesError as e:
+                errors.append(ConfigError(section, "phrases", file, str(e),
+                                          values.get("phrases", ("", ""))[1]))
+                continue
+        where = dict.fromkeys(own, file)
+        own.update({k: getattr(p.settings, k) for k in phrases.KEYS if k in values})
+        if "apology" not in own:
+            name = p.settings.llm or defaults["llm"]
+            llm = providers["llm"].get(name)
+            text = getattr(llm.settings if llm else None, "apology", None)
+            if isinstance(text, str) and text.strip() and text != phrases.ENGLISH["apology"]:
+                own["apology"] = text  # [llm.<name>] apology, set on purpose
+                where["apology"] = f"[llm.{name}] apology"
+        try:
+            resolved, found = phrases.resolve(p.settings.language, own, directory or None)
+            catalogued = phrases.sources(p.settings.language, directory or None)
+        except phrases.PhrasesError as e:
+            errors.append(ConfigError("vc", "phrases_dir", directory, str(e)))
+            continue
+        p.phrase_sources = {k: where.get(k) or catalogued.get(k, "")
+                            for k in phrases.KEYS if k not in values}
+        if not found and not set(phrases.KEYS) <= set(own):
+            lang = phrases.primary(p.settings.language)
+            warnings.append(
+                f"[{section}] language = {p.settings.language}: no phrases for {lang!r} "
+                f"(shipped: {shipped}; add {lang}.toml to [vc] phrases_dir or set the profile's "
+                "phrases file): what the bot says by itself falls back to English"
+            )
+        for key, text in resolved.items():
+            setattr(p.settings, key, text)
+    return errors
+
+
+def _beside(raw: RawConfig, path: str) -> str:
+    """A relative path from the INI file means one next to it."""
+    if not path or not raw.path or os.path.isabs(os.path.expanduser(path)):
+        return path
+    return os.path.join(os.path.dirname(os.path.abspath(raw.path)), path)
 
 
 def _ignore_what_vc_does_not_use(raw: RawConfig, registry: Registry,
@@ -459,6 +534,19 @@ def _legacy_known(cls: type | None, values: dict[str, tuple[str, str]], section:
     return out
 
 
+def _check_capabilities(cls: type[Provider], kind: str, name: str, settings: Any,
+                        profiles: list[Profile], default: str,
+                        warnings: list[str]) -> list[ConfigError]:
+    """Errors (and ``warnings``) about what the provider instance ``vc serve`` would run can do."""
+    try:
+        instance = create_provider(cls, kind, name, settings, profiles, default)
+    except Exception as e:  # vc serve reports it when it builds the provider
+        log.debug("%s provider %s could not be built to check it: %s", kind, name, e)
+        return []
+    warnings += capability_warnings(kind, name, instance)
+    return capability_errors(kind, name, instance)
+
+
 def _provider_settings(cls: type | None, values: dict[str, tuple[str, str]], section: str):
     if cls is None:
         errs = [ConfigError(section, k, v, "this provider has no settings", s)
@@ -513,7 +601,10 @@ def effective(config: Config) -> list[tuple[str, str, str, str]]:
     for name, settings in config.observers.items():
         add(f"observer.{name}", settings, type(settings) if settings is not None else None)
     for p in config.profiles:
+        first = len(rows)
         add(f"profile.{p.name}", p.settings, ProfileSettings)
+        rows[first:] = [(s, k, v, p.phrase_sources.get(k) or src if src == "default" else src)
+                        for s, k, v, src in rows[first:]]
     return rows
 
 

@@ -20,8 +20,10 @@ from pipecat.audio.vad.vad_analyzer import VADParams
 
 from vc.audio import resample
 from vc.call import CallConnection, CallInfo
+from vc.capabilities import capability_errors, create_provider
 from vc.config import Config
-from vc.llm import DEFAULT_APOLOGY
+from vc.llm import DEFAULT_APOLOGY, apology_for
+from vc.memory import HeapTrimmer
 from vc.metrics import Metrics
 from vc.plugins import Registry
 from vc.profiles import Profile, select_profile
@@ -64,6 +66,8 @@ class Engine(CallHost):
         #: profile name -> TTS provider whose greeting waits for it to become ready
         self.greetings_pending: dict[str, str] = {}
         self._later: set[asyncio.Task[None]] = set()
+        #: hands the memory calls freed back to the OS after they end (vc.memory)
+        self.heap_trimmer = HeapTrimmer(config.server.memory_trim_interval)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -86,14 +90,17 @@ class Engine(CallHost):
                 cls = self.registry.provider(kind, name)
                 assert cls is not None
                 default = self.config.default_providers[kind]
-                users = [p for p in ctx.profiles if (getattr(p.settings, kind) or default) == name]
                 try:
-                    provider = cls(choice.settings, ProviderContext(
-                        profiles=users, log=logging.getLogger(f"vc.{kind}.{name}"),
-                        observe=ctx.observe))
+                    provider = create_provider(cls, kind, name, choice.settings, ctx.profiles,
+                                               default, observe=ctx.observe)
                 except Exception as e:
                     log.exception("%s provider %s failed to initialise", kind, name)
                     construction_failures.append(f"{kind} provider {name!r}: {type(e).__name__}: {e}")
+                    continue
+                # The same verdict as `vc config check` (vc.config.resolve) reaches.
+                problems = capability_errors(kind, name, provider)
+                if problems:
+                    construction_failures += [str(p) for p in problems]
                     continue
                 self.providers.setdefault(kind, {})[name] = provider
                 jobs.append((kind, name, provider))
@@ -140,12 +147,12 @@ class Engine(CallHost):
 
     def _warm_call_path(self) -> None:
         """Build (and throw away) one call's pipeline so the first real call pays no one-time costs."""
+        from vc.call import UnconnectedCall
         from vc.session import CallSession
-        from vc.testing.calls import LoopbackConnection
 
         t0 = time.monotonic()
         for profile in self.config.profiles:
-            conn = LoopbackConnection()
+            conn = UnconnectedCall()
             conn.profile = profile
             try:
                 CallSession(self, conn).build()
@@ -155,6 +162,7 @@ class Engine(CallHost):
 
     async def stop(self) -> None:
         self.accepting = False
+        self.heap_trimmer.close()
         for task in list(self._later):
             task.cancel()
         for kind in self.providers.values():
@@ -252,15 +260,16 @@ class Engine(CallHost):
         await self._render_apologies(tts_name)
 
     def apology_text(self, profile: Profile) -> str:
-        """What the caller hears when a provider fails a turn: the one source of truth is the
-        ``apology`` setting of the profile's LLM provider (``[llm.<name>] apology``), which the
-        LLM also says when the model fails; vc.llm.DEFAULT_APOLOGY where it has none."""
+        """What the caller hears when a provider fails a turn, the same text the LLM says when
+        the model fails (vc.llm.apology_for): the profile's ``apology`` (its own key, else
+        ``[llm.<name>] apology`` where set, else its language's phrase: config.resolve fills
+        it in), else the ``apology`` of the profile's LLM provider, else English."""
         try:
             llm = self.provider("llm", profile.llm)
         except KeyError:
-            return DEFAULT_APOLOGY
+            return apology_for(profile, DEFAULT_APOLOGY)
         text = getattr(getattr(llm, "settings", None), "apology", None)
-        return str(text) if isinstance(text, str) and text.strip() else DEFAULT_APOLOGY
+        return apology_for(profile, text if isinstance(text, str) and text.strip() else "")
 
     async def _render_apologies(self, tts_name: str) -> None:
         """Pre-render each profile's apology with its TTS, so it plays when the TTS fails."""
@@ -389,6 +398,7 @@ class Engine(CallHost):
             self.sessions.pop(info.call_id, None)
             if not self.sessions:
                 self._drained.set()
+            self.heap_trimmer.call_ended()
 
     # -- observers ------------------------------------------------------------------------
 

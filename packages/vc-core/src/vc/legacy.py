@@ -34,6 +34,7 @@ RENAMES: dict[str, tuple[str, dict[str, str]]] = {
     "logging": ("vc", {"loglevel": "log_level", "level": "log_level"}),
 }
 
+#: The old deployment's greeting; vc/phrases/tr.toml has the same.
 LEGACY_GREETING_TR = "Merhaba, size nasıl yardımcı olabilirim?"
 
 
@@ -76,8 +77,9 @@ def translate(sections: Sections) -> Sections:
         t.setdefault("mode", ("proxy", "legacy [engine]"))
         vc = out.setdefault("vc", {})
         vc.setdefault("transports", ("opensips", "legacy [engine]"))
-    # The old system was a Turkish deployment with a fixed Turkish greeting.
+    # The old system was a Turkish deployment: Turkish is its language, and with it every phrase
+    # the bot says by itself (greeting, system prompt, goodbye, apology...) comes from the
+    # Turkish catalogue (vc/phrases/tr.toml) unless the file sets a profile key.
     prof = out.setdefault("profile.default", {})
     prof.setdefault("language", ("tr", "legacy default"))
-    prof.setdefault("greeting", (LEGACY_GREETING_TR, "legacy default"))
     return out

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -31,7 +32,20 @@ from pipecat.services.llm_service import FunctionCallFromLLM, LLMService
 from pipecat.services.settings import LLMSettings
 from pipecat.utils.types import is_given
 
-DEFAULT_APOLOGY = "Sorry, I can't answer right now. Please try again."
+from vc.phrases import ENGLISH
+
+#: The English apology; a call hears its profile's (vc.phrases), see apology_for.
+DEFAULT_APOLOGY = ENGLISH["apology"]
+
+_log = logging.getLogger("vc.llm")
+
+
+def apology_for(profile: Any, provider_apology: str) -> str:
+    """What a call's LLM says when the model fails: the profile's apology (its own key, or
+    resolved from the provider's ``apology`` or the phrases of its language), else the
+    provider's."""
+    own = getattr(profile, "apology", "")
+    return own if isinstance(own, str) and own.strip() else provider_apology or DEFAULT_APOLOGY
 
 
 @attrs.frozen
@@ -148,6 +162,7 @@ class StreamingLLMService(LLMService):
             await _close(gen)
         await self.stop_processing_metrics()
         await self.push_frame(LLMFullResponseEndFrame())
+        calls = self._offered_calls(calls, tools)
         if calls:
             await self.run_function_calls(
                 [
@@ -160,6 +175,22 @@ class StreamingLLMService(LLMService):
                     for i, c in enumerate(calls)
                 ]
             )
+
+    def _offered_calls(
+        self, calls: list[ToolCallRequest], tools: list[dict[str, Any]]
+    ) -> list[ToolCallRequest]:
+        """The tool calls of ``calls`` that name a tool the model was offered; the others are
+        dropped with a warning (the model, or the plugin, made them up: nothing runs them)."""
+        offered = {str((t.get("function") or t).get("name", "")) for t in tools if isinstance(t, dict)}
+        kept = [c for c in calls if c.name in offered]
+        for c in calls:
+            if c.name not in offered:
+                _log.warning(
+                    "%s: the model called tool %r, which it was not offered (offered: %s); "
+                    "ignored", self, c.name, ", ".join(sorted(offered)) or "none",
+                    extra={"call_id": self.call_id} if self.call_id else None,
+                )
+        return kept
 
     async def _model_failed(self, reason: str, spoke: bool) -> None:
         log = logger.bind(call_id=self.call_id) if self.call_id else logger

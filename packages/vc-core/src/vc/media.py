@@ -11,11 +11,14 @@ whatever it buffered further down - only when there was bot audio to stop.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from pipecat.audio.dtmf.types import KeypadEntry
 from pipecat.frames.frames import (
+    ControlFrame,
     Frame,
     InputAudioRawFrame,
     InputDTMFFrame,
@@ -33,6 +36,17 @@ from vc.audio import StreamResampler
 from vc.call import CallConnection
 
 _KEYS = {k.value: k for k in KeypadEntry}
+
+
+@dataclass
+class SpeechWrittenFrame(ControlFrame):
+    """Queued into a call's pipeline behind what the bot is saying: it travels in order with
+    the text through the LLM and the TTS (pipecat's TTS queues it behind the audio of text
+    it received before it), and the output transport resolves ``written`` once every audio
+    frame ahead of it is in the playout buffer - the bot has said all it had to say up to here.
+    A barge-in drops it with the audio (its waiter must not rely on it arriving)."""
+
+    written: asyncio.Future[None] | None = None
 
 
 class CallInputTransport(BaseInputTransport):
@@ -115,6 +129,10 @@ class CallOutputTransport(BaseOutputTransport):
         # TTSStoppedFrame leaves the media queue after all of its utterance's audio was written.
         if isinstance(frame, TTSStoppedFrame) and direction == FrameDirection.DOWNSTREAM:
             self._on_utterance_written()
+        if isinstance(frame, SpeechWrittenFrame):  # so does this one: it ends here
+            if frame.written is not None and not frame.written.done():
+                frame.written.set_result(None)
+            return
         await super().push_frame(frame, direction)
 
 

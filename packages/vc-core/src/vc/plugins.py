@@ -8,10 +8,13 @@ taking the process down. Environment:
 * ``VC_LOAD_PLUGINS`` - unset: all installed plugins; empty: none; ``a,b``: only those
   distributions.
 * ``VC_STRICT_PLUGINS=1`` - a broken plugin is fatal (:class:`PluginLoadError`).
+* ``VC_PLUGIN_MODULES`` - ``pkg.mod,other.mod``: modules loaded as plugins as well, whatever
+  ``VC_LOAD_PLUGINS`` says (tests use ``vc.testing.fakes``, the instant fake providers).
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import re
@@ -135,6 +138,7 @@ KNOWN_DISTRIBUTIONS: dict[tuple[str, str], str] = {
     ("llm", "llama-cpp"): "'vc-llm-llama-ws[embedded]'",
     ("tts", "piper"): "'vc-tts-piper[local]'",
     ("tts", "piper-websocket"): "vc-tts-piper",
+    ("tts", "espeak"): "vc-tts-espeak",
     ("observer", "gcp-logging"): "vc-gcp",
 }
 
@@ -382,10 +386,8 @@ def load_plugins(
     from vc import builtins  # core's own tools and observers, always present
 
     loader.add(builtins, PluginRecord("vc", "vc-core", _version("vc-core")))
-    if env.get("VC_FAKE_PROVIDERS", "").strip() in ("1", "true", "yes"):
-        from vc.testing import fakes
-
-        loader.add(fakes, PluginRecord("vc-testing-fakes", "vc-core", _version("vc-core")))
+    for module in _plugin_modules(env):
+        _add_module(loader, module)
 
     wanted = _wanted(env)
     found = list(entry_points(group=GROUP) if eps is None else eps)
@@ -409,6 +411,22 @@ def load_plugins(
         loader.add(plugin, PluginRecord(name, name, "0"))
     loader.register_all()
     return loader.registry
+
+
+def _plugin_modules(env: Mapping[str, str]) -> list[str]:
+    return [m.strip() for m in env.get("VC_PLUGIN_MODULES", "").split(",") if m.strip()]
+
+
+def _add_module(loader: _Loader, module: str) -> None:
+    """A module named in ``VC_PLUGIN_MODULES`` loaded as a plugin (e.g. ``vc.testing.fakes``)."""
+    record = PluginRecord(module, module.split(".")[0], "?")
+    try:
+        plugin = importlib.import_module(module)
+    except Exception as e:
+        loader.registry.plugins.append(record)
+        loader.fail(record, f"import failed: {type(e).__name__}: {e}", e)
+        return
+    loader.add(plugin, record)
 
 
 def _dist_name(ep: EntryPoint) -> str:

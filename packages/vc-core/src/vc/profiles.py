@@ -14,17 +14,16 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from vc.phrases import ENGLISH
 from vc.settings import setting
 
 if TYPE_CHECKING:
     from vc.call import CallInfo
 
-DEFAULT_SYSTEM_PROMPT = (
-    "You are a friendly voice assistant on a phone call. Answer in one or two short, plain "
-    "sentences without lists, markdown or emoji. If the caller says goodbye, say goodbye "
-    "and end the call."
-)
-DEFAULT_GREETING = "Hello! How can I help you today?"
+# English defaults; config.resolve replaces what a profile does not set with its language's
+# phrases (vc.phrases: the one catalogue of what the bot says by itself).
+DEFAULT_SYSTEM_PROMPT = ENGLISH["system_prompt"]
+DEFAULT_GREETING = ENGLISH["greeting"]
 
 
 @attrs.define
@@ -57,9 +56,33 @@ class ProfileSettings:
         help="targets transfer_call may send the caller to when the LLM names one (exact, or "
         "globs like +1555*; empty: only transfer_target)",
     )
-    goodbye: str = setting("Goodbye!", help="said before the bot hangs up when the LLM asks")
+    goodbye: str = setting(
+        ENGLISH["goodbye"],
+        help="said before the bot hangs up when the LLM asks or the server shuts down (empty: none)",
+    )
+    apology: str = setting(
+        "", help="said when a provider fails a turn (empty: the LLM provider's apology if set, "
+        "else the phrases of the profile's language)"
+    )
+    transfer_message: str = setting(
+        ENGLISH["transfer_message"], help="said before transfer_call transfers the caller (empty: none)"
+    )
+    busy_message: str = setting(
+        ENGLISH["busy_message"], help="said when a call of this profile cannot be served (capacity, "
+        "shutting down; where the transport can say something)"
+    )
+    max_duration_goodbye: str = setting(
+        ENGLISH["max_duration_goodbye"], help="said when the call reaches max_duration (empty: none)"
+    )
+    dtmf_prefix: str = setting(
+        ENGLISH["dtmf_prefix"], help="put before the keys the caller pressed, in the LLM's input"
+    )
+    phrases: str = setting(
+        "", help="TOML file of this profile's phrases (keys as in vc/phrases/en.toml); the "
+        "profile's own keys win over it, it wins over the language's catalogue"
+    )
     max_duration: float = setting(
-        0.0, help="seconds after which the bot says goodbye and hangs up (0: no limit)"
+        0.0, help="seconds after which the bot says max_duration_goodbye and hangs up (0: no limit)"
     )
     match_to: list[str] = setting(
         factory=list, help="glob(s) on the called number / SIP user", aliases=("match.to",)
@@ -77,6 +100,9 @@ class Profile:
     name: str
     settings: ProfileSettings = attrs.field(factory=ProfileSettings)
     match_params: dict[str, list[str]] = attrs.field(factory=dict)
+    #: phrase key -> where its text came from, for those the profile does not set itself
+    #: (its phrases file, a vc/phrases catalogue...): what ``vc config show`` names
+    phrase_sources: dict[str, str] = attrs.field(factory=dict)
 
     def __getattr__(self, item: str):
         # Profile.language, Profile.greeting... read through to the settings.

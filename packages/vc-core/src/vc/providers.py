@@ -71,8 +71,9 @@ class Provider:
     #: attrs class of this provider's settings (see :mod:`vc.settings`), or None.
     Settings: ClassVar[type | None] = None
     #: Languages supported, as BCP-47 primary tags (``"en"``, ``"tr"``); ``"*"`` = any.
-    #: The class value is what configuration checks (:meth:`supports_language`) and plugin
-    #: listings see; an instance may narrow it once its settings or model are known.
+    #: The class value is what plugin listings show; an instance may narrow it from its
+    #: settings in ``__init__`` (an English-only model), and configuration checks and
+    #: ``vc serve`` both ask the configured instance (:meth:`supports_language`).
     languages: tuple[str, ...] = ("*",)
     description: ClassVar[str] = ""
 
@@ -98,10 +99,10 @@ class Provider:
         """
         return "" if self.ready() else "not ready"
 
-    @classmethod
-    def supports_language(cls, language: str) -> bool:
+    def supports_language(self, language: str) -> bool:
+        """Whether this provider, as configured, serves ``language`` (from ``self.languages``)."""
         primary = language.split("-")[0].lower()
-        return "*" in cls.languages or primary in cls.languages
+        return "*" in self.languages or primary in self.languages
 
 
 class STTProvider(Provider):

@@ -40,9 +40,10 @@ from pipecat.turns.user_turn_strategies import UserTurnStrategies
 from pipecat.utils.types import NOT_GIVEN
 
 from vc.call import CallConnection, CallEvents
+from vc.capabilities import tools_unavailable
 from vc.llm import StreamingLLMService, tools_schema
 from vc.logs import current_call_id
-from vc.media import CallTransport
+from vc.media import CallTransport, SpeechWrittenFrame
 from vc.monitor import MonotonicClock, TurnMonitor
 from vc.providers import CallContext, Tool, ToolCall
 from vc.tools import redact, run_tool
@@ -51,6 +52,8 @@ from vc.vad import CallVADProcessor
 if TYPE_CHECKING:
     from vc.engine import Engine
 
+#: Longest a bot-side action (hang-up, transfer) waits for what the bot is saying before it
+#: to be synthesised and heard: a stuck TTS or transport cannot keep a call open longer.
 AFTER_SPEECH_TIMEOUT = 20.0
 #: Longest the bot stays paused for a sound that never becomes a confirmed turn.
 MAX_PAUSE_S = 1.0
@@ -77,6 +80,8 @@ class CallSession(CallEvents):
         self._marks: dict[str, asyncio.Future[None]] = {}
         self._mark_seq = 0
         self._after_speech: list[Callable[[], Awaitable[None]]] = []
+        #: SpeechWrittenFrames on their way through the pipeline (a barge-in drops them)
+        self._speech_waits: set[asyncio.Future[None]] = set()
         self._llm_busy = False
         self._spoke_this_turn = False
         self._greeting_task: asyncio.Task[None] | None = None
@@ -209,7 +214,7 @@ class CallSession(CallEvents):
                 transport.input(),
                 vad_processor,
                 stt,
-                DTMFAggregator(prefix="The caller pressed keys: "),
+                DTMFAggregator(prefix=self.profile.dtmf_prefix),
                 user_agg,
                 llm,
                 tts,
@@ -239,6 +244,13 @@ class CallSession(CallEvents):
         return self._task
 
     def _tools(self, llm_provider: Any) -> list[Tool]:
+        lost = tools_unavailable(llm_provider, self.profile)
+        if lost and not self.engine.config.source.legacy:  # the old engine had no tools
+            # Also a configuration warning (vc.capabilities); here so each call's log says it.
+            self.log.warning(
+                "tools %s not offered: llm provider %r does not support tools",
+                ", ".join(lost), llm_provider.name,
+            )
         if not llm_provider.supports_tools:
             return []
         wanted = self.profile.tools
@@ -274,38 +286,32 @@ class CallSession(CallEvents):
         return handle
 
     def _watch_llm(self, llm: Any) -> None:
+        """Whether the LLM is answering and has said anything this turn (pipecat's public
+        ``on_before_push_frame`` event of the LLM service)."""
         from pipecat.frames.frames import LLMFullResponseEndFrame, LLMFullResponseStartFrame, LLMTextFrame
 
-        original = llm.push_frame
-
-        async def push_frame(frame, direction=None):
+        async def watch(_service: Any, frame: Any) -> None:
             if isinstance(frame, LLMFullResponseStartFrame):
                 self._llm_busy, self._spoke_this_turn = True, False
             elif isinstance(frame, LLMTextFrame) and frame.text.strip():
                 self._spoke_this_turn = True
             elif isinstance(frame, LLMFullResponseEndFrame):
                 self._llm_busy = False
-            if direction is None:
-                return await original(frame)
-            return await original(frame, direction)
 
-        llm.push_frame = push_frame
+        llm.add_event_handler("on_before_push_frame", watch)
 
     def _watch_errors(self, kind: str, service: Any) -> None:
         """Every error pipecat reports for ``service`` (an exception in ``run_stt``/``run_tts``,
-        an ErrorFrame it yields) is a failed turn: counted, and apologised for."""
-        original = service.push_error_frame
+        an ErrorFrame it yields) is a failed turn: counted, and apologised for (pipecat's
+        public ``on_error`` event, raised before the error frame goes upstream)."""
 
-        async def push_error_frame(error: Any, *args: Any, **kwargs: Any) -> Any:
-            try:
-                return await original(error, *args, **kwargs)
-            finally:
-                self._provider_failed(kind, str(getattr(error, "error", error)))
-                # A call outlives an outage: the next turn tries the service again.
-                if not service.is_usable:
-                    await service.set_usable(True)
+        async def failed(_service: Any, error: Any) -> None:
+            self._provider_failed(kind, str(getattr(error, "error", error)))
+            # A call outlives an outage: the next turn tries the service again.
+            if not service.is_usable:
+                await service.set_usable(True)
 
-        service.push_error_frame = push_error_frame
+        service.add_event_handler("on_error", failed)
 
     def _provider_failed(self, kind: str, reason: str) -> None:
         name = getattr(self.profile, kind, "") or self.engine.config.default_providers[kind]
@@ -387,8 +393,8 @@ class CallSession(CallEvents):
     async def _time_limit(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
         self.log.info("call reached its %.0fs limit", seconds)
-        if self.profile.goodbye:
-            await self.say(self.profile.goodbye)
+        if self.profile.max_duration_goodbye:
+            await self.say(self.profile.max_duration_goodbye)
         await self._run_after_speech(lambda: self.end("maximum call duration reached"))
 
     def _start_greeting(self) -> None:
@@ -454,6 +460,10 @@ class CallSession(CallEvents):
             if not fut.done():
                 fut.cancel()
             self._marks.pop(name, None)
+        # Nor will the speech markers dropped with the frames: what they waited for is gone.
+        for fut in list(self._speech_waits):
+            if not fut.done():
+                fut.set_result(None)
 
     # -- call control for tools -------------------------------------------------------------
 
@@ -468,14 +478,18 @@ class CallSession(CallEvents):
 
     async def _run_after_speech(self, action: Callable[[], Awaitable[None]]) -> None:
         deadline = time.monotonic() + AFTER_SPEECH_TIMEOUT
-        output = self._transport.output() if self._transport else None
-        # Wait for the model to finish and the audio to drain into the transport...
-        while time.monotonic() < deadline:
+        # The model finishes its reply (the text it streams before a tool call included)...
+        await asyncio.sleep(0.05)
+        while self._llm_busy and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-            busy = self._llm_busy or (output is not None and output.bot_audio_pending())
-            if not busy:
-                break
-        # ...then for the transport to confirm the caller heard it.
+        # ...the TTS synthesises all of that text (and whatever `say` queued) and its audio is
+        # written into the playout buffer: a marker frame follows it through the pipeline...
+        if not await self._speech_written(deadline):
+            self.log.warning(
+                "the bot's last words were not synthesised within %.0fs: acting without them",
+                AFTER_SPEECH_TIMEOUT,
+            )
+        # ...and the transport confirms the caller heard the last of it.
         name = self._next_mark("final")
         self.connection.playout.mark(name)
         fut = self._marks.get(name)
@@ -483,6 +497,22 @@ class CallSession(CallEvents):
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(fut, max(0.1, deadline - time.monotonic()))
         await action()
+
+    async def _speech_written(self, deadline: float) -> bool:
+        """Wait until everything queued for the bot to say so far is in the playout buffer;
+        False when that did not happen by ``deadline``."""
+        if self._task is None or self._task.has_finished():
+            return True
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._speech_waits.add(fut)
+        try:
+            await self._task.queue_frame(SpeechWrittenFrame(written=fut))
+            await asyncio.wait_for(fut, max(0.0, deadline - time.monotonic()))
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._speech_waits.discard(fut)
 
     async def end(self, reason: str) -> None:
         """Bot-side hang-up."""

@@ -16,7 +16,7 @@ import attrs
 from pipecat.frames.frames import CancelFrame, EndFrame, StartFrame
 from websockets.exceptions import ConnectionClosed
 
-from vc.llm import LLMProviderError, StreamingLLMService, ToolCallRequest
+from vc.llm import LLMProviderError, StreamingLLMService, ToolCallRequest, apology_for
 from vc.providers import CallContext, LLMProvider, ProviderError
 from vc.reconnect import RemoteProvider, ServiceUnavailable
 from vc.settings import setting
@@ -87,7 +87,7 @@ class LlamaWSService(StreamingLLMService):
             top_p=s.top_p,
             first_token_timeout=s.timeout,
             token_timeout=s.token_timeout,
-            apology=s.apology,
+            apology=apology_for(call.profile, s.apology),
         )
         self._model_name = call.profile.llm_model or (s.model if s.send_model else "")
         self._provider = provider

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vc.llm import DEFAULT_APOLOGY
+from vc.llm import DEFAULT_APOLOGY, apology_for
 from vc.providers import CallContext
 from vc.settings import setting
 
@@ -37,6 +37,6 @@ def service_kwargs(settings: Any, call: CallContext) -> dict[str, Any]:
         "max_tokens": max_tokens,
         "first_token_timeout": settings.first_token_timeout,
         "token_timeout": settings.token_timeout,
-        "apology": settings.apology,
+        "apology": apology_for(call.profile, settings.apology),
     }
 

@@ -123,7 +123,7 @@ class LlamaCppService(StreamingLLMService):
         self._model = model
         self._call = call
         self._tool_mode: ToolMode = provider.tool_mode
-        self._farewell = FarewellDetector(s.farewells)
+        self._farewell = FarewellDetector(s.farewells, str(call.profile.language or ""))
         self._confirm = s.farewell_confirm
         #: one entry per reply (token counts, cache hits, timings), read by tests and benches
         self.generations: list[Generation] = []

@@ -14,6 +14,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from vc.phrases import fold
+
 DEFAULT_FAREWELLS = (
     "goodbye",
     "good bye",
@@ -21,23 +23,29 @@ DEFAULT_FAREWELLS = (
     "bye bye",
     "farewell",
     "hoşça kal",
+    "hoşça kalın",
     "güle güle",
     "görüşürüz",
+    "görüşmek üzere",
 )
 
 
-def _pattern(phrases: Sequence[str]) -> re.Pattern[str]:
-    words = sorted((p.strip().lower() for p in phrases if p.strip()), key=len, reverse=True)
+def _pattern(phrases: Sequence[str], language: str) -> re.Pattern[str]:
+    words = sorted((fold(p.strip(), language) for p in phrases if p.strip()), key=len, reverse=True)
     alternatives = "|".join(re.escape(w).replace(r"\ ", r"[\s-]*") for w in words) or r"(?!x)x"
-    return re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)
+    return re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)")
 
 
 class FarewellDetector:
-    def __init__(self, phrases: Sequence[str] = DEFAULT_FAREWELLS) -> None:
-        self._re = _pattern(phrases)
+    """Farewell phrases matched as words, case-insensitively in the call's ``language`` (Turkish
+    casing for tr: "HOŞÇA KALIN" is "hoşça kalın")."""
+
+    def __init__(self, phrases: Sequence[str] = DEFAULT_FAREWELLS, language: str = "") -> None:
+        self._language = language
+        self._re = _pattern(phrases, language)
 
     def says_goodbye(self, text: str) -> bool:
-        return bool(self._re.search(text.replace("\u2019", "'")))
+        return bool(self._re.search(fold(text.replace("\u2019", "'"), self._language)))
 
     def ends_call(
         self, messages: Sequence[dict[str, Any]], reply: str, confirm: bool = False

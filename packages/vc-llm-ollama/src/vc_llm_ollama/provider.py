@@ -22,7 +22,13 @@ import attrs
 import httpx
 import ollama
 
-from vc.llm import DEFAULT_APOLOGY, LLMProviderError, StreamingLLMService, ToolCallRequest
+from vc.llm import (
+    DEFAULT_APOLOGY,
+    LLMProviderError,
+    StreamingLLMService,
+    ToolCallRequest,
+    apology_for,
+)
 from vc.providers import CallContext, LLMProvider, ProviderError
 from vc.reconnect import RemoteProvider, ServiceUnavailable
 from vc.settings import setting
@@ -106,7 +112,7 @@ class OllamaService(StreamingLLMService):
             seed=s.seed,
             first_token_timeout=s.first_token_timeout,
             token_timeout=s.token_timeout,
-            apology=s.apology,
+            apology=apology_for(profile, s.apology),
         )
         self.model = profile.llm_model or s.model
         self._provider = provider

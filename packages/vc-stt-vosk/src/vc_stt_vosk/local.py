@@ -38,7 +38,7 @@ from pipecat.transcriptions.language import Language
 from pipecat.utils.time import time_now_iso8601
 
 from vc.providers import CallContext, ProviderContext, ProviderError, STTProvider
-from vc_stt_vosk.models import VOSK_LANGUAGES, ResolvedVoskModel, resolve_model
+from vc_stt_vosk.models import VOSK_LANGUAGES, ResolvedVoskModel, configured_language, resolve_model
 from vc_stt_vosk.settings import VoskLocalSettings
 
 T = TypeVar("T")
@@ -56,7 +56,8 @@ def as_language(code: str) -> Language | None:
 class VoskLocalSTT(STTProvider):
     name = "vosk"
     Settings = VoskLocalSettings
-    #: Languages Vosk has models for; ``start()`` narrows this to the configured model's.
+    #: Languages Vosk has models for; an instance narrows this to its model's language
+    #: (from the settings in ``__init__``, from the model itself in ``start()``).
     languages = VOSK_LANGUAGES
     description = "local Vosk (Kaldi) streaming recognizer with partial results"
 
@@ -64,6 +65,10 @@ class VoskLocalSTT(STTProvider):
         super().__init__(settings, context)
         self.settings: VoskLocalSettings = settings
         self.sample_rate = settings.sample_rate
+        # What configuration checks see: the model's language when its settings tell it.
+        language = configured_language(settings.model, settings.language)
+        if language:
+            self.languages = (language,)
         self.model: Any = None
         self.resolved: ResolvedVoskModel | None = None
         self.open_recognizers = 0

@@ -108,6 +108,17 @@ def language_from_name(name: str) -> str:
     return code if code in VOSK_LANGUAGES else ""
 
 
+def configured_language(model: str, language: str = "") -> str:
+    """The language the ``model`` and ``language`` settings give, without touching the model
+    (cheap enough for a provider's ``__init__``); "" when they do not say."""
+    if language.strip():
+        return language.strip().split("-")[0].lower()
+    pkg = find_package(model) if model.strip() else None
+    if pkg is not None:
+        return pkg.language
+    return language_from_name(Path(model.strip()).name) if model.strip() else ""
+
+
 def check_model_dir(path: Path) -> None:
     """Raise ProviderError unless ``path`` has the files a Vosk model needs."""
     if not path.exists():

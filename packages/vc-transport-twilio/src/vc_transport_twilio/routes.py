@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request, Response, WebSocket
 from fastapi.responses import JSONResponse
 
 from vc import jsonsafe
-from vc.call import CallControlError
+from vc.call import CallControlError, CallInfo
 from vc_transport_twilio import twiml
 from vc_transport_twilio.outbound import place_call
 from vc_transport_twilio.stream import RESERVED, StreamHandler
@@ -133,7 +133,11 @@ def build_router(transport: TwilioTransport) -> APIRouter:
             )
             if direction == "inbound":
                 return _xml(twiml.reject("busy"))
-            return _xml(twiml.hangup(s.busy_message))
+            return _xml(transport.busy_reply(CallInfo(
+                call_id=call_sid, transport="twilio", from_=params.get("From", ""),
+                to=params.get("To", ""), direction=direction,
+                params={k: v for k, v in parse_qsl(request.url.query) if k not in RESERVED},
+            )))
         stream_params = {k: v for k, v in parse_qsl(request.url.query) if k not in RESERVED}
         stream_params["from"] = params.get("From", "")
         stream_params["to"] = params.get("To", "")

@@ -87,8 +87,9 @@ class TwilioSettings:
     )
     caller_id: str = setting("", help="default From number of outbound calls (a Twilio number)")
     busy_message: str = setting(
-        "Sorry, all our lines are busy. Please call again later.",
-        help="said when a stream cannot be served (capacity, shutting down)",
+        "",
+        help="said when a stream cannot be served (capacity, shutting down); empty: the call's "
+        "profile's busy_message, in its language (vc.phrases)",
     )
     max_message_bytes: int = setting(
         65536,

@@ -22,7 +22,6 @@ from vc import jsonsafe
 from vc.audio import ulaw_to_pcm
 from vc.call import CallInfo
 from vc.providers import ProviderError
-from vc_transport_twilio import twiml
 from vc_transport_twilio.connection import StreamControl, TwilioCall
 
 if TYPE_CHECKING:
@@ -208,7 +207,7 @@ class StreamHandler:
         host = transport.host
         if host is None or not host.accepting:
             self.log.warning("stream refused: not accepting calls (starting or shutting down)")
-            transport.actions.set(info.call_id, twiml.hangup(self.settings.busy_message))
+            transport.actions.set(info.call_id, transport.busy_reply(info))
             await self._close(TRY_LATER)
             return
         self.log.info(
@@ -283,7 +282,7 @@ class StreamHandler:
             return await host.run_call(call)
         except ProviderError as e:
             self.log.warning("call refused: %s", e)
-            self.transport.actions.set(call.info.call_id, twiml.hangup(self.settings.busy_message))
+            self.transport.actions.set(call.info.call_id, self.transport.busy_reply(call.info))
             return "refused"
         except asyncio.CancelledError:
             raise

@@ -7,7 +7,10 @@ import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
+from vc.call import CallInfo
+from vc.profiles import select_profile
 from vc.providers import CallHost, ProviderContext, ProviderError, TransportProvider
+from vc_transport_twilio import twiml
 from vc_transport_twilio.rest import TwilioREST
 from vc_transport_twilio.security import (
     ExpiringSet,
@@ -117,6 +120,15 @@ class TwilioTransport(TransportProvider):
         self.validating = settings.validate_signatures
         #: Local development mode: only unproxied requests from this machine are served.
         self.local_only = False
+
+    def busy_reply(self, info: CallInfo) -> str:
+        """TwiML for a call that cannot be served: ``busy_message`` where set, else the busy
+        message of the call's profile in its language (vc.phrases), then hang up."""
+        text = self.settings.busy_message
+        if text:
+            return twiml.hangup(text)
+        profile = select_profile(self.context.profiles, info)
+        return twiml.hangup(profile.busy_message, profile.language)
 
     def has_credentials(self) -> bool:
         s = self.settings

@@ -30,10 +30,31 @@ def reject(reason: str = "busy") -> str:
     return str(response)
 
 
-def hangup(message: str = "") -> str:
+#: <Say language> for a profile language without a region (Twilio wants one).
+SAY_LANGUAGES = {"tr": "tr-TR", "az": "az-AZ", "de": "de-DE", "fr": "fr-FR", "es": "es-ES"}
+
+
+def say_language(language: str) -> str:
+    """Twilio's ``<Say language>`` for a profile language ("" for plain English: Twilio's
+    default)."""
+    tag = language.strip().replace("_", "-")
+    primary = tag.split("-")[0].lower()
+    if not tag or tag.lower() == "en":
+        return ""
+    if "-" in tag:
+        return f"{primary}-{tag.split('-', 1)[1].upper()}"
+    return SAY_LANGUAGES.get(primary, primary)
+
+
+def hangup(message: str = "", language: str = "") -> str:
+    """``<Say>`` the message (in ``language``, a profile language), then ``<Hangup>``."""
     response = VoiceResponse()
     if message:
-        response.say(message)
+        lang = say_language(language)
+        if lang:
+            response.say(message, language=lang)
+        else:
+            response.say(message)
     response.hangup()
     return str(response)
 

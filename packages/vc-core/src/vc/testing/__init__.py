@@ -3,7 +3,7 @@
 * :mod:`vc.testing.contracts` - subclass ``STTContract``/``LLMContract``/``TTSContract``/
   ``TransportContract`` in your plugin's tests to prove it honours vc's contract.
 * :mod:`vc.testing.calls` - :class:`LoopbackConnection` and :func:`speech` to drive a call.
-* :mod:`vc.testing.fakes` - instant providers (``VC_FAKE_PROVIDERS=1`` or ``fake_registry()``).
+* :mod:`vc.testing.fakes` - instant providers (``VC_PLUGIN_MODULES=vc.testing.fakes`` or ``fake_registry()``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from vc.plugins import Registry, load_plugins
 def fake_registry(env: Mapping[str, str] | None = None, **kwargs) -> Registry:
     """Plugins as installed, plus the fake providers."""
     env = dict(os.environ if env is None else env)
-    env["VC_FAKE_PROVIDERS"] = "1"
+    env["VC_PLUGIN_MODULES"] = "vc.testing.fakes"
     return load_plugins(env=env, **kwargs)
 
 

@@ -1,4 +1,4 @@
-"""Instant, deterministic providers for tests (enabled with ``VC_FAKE_PROVIDERS=1``).
+"""Instant, deterministic providers for tests (enabled with ``VC_PLUGIN_MODULES=vc.testing.fakes``).
 
 * ``fake`` STT: a segmented STT that answers each VAD segment with the next line of its
   script (so tests can speak real audio and know what was "heard").
@@ -27,7 +27,7 @@ from pipecat.services.tts_service import TTSService
 from pipecat.utils.time import time_now_iso8601
 
 from vc.hookspecs import hookimpl
-from vc.llm import StreamingLLMService, ToolCallRequest
+from vc.llm import DEFAULT_APOLOGY, StreamingLLMService, ToolCallRequest, apology_for
 from vc.providers import (
     AudioClip,
     CallContext,
@@ -135,7 +135,8 @@ class FakeLLM(LLMProvider):
     description = "echoes the caller (tests)"
 
     def create_service(self, call: CallContext) -> FakeLLMService:
-        return FakeLLMService(self.settings, system_prompt=call.profile.system_prompt)
+        return FakeLLMService(self.settings, system_prompt=call.profile.system_prompt,
+                              apology=apology_for(call.profile, DEFAULT_APOLOGY))
 
 
 @attrs.define

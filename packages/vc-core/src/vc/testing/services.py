@@ -35,6 +35,7 @@ from pipecat.pipeline.task import PipelineParams, PipelineTask
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
+from vc import phrases
 from vc.call import CallInfo
 from vc.profiles import Profile, ProfileSettings
 from vc.providers import CallContext, ProviderContext
@@ -53,8 +54,13 @@ class Observed:
 
 
 def profile(language: str = "en", name: str = "default", **settings: Any) -> Profile:
-    """A profile with the defaults of a configuration that does not mention it."""
-    return Profile(name, ProfileSettings(language=language, **settings))
+    """A profile with the defaults of a configuration that does not mention it: what it says by
+    itself in its language (vc.phrases; the apology only where the language has its own, as
+    the LLM provider's ``apology`` setting applies otherwise)."""
+    texts, _ = phrases.resolve(language, {})
+    if phrases.primary(language) == phrases.FALLBACK or phrases.builtin(language) is None:
+        texts.pop("apology")
+    return Profile(name, ProfileSettings(language=language, **{**texts, **settings}))
 
 
 def provider_context(

@@ -1,4 +1,5 @@
-"""The plugin proves it honours vc's TTS contract by subclassing vc's contract suite."""
+"""vc's TTS contract suite, in English and in Turkish (also run from a wheel installed in a fresh
+virtual environment: packages/vc-core/tests/test_plugin_author_example.py)."""
 
 from vc_tts_espeak import EspeakTTS
 

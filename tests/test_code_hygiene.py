@@ -49,3 +49,47 @@ def test_runtime_code_imports_no_test_tooling(path: Path) -> None:
     bad = sorted(n for n in imported(path)
                  if any(n == f or n.startswith(f + ".") for f in FORBIDDEN))
     assert not bad, f"{path.relative_to(ROOT)} imports test tooling: {bad}"
+
+
+# -- pipecat's private names stay in one adapter (issue 13) -------------------------------------
+
+ADAPTER = ROOT / "packages/vc-core/src/vc/pipecat_adapter.py"
+
+
+def _underscore_names(paths: list[Path], *, defined_only: bool) -> set[str]:
+    """``_name`` attributes and methods: defined (assigned/def) or, if not ``defined_only``, read."""
+    names: set[str] = set()
+    for path in paths:
+        try:
+            tree = ast.parse(path.read_text(), str(path))
+        except (SyntaxError, UnicodeDecodeError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                name = node.name
+            elif isinstance(node, ast.Attribute) and (
+                    not defined_only or isinstance(node.ctx, ast.Store)):
+                name = node.attr
+            else:
+                continue
+            if name.startswith("_") and not name.startswith("__"):
+                names.add(name)
+    return names
+
+
+def test_pipecat_private_names_are_used_only_in_the_adapter() -> None:
+    """An attribute read whose name is private to pipecat (defined in pipecat's sources, never
+    by vc itself) is pipecat's internals: only ``vc.pipecat_adapter`` may touch those."""
+    pipecat = pytest.importorskip("pipecat")
+    pipecat_private = _underscore_names(sorted(Path(pipecat.__file__).parent.rglob("*.py")),
+                                        defined_only=True)
+    ours = [p for p in SOURCES if p != ADAPTER]
+    own = _underscore_names(ours, defined_only=True) | {"_replace", "_asdict", "_fields"}
+    suspects = pipecat_private - own
+    found = []
+    for path in ours:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Attribute) and node.attr in suspects:
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno} .{node.attr}")
+    assert len(pipecat_private) > 1000  # pipecat's sources were read
+    assert not found, "pipecat internals outside vc.pipecat_adapter:\n" + "\n".join(found)

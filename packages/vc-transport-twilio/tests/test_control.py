@@ -56,6 +56,8 @@ async def test_without_rest_credentials_the_stream_ends_and_the_action_hangs_up(
         await second.wait_for(lambda: second.action_twiml, what="Connect action")
         assert "<Say>Sorry, all our lines are busy" in second.action_twiml
         assert "<Hangup" in second.action_twiml
+        metrics = vc.engine.metrics.registry
+        assert metrics.get_sample_value("vc_calls_refused_total", {"reason": "capacity"}) == 1
         call.say(say_audio(GOODBYE))
         await call.wait_closed(within=60)
         assert call.ended_by == "server" and not cloud.rest.requests
@@ -63,6 +65,9 @@ async def test_without_rest_credentials_the_stream_ends_and_the_action_hangs_up(
         assert final and call.closed_at >= final[-1]
         await call.wait_for(lambda: call.action_twiml, what="Connect action")
         assert "<Hangup" in call.action_twiml and "<Dial" not in call.action_twiml
+        await call.wait_for(lambda: call.call_sid not in vc.engine.sessions, what="call gone")
+        assert metrics.get_sample_value("vc_call_duration_seconds_count",
+                                        {"transport": "twilio"}) == 1
 
 
 async def test_caller_hangup_cancels_in_flight_llm_work():

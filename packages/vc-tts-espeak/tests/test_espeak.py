@@ -254,6 +254,24 @@ def test_languages_follow_the_voice() -> None:
     assert language_of("gmw/en-US") == "en"
 
 
+def test_voice_language_is_what_config_check_compares(tmp_path: Path) -> None:
+    from vc.config import load
+    from vc.plugins import load_plugins
+
+    assert provider("tr").voice_language(profile("tr")) == "tr"
+    assert provider("tr").voice_language(profile("tr", voice="en-us+f3")) == "en"
+    assert provider("tr").voice_language(profile("tr", voice="turkish-mbrola-1")) == ""
+    ini = tmp_path / "vc.ini"
+    ini.write_text("[vc]\ntransports =\n[stt]\nprovider = fake\n[llm]\nprovider = fake\n"
+                   "[tts]\nprovider = espeak\n[profile.default]\nlanguage = tr\n"
+                   "voice = en-us\n[profile.tr]\nlanguage = tr\nmatch_to = +90*\n")
+    cfg, errors = load(str(ini), load_plugins(env={"VC_PLUGIN_MODULES": "vc.testing.fakes"}), {})
+    assert not errors and cfg is not None, errors
+    (warning,) = [w for w in cfg.warnings if "voice" in w]
+    assert "profile 'default' has language = tr but tts provider 'espeak' speaks it with " \
+           "voice 'en-us' (language en)" in warning
+
+
 async def test_voice_choice() -> None:
     tts = provider("tr")
     await tts.start()

@@ -29,6 +29,7 @@ provider = fake
 [tts]
 {tts}
 [profile.default]
+language = en
 greeting = {GREETING}
 """
 
@@ -72,7 +73,6 @@ async def test_call_with_the_piper_websocket_service(piper, transcribe) -> None:
     reg = fake_registry()
     cfg = config_from_ini(ini(tts, [QUESTION]), reg)
     assert cfg.default_providers["tts"] == "piper-websocket"  # a legacy-style [tts] url
-    cfg.profiles[-1].settings.language = "en"  # the legacy default profile is Turkish
     engine = Engine(cfg, reg)
     await engine.start()
     try:
@@ -146,7 +146,6 @@ async def test_piper_service_killed_mid_call_costs_one_turn_an_apology(transcrib
     tts = f"url = ws://127.0.0.1:{port}/tts\nvoice = en_US-joe-medium\nsample_rate = 16000"
     reg = fake_registry()
     cfg = config_from_ini(ini(tts, [QUESTION, "hello again"]), reg)
-    cfg.profiles[-1].settings.language = "en"
     engine = Engine(cfg, reg)
     await engine.start()
     conn = LoopbackConnection()

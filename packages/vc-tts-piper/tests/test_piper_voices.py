@@ -161,3 +161,37 @@ def test_a_voice_from_a_folder_or_a_path_is_not_hash_checked(
     flip_one_byte(folder / joe_copy.name, 1000)
     assert resolve(JOE, [folder]).model == folder / joe_copy.name  # the folder wins
     assert resolve(str(folder / joe_copy.name)).source == "path"
+
+
+def test_voice_language_is_told_without_loading_the_voice(tmp_path: Path) -> None:
+    """What ``vc config check`` compares with each profile's language."""
+    from vc_tts_piper.voices import voice_language
+    from vc_tts_piper.ws_client import PiperWebSocketProvider, PiperWebSocketSettings
+
+    from vc.profiles import Profile, ProfileSettings
+
+    assert voice_language("tr_TR-dfki-medium") == "tr"
+    assert voice_language("") == "en"  # the default voice, en_US-joe-medium
+    assert voice_language("my-own-voice") == ""
+    # A voice file: its config's language wins over its name.
+    model = tmp_path / "operator-voice.onnx"
+    model.write_bytes(b"not loaded")
+    model.with_name(model.name + ".json").write_text(
+        json.dumps({"language": {"code": "tr_TR"}, "espeak": {"voice": "tr"}}))
+    assert voice_language(str(model)) == "tr"
+    assert voice_language("operator-voice", [tmp_path]) == "tr"
+
+    tr, en = (Profile(n, ProfileSettings(language=n)) for n in ("tr", "en"))
+    local = PiperProvider(PiperSettings(voice=str(model)), provider_context(tr, en))
+    assert local.voice_language(tr) == "tr" and local.voice_name(tr) == str(model)
+    # a profile's own voice wins
+    own = Profile("own", ProfileSettings(language="tr", voice="en_US-joe-medium"))
+    assert local.voice_language(own) == "en"
+    remote = PiperWebSocketProvider(PiperWebSocketSettings(), provider_context(en))
+    assert remote.voice_language(en) == "tr"  # the existing deployment's tr_TR-dfki-medium
+
+    from vc.capabilities import capability_warnings
+
+    (warning,) = capability_warnings("tts", "piper", local)
+    assert "profile 'en' has language = en but tts provider 'piper' speaks it with voice " \
+        f"'{model}' (language tr)" in warning

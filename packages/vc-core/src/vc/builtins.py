@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from vc import events
 from vc.call import CallInfo
 from vc.hookspecs import hookimpl
 from vc.profiles import transfer_allowed
@@ -67,10 +68,15 @@ TRANSFER_CALL = Tool(
 )
 
 
+#: Events the event log writes at INFO (the others at DEBUG).
+_INFO_EVENTS = frozenset({events.TRANSCRIPT, events.TURN, events.BARGE_IN, events.TOOL_CALL})
+
+
 class EventLog(Observer):
     """Logs call events (transcripts, turns, barge-ins, tool calls) as structured lines."""
 
     name = "event-log"
+    description = "call starts, ends and events as structured log lines (logger vc.events)"
 
     def call_started(self, info: CallInfo, profile: str) -> None:
         data = {**info.as_dict(), "profile": profile}
@@ -81,7 +87,7 @@ class EventLog(Observer):
                                       "data": {"outcome": outcome, "duration": round(duration, 3)}})
 
     def event(self, info: CallInfo, name: str, data: dict[str, Any]) -> None:
-        level = logging.INFO if name in ("transcript", "turn", "barge_in", "tool_call") else logging.DEBUG
+        level = logging.INFO if name in _INFO_EVENTS else logging.DEBUG
         log.log(level, name, extra={"call_id": info.call_id, "data": data})
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from vc.profiles import Profile
 from vc.providers import Provider, ProviderContext
 from vc.settings import ConfigError
+from vc.textnorm import primary
 
 #: The rates Silero VAD accepts; the VAD runs at the STT's input rate.
 VAD_RATES = (8000, 16000)
@@ -80,9 +81,46 @@ def tools_unavailable(provider: Any, profile: Profile) -> list[str]:
     return list(profile.settings.tools)
 
 
+def voice_language_warnings(name: str, provider: Provider) -> list[str]:
+    """Profiles whose TTS voice speaks another language than the profile's.
+
+    A TTS provider tells the language of the voice it would use for a profile through an
+    optional ``voice_language(profile) -> str`` method ("" when it cannot tell without loading
+    the voice). A profile whose language the provider does not support at all is already an
+    error (:func:`capability_errors`), so it is not warned about again.
+    """
+    voice_language = getattr(provider, "voice_language", None)
+    if not callable(voice_language):
+        return []
+    warnings = []
+    for p in provider.context.profiles:
+        language = p.settings.language
+        if not provider.supports_language(language):
+            continue
+        try:
+            spoken = str(voice_language(p) or "")
+        except Exception:  # a voice that cannot be inspected now fails at startup instead
+            continue
+        if spoken and primary(spoken) != primary(language):
+            warnings.append(
+                f"profile {p.name!r} has language = {language} but tts provider {name!r} "
+                f"speaks it with {voice_description(provider, p)} (language {spoken}): callers "
+                f"will hear {language} text read with {spoken} pronunciation (set a "
+                f"{primary(language)} voice in [tts] or the profile's voice)"
+            )
+    return warnings
+
+
+def voice_description(provider: Provider, profile: Profile) -> str:
+    describe = getattr(provider, "voice_name", None)
+    return f"voice {describe(profile)!r}" if callable(describe) else "its configured voice"
+
+
 def capability_warnings(kind: str, name: str, provider: Provider) -> list[str]:
     """What ``provider`` as configured will quietly not do for the profiles it serves."""
     warnings = []
+    if kind == "tts":
+        warnings += voice_language_warnings(name, provider)
     if kind == "llm":
         for p in provider.context.profiles:
             lost = tools_unavailable(provider, p)

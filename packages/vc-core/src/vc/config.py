@@ -37,7 +37,7 @@ from vc.capabilities import capability_errors, capability_warnings, create_provi
 from vc.plugins import KNOWN_DISTRIBUTIONS, Registry
 from vc.profiles import Profile, ProfileSettings
 from vc.providers import Provider
-from vc.settings import ConfigError, build, describe, setting, show_value
+from vc.settings import ConfigError, build, convert, describe, setting, show_value
 
 log = logging.getLogger("vc.config")
 
@@ -55,7 +55,9 @@ class VCSettings:
         factory=lambda: list(DEFAULT_TRANSPORTS), help="transports to run, comma separated"
     )
     observers: list[str] = setting(
-        factory=lambda: ["*"], help="observers to enable by name ('*': all installed)"
+        factory=lambda: ["*"],
+        help="observers to run, by name ('*': all installed); [observer.<name>] enabled "
+        "overrides it for one observer",
     )
     log_level: str = setting("info", help="debug, info, warning, error")
     log_format: Literal["text", "json"] = setting("text", help="text for people, json for log collectors")
@@ -285,7 +287,7 @@ def resolve(
     for name, reg in registry.providers["transport"].items():
         known[f"transport.{name}"] = _known_keys(reg.cls.Settings)
     for name, (cls, _) in registry.observers.items():
-        known[f"observer.{name}"] = _known_keys(cls.Settings)
+        known[f"observer.{name}"] = ["enabled", *_known_keys(cls.Settings)]
     for section in list(raw.sections):
         if section.startswith("profile."):
             known[section] = _known_keys(ProfileSettings)
@@ -370,15 +372,9 @@ def resolve(
         errors += errs
         transports[name] = ProviderChoice("transport", name, settings)
 
-    observers: dict[str, Any] = {}
-    enabled = core["vc"].observers
-    for name, (cls, _) in registry.observers.items():
-        if "*" in enabled or name in enabled:
-            settings, errs = _provider_settings(cls.Settings, raw.get(f"observer.{name}"),
-                                                f"observer.{name}")
-            errors += errs
-            observers[name] = settings
-    for name in enabled:
+    observers, errs = _observers(raw, registry, core["vc"].observers)
+    errors += errs
+    for name in core["vc"].observers:
         if name != "*" and name not in registry.observers:
             errors.append(ConfigError("vc", "observers", name,
                                       missing_provider_message("observer", name, registry)))
@@ -545,6 +541,37 @@ def _check_capabilities(cls: type[Provider], kind: str, name: str, settings: Any
         return []
     warnings += capability_warnings(kind, name, instance)
     return capability_errors(kind, name, instance)
+
+
+def observer_enabled(name: str, listed: list[str], values: Mapping[str, tuple[str, str]]) -> bool:
+    """The on/off rule: ``[observer.<name>] enabled`` when given, else whether ``[vc] observers``
+    names the observer or ``*`` (the default: every installed observer). Raises ValueError."""
+    value = values.get("enabled", ("", ""))[0].strip()
+    if value:
+        return bool(convert(value, bool))
+    return "*" in listed or name in listed
+
+
+def _observers(raw: RawConfig, registry: Registry, listed: list[str]
+               ) -> tuple[dict[str, Any], list[ConfigError]]:
+    """The settings of each observer that is on (see :func:`observer_enabled`), by name."""
+    observers: dict[str, Any] = {}
+    errors: list[ConfigError] = []
+    for name, (cls, _) in registry.observers.items():
+        section = f"observer.{name}"
+        values = dict(raw.get(section))
+        try:
+            on = observer_enabled(name, listed, values)
+        except ValueError as e:
+            value, source = values["enabled"]
+            errors.append(ConfigError(section, "enabled", value, str(e), source))
+            continue
+        values.pop("enabled", None)
+        if on:
+            settings, errs = _provider_settings(cls.Settings, values, section)
+            errors += errs
+            observers[name] = settings
+    return observers, errors
 
 
 def _provider_settings(cls: type | None, values: dict[str, tuple[str, str]], section: str):

@@ -18,11 +18,13 @@ from typing import Any
 
 from pipecat.audio.vad.vad_analyzer import VADParams
 
+from vc import events
 from vc.audio import resample
 from vc.call import CallConnection, CallInfo
 from vc.capabilities import capability_errors, create_provider
 from vc.config import Config
 from vc.llm import DEFAULT_APOLOGY, apology_for
+from vc.logs import LogThrottle
 from vc.memory import HeapTrimmer
 from vc.metrics import Metrics
 from vc.plugins import Registry
@@ -37,6 +39,10 @@ VAD_POOL = 4
 #: After [server] drain_timeout: how long the calls still up may take to hear the goodbye.
 DRAIN_GOODBYE_TIMEOUT = 8.0
 VAD_POOL_RATE = 16000
+#: How long an observer's start() or stop() may take before it is given up on.
+OBSERVER_TIMEOUT = 10.0
+#: An observer method that takes longer than this holds up the call; it is logged.
+SLOW_OBSERVER_S = 0.1
 
 
 class EngineStartError(Exception):
@@ -50,6 +56,8 @@ class Engine(CallHost):
         self.metrics = metrics or Metrics()
         self.providers: dict[str, dict[str, Provider]] = {}
         self.observers: list[Observer] = []
+        self._observers_stopped: set[int] = set()
+        self._observer_log = LogThrottle()
         self.greetings: dict[str, AudioClip] = {}
         self._greeting_rates: dict[tuple[str, int], bytes] = {}
         #: profile name -> its apology, pre-rendered like the greeting (see apology_text)
@@ -76,12 +84,7 @@ class Engine(CallHost):
         import vc.session  # noqa: F401 - import the call path now, not during the first call
         ctx = ProviderContext(profiles=self.config.profiles, log=logging.getLogger("vc.provider"),
                               observe=self._observe_value)
-        for name, settings in self.config.observers.items():
-            observer_cls, _ = self.registry.observers[name]
-            try:
-                self.observers.append(observer_cls(settings))
-            except Exception as e:
-                log.error("observer %s failed to start: %s", name, e)
+        await self._start_observers()
 
         jobs: list[tuple[str, str, Provider]] = []
         construction_failures: list[str] = []
@@ -172,6 +175,7 @@ class Engine(CallHost):
                 except Exception as e:
                     log.warning("provider %s failed to stop cleanly: %s", name, e)
         self.providers.clear()
+        await self._stop_observers()
 
     def ready(self) -> bool:
         return self.started and self.accepting and not self.not_ready()
@@ -362,10 +366,13 @@ class Engine(CallHost):
     # -- calls ----------------------------------------------------------------------------
 
     def admit(self, info: CallInfo) -> str | None:
+        """Why a call would be refused now (counted in vc_calls_refused_total), or None."""
         if not self.accepting:
+            self.metrics.refused.labels("not_accepting").inc()
             return "not accepting calls (starting or shutting down)"
         max_calls = self.config.server.max_calls
         if max_calls and len(self.sessions) >= max_calls:
+            self.metrics.refused.labels("capacity").inc()
             return f"at capacity ({max_calls} calls)"
         return None
 
@@ -387,6 +394,7 @@ class Engine(CallHost):
         tts_name = profile.tts or self.config.default_providers["tts"]
         tts = self.providers.get("tts", {}).get(tts_name)
         if tts is not None and not tts.ready():
+            self.metrics.refused.labels("tts_not_ready").inc()
             raise ProviderError(f"tts provider {tts_name!r} is not ready "
                                 f"({tts.not_ready_reason() or 'not ready'}): refusing the call")
         session = CallSession(self, connection)
@@ -402,13 +410,50 @@ class Engine(CallHost):
 
     # -- observers ------------------------------------------------------------------------
 
+    async def _start_observers(self) -> None:
+        """Build and start the enabled observers; one that fails is logged and left out."""
+        for name, settings in self.config.observers.items():
+            observer_cls, _ = self.registry.observers[name]
+            try:
+                observer = observer_cls(settings)
+                await asyncio.wait_for(observer.start(), OBSERVER_TIMEOUT)
+            except Exception as e:
+                self.metrics.observer_errors.labels(name).inc()
+                log.error("observer %s failed to start, left out: %s: %s", name, type(e).__name__, e)
+                continue
+            self.observers.append(observer)
+
+    async def _stop_observers(self) -> None:
+        """Stop every observer once (each on its own: one that fails or hangs is logged).
+
+        They stay in :attr:`observers` (stopped), for whoever inspects them afterwards."""
+        observers = [o for o in self.observers if id(o) not in self._observers_stopped]
+        self._observers_stopped.update(id(o) for o in observers)
+        for obs in observers:
+            name = getattr(type(obs), "name", "") or type(obs).__name__
+            stop = getattr(obs, "stop", None)
+            if stop is None:  # not an Observer subclass (a test's recorder)
+                continue
+            try:
+                await asyncio.wait_for(stop(), OBSERVER_TIMEOUT)
+            except Exception as e:
+                self.metrics.observer_errors.labels(name).inc()
+                log.warning("observer %s failed to stop cleanly: %s: %s", name, type(e).__name__, e)
+
     def _notify(self, method: str, *args: Any) -> None:
         for obs in self.observers:
+            t0 = time.monotonic()
             try:
                 getattr(obs, method)(*args)
             except Exception as e:
                 self.metrics.observer_errors.labels(type(obs).name).inc()
-                log.warning("observer %s.%s failed: %s", type(obs).name, method, e)
+                self._observer_log.log(log, logging.WARNING, "observer %s.%s failed: %s",
+                                       type(obs).name, method, e)
+            took = time.monotonic() - t0
+            if took > SLOW_OBSERVER_S:  # it held up the call: say so (it must hand off its I/O)
+                self._observer_log.log(log, logging.WARNING,
+                                       "observer %s.%s took %.0f ms on the call's path",
+                                       type(obs).name, method, took * 1000)
 
     def _observe_value(self, name: str, value: float, labels: dict[str, str]) -> None:
         if name.endswith("_seconds") or name.endswith(".latency"):
@@ -425,6 +470,7 @@ class Engine(CallHost):
     def call_ended(self, info: CallInfo, outcome: str, duration: float) -> None:
         self.metrics.active_calls.labels(info.transport).dec()
         self.metrics.calls.labels(info.transport, outcome).inc()
+        self.metrics.call_duration.labels(info.transport).observe(duration)
         self._notify("call_ended", info, outcome, duration)
 
     def latency(self, info: CallInfo, stage: str, seconds: float) -> None:
@@ -432,7 +478,7 @@ class Engine(CallHost):
         self._notify("latency", info, stage, seconds)
 
     def event(self, info: CallInfo, name: str, data: dict[str, Any]) -> None:
-        if name == "barge_in":
+        if name == events.BARGE_IN:
             self.metrics.barge_ins.labels(info.transport).inc()
         self._notify("event", info, name, data)
 

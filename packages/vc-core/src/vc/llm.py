@@ -33,6 +33,7 @@ from pipecat.services.settings import LLMSettings
 from pipecat.utils.types import is_given
 
 from vc.phrases import ENGLISH
+from vc.pipecat_adapter import push_llm_text
 
 #: The English apology; a call hears its profile's (vc.phrases), see apology_for.
 DEFAULT_APOLOGY = ENGLISH["apology"]
@@ -117,9 +118,11 @@ class StreamingLLMService(LLMService):
             await self.push_frame(frame, direction)
 
     async def _messages(self, context: LLMContext) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        settings = self.settings
+        assert isinstance(settings, LLMSettings)  # what __init__ gave pipecat
         params = await self.get_llm_adapter().get_llm_invocation_params(
             context,
-            system_instruction=self._settings.system_instruction or None,
+            system_instruction=settings.system_instruction or None,
             convert_developer_to_user=True,
         )
         tools = params.get("tools")
@@ -150,7 +153,7 @@ class StreamingLLMService(LLMService):
                     calls.append(item)
                 elif item:
                     spoke = True
-                    await self._push_llm_text(item)
+                    await push_llm_text(self, item)
         except TimeoutError:
             what = "first token" if not spoke and not calls else "next token"
             await self._model_failed(f"no {what} from the model within the timeout", spoke)
@@ -204,7 +207,7 @@ class StreamingLLMService(LLMService):
 
     async def _apologise(self, spoke: bool) -> None:
         """The caller hears the apology, also after half an answer the failure cut off."""
-        await self._push_llm_text((" " if spoke else "") + self.apology)
+        await push_llm_text(self, (" " if spoke else "") + self.apology)
 
 
 async def _close(gen: AsyncIterator[Any]) -> None:

@@ -34,6 +34,7 @@ from pipecat.transports.base_transport import BaseTransport, TransportParams
 
 from vc.audio import StreamResampler
 from vc.call import CallConnection
+from vc.pipecat_adapter import queue_input_audio
 
 _KEYS = {k.value: k for k in KeypadEntry}
 
@@ -63,14 +64,13 @@ class CallInputTransport(BaseInputTransport):
 
     def feed_audio(self, pcm: bytes) -> None:
         """Called (synchronously) by the transport for every chunk of caller audio."""
-        if self._resampler is None or self._audio_task is None or self._paused:
+        if self._resampler is None:
             return
         audio = self._resampler.process(pcm)
         if audio:
-            self.last_audio_at = time.monotonic()
-            self._audio_in_queue.put_nowait(
-                InputAudioRawFrame(audio=audio, sample_rate=self.sample_rate, num_channels=1)
-            )
+            frame = InputAudioRawFrame(audio=audio, sample_rate=self.sample_rate, num_channels=1)
+            if queue_input_audio(self, frame):
+                self.last_audio_at = time.monotonic()
 
     async def feed_dtmf(self, digit: str) -> None:
         key = _KEYS.get(digit)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+CALL_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 5.0, 10.0)
 
 
@@ -50,5 +51,16 @@ class Metrics:
             "Apologies the caller heard for a failed turn, by the kind of provider that failed",
             ["kind"],
             registry=self.registry,
+        )
+        self.refused = Counter(
+            "vc_calls_refused",
+            "Calls refused before they were answered, by reason (not_accepting, capacity, "
+            "tts_not_ready)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.call_duration = Histogram(
+            "vc_call_duration_seconds", "Length of the calls that ended, by transport",
+            ["transport"], buckets=CALL_BUCKETS, registry=self.registry,
         )
         self.ready = Gauge("vc_ready", "1 when the process takes calls", registry=self.registry)

@@ -27,6 +27,8 @@ from pipecat.frames.frames import (
 )
 from pipecat.observers.base_observer import BaseObserver, FramePushed
 
+from vc import events
+
 
 class MonotonicClock(SystemClock):
     """pipecat's clock, remembering where it started on ``time.monotonic``."""
@@ -83,7 +85,7 @@ class TurnMonitor(BaseObserver):
             if self.turn and self.turn.transcript is None:
                 self.turn.transcript = now
                 self.turn.text = frame.text
-            self._event("transcript", {"text": frame.text})
+            self._event(events.TRANSCRIPT, {"text": frame.text})
         elif isinstance(frame, LLMTextFrame):
             if self.turn and self.turn.transcript is not None and self.turn.llm_first is None:
                 self.turn.llm_first = now
@@ -109,4 +111,4 @@ class TurnMonitor(BaseObserver):
         for stage, seconds in stages.items():
             self._report(stage, seconds)
         self.turns.append(stages)
-        self._event("turn", {"text": t.text, **{k: round(v, 4) for k, v in stages.items()}})
+        self._event(events.TURN, {"text": t.text, **{k: round(v, 4) for k, v in stages.items()}})

@@ -196,21 +196,48 @@ class TransportProvider(Provider):
 
 
 class Observer:
-    """A metrics, logging or tracing sink. Every method is optional and must not block."""
+    """A metrics, logging or tracing sink: hears every call's start, end, latencies and events.
 
+    Registered with ``register_observers(register)``; which installed observers run is decided
+    by ``[vc] observers`` and ``[observer.<name>] enabled`` (docs/configuration.md). The engine
+    builds one instance per process (``Observer(settings)``), awaits :meth:`start` before the
+    first call and :meth:`stop` at shutdown.
+
+    Every method is optional. The per-call methods (:meth:`call_started`, :meth:`call_ended`,
+    :meth:`latency`, :meth:`event`) are called on the event loop, on the call's path: they
+    must return at once - never do I/O that can wait (a network send, a flush to a slow disk)
+    in them; hand the data to a queue or a thread that :meth:`start` set up and :meth:`stop`
+    drains. An exception raised by any method is logged (``vc_observer_errors`` counts it) and
+    goes no further: it never reaches the call or the process; an observer whose
+    ``__init__`` or :meth:`start` fails is left out until the process restarts.
+    """
+
+    #: Name used in configuration (``[vc] observers = <name>``, ``[observer.<name>]``).
     name: ClassVar[str] = ""
+    #: attrs class of this observer's settings (see :mod:`vc.settings`), or None.
     Settings: ClassVar[type | None] = None
+    description: ClassVar[str] = ""
 
     def __init__(self, settings: Any = None) -> None:
         self.settings = settings
 
-    def call_started(self, info: CallInfo, profile: str) -> None: ...
+    async def start(self) -> None:
+        """Open what the observer needs (a file, a connection, a worker); before the first call."""
 
-    def call_ended(self, info: CallInfo, outcome: str, duration: float) -> None: ...
+    async def stop(self) -> None:
+        """Flush and release what :meth:`start` opened; at shutdown, after the last call."""
 
-    def latency(self, info: CallInfo, stage: str, seconds: float) -> None: ...
+    def call_started(self, info: CallInfo, profile: str) -> None:
+        """A call was answered; ``profile`` is the name of the profile it runs with."""
 
-    def event(self, info: CallInfo, name: str, data: dict[str, Any]) -> None: ...
+    def call_ended(self, info: CallInfo, outcome: str, duration: float) -> None:
+        """A call ended: ``outcome`` (``completed``, ``error``...), ``duration`` in seconds."""
+
+    def latency(self, info: CallInfo, stage: str, seconds: float) -> None:
+        """One turn's stage latency (``stage`` in :data:`vc.events.LATENCY_STAGES`)."""
+
+    def event(self, info: CallInfo, name: str, data: dict[str, Any]) -> None:
+        """A call event: ``name`` from :mod:`vc.events`, ``data`` with the keys it documents."""
 
 
 @attrs.define

@@ -39,6 +39,7 @@ from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 from pipecat.utils.types import NOT_GIVEN
 
+from vc import events
 from vc.call import CallConnection, CallEvents
 from vc.capabilities import tools_unavailable
 from vc.llm import StreamingLLMService, tools_schema
@@ -107,13 +108,13 @@ class CallSession(CallEvents):
     def dtmf(self, digit: str) -> None:
         if self._transport is not None:
             self._spawn(self._transport.input().feed_dtmf(digit))
-        self.engine.event(self.info, "dtmf", {"digit": digit})
+        self.engine.event(self.info, events.DTMF, {"digit": digit})
 
     def mark_played(self, name: str) -> None:
         fut = self._marks.pop(name, None)
         if fut is not None and not fut.done():
             fut.set_result(None)
-        self.engine.event(self.info, "mark_played", {"name": name})
+        self.engine.event(self.info, events.MARK_PLAYED, {"name": name})
 
     def hangup(self, reason: str = "caller hung up") -> None:
         if not self.ended_by:
@@ -261,7 +262,7 @@ class CallSession(CallEvents):
             raw = params.arguments
             args: Any = dict(raw) if isinstance(raw, Mapping) else raw
             self.engine.event(
-                self.info, "tool_call", {"name": tool.name, "arguments": redact(args)}
+                self.info, events.TOOL_CALL, {"name": tool.name, "arguments": redact(args)}
             )
             call = ToolCall(
                 arguments=args,
@@ -429,7 +430,7 @@ class CallSession(CallEvents):
         self._paused = episode = self.pauses
         await self.connection.pause()
         self.log.debug("the caller may be talking: bot audio paused")
-        self.engine.event(self.info, "bot_paused", {})
+        self.engine.event(self.info, events.BOT_PAUSED, {})
         self._spawn(self._unpause_later(episode))
 
     async def _on_speech_quiet(self) -> None:
@@ -437,7 +438,7 @@ class CallSession(CallEvents):
             self._paused = 0
             await self.connection.resume()
             self.log.debug("it was not a turn: bot audio resumed")
-            self.engine.event(self.info, "bot_resumed", {})
+            self.engine.event(self.info, events.BOT_RESUMED, {})
 
     async def _unpause_later(self, episode: int) -> None:
         # Choppy sound can pause the bot without ever confirming a turn: do not stay silent.
@@ -452,7 +453,7 @@ class CallSession(CallEvents):
             self._interrupted_at = time.monotonic()
         if had_audio:
             self.barge_ins += 1
-            self.engine.event(self.info, "barge_in", {})
+            self.engine.event(self.info, events.BARGE_IN, {})
         if self._greeting_task and not self._greeting_task.done():
             self._greeting_task.cancel()
         # Marks dropped with the audio will never be echoed as played.

@@ -10,7 +10,8 @@ rise, so every turn start and every barge-in waited for it on top of ``start_sec
 voiced windows in a row, long before ``start_secs`` confirms a turn) and for the quiet after
 it, so core can pause the bot's audio at once and resume it if it was only a noise.
 
-Every :class:`CallVAD` runs on one shared ONNX Runtime session (:func:`silero_model`): a session
+Every :class:`CallVAD` runs on one shared ONNX Runtime session
+(:func:`vc.pipecat_adapter.shared_silero_model`): a session
 costs ~10 MiB and loading one per call churned that much native memory per call (issue 12). The
 model's recurrent state lives in Python (per call); ONNX Runtime allows concurrent ``run`` on one
 session, and pipecat's Silero session runs each inference in the calling thread.
@@ -18,19 +19,19 @@ session, and pipecat's Silero session runs each inference in the calling thread.
 
 from __future__ import annotations
 
-import copy
 import math
-import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
 import numpy as np
-from pipecat.audio.vad.silero import SileroOnnxModel, SileroVADAnalyzer
-from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams
+from pipecat.audio.vad.silero import SileroVADAnalyzer
+from pipecat.audio.vad.vad_analyzer import VADParams
 from pipecat.frames.frames import Frame, InputAudioRawFrame
 from pipecat.processors.audio.vad_processor import VADProcessor
 from pipecat.processors.frame_processor import FrameDirection
+
+from vc.pipecat_adapter import init_silero_analyzer
 
 #: Consecutive unvoiced windows that end a tentative onset (160 ms: a dip inside a word is shorter).
 QUIET_WINDOWS = 5
@@ -46,30 +47,12 @@ def window_level(pcm: bytes) -> float:
     return min(1.0, max(0.0, (db + 110) / 100))
 
 
-_model_lock = threading.Lock()
-_model: SileroOnnxModel | None = None
-
-
-def silero_model() -> SileroOnnxModel:
-    """A Silero model of its own (fresh recurrent state) on the one shared ONNX session."""
-    global _model
-    with _model_lock:
-        if _model is None:  # pipecat finds and loads its bundled model file
-            _model = SileroVADAnalyzer()._model
-        model = copy.copy(_model)
-    model.reset_states()
-    return model
-
-
 class CallVAD(SileroVADAnalyzer):
     """Silero VAD whose volume gate looks at each window alone (no 400 ms smoothing lag)."""
 
     def __init__(self, *, sample_rate: int | None = None, params: VADParams | None = None) -> None:
         # SileroVADAnalyzer.__init__ without its model load: the session is shared.
-        VADAnalyzer.__init__(self, sample_rate=sample_rate, params=params)
-        self._model = silero_model()
-        self._windows_since_reset = 0
-        self._low_confidence_windows = 0
+        init_silero_analyzer(self, sample_rate=sample_rate, params=params)
         self.min_level = 0.0
         #: (confidence, level, passed) of each analysed window, newest last; read by the processor.
         self.windows: deque[tuple[float, float, bool]] = deque(maxlen=64)

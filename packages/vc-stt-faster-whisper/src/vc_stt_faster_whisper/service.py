@@ -14,6 +14,7 @@ from pipecat.transcriptions.language import Language
 from pipecat.utils.time import time_now_iso8601
 
 from vc.audio import resample
+from vc.pipecat_adapter import stt_user_id
 from vc_stt_faster_whisper.transcriber import SAMPLE_RATE, Transcriber, Transcript
 
 #: A segment whose loudest sample is below this (about -54 dBFS) holds no speech at all.
@@ -95,7 +96,7 @@ class FasterWhisperSTTService(SegmentedSTTService):
             return
         yield TranscriptionFrame(
             result.text,
-            self._user_id,
+            stt_user_id(self),
             time_now_iso8601(),
             as_language(result.language),
             result=result,

@@ -37,6 +37,7 @@ from pipecat.services.stt_service import STTService
 from pipecat.transcriptions.language import Language
 from pipecat.utils.time import time_now_iso8601
 
+from vc.pipecat_adapter import stt_user_id
 from vc.providers import CallContext, ProviderContext, ProviderError, STTProvider
 from vc_stt_vosk.models import VOSK_LANGUAGES, ResolvedVoskModel, configured_language, resolve_model
 from vc_stt_vosk.settings import VoskLocalSettings
@@ -292,7 +293,7 @@ class VoskLocalSTTService(STTService):
         partial = json.loads(raw).get("partial", "").strip()
         if partial and partial != self._last_partial:
             self._last_partial = partial
-            yield InterimTranscriptionFrame(partial, self._user_id, time_now_iso8601(),
+            yield InterimTranscriptionFrame(partial, stt_user_id(self), time_now_iso8601(),
                                             self._language)
 
     def _final_frame(self, raw: str) -> TranscriptionFrame | None:
@@ -303,7 +304,7 @@ class VoskLocalSTTService(STTService):
         if not text:
             return None
         self.finals.append(text)
-        return TranscriptionFrame(text, self._user_id, time_now_iso8601(), self._language,
+        return TranscriptionFrame(text, stt_user_id(self), time_now_iso8601(), self._language,
                                   result=result, finalized=True)
 
     async def _finish(self, why: str) -> None:

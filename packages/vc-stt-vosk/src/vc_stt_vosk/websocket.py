@@ -37,6 +37,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
+from vc.pipecat_adapter import stt_user_id
 from vc.providers import CallContext, ProviderContext, ProviderError, STTProvider
 from vc.reconnect import RemoteProvider, ServiceUnavailable
 from vc_stt_vosk.pool import CONNECT_ERRORS, VoskConnectionPool
@@ -324,7 +325,7 @@ class VoskWebSocketSTTService(STTService):
             if msg.text and msg.text != self._last_partial:
                 self._last_partial = msg.text
                 await self.push_frame(InterimTranscriptionFrame(
-                    msg.text, self._user_id, time_now_iso8601(), self._language, result=msg.raw))
+                    msg.text, stt_user_id(self), time_now_iso8601(), self._language, result=msg.raw))
             return
         for _ in range(min(self._acks, len(self._unfinal))):
             if not self._unfinal.popleft() and self._reset_at:  # the reset, answered
@@ -335,7 +336,7 @@ class VoskWebSocketSTTService(STTService):
         if msg.text:
             self.finals.append(msg.text)
             await self.push_frame(TranscriptionFrame(
-                msg.text, self._user_id, time_now_iso8601(), self._language, result=msg.raw,
+                msg.text, stt_user_id(self), time_now_iso8601(), self._language, result=msg.raw,
                 finalized=True))
 
     # -- finishing an utterance early ----------------------------------------------------------

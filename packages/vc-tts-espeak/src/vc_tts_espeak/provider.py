@@ -15,7 +15,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import attrs
-from pipecat.frames.frames import ErrorFrame, Frame
+from pipecat.frames.frames import ErrorFrame, Frame, TTSAudioRawFrame
 from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TTSService
 
@@ -117,21 +117,26 @@ class EspeakTTSService(TTSService):
             # Leaving this block early (barge-in cancels the task reading it) kills espeak-ng.
             async with self._provider.run(self._voice, text) as run:
                 self.runs.append(run)
-                async for frame in self._stream_audio_frames_from_iterator(
-                    _resampled(run, rate), in_sample_rate=rate, context_id=context_id
-                ):
+                async for pcm in _resampled(_resampled(run.pcm(), run, rate), rate,
+                                            self.sample_rate):
                     await self.stop_ttfb_metrics()
-                    yield frame
+                    yield TTSAudioRawFrame(pcm, self.sample_rate, 1, context_id=context_id)
         except ProviderError as e:
             yield ErrorFrame(error=f"espeak-ng could not speak {text[:60]!r}: {e}")
 
 
-async def _resampled(run: Run, rate: int) -> AsyncIterator[bytes]:
-    """``run``'s audio at ``rate``: one streaming resampler per request, flushed at its end."""
+async def _resampled(pcm: AsyncIterator[bytes], source: Run | int, rate: int
+                     ) -> AsyncIterator[bytes]:
+    """``pcm`` at ``rate``: one streaming resampler per request, flushed at its end. ``source``
+    is the rate of ``pcm``, or the run that knows it once it has read its WAV header."""
     resampler: StreamResampler | None = None
-    async for chunk in run.pcm():
-        if resampler is None:  # the rate is known once the WAV header is read
-            resampler = StreamResampler(run.sample_rate, rate, "HQ")
+    async for chunk in pcm:
+        if resampler is None:
+            from_rate = source if isinstance(source, int) else source.sample_rate
+            if from_rate == rate:
+                yield chunk
+                continue
+            resampler = StreamResampler(from_rate, rate, "HQ")
         out = resampler.process(chunk)
         if out:
             yield out
@@ -195,6 +200,16 @@ class EspeakTTS(TTSProvider):
             if name and (self.known_voices is None or voice_exists(name, self.known_voices)):
                 return name
         return "en"
+
+    def voice_name(self, profile: Profile) -> str:
+        return self.voice_for(profile)
+
+    def voice_language(self, profile: Profile) -> str:
+        """The language of the voice ``profile`` is spoken with ("" when the voice is named
+        by a description such as ``turkish-mbrola-1`` rather than a language tag); what
+        ``vc config check`` compares with the profile's language."""
+        language = language_of(self.voice_for(profile))
+        return language if 2 <= len(language) <= 3 else ""
 
     def voice(self, profile: Profile) -> Voice:
         s = self.settings

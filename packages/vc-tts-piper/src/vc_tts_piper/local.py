@@ -24,7 +24,7 @@ from vc.settings import setting
 from vc_tts_piper.clauses import split_for_synthesis
 from vc_tts_piper.normalize import normalize
 from vc_tts_piper.service import ClauseStreamingTTSService
-from vc_tts_piper.voices import DEFAULT_VOICE, LoadedVoice, Synthesis, resolve
+from vc_tts_piper.voices import DEFAULT_VOICE, LoadedVoice, Synthesis, resolve, voice_language
 
 WARM_TEXT = "Hello."
 
@@ -174,6 +174,15 @@ class PiperProvider(TTSProvider):
 
     def ready(self) -> bool:
         return bool(self.voices) and self._executor is not None
+
+    def voice_name(self, profile: Profile) -> str:
+        mine = profile.voice if not profile.tts or profile.tts == self.name else ""
+        return mine or self.settings.voice or DEFAULT_VOICE
+
+    def voice_language(self, profile: Profile) -> str:
+        """The language of ``profile``'s voice, told without loading it (``vc config
+        check`` compares it with the profile's language)."""
+        return voice_language(self.voice_name(profile), self.settings.voices_dir)
 
     def voice_for(self, profile: Profile) -> LoadedVoice:
         spec = profile.voice or self.settings.voice

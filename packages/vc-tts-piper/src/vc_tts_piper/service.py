@@ -15,12 +15,12 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
-from pipecat.frames.frames import Frame
+from pipecat.frames.frames import Frame, TTSAudioRawFrame
 from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TTSService
 
 from vc.audio import StreamResampler
-from vc_tts_piper.clauses import ClauseAggregator
+from vc.pipecat_adapter import use_clause_aggregator
 from vc_tts_piper.normalize import normalize
 
 
@@ -53,11 +53,7 @@ class ClauseStreamingTTSService(TTSService):
         self._language = language
         self._normalize_text = normalize_text
         self._speakable = speakable
-        self._text_aggregator = ClauseAggregator(
-            aggregation_type=self._text_aggregation_mode,
-            language=self._text_aggregator.language,
-            min_words=min_clause_words,
-        )
+        use_clause_aggregator(self, min_clause_words)
         #: What was actually sent to the synthesiser, request by request (diagnostics, tests).
         self.spoken: list[str] = []
 
@@ -97,8 +93,6 @@ class ClauseStreamingTTSService(TTSService):
             if tail:
                 yield tail
 
-        async for frame in self._stream_audio_frames_from_iterator(
-            resampled(), in_sample_rate=self.sample_rate, context_id=context_id
-        ):
+        async for audio in resampled():
             await self.stop_ttfb_metrics()
-            yield frame
+            yield TTSAudioRawFrame(audio, self.sample_rate, 1, context_id=context_id)

@@ -167,6 +167,35 @@ def resolve(spec: str, dirs: Sequence[Path] = (), *, force: bool = False) -> Voi
     raise ProviderError(f"Piper voice {spec!r} is not installed ({hint}); installed voices: {have}")
 
 
+#: Piper's voice naming scheme: ``<language>_<REGION>-<name>-<quality>``.
+_VOICE_NAME = re.compile(r"^([a-z]{2,3})_[A-Z]{2}-")
+
+
+def voice_language(spec: str, dirs: Sequence[Path] = ()) -> str:
+    """The language of voice ``spec`` (a name or a ``.onnx`` path) without loading it: from
+    its ``.onnx.json`` config when it is at hand (a path, or a name in ``dirs``), else from
+    Piper's naming scheme (``tr_TR-dfki-medium`` -> ``tr``); "" when it cannot be told."""
+    spec = spec.strip() or DEFAULT_VOICE
+    model = Path(spec).expanduser()
+    configs = [model.with_name(model.name + ".json")] if spec.endswith(".onnx") else []
+    configs += [Path(d) / f"{spec}.onnx.json" for d in dirs]
+    for config in configs:
+        try:
+            data = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict):
+            language = data.get("language")
+            code = language.get("code") if isinstance(language, dict) else None
+            espeak = data.get("espeak")
+            code = code or (espeak.get("voice") if isinstance(espeak, dict) else None)
+            if isinstance(code, str) and code:
+                return code.replace("_", "-").split("-")[0].lower()
+    name = model.name[: -len(".onnx")] if model.name.endswith(".onnx") else model.name
+    match = _VOICE_NAME.match(name)
+    return match.group(1) if match else ""
+
+
 def _import_piper() -> tuple[Any, Any, Any]:
     try:
         import onnxruntime

@@ -31,6 +31,7 @@ from vc.wsauth import auth_headers
 from vc_tts_piper import protocol
 from vc_tts_piper.normalize import normalize
 from vc_tts_piper.service import ClauseStreamingTTSService
+from vc_tts_piper.voices import voice_language
 
 
 class PiperServiceError(ProviderError):
@@ -359,6 +360,14 @@ class PiperWebSocketProvider(RemoteProvider, TTSProvider):
 
     def voice_for(self, profile: Profile) -> str:
         return profile.voice or self.settings.voice
+
+    def voice_name(self, profile: Profile) -> str:
+        return self.voice_for(profile)
+
+    def voice_language(self, profile: Profile) -> str:
+        """The language of the voice the service is asked for (from Piper's voice naming
+        scheme, ``tr_TR-dfki-medium`` -> ``tr``; the files are on the server)."""
+        return voice_language(self.voice_for(profile))
 
     def create_service(self, call: CallContext) -> PiperWebSocketTTSService:
         return PiperWebSocketTTSService(self, self.voice_for(call.profile), call.language,

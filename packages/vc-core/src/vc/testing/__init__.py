@@ -1,7 +1,8 @@
 """Test helpers for vc and its plugins: contract suites, fakes, and real calls in tests.
 
 * :mod:`vc.testing.contracts` - subclass ``STTContract``/``LLMContract``/``TTSContract``/
-  ``TransportContract`` in your plugin's tests to prove it honours vc's contract.
+  ``TransportContract``/``ObserverContract`` in your plugin's tests to prove it honours vc's
+  contract.
 * :mod:`vc.testing.calls` - :class:`LoopbackConnection` and :func:`speech` to drive a call.
 * :mod:`vc.testing.fakes` - instant providers (``VC_PLUGIN_MODULES=vc.testing.fakes`` or ``fake_registry()``).
 """

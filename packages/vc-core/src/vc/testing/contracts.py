@@ -1,5 +1,8 @@
 """Contract test suites: subclass one in your plugin's tests to prove it honours vc's contract.
 
+Providers (``STTContract``, ``LLMContract``, ``TTSContract``, ``TransportContract``) and
+observers (``ObserverContract``, set ``observer = MyObserver``).
+
     from vc.testing.contracts import STTContract
     from vc_stt_mine import MySTTProvider
 
@@ -15,6 +18,7 @@ pipecat pipeline. Override ``make_settings``, ``language`` or the sample inputs 
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 from typing import Any, ClassVar
@@ -47,6 +51,7 @@ from vc.providers import (
     CallContext,
     CallHost,
     LLMProvider,
+    Observer,
     Provider,
     ProviderContext,
     STTProvider,
@@ -286,3 +291,158 @@ class TransportContract(ProviderContract):
 
         routes = self.make_provider().routes()
         assert routes is None or isinstance(routes, APIRouter)
+
+
+#: A payload of each catalogue event, as core would send it (for events a short loopback call
+#: does not produce by itself: barge-ins and pauses need a caller talking over the bot).
+SAMPLE_EVENTS: dict[str, dict[str, Any]] = {
+    "transcript": {"text": "where is my order"},
+    "turn": {"text": "where is my order", "voice_to_voice": 0.61, "vad_stop": 0.2, "stt": 0.1,
+             "llm_first_token": 0.15, "tts_first_audio": 0.12},
+    "barge_in": {},
+    "bot_paused": {},
+    "bot_resumed": {},
+    "mark_played": {"name": "contract-mark"},
+    "dtmf": {"digit": "5"},
+    "tool_call": {"name": "end_call", "arguments": {}},
+}
+
+
+class ObserverContract:
+    """Observer: metadata, settings schema, registration, start/stop, and a real call.
+
+    The call runs through vc's engine (fake STT/LLM/TTS, a :class:`LoopbackConnection` caller):
+    greeting, a spoken turn, a key press, and the bot ending the call with ``end_call``; the
+    catalogue events such a call does not produce are sent through the engine during it. Every
+    method the engine calls must return without raising, must not be a coroutine function, and
+    must return within ``max_call_seconds`` (it runs on the call's path).
+    """
+
+    observer: ClassVar[type[Observer]]
+    #: Set False for an observer you test without installing it (no entry point to find).
+    check_entry_point: ClassVar[bool] = True
+    #: The environment the registration check loads plugins with (``{"VC_PLUGIN_MODULES":
+    #: "my_module"}`` for a module that is a plugin without being installed).
+    plugin_env: ClassVar[dict[str, str]] = {}
+    #: The longest one observer method may run on the call's path.
+    max_call_seconds: ClassVar[float] = 0.05
+
+    def make_settings(self) -> Any:
+        cls = self.observer.Settings
+        return cls() if cls is not None else None
+
+    def make_observer(self) -> Observer:
+        return self.observer(self.make_settings())
+
+    def test_metadata(self) -> None:
+        o = self.observer
+        assert isinstance(o, type) and issubclass(o, Observer), "subclass vc.providers.Observer"
+        assert re.fullmatch(r"[a-z0-9][a-z0-9-]*", o.name), f"observer name {o.name!r} must be kebab-case"
+        for method in ("call_started", "call_ended", "latency", "event"):
+            assert not inspect.iscoroutinefunction(getattr(o, method)), (
+                f"{method} must be a plain method: the engine calls it on the call's path and "
+                "never awaits it (hand slow work to a task or a thread started in start())"
+            )
+        for method in ("start", "stop"):
+            assert inspect.iscoroutinefunction(getattr(o, method)), f"{method} must be async"
+
+    def test_settings_schema_is_documented(self) -> None:
+        if self.observer.Settings is None:
+            return
+        assert attrs.has(self.observer.Settings), "Settings must be an attrs class"
+        names = [f.name for f in describe(self.observer.Settings)]
+        assert "enabled" not in names, "'enabled' is core's key in every [observer.<name>] section"
+        for field in describe(self.observer.Settings):
+            assert field.help, f"setting {field.name!r} has no help text (use vc.settings.setting)"
+
+    def test_registered_through_entry_point(self) -> None:
+        if not self.check_entry_point:
+            pytest.skip("entry point check disabled")
+        registry = load_plugins(env=dict(self.plugin_env))
+        found = registry.observers.get(self.observer.name, (None, None))[0]
+        assert found is self.observer, (
+            f"no installed plugin registers observer {self.observer.name!r}; "
+            "check the [project.entry-points.vc] table and the register_observers hook"
+        )
+
+    @pytest.mark.asyncio
+    async def test_start_and_stop(self) -> None:
+        observer = self.make_observer()
+        await observer.start()
+        await observer.stop()
+
+    @pytest.mark.asyncio
+    async def test_hears_every_event_of_a_real_call_without_slowing_it(self) -> None:
+        import asyncio
+        import time
+
+        from vc.engine import Engine
+        from vc.events import CATALOGUE
+        from vc.hookspecs import hookimpl
+        from vc.testing import FAKE_STACK, config_from_ini, fake_registry
+        from vc.testing.calls import LoopbackConnection, run_loopback_call, speech
+
+        cls = self.observer
+
+        class Registers:
+            @hookimpl
+            def register_observers(self, register: Any) -> None:
+                register(cls)
+
+        registry = fake_registry(env={"VC_LOAD_PLUGINS": ""}, extra=[("contract", Registers())])
+        ini = FAKE_STACK + f"[stt.fake]\nscript = goodbye\n[vc]\nobservers = {cls.name}\n"
+        config = config_from_ini(ini, registry)
+        config.observers[cls.name] = self.make_settings()
+        engine = Engine(config, registry)
+        await engine.start()
+        try:
+            (observer,) = engine.observers
+            assert isinstance(observer, cls)
+            heard: list[tuple[str, str]] = []  # (method, event name)
+            slow: list[str] = []
+            failures: list[str] = []
+
+            def timed(method: str) -> Any:
+                original = getattr(observer, method)
+
+                def call(*args: Any) -> Any:
+                    t0 = time.monotonic()
+                    try:
+                        result = original(*args)
+                    except Exception as e:
+                        failures.append(f"{method}{args[1:]!r}: {type(e).__name__}: {e}")
+                        raise
+                    took = time.monotonic() - t0
+                    heard.append((method, args[1] if method == "event" else ""))
+                    if took > self.max_call_seconds:
+                        slow.append(f"{method}({args[1]!r}) took {took * 1000:.0f} ms")
+                    assert not inspect.isawaitable(result), f"{method} returned an awaitable"
+                    return result
+
+                return call
+
+            for method in ("call_started", "call_ended", "latency", "event"):
+                setattr(observer, method, timed(method))
+
+            conn = LoopbackConnection()
+            task = await run_loopback_call(engine, conn)
+            await conn.wait_for_bot_audio(0, timeout=20)  # the greeting
+            await conn.wait_for_bot_silence()
+            conn.press("5")
+            for name in CATALOGUE:  # whatever this short call does not produce by itself
+                engine.event(conn.info, name, dict(SAMPLE_EVENTS[name]))
+            conn.say(speech("goodbye", 8000))  # the fake model says goodbye and hangs up
+            assert await conn.wait_for_hangup(timeout=30), "the bot did not end the call"
+            outcome = await asyncio.wait_for(task, 20)
+            await conn.stop()
+        finally:
+            await engine.stop()
+        assert not failures, "the observer raised:\n" + "\n".join(failures)
+        assert not slow, (
+            "the observer held up the call (it must hand slow I/O to a task or thread):\n"
+            + "\n".join(slow)
+        )
+        methods = {m for m, _ in heard}
+        assert {"call_started", "call_ended", "latency", "event"} <= methods, methods
+        assert {n for m, n in heard if m == "event"} >= set(CATALOGUE)
+        assert outcome == "completed"

@@ -20,14 +20,16 @@ from typing import Any
 
 import attrs
 import numpy as np
-from pipecat.frames.frames import ErrorFrame, Frame, TranscriptionFrame
+from pipecat.frames.frames import ErrorFrame, Frame, TranscriptionFrame, TTSAudioRawFrame
 from pipecat.services.settings import STTSettings, TTSSettings
 from pipecat.services.stt_service import SegmentedSTTService
 from pipecat.services.tts_service import TTSService
 from pipecat.utils.time import time_now_iso8601
 
+from vc.audio import resample
 from vc.hookspecs import hookimpl
 from vc.llm import DEFAULT_APOLOGY, StreamingLLMService, ToolCallRequest, apology_for
+from vc.pipecat_adapter import stt_user_id
 from vc.providers import (
     AudioClip,
     CallContext,
@@ -65,7 +67,7 @@ class FakeSTTService(SegmentedSTTService):
         self._n += 1
         if text == "stt-raise":  # the STT crashes on this turn
             raise ConnectionError("the fake STT failed as asked")
-        yield TranscriptionFrame(text, self._user_id, time_now_iso8601(), finalized=True)
+        yield TranscriptionFrame(text, stt_user_id(self), time_now_iso8601(), finalized=True)
 
 
 class FakeSTT(STTProvider):
@@ -172,19 +174,13 @@ class FakeTTSService(TTSService):
         if "tts-raise" in text:  # a crashed service: run_tts raises
             raise ConnectionError("the fake TTS service went away")
         pcm = tone(len(text) * self._s.ms_per_char / 1000, self._s.sample_rate)
-
-        async def chunks() -> AsyncIterator[bytes]:
-            if self._s.first_audio_delay:
-                await asyncio.sleep(self._s.first_audio_delay)
-            step = self._s.sample_rate // 50 * 2
-            for i in range(0, len(pcm), step):
-                yield pcm[i : i + step]
-
-        async for frame in self._stream_audio_frames_from_iterator(
-            chunks(), in_sample_rate=self._s.sample_rate, context_id=context_id
-        ):
+        pcm = resample(pcm, self._s.sample_rate, self.sample_rate)
+        if self._s.first_audio_delay:
+            await asyncio.sleep(self._s.first_audio_delay)
+        step = self.sample_rate // 50 * 2
+        for i in range(0, len(pcm), step):
             await self.stop_ttfb_metrics()
-            yield frame
+            yield TTSAudioRawFrame(pcm[i : i + step], self.sample_rate, 1, context_id=context_id)
 
 
 class FakeTTS(TTSProvider):

@@ -1,0 +1,159 @@
+"""What vc relies on in pipecat's internals, pinned (vc.pipecat_adapter).
+
+Each test drives real pipecat objects in a real pipeline where it can, so a pipecat release that
+renames or changes what the adapter touches fails here, not in a call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+
+import numpy as np
+import pytest
+from pipecat.audio.vad.silero import SileroVADAnalyzer
+from pipecat.frames.frames import (
+    Frame,
+    InputAudioRawFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    LLMTextFrame,
+    StartFrame,
+    TranscriptionFrame,
+    TTSAudioRawFrame,
+    UserAudioRawFrame,
+)
+from pipecat.services.stt_service import STTService
+from pipecat.services.tts_service import TTSService
+from pipecat.transports.base_input import BaseInputTransport
+from pipecat.transports.base_transport import TransportParams
+from pipecat.utils.time import time_now_iso8601
+
+from vc.llm import StreamingLLMService
+from vc.pipecat_adapter import (
+    ClauseAggregator,
+    init_silero_analyzer,
+    push_llm_text,
+    queue_input_audio,
+    shared_silero_model,
+    stt_user_id,
+    use_clause_aggregator,
+)
+from vc.testing.calls import speech
+from vc.testing.services import Recorder, ServiceHarness
+
+RATE = 16000
+
+
+def of(recorder: Recorder, cls: type) -> list:
+    return [f for _, f in recorder.frames if isinstance(f, cls)]
+
+
+def chunk(n: int = 320) -> bytes:
+    return np.zeros(n, dtype="<i2").tobytes()
+
+
+class EchoUserSTT(STTService):
+    """A transcript per audio chunk, carrying the user id the adapter reads."""
+
+    async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame, None]:
+        yield TranscriptionFrame("heard", stt_user_id(self), time_now_iso8601())
+
+
+async def test_stt_user_id_is_the_user_of_the_audio_being_transcribed() -> None:
+    async with ServiceHarness(EchoUserSTT(), RATE) as h:
+        await h.task.queue_frame(UserAudioRawFrame(audio=chunk(), sample_rate=RATE, num_channels=1,
+                                                   user_id="caller-7"))
+        await h.task.queue_frame(InputAudioRawFrame(audio=chunk(), sample_rate=RATE, num_channels=1))
+        await h.wait_for(lambda: len(of(h.down, TranscriptionFrame)) >= 2, 10)
+        assert [f.user_id for f in of(h.down, TranscriptionFrame)][:2] == ["caller-7", ""]
+
+
+class QuietLLM(StreamingLLMService):
+    async def stream(self, messages, tools):  # never asked here
+        if False:
+            yield ""
+
+
+async def test_push_llm_text_sends_the_text_downstream_as_the_llms_output() -> None:
+    async with ServiceHarness(QuietLLM(), RATE) as h:
+        await push_llm_text(h.service, "Hello there.")
+        await h.wait_for(lambda: of(h.down, LLMTextFrame), 10)
+        assert [f.text for f in of(h.down, LLMTextFrame)] == ["Hello there."]
+
+
+class ReadyInput(BaseInputTransport):
+    """An input transport that is ready once started (as vc.media's)."""
+
+    async def start(self, frame: StartFrame) -> None:
+        await super().start(frame)
+        await self.set_transport_ready(frame)
+
+
+async def test_queue_input_audio_waits_for_the_started_transport_then_delivers() -> None:
+    transport = ReadyInput(TransportParams(audio_in_enabled=True,
+                                                   audio_in_sample_rate=RATE))
+    frame = InputAudioRawFrame(audio=chunk(), sample_rate=RATE, num_channels=1)
+    assert queue_input_audio(transport, frame) is False  # not started: nothing queued
+    async with ServiceHarness(transport, RATE) as h:
+        assert queue_input_audio(transport, frame) is True
+        await h.wait_for(lambda: of(h.down, InputAudioRawFrame), 10)
+
+
+def windows(pcm: bytes, size: int = 512) -> list[bytes]:
+    return [pcm[i : i + size * 2] for i in range(0, len(pcm) - size * 2 + 1, size * 2)]
+
+
+def test_shared_silero_models_share_one_session_and_keep_their_own_state() -> None:
+    a, b = shared_silero_model(), shared_silero_model()
+    assert a is not b and a.session is b.session
+    audio = windows(speech("Hello, how are you today?", RATE))
+    as_float = [np.frombuffer(w, dtype="<i2").astype(np.float32) / 32768 for w in audio]
+    first = [float(np.ravel(a(x, RATE))[0]) for x in as_float]
+    fresh = [float(np.ravel(b(x, RATE))[0]) for x in as_float]  # b's state was untouched by a's run
+    assert fresh == pytest.approx(first, abs=1e-5) and max(first) > 0.5
+
+
+def test_an_analyzer_on_the_shared_session_decides_as_pipecats_own() -> None:
+    class Shared(SileroVADAnalyzer):
+        def __init__(self) -> None:
+            init_silero_analyzer(self, sample_rate=RATE, params=None)
+
+    ours, stock = Shared(), SileroVADAnalyzer(sample_rate=RATE)
+    for analyzer in (ours, stock):
+        analyzer.set_sample_rate(RATE)
+    audio = windows(speech("Wait, stop please. I have a question.", RATE))
+    assert [float(np.ravel(ours.voice_confidence(w))[0]) for w in audio] == pytest.approx(
+        [float(np.ravel(stock.voice_confidence(w))[0]) for w in audio], abs=1e-5)
+
+
+class RecordingTTS(TTSService):
+    def __init__(self) -> None:
+        super().__init__(push_start_frame=True, push_stop_frames=True, sample_rate=RATE)
+        self.requests: list[str] = []
+
+    async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame, None]:
+        self.requests.append(text)
+        yield TTSAudioRawFrame(chunk(), RATE, 1, context_id=context_id)
+
+
+async def test_a_tts_service_with_the_clause_aggregator_speaks_clause_by_clause() -> None:
+    tts = RecordingTTS()
+    use_clause_aggregator(tts, min_words=3)
+    async with ServiceHarness(tts, RATE) as h:
+        await h.task.queue_frame(LLMFullResponseStartFrame())
+        for token in ["Well, ", "I think ", "that we should, ", "if you agree, ", "go now. ", "Bye."]:
+            await h.task.queue_frame(LLMTextFrame(token))
+        await h.task.queue_frame(LLMFullResponseEndFrame())
+        await h.wait_for(lambda: any("Bye" in r for r in tts.requests), 10)
+        await asyncio.sleep(0.1)
+    assert [r.strip() for r in tts.requests] == [
+        "Well, I think that we should,", "if you agree,", "go now.", "Bye."]
+
+
+async def test_the_clause_aggregator_in_token_mode_passes_tokens_through() -> None:
+    from pipecat.utils.text.base_text_aggregator import TextType
+
+    agg = ClauseAggregator(aggregation_type=TextType.TOKEN)
+    out = [a.text async for a in agg.aggregate("Well, hello")]
+    assert "".join(out) == "Well, hello"

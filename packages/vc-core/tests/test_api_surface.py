@@ -33,7 +33,8 @@ PUBLIC: dict[str, tuple[str, ...]] = {
         "ToolCall", "ModelCatalog", "ModelInfo", "package_dir", "cache_dir",
     ),
     "vc.call": (
-        "CallInfo", "CallConnection", "CallEvents", "PlayoutBuffer", "Mark", "CallControlError",
+        "CallInfo", "CallConnection", "CallEvents", "PlayoutBuffer", "PlayoutPacer", "Mark",
+        "CallControlError",
     ),
     "vc.events": (
         "TRANSCRIPT", "TURN", "BARGE_IN", "BOT_PAUSED", "BOT_RESUMED", "MARK_PLAYED", "DTMF",
@@ -64,7 +65,7 @@ PUBLIC: dict[str, tuple[str, ...]] = {
     "vc.testing": ("fake_registry", "config_from_ini", "FAKE_STACK"),
     "vc.testing.contracts": (
         "ProviderContract", "STTContract", "LLMContract", "TTSContract", "TransportContract",
-        "ObserverContract", "RecordingHost", "SAMPLE_EVENTS",
+        "ObserverContract", "RecordingHost", "ContractCaller", "SAMPLE_EVENTS",
     ),
     "vc.testing.calls": ("LoopbackConnection", "run_loopback_call", "speech"),
     "vc.testing.fakes": (
@@ -88,7 +89,7 @@ MEMBERS: dict[str, tuple[str, ...]] = {
     "vc.providers.LLMProvider": ("create_service", "supports_tools"),
     "vc.providers.TTSProvider": ("create_service", "synthesize"),
     "vc.providers.TransportProvider": ("routes", "start", "alive", "host"),
-    "vc.providers.CallHost": ("admit", "select_profile", "run_call", "accepting"),
+    "vc.providers.CallHost": ("admit", "select_profile", "run_call", "accepting", "listen_host"),
     "vc.providers.Observer": (
         "name", "Settings", "description", "start", "stop", "call_started", "call_ended",
         "latency", "event",
@@ -99,6 +100,13 @@ MEMBERS: dict[str, tuple[str, ...]] = {
         "pause", "resume",
     ),
     "vc.call.CallEvents": ("audio", "dtmf", "mark_played", "hangup"),
+    "vc.call.PlayoutPacer": (
+        "run", "stop", "tick", "frame_ms", "running", "ticks", "late_ticks", "skipped_ticks",
+    ),
+    "vc.testing.contracts.TransportContract": (
+        "provider", "make_settings", "connect_caller", "max_clear_seconds", "loopback_script",
+    ),
+    "vc.testing.contracts.ContractCaller": ("send_audio", "received_audio", "hangup", "close"),
     "vc.llm.StreamingLLMService": ("stream",),
     "vc.reconnect.RemoteProvider": ("probe", "remote", "start", "stop"),
     "vc.doctor.Check": ("ok", "warn", "fail"),

@@ -343,3 +343,23 @@ def test_shorthand_keys_of_the_kind_section_can_come_from_the_environment(tmp_pa
     cfg, errors = load(ini, registry(), {"VC_STT__DELAY": "0.3"})
     assert not errors
     assert cfg.providers["stt"]["fake"].settings.delay == 0.3
+
+
+def test_a_misspelt_environment_variable_is_reported_like_an_ini_typo(tmp_path) -> None:
+    ini = write(tmp_path, "[vc]\ntransports =\n[stt]\nprovider = fake\n[llm]\nprovider = fake\n"
+                          "[tts]\nprovider = fake\n")
+    env = {"VC_SERVER__PROT": "9000", "VC_PROFILE_DEFAULT__GRETING": "hi",
+           "VC_STT_FAKE__SCRIPT": "hello", "VC_SERVER__PORT": "8081",  # these two are right
+           "VC_SERVRE__PORT": "1", "VC_FUZZ_EXAMPLES": "5"}  # no such section; not a key
+    cfg, errors = load(ini, registry(), env)
+    assert cfg is None
+    assert messages(errors) == [
+        "[profile.default] greting (from env VC_PROFILE_DEFAULT__GRETING): unknown key "
+        "(did you mean VC_PROFILE_DEFAULT__GREETING?)",
+        "[server] prot (from env VC_SERVER__PROT): unknown key (did you mean VC_SERVER__PORT?)",
+    ]
+    del env["VC_SERVER__PROT"], env["VC_PROFILE_DEFAULT__GRETING"]
+    cfg, errors = load(ini, registry(), env)
+    assert not errors and cfg is not None and cfg.server.port == 8081
+    assert cfg.warnings == [
+        "environment variable VC_SERVRE__PORT names no configuration section: ignored"]

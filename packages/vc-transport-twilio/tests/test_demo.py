@@ -36,7 +36,8 @@ provider = fake
 [tts]
 provider = fake
 [tts.fake]
-ms_per_char = 40
+; the long answer's first sentence (1.2 s) is heard before the caller talks over it (1.5 s)
+ms_per_char = 25
 """
 
 

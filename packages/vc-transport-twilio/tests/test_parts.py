@@ -17,11 +17,12 @@ from vc_transport_twilio.fake_rest import FakeTwilioREST, new_sid
 from vc_transport_twilio.rest import TwilioREST
 from vc_transport_twilio.security import ExpiringSet, StreamTokens
 from vc_transport_twilio.settings import TwilioSettings
+from vc_transport_twilio.simulator import SimulatedCall, TwilioCloud
 from vc_transport_twilio.transport import TwilioTransport
 
 from vc.audio import ulaw_to_pcm
 from vc.call import CallControlError, CallEvents, CallInfo
-from vc.providers import ProviderContext, ProviderError
+from vc.providers import ProviderContext, ProviderError, TransportProvider
 from vc.testing import FAKE_STACK, config_from_ini, fake_registry
 from vc.testing.contracts import RecordingHost, TransportContract
 
@@ -152,11 +153,41 @@ async def test_start_requires_public_url_and_auth_token():
         await transport.start(RecordingHost())
 
 
+class SimulatedCaller:
+    """The caller's end of a call from the Twilio stand-in, as TransportContract drives it."""
+
+    def __init__(self, cloud: TwilioCloud, call: SimulatedCall) -> None:
+        self.cloud = cloud
+        self.call = call
+
+    def send_audio(self, pcm: bytes) -> None:
+        self.call.say(pcm)
+
+    def received_audio(self) -> bytes:
+        return b"".join(pcm for _, pcm in self.call.played)
+
+    async def hangup(self) -> None:
+        await self.call.hangup()
+
+    async def close(self) -> None:
+        await self.cloud.stop()
+
+
 class TestTwilioTransportContract(TransportContract):
     provider = TwilioTransport
 
     def make_settings(self) -> TwilioSettings:
         return TwilioSettings(public_url="https://vc.example.com", auth_token="secret")
+
+    async def connect_caller(self, transport: TransportProvider, http_url: str) -> SimulatedCaller:
+        cloud = TwilioCloud(http_url, public_url="https://vc.example.com", auth_token="secret")
+        await cloud.start()
+        try:
+            call = await cloud.place_call()
+        except BaseException:
+            await cloud.stop()
+            raise
+        return SimulatedCaller(cloud, call)
 
 
 # -- the REST client against the local Twilio REST stand-in ----------------------------------------

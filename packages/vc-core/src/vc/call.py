@@ -5,6 +5,7 @@ A transport plugin subclasses :class:`CallConnection` once per call. Core drives
 * inbound audio, DTMF, played marks and hang-ups go *to* core through ``self.events``;
 * outbound audio is *pulled* by the transport from ``self.playout`` on its own clock
   (Twilio: real-time pacing with a small lead; RTP: an absolute 20 ms clock with silence fill);
+  :class:`PlayoutPacer` runs such a clock for a transport;
 * core calls :meth:`clear` on barge-in, :meth:`hangup`, :meth:`transfer` and :meth:`send_dtmf`
   for call control.
 """
@@ -12,9 +13,12 @@ A transport plugin subclasses :class:`CallConnection` once per call. Core drives
 from __future__ import annotations
 
 import asyncio
+import inspect
+import logging
 import time
 from abc import ABC, abstractmethod
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -260,3 +264,118 @@ class UnconnectedCall(CallConnection):
 
     async def hangup(self) -> None:
         pass
+
+
+class PlayoutPacer:
+    """Sends a call's outbound audio in real time: one frame per tick of an absolute clock.
+
+    Tick ``n`` is due at ``start + n * frame_ms``, whatever the earlier ticks cost, so the
+    stream never drifts: a tick that wakes late is caught up at once (frames go out back to
+    back), and after a stall of more than ``max_burst`` ticks the clock skips the lost ticks
+    instead of bursting them (``on_skip(ticks, late_s)`` tells the transport, e.g. to
+    advance its RTP timestamps).
+
+    At each tick the pacer reads :attr:`CallConnection.playout`: every :class:`Mark` before
+    the next frame goes to ``on_mark(name)`` (the audio before it has been sent), then
+    ``send(frame)`` gets the frame, or ``send(None)`` when nothing is queued (send silence
+    or nothing, as the wire wants). When a mark counts as heard is the transport's call:
+    RTP reports ``events.mark_played`` from ``on_mark`` (the audio before it went out in
+    real time); Twilio forwards the mark and reports it when Twilio echoes it.
+    ``send`` and ``on_mark`` may be plain functions or coroutine functions; an exception in
+    one is logged and the clock goes on. :meth:`run` returns after :meth:`stop`.
+
+        pacer = PlayoutPacer(conn.playout, send_frame, on_mark=report)
+        task = asyncio.create_task(pacer.run())
+        ...
+        pacer.stop()
+    """
+
+    def __init__(
+        self,
+        playout: PlayoutBuffer,
+        send: Callable[[bytes | None], Awaitable[None] | None],
+        on_mark: Callable[[str], Awaitable[None] | None] | None = None,
+        *,
+        frame_ms: int | None = None,
+        max_burst: int = 5,
+        on_skip: Callable[[int, float], None] | None = None,
+        log: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    ) -> None:
+        self.playout = playout
+        self._send = send
+        self._on_mark = on_mark
+        self._frame_ms = frame_ms or playout.frame_ms
+        self.max_burst = max_burst
+        self._on_skip = on_skip
+        self.log = log or logging.getLogger("vc.call")
+        self._clock = clock
+        self._sleep = sleep
+        self._stopped = False
+        self._start = 0.0
+        self._n = 0
+        #: Ticks run, ticks that ran more than a tick late, ticks skipped after stalls.
+        self.ticks = 0
+        self.late_ticks = 0
+        self.skipped_ticks = 0
+
+    @property
+    def frame_ms(self) -> int:
+        return self._frame_ms
+
+    @frame_ms.setter
+    def frame_ms(self, value: int) -> None:
+        """A new tick length (an RTP re-INVITE with another ptime): counted from the last tick."""
+        if value != self._frame_ms and self._n:
+            self._start += self._n * self._frame_ms / 1000
+            self._n = 0
+        self._frame_ms = value
+
+    @property
+    def running(self) -> bool:
+        return not self._stopped
+
+    def stop(self) -> None:
+        """End :meth:`run` (before its next tick)."""
+        self._stopped = True
+
+    async def run(self) -> None:
+        """Tick until :meth:`stop` (or until the task is cancelled)."""
+        self._start = self._clock()
+        self._n = 0
+        while not self._stopped:
+            self._n += 1
+            period = self._frame_ms / 1000
+            delay = self._start + self._n * period - self._clock()
+            if delay > 0:
+                await self._sleep(delay)
+                if self._stopped:
+                    break
+            elif delay < -period:
+                self.late_ticks += 1
+                if delay < -self.max_burst * period:
+                    skipped = int(-delay / period + 1e-9)  # all the ticks already due
+                    self._n += skipped
+                    self.skipped_ticks += skipped
+                    if self._on_skip is not None:
+                        self._on_skip(skipped, -delay)
+            await self.tick()
+
+    async def tick(self) -> None:
+        """One tick's work, without the clock: marks up to the next frame, then the frame."""
+        self.ticks += 1
+        try:
+            item = self.playout.read()
+            while isinstance(item, Mark):
+                if self._on_mark is not None:
+                    await _maybe_await(self._on_mark(item.name))
+                item = self.playout.read()
+            await _maybe_await(self._send(item))
+        except Exception:
+            self.log.exception("playout tick failed")
+
+
+async def _maybe_await(result: Awaitable[None] | None) -> None:
+    if inspect.isawaitable(result):
+        await result

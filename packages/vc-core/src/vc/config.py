@@ -23,6 +23,7 @@ default stack.
 from __future__ import annotations
 
 import configparser
+import difflib
 import logging
 import os
 import re
@@ -255,6 +256,36 @@ def _apply_env(raw: RawConfig, known: dict[str, list[str]], env: Mapping[str, st
                 raw.sections.setdefault(section, {})[key] = (env[name], f"env {name}")
 
 
+def _unknown_env(
+    known: dict[str, list[str]], env: Mapping[str, str]
+) -> tuple[list[ConfigError], list[str]]:
+    """``VC_<SECTION>__<KEY>`` variables that override nothing: a known section with an unknown
+    key is an error like an INI typo (with the closest name); an unknown section, a warning
+    (its plugin may not be installed in this image). Values are never echoed (secrets)."""
+    profile_keys = _known_keys(ProfileSettings)
+    errors: list[ConfigError] = []
+    warnings: list[str] = []
+    for name in sorted(env):
+        if not name.startswith("VC_") or "__" not in name:
+            continue
+        head = name.split("__", 1)[0]
+        sections = [s for s in known if env_name(s, "x").split("__", 1)[0] == head]
+        if not sections and head.startswith("VC_PROFILE_"):
+            sections = ["profile." + head[len("VC_PROFILE_"):].lower()]
+            known = {**known, sections[0]: profile_keys}
+        if not sections:
+            warnings.append(f"environment variable {name} names no configuration section: ignored")
+            continue
+        valid = [env_name(s, k) for s in sections for k in known[s]]
+        if name in valid:
+            continue
+        close = difflib.get_close_matches(name, valid, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        key = name.split("__", 1)[1].lower()
+        errors.append(ConfigError(sections[0], key, None, f"unknown key{hint}", f"env {name}"))
+    return errors, warnings
+
+
 def _known_keys(cls: type | None) -> list[str]:
     return [f.name for f in describe(cls)] if cls is not None else []
 
@@ -295,6 +326,12 @@ def resolve(
     _apply_env(raw, known, env)
 
     warnings: list[str] = []
+    env_errors, env_warnings = _unknown_env(known, env)
+    warnings += env_warnings
+    if raw.legacy:  # as for the file: what vc does not know is a warning for the old INI
+        warnings += [str(e) for e in env_errors]
+    else:
+        errors += env_errors
     if raw.legacy:
         _ignore_what_vc_does_not_use(raw, registry, known, warnings)
 

@@ -365,6 +365,10 @@ class Engine(CallHost):
 
     # -- calls ----------------------------------------------------------------------------
 
+    @property
+    def listen_host(self) -> str | None:
+        return self.config.server.host
+
     def admit(self, info: CallInfo) -> str | None:
         """Why a call would be refused now (counted in vc_calls_refused_total), or None."""
         if not self.accepting:

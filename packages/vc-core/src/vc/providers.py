@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -82,8 +83,14 @@ class Provider:
         self.context = context
         self.log = context.log
 
-    async def start(self) -> None:
-        """Load models, open connections, warm up. Raise ProviderError with a clear message."""
+    async def start(self, *args: Any, **kwargs: Any) -> None:
+        """Load models, open connections, warm up. Raise ProviderError with a clear message.
+
+        STT, LLM and TTS providers override it as ``async def start(self) -> None``; a
+        transport as ``async def start(self, host: CallHost) -> None``
+        (:meth:`TransportProvider.start`). The base accepts either so that both are proper
+        overrides for type checkers.
+        """
 
     async def stop(self) -> None:
         """Release everything ``start`` acquired."""
@@ -153,9 +160,23 @@ class TTSProvider(Provider):
         raise NotImplementedError
 
 
-class CallHost:
-    """Core's side of the process, as transports see it."""
+class CallHost(ABC):
+    """Core's side of the process, as transports see it: the one API a transport calls.
 
+    ``vc serve`` passes its engine to :meth:`TransportProvider.start`; tests pass their own
+    (``vc.testing.contracts.RecordingHost``). A transport uses exactly this:
+
+    * :meth:`admit` before it answers a call (SIP ``200 OK``, Twilio TwiML): a reason string
+      means refuse (SIP 503, Twilio busy), None means take it;
+    * :meth:`run_call` once the call is answered, with its :class:`~vc.call.CallConnection`:
+      it returns when the conversation is over, or raises :class:`ProviderError` at once when
+      the call is refused after all (the host admits again: it may have filled up meanwhile);
+    * :attr:`listen_host`, where a transport wants to know whether vc's HTTP server is
+      reachable from other machines.
+    """
+
+    #: Whether new calls are taken at all (False while starting and while draining).
+    #: Transports ask :meth:`admit`, which also checks capacity and counts refusals.
     accepting: bool = True
 
     def admit(self, info: CallInfo) -> str | None:
@@ -163,11 +184,17 @@ class CallHost:
         return None if self.accepting else "not accepting calls"
 
     def select_profile(self, info: CallInfo) -> Profile:
+        """The profile a call runs with (core decides; transports need not call this)."""
         raise NotImplementedError
 
+    @property
+    def listen_host(self) -> str | None:
+        """The address vc's HTTP server is bound to (``[server] host``), if there is one."""
+        return None
+
+    @abstractmethod
     async def run_call(self, connection: CallConnection) -> str:
         """Run the conversation until it ends; returns the outcome (``completed``, ``error``...)."""
-        raise NotImplementedError
 
 
 class TransportProvider(Provider):
@@ -180,11 +207,21 @@ class TransportProvider(Provider):
         self.host: CallHost | None = None
 
     def routes(self) -> APIRouter | None:
-        """HTTP routes to mount on vc's server (webhooks, WebSocket endpoints), if any."""
+        """HTTP routes to mount on vc's server (webhooks, WebSocket endpoints), if any.
+
+        Called once, when the server is built: before :meth:`start`, so ``self.host`` is
+        still None here (a handler reads it when a request comes). Put every path under the
+        transport's own prefix (``/<name>/...``): ``vc serve`` refuses to start when a path
+        is taken twice (by another transport or by core's ``/healthz``, ``/readyz``,
+        ``/metrics``).
+        """
         return None
 
-    async def start(self, host: CallHost) -> None:  # type: ignore[override]
-        """Start listening; calls go to ``host.run_call``."""
+    async def start(self, host: CallHost) -> None:
+        """Start listening; calls go to ``host.run_call``. Called after :meth:`routes`.
+
+        Overrides call ``await super().start(host)`` (or set ``self.host``) first.
+        """
         self.host = host
 
     def alive(self) -> bool:

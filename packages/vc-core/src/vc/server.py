@@ -25,6 +25,7 @@ import uvicorn
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.routing import BaseRoute, WebSocketRoute
 
 from vc import __version__
 from vc.config import Config
@@ -33,6 +34,21 @@ from vc.plugins import Registry
 from vc.providers import ProviderContext, TransportProvider
 
 log = logging.getLogger("vc.server")
+
+
+class RouteConflict(Exception):
+    """Two transports (or a transport and core) serve the same HTTP path."""
+
+
+def route_keys(route: BaseRoute) -> list[tuple[str, str]]:
+    """What two routes collide on: ``("POST", "/twilio/voice")``, ``("WS", "/twilio/stream")``."""
+    path = str(getattr(route, "path", "") or "")
+    if not path:  # a router included in the transport's: not inspected
+        return []
+    if isinstance(route, WebSocketRoute):
+        return [("WS", path)]
+    methods = getattr(route, "methods", None) or {"*"}
+    return [(method, path) for method in sorted(methods)]
 
 
 class App:
@@ -83,10 +99,22 @@ class App:
         async def metrics() -> Response:
             return Response(generate_latest(self.engine.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-        for transport in self.transports.values():
+        core_paths = {key for r in http.routes for key in route_keys(r)}
+        taken: dict[tuple[str, str], str] = {}
+        for name, transport in self.transports.items():
             router = transport.routes()
-            if router is not None:
-                http.include_router(router)
+            if router is None:
+                continue
+            for key in (key for r in router.routes for key in route_keys(r)):
+                owner = "vc" if key in core_paths else taken.get(key)
+                if owner is not None:
+                    raise RouteConflict(
+                        f"transport {name!r} registers {key[0]} {key[1]}, which {owner!r} "
+                        "already serves: give one of them another path (transports put their "
+                        "routes under /<transport name>/)"
+                    )
+                taken[key] = name
+            http.include_router(router)
         return http
 
     def dead_transports(self) -> list[str]:
@@ -180,12 +208,14 @@ class _Server(uvicorn.Server):
 
 
 class HTTPServer:
-    """uvicorn serving an App's routes; ``start()`` returns the bound port (port 0 works)."""
+    """uvicorn serving an App's routes (or a FastAPI app's); ``start()`` returns the bound
+    port (port 0 works)."""
 
-    def __init__(self, app: App, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, app: App | FastAPI, host: str = "127.0.0.1", port: int = 0) -> None:
         self.app = app
         self.host = host
-        self.server = _Server(uvicorn.Config(app.http, host=host, port=port, log_config=None,
+        http = app if isinstance(app, FastAPI) else app.http
+        self.server = _Server(uvicorn.Config(http, host=host, port=port, log_config=None,
                                              lifespan="off", ws_max_size=1 << 20))
         self._task: asyncio.Task[None] | None = None
         self.port = port
@@ -250,7 +280,11 @@ def install_stop_signals(stop: asyncio.Event) -> None:
 async def serve(
     config: Config, registry: Registry, *, port: int | None = None, host: str | None = None
 ) -> int:
-    app = App(config, registry)
+    try:
+        app = App(config, registry)
+    except RouteConflict as e:
+        log.error("cannot start: %s", e)
+        return 1
     http = HTTPServer(app, listen_host(config, host), listen_port(config, port))
     stop = asyncio.Event()
     install_stop_signals(stop)

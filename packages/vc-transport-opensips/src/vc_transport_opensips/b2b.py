@@ -38,6 +38,7 @@ from typing import Any
 
 from vc import jsonsafe
 from vc.call import CallControlError, CallInfo
+from vc.providers import CallHost
 from vc_transport_opensips.addresses import AddressError, is_wildcard, route_to
 from vc_transport_opensips.call import Signalling, SipCall
 from vc_transport_opensips.mi import MIClient, MIError
@@ -241,7 +242,7 @@ class _EventProtocol(asyncio.DatagramProtocol):
 
 
 class B2BController:
-    def __init__(self, settings: OpenSIPSSettings, media: MediaManager, host: Any) -> None:
+    def __init__(self, settings: OpenSIPSSettings, media: MediaManager, host: CallHost) -> None:
         self.settings = settings
         self.media = media
         self.host = host
@@ -680,8 +681,23 @@ class B2BController:
 
     async def _setup(self, session: B2BSession, p: dict[str, Any]) -> None:
         key = session.key
-        session.headers = parse_headers(str(p.get("headers") or ""))
-        if not getattr(self.host, "accepting", True):
+        session.headers = h = parse_headers(str(p.get("headers") or ""))
+        # Everything parsed from the event is parsed before a port is taken: a failure here
+        # (malformed extra_params...) then has nothing to leak.
+        info = CallInfo(
+            call_id=key,
+            transport="opensips",
+            from_=_user(_header(h, "From", "f")),
+            to=_user(_header(h, "To", "t")),
+            user=_user(_header(h, "To", "t")),
+            params=call_params(p.get("extra_params"), h),
+        )
+        sip_call_id = _header(h, "Call-ID", "i")
+        if sip_call_id:
+            info.params.setdefault("sip_call_id", sip_call_id)
+        refused = self.host.admit(info)
+        if refused:
+            session.log.info("core refuses the call: %s", refused)
             await self._reject(session, 503, "Service Unavailable")
             return
         body = str(p.get("body") or "")
@@ -698,10 +714,6 @@ class B2BController:
         if neg is None:
             await self._reject(session, 488, "Not Acceptable Here")
             return
-        # Everything parsed from the event is parsed before a port is taken: a failure here
-        # (malformed extra_params...) then has nothing to leak.
-        h = session.headers
-        params = call_params(p.get("extra_params"), h)
         try:
             stream, sdp = await self.media.open(neg, session.log)
         except PortsExhausted as e:
@@ -714,17 +726,6 @@ class B2BController:
             return
         try:
             session.neg, session.sdp = neg, sdp
-            info = CallInfo(
-                call_id=key,
-                transport="opensips",
-                from_=_user(_header(h, "From", "f")),
-                to=_user(_header(h, "To", "t")),
-                user=_user(_header(h, "To", "t")),
-                params=params,
-            )
-            sip_call_id = _header(h, "Call-ID", "i")
-            if sip_call_id:
-                info.params.setdefault("sip_call_id", sip_call_id)
             session.conn = conn = SipCall(info, stream, session, session.log)
         finally:
             # Until the call owns the stream (and _finish closes it), a failure here must

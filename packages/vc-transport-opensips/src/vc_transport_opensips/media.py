@@ -5,9 +5,11 @@ that sends a valid packet; re-latched only when that source fell silent), the ji
 RFC 4733 telephone-events (each event reported once), G.711 decoding, silence fill while the
 caller's phone sends nothing (so the VAD still sees the end of a turn).
 
-Outbound: one task per call on an absolute clock (``start + n * ptime``, no drift) reads the
-call's playout buffer each tick: audio is encoded and sent, a mark is reported at once (the
-audio before it has been sent in real time), and silence is sent when nothing is queued.
+Outbound: one task per call on an absolute clock (``start + n * ptime``, no drift: core's
+:class:`vc.call.PlayoutPacer`) reads the call's playout buffer each tick: audio is encoded and
+sent, a mark is reported at once (the audio before it has been sent in real time), and
+silence is sent when nothing is queued; after a stall the clock skips ahead and the RTP
+timestamps with it. Each tick also polls the inbound jitter buffer.
 Sequence numbers wrap at 2^16 and timestamps at 2^32; the first packet of each talk spurt
 carries the marker bit; SSRC, first sequence number and first timestamp are random.
 """
@@ -24,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from vc.audio import alaw_to_pcm, pcm_to_alaw, pcm_to_ulaw, ulaw_to_pcm
-from vc.call import Mark, PlayoutBuffer
+from vc.call import Mark, PlayoutBuffer, PlayoutPacer
 from vc_transport_opensips import rtp
 from vc_transport_opensips.jitter import Frame, JitterBuffer
 from vc_transport_opensips.sdp import Negotiated
@@ -78,6 +80,8 @@ class RtpStream(asyncio.DatagramProtocol):
         self._last_delivery = 0.0
         self._receiving = False
         self._task: asyncio.Task[None] | None = None
+        #: The outbound clock, once :meth:`start` ran.
+        self.pacer: PlayoutPacer | None = None
         self._silence = ENCODERS[neg.codec](bytes(2 * neg.samples_per_frame))
 
     # -- socket ----------------------------------------------------------------------------
@@ -104,6 +108,8 @@ class RtpStream(asyncio.DatagramProtocol):
             self.neg.remote_port,
         )
         self.neg = neg
+        if self.pacer is not None:
+            self.pacer.frame_ms = neg.ptime
         if moved and neg.remote_port:
             self.latched = None  # the far end moved: latch again to whatever it sends from
         self._talking = False
@@ -198,39 +204,41 @@ class RtpStream(asyncio.DatagramProtocol):
 
     def start(self, playout: PlayoutBuffer, on_mark: Callable[[str], None]) -> None:
         if self._task is None:
-            self._task = asyncio.create_task(self._clock(playout, on_mark), name="rtp-clock")
+            self.pacer = PlayoutPacer(
+                playout,
+                self._tick,
+                on_mark,
+                frame_ms=self.neg.ptime,
+                max_burst=MAX_BURST,
+                on_skip=self._skipped,
+                log=self.log,
+                clock=asyncio.get_running_loop().time,
+            )
+            self._task = asyncio.create_task(self.pacer.run(), name="rtp-clock")
 
-    async def _clock(self, playout: PlayoutBuffer, on_mark: Callable[[str], None]) -> None:
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        n = 0
-        while True:
-            period = self.neg.ptime / 1000
-            n += 1
-            delay = start + n * period - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            elif delay < -MAX_BURST * period:
-                skipped = int(-delay / period)
-                self.log.warning(
-                    "RTP clock %.0f ms late (event loop stalled): skipping ahead", -delay * 1000
-                )
-                n += skipped
-                self.timestamp = (
-                    self.timestamp + skipped * self.neg.samples_per_frame
-                ) & 0xFFFFFFFF
-                self._talking = False
-            try:
-                self._send_tick(playout, on_mark)
-                self._receive_tick(period)
-            except Exception:
-                self.log.exception("RTP clock tick failed")
+    def _skipped(self, ticks: int, late: float) -> None:
+        self.log.warning(
+            "RTP clock %.0f ms late (event loop stalled): skipping ahead", late * 1000
+        )
+        self.timestamp = (self.timestamp + ticks * self.neg.samples_per_frame) & 0xFFFFFFFF
+        self._talking = False
+
+    def _tick(self, item: bytes | None) -> None:
+        """One tick of the clock (marks were reported already): send, then poll the inbound."""
+        try:
+            self._send_frame(item)
+        finally:
+            self._receive_tick(self.neg.ptime / 1000)
 
     def _send_tick(self, playout: PlayoutBuffer, on_mark: Callable[[str], None]) -> None:
+        """One outbound tick without the clock: report the marks reached, send a frame."""
         item = playout.read()
         while isinstance(item, Mark):
             on_mark(item.name)
             item = playout.read()
+        self._send_frame(item)
+
+    def _send_frame(self, item: bytes | None) -> None:
         if item is None:
             payload, marker = self._silence, False
             self._talking = False

@@ -51,8 +51,9 @@ class MediaManager:
 
 async def start_call(host: CallHost, conn: SipCall) -> asyncio.Task[str]:
     """Hand the call to core; raises CallRefused when core refuses it straight away."""
-    if not getattr(host, "accepting", True):
-        raise CallRefused("not accepting calls (starting or shutting down)")
+    refused = host.admit(conn.info)
+    if refused:
+        raise CallRefused(refused)
     task = asyncio.create_task(host.run_call(conn), name=f"call-{conn.info.call_id}")
     await asyncio.sleep(0)  # core checks capacity before its first await
     if task.done() and not task.cancelled() and task.exception() is not None:

@@ -29,6 +29,7 @@ from typing import Any
 import sipmessage
 
 from vc.call import CallControlError, CallInfo
+from vc.providers import CallHost
 from vc_transport_opensips import sipmsg
 from vc_transport_opensips.addresses import AddressError, advertise, configured_rtp_ip
 from vc_transport_opensips.call import Signalling, SipCall
@@ -220,7 +221,7 @@ class SipProtocol(asyncio.DatagramProtocol):
 
 
 class SipUserAgent:
-    def __init__(self, settings: OpenSIPSSettings, media: MediaManager, host: Any) -> None:
+    def __init__(self, settings: OpenSIPSSettings, media: MediaManager, host: CallHost) -> None:
         self.settings = settings
         self.media = media
         self.host = host
@@ -578,8 +579,20 @@ class SipUserAgent:
         self.dialogs.pop(dialog.call_id, None)
 
     async def _setup(self, dialog: Dialog, req: Request, txn: ServerTransaction) -> None:
-        if not getattr(self.host, "accepting", True):
-            self._reject(dialog, txn, 503, headers=[("Retry-After", "5")])
+        info = CallInfo(
+            call_id=req.call_id,
+            transport="opensips",
+            from_=_user(req.get("From")),
+            to=_user(req.get("To")),
+            user=_user(f"<{req.uri}>"),
+            params=_params(req),
+        )
+        refused = self.host.admit(info)
+        if refused:
+            dialog.log.info("core refuses the call: %s", refused)
+            self._reject(
+                dialog, txn, 503, headers=[("Retry-After", "5"), ("Warning", f'399 vc "{refused}"')]
+            )
             return
         if not req.body:
             self._reject(dialog, txn, 415, "SDP offer required", [("Accept", "application/sdp")])
@@ -630,14 +643,6 @@ class SipUserAgent:
                     180,
                 )
                 await asyncio.sleep(self.settings.answer_delay)
-            info = CallInfo(
-                call_id=req.call_id,
-                transport="opensips",
-                from_=_user(req.get("From")),
-                to=_user(req.get("To")),
-                user=_user(f"<{req.uri}>"),
-                params=_params(req),
-            )
             conn = SipCall(info, stream, dialog, dialog.log)
             dialog.conn = conn
         finally:

@@ -25,8 +25,8 @@ class OpenSIPSTransport(TransportProvider):
         self.ua: SipUserAgent | None = None
         self.b2b: B2BController | None = None
 
-    async def start(self, host: CallHost) -> None:  # type: ignore[override]
-        self.host = host
+    async def start(self, host: CallHost) -> None:
+        await super().start(host)
         s: OpenSIPSSettings = self.settings
         if s.rtp_min_port and s.rtp_max_port < s.rtp_min_port:
             raise ProviderError(

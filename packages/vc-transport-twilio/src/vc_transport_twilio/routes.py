@@ -127,6 +127,8 @@ def build_router(transport: TwilioTransport) -> APIRouter:
             return refused(request, _Rejected(400, "no CallSid"))
         direction = params.get("Direction", "inbound")
         host = transport.host
+        # Not taking calls at all: the caller gets a busy signal before any stream opens.
+        # Capacity is the stream's to check (host.admit): that caller hears the busy message.
         if not transport.ready() or host is None or not host.accepting:
             log.warning(
                 "refusing call: not accepting calls (starting or shutting down)", extra=extra

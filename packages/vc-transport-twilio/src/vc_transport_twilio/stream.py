@@ -205,8 +205,11 @@ class StreamHandler:
             log=self.log,
         )
         host = transport.host
-        if host is None or not host.accepting:
-            self.log.warning("stream refused: not accepting calls (starting or shutting down)")
+        refused = "not accepting calls (starting or shutting down)" if host is None else (
+            host.admit(info)
+        )
+        if refused:
+            self.log.warning("stream refused: %s", refused)
             transport.actions.set(info.call_id, transport.busy_reply(info))
             await self._close(TRY_LATER)
             return

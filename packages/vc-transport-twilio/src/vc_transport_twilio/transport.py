@@ -69,13 +69,6 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def listen_host(host: CallHost) -> str | None:
-    """The address vc's HTTP server is bound to (``[server] host``), if the host tells."""
-    server = getattr(getattr(host, "config", None), "server", None)
-    value = getattr(server, "host", None)
-    return value if isinstance(value, str) else None
-
-
 class ActionStore:
     """TwiML each call's ``<Connect action>`` request gets (a transfer's ``<Dial>``...)."""
 
@@ -135,9 +128,9 @@ class TwilioTransport(TransportProvider):
         return any((s.public_url, s.auth_token, s.account_sid, s.api_key, s.api_secret,
                     s.stream_secret))
 
-    async def start(self, host: CallHost) -> None:  # type: ignore[override]
+    async def start(self, host: CallHost) -> None:
         s = self.settings
-        bound = listen_host(host)
+        bound = host.listen_host
         if s.validate_signatures and not self.has_credentials() and bound and is_loopback(bound):
             # Nothing configured and nobody else can reach us: the embedded default stack
             # (`vc serve` with no configuration, `vc demo`) runs without Twilio credentials.

@@ -8,6 +8,13 @@ read, and the next clause goes out on a spare connection instead of waiting behi
 answer. A connection found closed (the service restarted) is replaced and the request sent
 again, within ``connect_timeout``; a connection refused outright (nothing listens: the service
 is stopped) fails the request at once, so the caller hears core's apology without a wait.
+
+Authentication (``auth``): none, or a Google-signed ID token from the metadata server for a
+service behind Cloud Run IAM (:mod:`vc_tts_piper.idtoken`), sent on each WebSocket upgrade as
+``Authorization: Bearer``. The shared ``token`` of ``vc-piper-ws-server --token`` also travels
+as ``Authorization: Bearer``; with both, the ID token goes in ``X-Serverless-Authorization``
+(which Cloud Run's IAM check reads in preference to ``Authorization``, leaving that header to the
+service) and the shared token in ``Authorization``. A refused upgrade (401/403) fails at once.
 """
 
 from __future__ import annotations
@@ -20,7 +27,13 @@ from typing import Any
 import attrs
 from pipecat.frames.frames import CancelFrame, EndFrame, ErrorFrame, Frame
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidHandshake, InvalidURI
+from websockets.exceptions import (
+    ConnectionClosed,
+    ConnectionClosedOK,
+    InvalidHandshake,
+    InvalidStatus,
+    InvalidURI,
+)
 from websockets.protocol import State
 
 from vc.profiles import Profile
@@ -29,6 +42,13 @@ from vc.reconnect import RemoteProvider, RemoteService, ServiceUnavailable
 from vc.settings import setting
 from vc.wsauth import auth_headers
 from vc_tts_piper import protocol
+from vc_tts_piper.idtoken import (
+    AUTH_CHOICES,
+    AUTH_GOOGLE_ID_TOKEN,
+    IdTokenError,
+    IdTokenSource,
+    default_audience,
+)
 from vc_tts_piper.normalize import normalize
 from vc_tts_piper.service import ClauseStreamingTTSService
 from vc_tts_piper.voices import voice_language
@@ -59,6 +79,14 @@ class PiperWebSocketSettings:
         "", secret=True,
         help="shared token the service wants (vc-piper-ws-server --token), sent as "
         "Authorization: Bearer; $env:NAME or $file:/path to keep it out of the file")
+    auth: str = setting(
+        "none", choices=AUTH_CHOICES,
+        help="identity sent on the upgrade: none, or google-id-token (an ID token of the "
+        "instance's service account from the metadata server, for a service behind Cloud Run "
+        "IAM; with a token too, it goes in X-Serverless-Authorization)")
+    audience: str = setting(
+        "", help="audience of the ID token (auth = google-id-token); empty: https:// and the "
+        "url's host, the Cloud Run service URL")
     voice: str = setting(
         "tr_TR-dfki-medium", help="voice the service should speak with (a profile's voice wins)")
     sample_rate: int = setting(
@@ -90,9 +118,11 @@ class ConnectionPool:
     """
 
     def __init__(self, url: str, *, connect_timeout: float, spare: int, log: Any,
-                 service: RemoteService | None = None, token: str = "") -> None:
+                 service: RemoteService | None = None, token: str = "",
+                 id_tokens: IdTokenSource | None = None) -> None:
         self.url = url
         self.token = token
+        self.id_tokens = id_tokens
         self.service = service
         self.connect_timeout = connect_timeout
         self.spare = max(0, spare)
@@ -106,15 +136,48 @@ class ConnectionPool:
         self._wake = asyncio.Event()
         self._closing: set[asyncio.Task[None]] = set()
 
+    async def headers(self) -> dict[str, str]:
+        """The upgrade's authentication headers (raises IdTokenError)."""
+        if self.id_tokens is None:
+            return auth_headers(self.token)
+        bearer = f"Bearer {await self.id_tokens.token()}"
+        if self.token:
+            return {"X-Serverless-Authorization": bearer, **auth_headers(self.token)}
+        return {"Authorization": bearer}
+
+    def _fail(self, message: str) -> PiperServiceError:
+        self.healthy = False
+        error = PiperServiceError(message)
+        if self.service is not None:
+            self.service.lost(message)
+        return error
+
+    def _auth_hint(self) -> str:
+        if self.id_tokens is not None:
+            sent = f"sent a Google ID token for audience {self.id_tokens.audience}"
+            if self.token:
+                sent += " in X-Serverless-Authorization, and the shared [tts] token"
+            return (f"{sent}: does vc's service account hold roles/run.invoker on the service, "
+                    "and is the audience its URL ([tts] audience)?")
+        if self.token:
+            return "sent the shared [tts] token: is it the service's --token?"
+        return ("sent no credentials: [tts] token for vc-piper-ws-server --token, or "
+                "[tts] auth = google-id-token for a service behind Cloud Run IAM")
+
     async def connect(self, deadline: float, *, retry: bool = True) -> ClientConnection:
         """A new connection, retrying with backoff until ``deadline`` (loop time), or trying
         once (``retry=False``: the handshake may take until ``deadline``)."""
         loop = asyncio.get_running_loop()
         delay = 0.05
         while True:
+            try:
+                headers = await self.headers()
+            except IdTokenError as e:
+                raise self._fail(f"{e}; it is needed for the Piper WebSocket service at "
+                                 f"{self.url} ([tts] auth = google-id-token)") from e
             remaining = deadline - loop.time()
             try:
-                conn = await connect(self.url, additional_headers=auth_headers(self.token),
+                conn = await connect(self.url, additional_headers=headers,
                                      open_timeout=max(0.2, remaining), max_size=None,
                                      compression=None, close_timeout=1, ping_interval=20,
                                      ping_timeout=20)
@@ -122,6 +185,13 @@ class ConnectionPool:
                 raise PiperServiceError(
                     f"[tts] url {self.url!r} is not a WebSocket URL: {e}") from e
             except _CONNECT_ERRORS as e:
+                if isinstance(e, InvalidStatus) and e.response.status_code in (401, 403):
+                    # Not let in: trying again with the same credentials will not help.
+                    if self.id_tokens is not None:
+                        self.id_tokens.forget()  # the next attempt fetches a fresh one
+                    raise self._fail(
+                        f"the Piper WebSocket service at {self.url} refused the connection: "
+                        f"HTTP {e.response.status_code} ({self._auth_hint()})") from e
                 self.healthy = False
                 # Refused at once: nothing listens there (a stopped or crashed service). Waiting
                 # out the deadline would only make the caller sit through seconds of silence
@@ -338,9 +408,14 @@ class PiperWebSocketProvider(RemoteProvider, TTSProvider):
 
     def __init__(self, settings: PiperWebSocketSettings, context: Any) -> None:
         super().__init__(settings, context)
+        id_tokens = None
+        if settings.auth == AUTH_GOOGLE_ID_TOKEN:
+            id_tokens = IdTokenSource(settings.audience or default_audience(settings.url),
+                                      timeout=min(5.0, settings.connect_timeout))
         self.pool = ConnectionPool(settings.url, connect_timeout=settings.connect_timeout,
                                    spare=max(1, settings.spare_connections), log=self.log,
-                                   service=self.remote, token=settings.token)
+                                   service=self.remote, token=settings.token,
+                                   id_tokens=id_tokens)
 
     async def probe(self) -> None:
         try:
@@ -348,6 +423,8 @@ class PiperWebSocketProvider(RemoteProvider, TTSProvider):
         except PiperServiceError as e:
             if isinstance(e.__cause__, InvalidURI):
                 raise
+            if isinstance(e.__cause__, IdTokenError | InvalidStatus):
+                raise ServiceUnavailable(str(e)) from e
             raise ServiceUnavailable(f"{e} (start the service, e.g. vc-piper-ws-server, or fix "
                                      "[tts] url)") from e
 

@@ -14,6 +14,8 @@ observers (``ObserverContract``, set ``observer = MyObserver``).
 Each suite starts the provider as vc would (``Provider(settings, context)`` then
 ``await start()``), builds a service for a call and drives it with real frames through a real
 pipecat pipeline. Override ``make_settings``, ``language`` or the sample inputs as needed.
+``TransportContract`` also places a loopback call through vc's engine once the subclass
+implements ``connect_caller`` (returning a :class:`ContractCaller`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 import inspect
 import logging
 import re
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import attrs
 import pytest
@@ -271,10 +273,100 @@ class RecordingHost(CallHost):
         return "completed"
 
 
+@runtime_checkable
+class ContractCaller(Protocol):
+    """The caller's end of the call :class:`TransportContract` places: a phone the test drives.
+
+    Audio is PCM16 mono at 8 kHz both ways, whatever the wire carries.
+    """
+
+    def send_audio(self, pcm: bytes) -> None:
+        """Speak ``pcm`` into the call in real time, after what is still being sent. Between
+        utterances the phone keeps sending silence, as a real one does."""
+
+    def received_audio(self) -> bytes:
+        """All the bot audio the caller has heard so far, in order (silent gaps may be left out)."""
+
+    async def hangup(self) -> None:
+        """The caller hangs up (a BYE, Twilio's ``stop``...)."""
+
+    async def close(self) -> None:
+        """Release what ``connect_caller`` opened (sockets, tasks); runs even after a failure."""
+
+
+#: One 20 ms frame at 8 kHz, PCM16.
+_FRAME_8K = 320
+
+
+class _Heard:
+    """Counts the non-silent 20 ms frames a :class:`ContractCaller` has heard, with their times."""
+
+    def __init__(self, caller: ContractCaller) -> None:
+        self.caller = caller
+        self.offset = 0
+        self.loud = 0
+        #: when the last loud frame was heard (0: none yet)
+        self.last_loud_at = 0.0
+        #: (time, loud frames heard by then), sampled every 10 ms
+        self.samples: list[tuple[float, int]] = []
+
+    def poll(self) -> int:
+        import time
+
+        from vc.audio import rms
+
+        audio = self.caller.received_audio()
+        now = time.monotonic()
+        while self.offset + _FRAME_8K <= len(audio):
+            if rms(audio[self.offset : self.offset + _FRAME_8K]) > 0.003:
+                self.loud += 1
+                self.last_loud_at = now
+            self.offset += _FRAME_8K
+        self.samples.append((now, self.loud))
+        return self.loud
+
+    def at(self, t: float) -> int:
+        """Loud frames heard by time ``t`` (from the samples)."""
+        return max((n for ts, n in self.samples if ts <= t), default=0)
+
+    async def run(self) -> None:
+        import asyncio
+
+        while True:
+            self.poll()
+            await asyncio.sleep(0.01)
+
+
 class TransportContract(ProviderContract):
-    """Transport: starts, reports readiness, exposes routes (if HTTP), stops cleanly."""
+    """Transport: starts, reports readiness, exposes routes (if HTTP), stops cleanly, and places
+    a real call through vc's engine.
+
+    The call needs the caller's end of the transport: implement :meth:`connect_caller`
+    (return None to skip that test). The engine runs the fake STT/LLM/TTS
+    (:mod:`vc.testing.fakes`); the transport's :meth:`~TransportProvider.routes` are served
+    on 127.0.0.1 as ``vc serve`` would, before :meth:`~TransportProvider.start` gets the
+    engine as its :class:`~vc.providers.CallHost`. The call checks, in order: the greeting
+    is heard; the caller's speech reaches the STT and its answer is heard; marks are reported
+    (``mark_played``); talking over a long answer stops the bot's audio (``clear``) within
+    :attr:`max_clear_seconds`; the caller's hang-up ends the call in core.
+    """
 
     provider: ClassVar[type[TransportProvider]]
+    #: How long bot audio may still be heard once core decided on a barge-in.
+    max_clear_seconds: ClassVar[float] = 0.5
+    #: What the fake STT hears, one line per utterance (the first asks for a long answer).
+    loopback_script: ClassVar[str] = "tell me everything about the sea, stop right there"
+
+    async def connect_caller(
+        self, transport: TransportProvider, http_url: str
+    ) -> ContractCaller | None:
+        """Place a call to the started ``transport`` and return its caller's end.
+
+        ``http_url`` is where the transport's routes are served (``http://127.0.0.1:<port>``;
+        empty when :meth:`~TransportProvider.routes` returned None). Return once the call is
+        being answered (the greeting may still be on its way). None skips the call test.
+        """
+        return None
 
     @pytest.mark.asyncio
     async def test_start_and_stop(self) -> None:
@@ -283,6 +375,8 @@ class TransportContract(ProviderContract):
         await transport.start(host)
         try:
             assert transport.ready(), "ready() must be true once start() returned"
+            assert transport.host is host, "start(host) must keep the host (super().start(host))"
+            assert transport.alive(), "alive() must be true for a transport that just started"
         finally:
             await transport.stop()
 
@@ -291,6 +385,123 @@ class TransportContract(ProviderContract):
 
         routes = self.make_provider().routes()
         assert routes is None or isinstance(routes, APIRouter)
+
+    @pytest.mark.asyncio
+    async def test_a_loopback_call_moves_audio_both_ways(self) -> None:
+        import asyncio
+        import contextlib
+        import time
+
+        from fastapi import FastAPI
+
+        from vc.engine import Engine
+        from vc.hookspecs import hookimpl
+        from vc.server import HTTPServer
+        from vc.testing import FAKE_STACK, config_from_ini, fake_registry
+        from vc.testing.calls import speech
+
+        # Made up front: espeak-ng runs while nothing is timed yet.
+        question = speech("tell me everything about the sea", 8000) + bytes(3200)
+        interruption = speech("stop right there please", 8000) + bytes(3200)
+        seen: list[tuple[float, str, str, dict[str, Any]]] = []
+
+        class Recorder(Observer):
+            name = "contract-recorder"
+
+            def event(self, info: CallInfo, name: str, data: dict[str, Any]) -> None:
+                seen.append((time.monotonic(), info.call_id, name, dict(data)))
+
+        class Registers:
+            @hookimpl
+            def register_observers(self, register: Any) -> None:
+                register(Recorder)
+
+        registry = fake_registry(env={"VC_LOAD_PLUGINS": ""}, extra=[("contract", Registers())])
+        ini = (FAKE_STACK + f"[stt.fake]\nscript = {self.loopback_script}\n[tts.fake]\n"
+               "ms_per_char = 40\n[vc]\nobservers = contract-recorder\n")
+        engine = Engine(config_from_ini(ini, registry), registry)
+
+        def events(name: str, after: float = 0.0) -> list[tuple[float, dict[str, Any]]]:
+            return [(t, d) for t, _, n, d in seen if n == name and t > after]
+
+        async def until(what: str, check: Any, within: float = 20.0) -> Any:
+            deadline = time.monotonic() + within
+            while time.monotonic() < deadline:
+                value = check()
+                if value:
+                    return value
+                await asyncio.sleep(0.01)
+            raise AssertionError(f"no {what} within {within:.0f}s")
+
+        transport = self.make_provider()
+        http: HTTPServer | None = None
+        caller: ContractCaller | None = None
+        watcher: asyncio.Task[None] | None = None
+        await engine.start()
+        try:
+            router = transport.routes()  # as vc serve does: routes first, then start(host)
+            url = ""
+            if router is not None:
+                app = FastAPI()
+                app.include_router(router)
+                http = HTTPServer(app, "127.0.0.1", 0)
+                await http.start()
+                url = http.url
+            await transport.start(engine)
+            caller = await self.connect_caller(transport, url)
+            if caller is None:
+                pytest.skip("connect_caller is not implemented for this transport")
+            heard = _Heard(caller)
+            watcher = asyncio.create_task(heard.run())
+
+            # 1. The greeting is heard, and its mark reported once it has been.
+            await until("greeting audio", lambda: heard.loud >= 5)
+            session = await until("call in core", lambda: list(engine.sessions.values()))
+            call_id = session[0].info.call_id
+            await until("mark_played for the greeting", lambda: events("mark_played"))
+            await until("the end of the greeting",
+                        lambda: time.monotonic() - heard.last_loud_at > 0.8)
+
+            # 2. The caller speaks; core transcribes it; the (long) answer is heard.
+            before = heard.loud
+            asked = time.monotonic()
+            caller.send_audio(question)
+            await until("transcript of the caller's speech", lambda: events("transcript", asked))
+            await until("the answer", lambda: heard.loud >= before + 10)
+
+            # 3. Talking over the answer: the bot's audio stops, and nothing stale follows.
+            await asyncio.sleep(0.6)
+            interrupted = time.monotonic()
+            caller.send_audio(interruption)
+            (barge_at, _), *_ = await until("barge_in", lambda: events("barge_in", interrupted))
+            (turn_at, _), *_ = await until(
+                "the interruption's transcript", lambda: events("transcript", barge_at)
+            )
+            stopped_by = barge_at + self.max_clear_seconds
+            if turn_at > stopped_by:
+                late = heard.at(turn_at) - heard.at(stopped_by)
+                assert late * 0.02 <= 0.1, (
+                    f"{late * 20} ms of bot audio was heard more than {self.max_clear_seconds}s "
+                    "after the barge-in: clear() must drop what the transport buffered"
+                )
+            assert len(events("mark_played")) >= 1
+
+            # 4. The caller hangs up: the call ends in core.
+            await caller.hangup()
+            await until("the end of the call in core", lambda: call_id not in engine.sessions,
+                        within=10)
+            assert transport.alive()
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+            if caller is not None:
+                await caller.close()
+            await transport.stop()
+            if http is not None:
+                await http.stop()
+            await engine.stop()
 
 
 #: A payload of each catalogue event, as core would send it (for events a short loopback call

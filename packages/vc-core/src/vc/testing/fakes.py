@@ -179,6 +179,10 @@ class FakeTTSService(TTSService):
             await asyncio.sleep(self._s.first_audio_delay)
         step = self.sample_rate // 50 * 2
         for i in range(0, len(pcm), step):
+            # A synthesiser hands over audio as it makes it, never all at once: let the
+            # pipeline run between chunks as a real one does (pipecat then knows how much of
+            # an interrupted answer was spoken).
+            await asyncio.sleep(0)
             await self.stop_ttfb_metrics()
             yield TTSAudioRawFrame(pcm[i : i + step], self.sample_rate, 1, context_id=context_id)
 

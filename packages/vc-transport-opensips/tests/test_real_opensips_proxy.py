@@ -157,7 +157,7 @@ async def test_sipp_call_record_routed_acked_and_hung_up(proxy: Setup, tmp_path:
         assert info.params["ai-processing"] == "enabled", info.params  # added by the script
         assert vc.recorder.named("transcript") or vc.recorder.named("turn"), vc.recorder.events
         await wait_for(lambda: not vc.transport.media.pool.in_use, what="RTP port release")
-        assert not vc.transport.ua.dialogs
+        await wait_for(lambda: not vc.transport.ua.dialogs, timeout=5, what="dialog forgotten")
 
 
 @pytest.mark.skipif(
@@ -217,7 +217,8 @@ async def test_bot_hangs_up_with_bye_through_opensips(proxy: Setup) -> None:
             await wait_for(lambda: vc.recorder.ended, what="call end")
             # vc got the 200 relayed by OpenSIPS (else it would still be retransmitting the BYE).
             await wait_for(lambda: not vc.transport.ua.client_txns, timeout=5, what="BYE transaction done")
-            assert not vc.transport.ua.dialogs
+            # The dialog is forgotten once its media is closed too (just after the 200).
+            await wait_for(lambda: not vc.transport.ua.dialogs, timeout=5, what="dialog forgotten")
     finally:
         await phone.close()
         await caller.close()

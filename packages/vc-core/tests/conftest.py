@@ -14,3 +14,25 @@ def _quiet_pipecat() -> None:
     from vc import logs
 
     logs.route_loguru("warning")
+
+
+@pytest.fixture
+async def make_engine():
+    """``await make_engine(ini)``: a started Engine on the fake providers, drained and stopped
+    after the test."""
+    from vc.engine import Engine
+    from vc.testing import config_from_ini, fake_registry
+
+    engines: list[Engine] = []
+
+    async def make(ini: str) -> Engine:
+        reg = fake_registry()
+        engine = Engine(config_from_ini(ini, reg), reg)
+        await engine.start()
+        engines.append(engine)
+        return engine
+
+    yield make
+    for e in engines:
+        await e.drain(2.0)
+        await e.stop()

@@ -14,29 +14,13 @@ import pytest
 
 from vc.engine import Engine
 from vc.session import CallSession
-from vc.testing import FAKE_STACK, config_from_ini, fake_registry
+from vc.testing import FAKE_STACK
 from vc.testing.calls import LoopbackConnection, run_loopback_call, speech
 
 
 def stack(script: list[str], extra: str = "") -> str:
     return FAKE_STACK + f"\n[stt.fake]\nscript = {', '.join(script)}\n" + extra
 
-
-@pytest.fixture
-async def make_engine():
-    engines: list[Engine] = []
-
-    async def make(ini: str) -> Engine:
-        reg = fake_registry()
-        engine = Engine(config_from_ini(ini, reg), reg)
-        await engine.start()
-        engines.append(engine)
-        return engine
-
-    yield make
-    for e in engines:
-        await e.drain(2.0)
-        await e.stop()
 
 
 async def start_call(engine: Engine, **kw) -> tuple[LoopbackConnection, asyncio.Task[str]]:

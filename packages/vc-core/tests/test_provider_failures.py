@@ -16,29 +16,13 @@ from prometheus_client import generate_latest
 from vc.engine import Engine
 from vc.llm import DEFAULT_APOLOGY
 from vc.logs import route_loguru
-from vc.testing import FAKE_STACK, config_from_ini, fake_registry
+from vc.testing import FAKE_STACK
 from vc.testing.calls import LoopbackConnection, run_loopback_call, speech
 
 
 def stack(script: list[str], extra: str = "") -> str:
     return FAKE_STACK + f"\n[stt.fake]\nscript = {', '.join(script)}\n" + extra
 
-
-@pytest.fixture
-async def make_engine():
-    engines: list[Engine] = []
-
-    async def make(ini: str) -> Engine:
-        reg = fake_registry()
-        engine = Engine(config_from_ini(ini, reg), reg)
-        await engine.start()
-        engines.append(engine)
-        return engine
-
-    yield make
-    for e in engines:
-        await e.drain(2.0)
-        await e.stop()
 
 
 def heard(conn: LoopbackConnection, start: float, end: float | None = None) -> bytes:

@@ -117,6 +117,29 @@ class VADSettings:
 
 
 @attrs.define
+class TurnSettings:
+    end: Literal["adaptive", "silence"] = setting(
+        "adaptive",
+        help="adaptive: the turn ends [vad] stop_secs after the speech when the words sound "
+        "finished and incomplete_secs after it when they do not, and each segment is "
+        "transcribed while the silence is waited out; silence: always [vad] stop_secs, "
+        "transcribed after it (vc.turns)",
+    )
+    segment_secs: float = setting(
+        0.2, min=0.05, max=10,
+        help="adaptive: silence after which the speech so far is transcribed",
+    )
+    incomplete_secs: float = setting(
+        1.0, min=0, max=10,
+        help="adaptive: silence that ends a turn whose last word expects more (\"a table for\", "
+        "\"and\", a comma)",
+    )
+    continuation_words: str = setting(
+        "", help="adaptive: more words after which a turn is not over, space separated",
+    )
+
+
+@attrs.define
 class InterruptionSettings:
     enabled: bool = setting(True, help="let the caller interrupt the bot (barge-in)")
     min_words: int = setting(0, min=0, max=100, help="words the caller must say to interrupt (0: any speech)")
@@ -151,6 +174,7 @@ CORE_SECTIONS: dict[str, type] = {
     "vc": VCSettings,
     "server": ServerSettings,
     "vad": VADSettings,
+    "turn": TurnSettings,
     "interruption": InterruptionSettings,
 }
 
@@ -186,6 +210,7 @@ class Config:
     profiles: list[Profile]
     source: RawConfig
     warnings: list[str] = attrs.field(factory=list)
+    turn: TurnSettings = attrs.field(factory=TurnSettings)
 
 
 @attrs.define
@@ -431,7 +456,8 @@ def resolve(
     return (
         Config(
             vc=core["vc"], server=core["server"], vad=core["vad"],
-            interruption=core["interruption"], providers=providers, default_providers=defaults,
+            interruption=core["interruption"], turn=core["turn"], providers=providers,
+            default_providers=defaults,
             transports=transports, observers=observers, profiles=profiles, source=raw,
             warnings=warnings,
         ),

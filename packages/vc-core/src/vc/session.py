@@ -46,6 +46,7 @@ from vc.llm import StreamingLLMService, tools_schema
 from vc.logs import current_call_id
 from vc.media import CallTransport, SpeechWrittenFrame
 from vc.monitor import MonotonicClock, TurnMonitor
+from vc.turns import AdaptiveTurnEnd, continuation_words, sounds_unfinished
 from vc.providers import CallContext, Tool, ToolCall
 from vc.tools import redact, run_tool
 from vc.vad import CallVADProcessor
@@ -88,6 +89,7 @@ class CallSession(CallEvents):
         self._greeting_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self.monitor: TurnMonitor | None = None
+        self.turn_end: AdaptiveTurnEnd | None = None
         self.context: LLMContext | None = None
         self.barge_ins = 0
         self._pause_on_speech = False
@@ -154,11 +156,14 @@ class CallSession(CallEvents):
         )
 
         vad_cfg = engine.config.vad
+        stop_secs = _first(profile.vad_stop_secs, vad_cfg.effective_stop_secs())
+        turn_end = self._turn_end(stop_secs)
         vad = engine.take_vad(
             VADParams(
                 confidence=_first(profile.vad_confidence, vad_cfg.confidence),
                 start_secs=_first(profile.vad_start_secs, vad_cfg.effective_start_secs()),
-                stop_secs=_first(profile.vad_stop_secs, vad_cfg.effective_stop_secs()),
+                stop_secs=stop_secs if turn_end is None else
+                min(stop_secs, engine.config.turn.segment_secs),
                 min_volume=engine.min_volume(),
             ),
             stt_rate,
@@ -199,7 +204,7 @@ class CallSession(CallEvents):
             user_params=LLMUserAggregatorParams(
                 user_turn_strategies=UserTurnStrategies(
                     start=start,
-                    stop=[SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=0.0)],
+                    stop=[turn_end or SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=0.0)],
                 ),
             ),
         )
@@ -243,6 +248,20 @@ class CallSession(CallEvents):
             check_dangling_tasks=False,
         )
         return self._task
+
+    def _turn_end(self, complete_secs: float) -> AdaptiveTurnEnd | None:
+        """The adaptive end of turn (vc.turns), or None where the turn ends on silence alone."""
+        cfg = self.engine.config.turn
+        if cfg.end != "adaptive":
+            return None
+        language = self.profile.language
+        words = continuation_words(language, cfg.continuation_words.split())
+        self.turn_end = AdaptiveTurnEnd(
+            complete_secs=complete_secs,
+            incomplete_secs=cfg.incomplete_secs,
+            unfinished=lambda text: sounds_unfinished(text, language, words),
+        )
+        return self.turn_end
 
     def _tools(self, llm_provider: Any) -> list[Tool]:
         lost = tools_unavailable(llm_provider, self.profile)

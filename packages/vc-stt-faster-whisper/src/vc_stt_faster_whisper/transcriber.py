@@ -1,5 +1,9 @@
 """One loaded Whisper model, shared by every call, transcribing off the event loop.
 
+Short utterances are encoded in a short window (the utterance and ``window_padding`` seconds of
+silence) instead of Whisper's fixed 30 s: encoding the full window is most of the cost of a
+phrase (:meth:`Transcriber._run_windowed`).
+
 CTranslate2 runs ``num_workers`` transcriptions in parallel on one model; the executor here has
 exactly that many threads, so extra calls wait their turn in order instead of oversubscribing
 the CPU. Decoding options are chosen for latency: greedy search, no timestamps, no
@@ -25,6 +29,8 @@ from vc.providers import ProviderError
 from vc_stt_faster_whisper.models import ResolvedModel
 from vc_stt_faster_whisper.settings import FasterWhisperSettings
 
+log = logging.getLogger("vc.stt.faster-whisper")
+
 SAMPLE_RATE = 16000
 #: Whisper's decoder context; prompt + generated tokens must fit in it.
 MAX_LENGTH = 448
@@ -33,6 +39,8 @@ FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 #: through the audio segment by segment). Without them, a full 30 s window can come back as
 #: its first sentence only (measured: a 40 s monologue lost 60% of its words).
 LONG_FORM_SECONDS = 24.0
+#: Whisper's window: 30 s of 10 ms feature frames.
+WINDOW_FRAMES = 3000
 
 
 @attrs.frozen
@@ -146,12 +154,31 @@ class Transcriber:
             opts["max_new_tokens"] = max(1, min(cap, self._token_budget))
         return opts
 
+    def windowed(self, seconds: float, language: str | None) -> bool:
+        """Whether an utterance this long is decoded in a short window (see ``window_padding``)."""
+        s = self.settings
+        return bool(
+            s.window_padding > 0 and seconds + s.window_padding < 30.0
+            and seconds <= LONG_FORM_SECONDS and (language or not self.multilingual)
+            and s.beam_size == 1 and not s.temperature_fallback and not s.hotwords
+        )
+
     def _run(self, samples: np.ndarray, language: str | None, submitted: float) -> Transcript:
         model = self._model
         if model is None:
             raise RuntimeError("the Whisper model is not loaded")
         started = time.monotonic()
         seconds = len(samples) / SAMPLE_RATE
+        if self.windowed(seconds, language):
+            text, no_speech_prob, avg_logprob = self._run_windowed(samples, language)
+            if not repeats_itself(text):
+                return Transcript(
+                    text=text, language=language, audio_seconds=seconds,
+                    seconds=time.monotonic() - submitted, queued=started - submitted,
+                    no_speech_prob=no_speech_prob, avg_logprob=avg_logprob,
+                )
+            log.debug("faster-whisper: the short window's transcript repeats itself (%r); "
+                      "decoding the full window", text)
         segments, info = model.transcribe(samples, language=language, **self.options(seconds))
         texts: list[str] = []
         no_speech: list[float] = []
@@ -171,6 +198,34 @@ class Transcriber:
             avg_logprob=min(logprobs, default=0.0),
         )
 
+    def _run_windowed(self, samples: np.ndarray, language: str | None) -> tuple[str, float, float]:
+        """Greedy decoding of ``samples`` followed by ``window_padding`` seconds of silence."""
+        from faster_whisper.tokenizer import Tokenizer
+        from faster_whisper.transcribe import get_suppressed_tokens
+
+        model = self._model
+        padded = np.pad(samples, (0, int(self.settings.window_padding * SAMPLE_RATE)))
+        features = model.feature_extractor(padded)[:, :WINDOW_FRAMES]
+        tokenizer = Tokenizer(model.hf_tokenizer, self.multilingual, task="transcribe",
+                              language=language if self.multilingual else None)
+        previous = tokenizer.encode(" " + self.settings.initial_prompt.strip()) \
+            if self.settings.initial_prompt else []
+        prompt = model.get_prompt(tokenizer, previous, without_timestamps=True)
+        opts = self.options(len(samples) / SAMPLE_RATE)
+        result = model.model.generate(
+            model.encode(features),
+            [prompt],
+            beam_size=1,
+            max_length=len(prompt) + opts.get("max_new_tokens", MAX_LENGTH - len(prompt)),
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=get_suppressed_tokens(tokenizer, (-1,)),
+        )[0]
+        tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
+        avg_logprob = result.scores[0] if result.scores else 0.0
+        return tokenizer.decode(tokens).strip(), result.no_speech_prob, avg_logprob
+
     def transcribe_sync(self, pcm: bytes, language: str | None) -> Transcript:
         return self._run(pcm_to_float(pcm), language, time.monotonic())
 
@@ -180,6 +235,16 @@ class Transcriber:
         loop = asyncio.get_running_loop()
         submitted = time.monotonic()
         return await loop.run_in_executor(self._pool, self._run, samples, language, submitted)
+
+
+def repeats_itself(text: str, words: int = 3) -> bool:
+    """Whether ``text`` says its first ``words`` words again later: the loop a Whisper model
+    falls into when the window after the speech is too short."""
+    said = [w.strip(".,!?;:\"'").lower() for w in text.split()]
+    head = said[:words]
+    if len(head) < words:
+        return False
+    return any(said[i:i + words] == head for i in range(1, len(said) - words + 1))
 
 
 def pcm_to_float(pcm: bytes) -> np.ndarray:

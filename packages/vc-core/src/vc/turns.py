@@ -1,0 +1,152 @@
+"""When the caller's turn ends: sooner when the words sound finished, later when they do not.
+
+With a fixed silence (``[vad] stop_secs``, 0.4 s) every turn waits the same, and only then is
+the utterance transcribed. :class:`AdaptiveTurnEnd` lets the VAD close a *segment* after a
+short silence (``[turn] segment_secs``, 0.2 s), so the transcript is being made while the
+silence is still being waited out, and then ends the turn after
+
+* ``complete_secs`` of silence (the old ``stop_secs``) when the words so far sound finished, or
+* ``incomplete_secs`` when the last word expects more ("... a table for", "... and", "my"):
+  a caller pausing mid-sentence is not answered.
+
+Speech that resumes before then continues the same turn: the next segment's transcript is
+added to it. The check is on words, per language (:data:`CONTINUATIONS`), so it works the same
+on any voice; it does not catch a pause after words that could end a sentence ("I want to
+change my flight ... to Tuesday"), which waits ``complete_secs`` as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+
+from pipecat.frames.frames import (
+    Frame,
+    TranscriptionFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
+from pipecat.turns.types import ProcessFrameResult
+from pipecat.turns.user_stop import BaseUserTurnStopStrategy
+
+from vc.phrases import fold, primary
+
+#: Words after which a sentence is not over, per primary language: conjunctions,
+#: prepositions, articles, possessives, auxiliaries, fillers.
+CONTINUATIONS: dict[str, frozenset[str]] = {
+    "en": frozenset("""
+        and or but so because if that which who whose than then also plus as
+        the a an to for of in on at with from about into by like
+        my your our their his her its this these those some any
+        is are was were am be been can could would should will shall may might must
+        do does did have has had i we you he she they it's i'm not very
+        um uh er erm hmm
+    """.split()),
+    "tr": frozenset("""
+        ve veya ya ama fakat ancak çünkü ile için gibi kadar göre diye eğer yani hem ne
+        bir bu şu o benim senin bizim sizin onların da de ki ile
+        ee ıı şey hani
+    """.split()),
+}
+
+
+def continuation_words(language: str, extra: Iterable[str] = ()) -> frozenset[str]:
+    """The words after which a turn in ``language`` is not over (``extra`` added)."""
+    words = CONTINUATIONS.get(primary(language), frozenset())
+    return words | {fold(w, language) for w in extra}
+
+
+def sounds_unfinished(text: str, language: str, words: frozenset[str]) -> bool:
+    """Whether ``text`` ends mid-sentence: on a comma, or on a word that expects more."""
+    text = text.strip()
+    if not text:
+        return False
+    if text[-1] in ",;:-–—…" or text.endswith(".."):
+        return True
+    if text[-1] in ".?!":
+        return False
+    last = fold(text.split()[-1], language).strip("\"'()")
+    return last in words
+
+
+class AdaptiveTurnEnd(BaseUserTurnStopStrategy):
+    """Ends the turn ``complete_secs`` or ``incomplete_secs`` after the speech (see module)."""
+
+    def __init__(
+        self,
+        *,
+        complete_secs: float,
+        incomplete_secs: float,
+        unfinished: Callable[[str], bool],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self.complete_secs = complete_secs
+        self.incomplete_secs = max(incomplete_secs, complete_secs)
+        self._unfinished = unfinished
+        self._clock = clock
+        self._text = ""
+        self._speaking = False
+        self._silent_since: float | None = None
+        self._timer: asyncio.Task[None] | None = None
+        #: Turns whose end was put off because the words sounded unfinished (for tests, logs).
+        self.deferred = 0
+
+    async def handle_user_turn_started(self) -> None:
+        await self._reset()
+
+    async def handle_user_turn_stopped(self) -> None:
+        await self._reset()
+
+    async def cleanup(self) -> None:
+        await super().cleanup()
+        await self._cancel()
+
+    async def process_frame(self, frame: Frame) -> ProcessFrameResult:
+        if isinstance(frame, VADUserStartedSpeakingFrame):
+            self._speaking, self._silent_since = True, None
+            await self._cancel()
+        elif isinstance(frame, VADUserStoppedSpeakingFrame):
+            self._speaking = False
+            self._silent_since = self._clock() - frame.stop_secs
+            await self._schedule()
+        elif isinstance(frame, TranscriptionFrame) and frame.text.strip():
+            self._text = f"{self._text} {frame.text.strip()}".strip()
+            if not self._speaking and self._silent_since is None:
+                self._silent_since = self._clock()  # a transcript without speech: DTMF
+            await self._schedule()
+        return ProcessFrameResult.CONTINUE
+
+    def wait_for(self, text: str) -> float:
+        """Silence that ends a turn whose words so far are ``text``."""
+        return self.incomplete_secs if self._unfinished(text) else self.complete_secs
+
+    async def _schedule(self) -> None:
+        if self._speaking or not self._text or self._silent_since is None:
+            return
+        await self._cancel()
+        wait = self.wait_for(self._text)
+        if wait > self.complete_secs:
+            self.deferred += 1
+        remaining = self._silent_since + wait - self._clock()
+        if remaining <= 0:
+            await self.trigger_user_turn_stopped()
+            return
+        self._timer = self.task_manager.create_task(self._end_after(remaining),
+                                                    f"{self}::end_after")
+
+    async def _end_after(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        self._timer = None
+        await self.trigger_user_turn_stopped()
+
+    async def _cancel(self) -> None:
+        if self._timer is not None:
+            timer, self._timer = self._timer, None
+            await self.task_manager.cancel_task(timer)
+
+    async def _reset(self) -> None:
+        self._text = ""
+        self._silent_since = None
+        await self._cancel()

@@ -1,0 +1,109 @@
+"""The adaptive end of turn (vc.turns): a caller pausing mid-sentence is not answered, a
+finished sentence is answered after the usual silence, and ``[turn] end = silence`` keeps the
+fixed silence."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from vc.testing import FAKE_STACK
+from vc.testing.calls import LoopbackConnection, run_loopback_call, speech
+from vc.turns import CONTINUATIONS, continuation_words, sounds_unfinished
+
+EN = CONTINUATIONS["en"]
+TR = CONTINUATIONS["tr"]
+
+
+@pytest.mark.parametrize(("text", "unfinished"), [
+    ("I would like to book a table for", True),
+    ("My address is twelve Baker Street and", True),
+    ("I need to change my", True),
+    ("So,", True),
+    ("um", True),
+    ("What is the capital of France?", False),
+    ("Book a table for two.", False),
+    ("I need to change my flight", False),  # could end a sentence: waits complete_secs
+    ("", False),
+])
+def test_english_words_that_expect_more(text: str, unfinished: bool) -> None:
+    assert sounds_unfinished(text, "en", EN) is unfinished
+
+
+@pytest.mark.parametrize(("text", "unfinished"), [
+    ("Bu akşam iki kişilik bir masa ve", True),
+    ("ÇÜNKÜ", True),  # Turkish casing: Ü, and no dotted-I surprises
+    ("Siparişim İÇİN", True),
+    ("Siparişim dün gelmedi.", False),
+    ("Merhaba", False),
+])
+def test_turkish_words_that_expect_more(text: str, unfinished: bool) -> None:
+    assert sounds_unfinished(text, "tr-TR", TR) is unfinished
+
+
+def test_operators_add_words_and_other_languages_have_none() -> None:
+    words = continuation_words("en", ["Basically"])
+    assert "basically" in words and "and" in words
+    assert continuation_words("fi") == frozenset()
+    assert not sounds_unfinished("mutta", "fi", continuation_words("fi"))
+
+
+def turn_stack(script: list[str], extra: str = "") -> str:
+    return FAKE_STACK + f"\n[stt.fake]\nscript = {', '.join(script)}\n" + extra
+
+
+async def caller_pauses_mid_sentence(make_engine, config: str) -> tuple[list[str], list[str]]:
+    """The caller says "... a table for", pauses, says "two people"; returns what the LLM was
+    asked and what the bot answered. The pause is 0.6 s: 0.2 s of silence between the clips
+    and the silence espeak leaves at their ends."""
+    engine = await make_engine(config)
+    conn = LoopbackConnection()
+    task = await run_loopback_call(engine, conn)
+    await conn.wait_for_bot_audio(0, timeout=5)
+    await conn.wait_for_bot_silence()
+    silence = bytes(int(0.2 * 8000) * 2)
+    end = conn.say(speech("I would like a table for", 8000) + silence + speech("two people", 8000))
+    await conn.wait_for_bot_audio(end, timeout=15)
+    await conn.wait_for_bot_silence(quiet=1.5)
+    session = engine.sessions[conn.info.call_id]
+    messages = session.context.get_messages()
+    conn.caller_hangs_up()
+    await asyncio.wait_for(task, 10)
+    await conn.stop()
+    asked = [m["content"] for m in messages if m["role"] == "user"]
+    said = [m["content"] for m in messages if m["role"] == "assistant"][1:]  # after the greeting
+    return asked, said
+
+
+async def test_a_pause_after_an_unfinished_phrase_is_not_answered(make_engine) -> None:
+    asked, said = await caller_pauses_mid_sentence(
+        make_engine, turn_stack(["I would like a table for", "two people"]))
+    assert asked == ["I would like a table for two people"]
+    assert said == ["You said: I would like a table for two people."]
+
+
+async def test_with_the_fixed_silence_the_same_pause_is_answered_too_soon(make_engine) -> None:
+    """The control: what the adaptive end of turn changes."""
+    asked, said = await caller_pauses_mid_sentence(
+        make_engine,
+        turn_stack(["I would like a table for", "two people"], "\n[turn]\nend = silence\n"))
+    assert asked == ["I would like a table for", "two people"]
+    assert said[-1] == "You said: two people."
+
+
+async def test_a_finished_sentence_ends_the_turn_after_the_usual_silence(make_engine) -> None:
+    engine = await make_engine(turn_stack(["What time is it?"]))
+    conn = LoopbackConnection()
+    task = await run_loopback_call(engine, conn)
+    await conn.wait_for_bot_audio(0, timeout=5)
+    await conn.wait_for_bot_silence()
+    end = conn.say(speech("what time is it", 8000))
+    await conn.wait_for_bot_audio(end - 0.5, timeout=15)
+    await conn.wait_for_bot_silence()
+    session = engine.sessions[conn.info.call_id]
+    assert session.turn_end is not None and session.turn_end.deferred == 0
+    said = [m["content"] for m in session.context.get_messages() if m["role"] == "assistant"]
+    assert said[-1] == "You said: What time is it?."
+    conn.caller_hangs_up()
+    await asyncio.wait_for(task, 10)
+    await conn.stop()

@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import socket
 import sys
 import time
@@ -36,7 +37,7 @@ import report  # noqa: E402
 import scenarios  # noqa: E402
 from scenarios import log  # noqa: E402
 
-ALL = ("models", "cold-start", "latency", "barge-in", "capacity")
+ALL = ("models", "cold-start", "latency", "pauses", "barge-in", "capacity")
 CAPACITY_STEPS = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96]
 FAKE_INI = """[vc]
 transports = twilio
@@ -155,6 +156,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             name = phase(f"{side}: voice-to-voice latency, {turns} turns")
             results[side]["latency"] = await scenarios.latency(server, turns)
             phase_done(name)
+        if "pauses" in only:
+            name = phase(f"{side}: pauses inside sentences")
+            results[side]["pauses"] = await scenarios.pauses(server)
+            phase_done(name)
         if "barge-in" in only:
             name = phase(f"{side}: barge-in, {trials} trials")
             results[side]["barge_in"] = await scenarios.barge_in(server, trials)
@@ -182,7 +187,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         results["vc"]["cold_start"] = await scenarios.cold_start_vc(cold_runs, vc_env)
         phase_done(name)
 
-    if {"latency", "barge-in"} & only and not args.no_vc:
+    if {"latency", "pauses", "barge-in"} & only and not args.no_vc:
         with open(logs_dir / "vc-server.log", "w", encoding="utf-8") as vlog:
             async with ServerProcess(args.vc_config, log=vlog, log_level="info") as server:
                 name = phase("vc: starting the default stack")
@@ -191,14 +196,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 await call_benchmarks("vc", server)
                 results["vc"]["server_events"] = len(server.events)
 
-    if not args.no_baseline and ({"latency", "barge-in", "cold-start"} & only):
+    if not args.no_baseline and ({"latency", "pauses", "barge-in", "cold-start"} & only):
         async with llama_server() as llm_url:
             if "cold-start" in only:
                 name = phase("cold start: baseline")
                 results["baseline"]["cold_start"] = await scenarios.cold_start_baseline(
                     cold_runs, baseline_command(llm_url))
                 phase_done(name)
-            if {"latency", "barge-in"} & only:
+            if {"latency", "pauses", "barge-in"} & only:
                 with open(logs_dir / "baseline.log", "w", encoding="utf-8") as blog:
                     command = baseline_command(llm_url, vad_stop_secs=baseline_stop)
                     async with ServerProcess(command=command, log=blog) as server:
@@ -271,6 +276,15 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
         s: dict[str, Any] = {}
         if r.get("latency"):
             s["latency"] = report.summarise_latency(r["latency"])
+        if r.get("pauses"):
+            p = r["pauses"]
+            totals = [t["total"] for t in p["trials"] if t["total"] is not None]
+            s["pauses"] = {"trials": len(p["trials"]), "premature": p["premature"],
+                           "unanswered": p["unanswered"],
+                           "premature_by_pause_ms": {
+                               str(ms): sum(t["premature"] for t in p["trials"] if t["pause_ms"] == ms)
+                               for ms in sorted({t["pause_ms"] for t in p["trials"]})},
+                           "voice_to_voice_p50": report._r(statistics.median(totals)) if totals else None}
         if r.get("barge_in"):
             s["barge_in"] = report.summarise_barge_in(r["barge_in"])
         if r.get("cold_start"):

@@ -21,7 +21,10 @@ from utterances import (
     CAPACITY_LINE,
     INTERRUPTIONS,
     LONG_ANSWERS,
+    PAUSE_MS,
+    PAUSED,
     QUESTIONS,
+    paused,
     utterance,
 )
 from vc_transport_twilio.conversation import Turn, fill_from_server, speak, wait_quiet
@@ -151,6 +154,41 @@ async def compare(servers: dict[str, ServerProcess], turns: int, block: int = 4
                 out[name] += mine
     return {name: {"turns": [t.as_dict() for t in out[name]], "greetings": greetings[name]}
             for name in servers}
+
+
+# -- 2. pauses inside a sentence ----------------------------------------------------------------
+
+
+async def pauses(server: ServerProcess, repeats: int = 1) -> dict[str, Any]:
+    """Every PAUSED sentence with every PAUSE_MS pause inside, ``repeats`` times: is the bot
+    heard before the sentence ended (a premature answer), and how soon after its end."""
+    trials: list[dict[str, Any]] = []
+    async with TwilioCloud(server.url, public_url=server.url) as cloud:
+        for _ in range(repeats):
+            call = await cloud.place_call()
+            await greeting_latency(call)
+            for (first, second), ms in [(p, ms) for p in PAUSED for ms in PAUSE_MS]:
+                await wait_quiet(call, within=ANSWER_TIMEOUT * 2)
+                await asyncio.sleep(0.3)
+                onset, end = await speak(call, paused(first, second, ms))
+                first_end = onset + utterance(first).seconds
+                answer = None
+                with contextlib.suppress(TimeoutError):
+                    answer = await call.wait_for_bot_speech(after=first_end, within=ANSWER_TIMEOUT)
+                early = answer is not None and answer < end
+                trials.append({"said": f"{first} | {second}", "pause_ms": ms, "premature": early,
+                               "answered": answer is not None,
+                               "total": None if answer is None or early else answer - end})
+                verdict = "PREMATURE" if early else (
+                    f"{answer - end:.3f} s" if answer is not None else "UNANSWERED")
+                log(f"  pause {ms} ms: {verdict}  {first} | {second}")
+            await wait_quiet(call, within=ANSWER_TIMEOUT)
+            await call.hangup()
+            with contextlib.suppress(TimeoutError):
+                await call.wait_closed(within=10)
+    return {"trials": trials,
+            "premature": sum(t["premature"] for t in trials),
+            "unanswered": sum(not t["answered"] for t in trials)}
 
 
 # -- 3. barge-in -------------------------------------------------------------------------------

@@ -34,6 +34,19 @@ INTERRUPTIONS = (
     "Sorry, hold on a second.",
     "No, no, stop, that is enough.",
 )
+#: Sentences said with a pause inside (``pauses`` benchmark): the caller is not done at the
+#: pause, so an answer that starts before the second part ends is premature. The last one
+#: pauses after words that could end a sentence: no word-based end of turn can tell.
+PAUSED = (
+    ("I would like to book a table for", "two people tonight."),
+    ("My account number is", "three four five six seven."),
+    ("Can you tell me the opening hours of the pharmacy and", "the bakery?"),
+    ("I was wondering if", "you could help me with my bill."),
+    ("What is the weather like in", "London today?"),
+    ("I need to change my flight", "to next Tuesday."),
+)
+#: The pauses inside them, in milliseconds (issue 17: 300 to 600 ms).
+PAUSE_MS = (300, 450, 600)
 #: The capacity benchmark's caller line (the fake STT "hears" its own script).
 CAPACITY_LINE = "Hello, I would like some help please."
 
@@ -41,3 +54,10 @@ CAPACITY_LINE = "Hello, I would like some help please."
 @functools.cache
 def utterance(text: str) -> Utterance:
     return espeak(text)
+
+
+def paused(first: str, second: str, pause_ms: int) -> Utterance:
+    """``first``, ``pause_ms`` of silence, ``second``: one sentence with a pause inside."""
+    silence = bytes(int(8000 * pause_ms / 1000) * 2)
+    a, b = utterance(first), utterance(second)
+    return Utterance(f"{first} {second}", a.pcm + silence + b.pcm)

@@ -151,6 +151,31 @@ async def test_a_tts_service_with_the_clause_aggregator_speaks_clause_by_clause(
         "Well, I think that we should,", "if you agree,", "go now.", "Bye."]
 
 
+async def aggregate(agg: ClauseAggregator, tokens: list[str]) -> list[str]:
+    out = [a.text for t in tokens async for a in agg.aggregate(t)]
+    last = await agg.flush()
+    return out + ([last.text] if last else [])
+
+
+async def test_a_replys_first_piece_ends_before_a_break_word_once_it_is_long_enough() -> None:
+    agg = ClauseAggregator(min_words=4, first_words=5, first_breaks=frozenset({"is", "and"}))
+    tokens = ["The best way ", "to make a cup ", "of tea is ", "by boiling water ", "and adding ",
+              "the leaves. ", "It is ", "quick and ", "easy."]
+    assert await aggregate(agg, tokens) == [
+        "The best way to make a cup of tea",  # cut before "is": the first piece only
+        "is by boiling water and adding the leaves.", "It is quick and easy."]
+    # The next reply starts a first piece again; a short one is not cut.
+    assert await aggregate(agg, ["Paris is ", "the capital."]) == ["Paris is the capital."]
+    assert await aggregate(agg, ["One two three four five six and ", "seven."]) == [
+        "One two three four five six", "and seven."]
+
+
+async def test_without_first_words_the_first_piece_is_the_first_clause() -> None:
+    agg = ClauseAggregator(min_words=4, first_breaks=frozenset({"is"}))
+    assert await aggregate(agg, ["The best way to make tea is ", "to boil water."]) == [
+        "The best way to make tea is to boil water."]
+
+
 async def test_the_clause_aggregator_in_token_mode_passes_tokens_through() -> None:
     from pipecat.utils.text.base_text_aggregator import TextType
 

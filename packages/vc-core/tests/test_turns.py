@@ -17,6 +17,7 @@ TR = CONTINUATIONS["tr"]
 
 @pytest.mark.parametrize(("text", "unfinished"), [
     ("I would like to book a table for", True),
+    ("I would like to book a table for.", True),  # Whisper's full stop after a fragment
     ("My address is twelve Baker Street and", True),
     ("I need to change my", True),
     ("So,", True),

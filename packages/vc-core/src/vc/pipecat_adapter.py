@@ -96,7 +96,8 @@ def init_silero_analyzer(
 # -- TTS --------------------------------------------------------------------------------------
 
 
-def use_clause_aggregator(service: TTSService, min_words: int) -> None:
+def use_clause_aggregator(service: TTSService, min_words: int, first_words: int = 0,
+                          first_breaks: frozenset[str] = frozenset()) -> None:
     """Make ``service`` cut its text into clauses (:class:`ClauseAggregator`), keeping its
     aggregation mode and language. pipecat's TTS service takes no aggregator argument since
     1.x (only ``text_aggregation_mode``); its aggregator is ``_text_aggregator``."""
@@ -104,6 +105,8 @@ def use_clause_aggregator(service: TTSService, min_words: int) -> None:
         aggregation_type=service._text_aggregation_mode,
         language=service._text_aggregator.language,
         min_words=min_words,
+        first_words=first_words,
+        first_breaks=first_breaks,
     )
 
 
@@ -125,10 +128,28 @@ class ClauseAggregator(SimpleTextAggregator):
     sentence lookahead): pipecat has no public hook for another break rule.
     """
 
-    def __init__(self, *, min_words: int = 4, max_words: int = 40, **kwargs: Any) -> None:
+    def __init__(self, *, min_words: int = 4, max_words: int = 40, first_words: int = 0,
+                 first_breaks: frozenset[str] = frozenset(), **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.min_words = min_words
         self.max_words = max_words
+        #: A reply's first piece also ends before a word of ``first_breaks`` ("and", "to",
+        #: "because") once it has ``first_words`` words: its first audio comes sooner.
+        self.first_words = first_words
+        self.first_breaks = first_breaks
+        self._first = True
+
+    async def flush(self) -> Aggregation | None:
+        self._first = True
+        return await super().flush()
+
+    async def reset(self) -> None:
+        self._first = True
+        await super().reset()
+
+    async def handle_interruption(self) -> None:
+        self._first = True
+        await super().handle_interruption()
 
     async def aggregate(self, text: str) -> AsyncIterator[Aggregation]:
         if self._aggregation_type == TextType.TOKEN:
@@ -139,11 +160,23 @@ class ClauseAggregator(SimpleTextAggregator):
             self._text += char
             sentence = await self._check_sentence_with_lookahead(char)
             if sentence is not None:
+                self._first = False
                 yield sentence
                 continue
-            clause = self._check_clause(char)
+            clause = self._check_clause(char) or self._check_first_piece(char)
             if clause is not None:
+                self._first = False
                 yield clause
+
+    def _check_first_piece(self, char: str) -> Aggregation | None:
+        if not (self._first and self.first_words and char.isspace()) or self._sentence_pending():
+            return None
+        words = self._text.split()
+        if len(words) <= self.first_words or words[-1].lower() not in self.first_breaks:
+            return None
+        cut = self._text.rstrip().rfind(words[-1])
+        piece, self._text = self._text[:cut], self._text[cut:]
+        return Aggregation(text=piece.strip(), type=TextType.SENTENCE)
 
     def _sentence_pending(self) -> bool:
         # A sentence-ending candidate waits for its lookahead; don't cut under it.

@@ -440,6 +440,8 @@ class CallSession(CallEvents):
         self.connection.playout.mark(self._next_mark())
 
     async def _on_speech_onset(self) -> None:
+        if self.turn_end is not None:
+            await self.turn_end.hold()
         transport = self._transport
         if not self._pause_on_speech or self._paused or transport is None:
             return
@@ -453,6 +455,8 @@ class CallSession(CallEvents):
         self._spawn(self._unpause_later(episode))
 
     async def _on_speech_quiet(self) -> None:
+        if self.turn_end is not None:
+            await self.turn_end.release()
         if self._paused:
             self._paused = 0
             await self.connection.resume()

@@ -51,6 +51,19 @@ CONTINUATIONS: dict[str, frozenset[str]] = {
 }
 
 
+#: Words a reply's first spoken piece may be cut before (vc.pipecat_adapter.ClauseAggregator's
+#: ``first_breaks``): they open a new phrase, so the cut sounds like a breath, not a stumble.
+PHRASE_BREAKS: dict[str, frozenset[str]] = {
+    "en": frozenset("and but or so because which who when while if then for with by".split()),
+    "tr": frozenset("ve ama fakat ancak çünkü veya ki yani".split()),
+}
+
+
+def phrase_breaks(language: str) -> frozenset[str]:
+    """The words a reply's first piece in ``language`` may be cut before."""
+    return PHRASE_BREAKS.get(primary(language), frozenset())
+
+
 def continuation_words(language: str, extra: Iterable[str] = ()) -> frozenset[str]:
     """The words after which a turn in ``language`` is not over (``extra`` added)."""
     words = CONTINUATIONS.get(primary(language), frozenset())
@@ -64,9 +77,8 @@ def sounds_unfinished(text: str, language: str, words: frozenset[str]) -> bool:
         return False
     if text[-1] in ",;:-–—…" or text.endswith(".."):
         return True
-    if text[-1] in ".?!":
-        return False
-    last = fold(text.split()[-1], language).strip("\"'()")
+    # Whisper ends fragments with a full stop too ("... a table for."): the word decides.
+    last = fold(text.split()[-1], language).strip("\"'().?!")
     return last in words
 
 
@@ -90,6 +102,8 @@ class AdaptiveTurnEnd(BaseUserTurnStopStrategy):
         self._speaking = False
         self._silent_since: float | None = None
         self._timer: asyncio.Task[None] | None = None
+        #: The VAD hears something that may be speech (before it confirms a start).
+        self._held = False
         #: Turns whose end was put off because the words sounded unfinished (for tests, logs).
         self.deferred = 0
 
@@ -105,7 +119,7 @@ class AdaptiveTurnEnd(BaseUserTurnStopStrategy):
 
     async def process_frame(self, frame: Frame) -> ProcessFrameResult:
         if isinstance(frame, VADUserStartedSpeakingFrame):
-            self._speaking, self._silent_since = True, None
+            self._speaking, self._held, self._silent_since = True, False, None
             await self._cancel()
         elif isinstance(frame, VADUserStoppedSpeakingFrame):
             self._speaking = False
@@ -118,12 +132,23 @@ class AdaptiveTurnEnd(BaseUserTurnStopStrategy):
             await self._schedule()
         return ProcessFrameResult.CONTINUE
 
+    async def hold(self) -> None:
+        """The caller may be talking again (a few voiced windows, before the VAD's
+        ``start_secs`` confirms it): do not end the turn while that is decided."""
+        self._held = True
+        await self._cancel()
+
+    async def release(self) -> None:
+        """It was not speech (a click, a breath): the turn may end as it would have."""
+        self._held = False
+        await self._schedule()
+
     def wait_for(self, text: str) -> float:
         """Silence that ends a turn whose words so far are ``text``."""
         return self.incomplete_secs if self._unfinished(text) else self.complete_secs
 
     async def _schedule(self) -> None:
-        if self._speaking or not self._text or self._silent_since is None:
+        if self._speaking or self._held or not self._text or self._silent_since is None:
             return
         await self._cancel()
         wait = self.wait_for(self._text)
@@ -148,5 +173,6 @@ class AdaptiveTurnEnd(BaseUserTurnStopStrategy):
 
     async def _reset(self) -> None:
         self._text = ""
+        self._held = False
         self._silent_since = None
         await self._cancel()

@@ -82,6 +82,10 @@ class PiperSettings:
         2, min=1, max=64, validator=_positive, help="syntheses that may run at once, across all calls")
     min_clause_words: int = setting(
         4, min=0, max=100, help="words a clause needs before a comma, colon or dash ends it and it is spoken")
+    first_piece_words: int = setting(
+        5, min=0, max=100,
+        help="a reply's first piece is also cut before a word such as and, for, because once it "
+        "has this many words, so its first audio comes sooner (0: first clause or sentence)")
     max_piece_words: int = setting(
         16, min=1, max=1000, validator=_positive,
         help="longest piece synthesised in one go (bounds how late barge-in stops synthesis)")
@@ -100,6 +104,7 @@ class PiperTTSService(ClauseStreamingTTSService):
             language=language,
             model=str(voice.file.model),
             min_clause_words=s.min_clause_words,
+            first_piece_words=s.first_piece_words,
             normalize_text=s.normalize,
             speakable=voice.speakable,
             **kwargs,

@@ -21,6 +21,7 @@ from pipecat.services.tts_service import TTSService
 
 from vc.audio import StreamResampler
 from vc.pipecat_adapter import use_clause_aggregator
+from vc.turns import phrase_breaks
 from vc_tts_piper.normalize import normalize
 
 
@@ -34,6 +35,7 @@ class ClauseStreamingTTSService(TTSService):
         language: str,
         model: str | None = None,
         min_clause_words: int = 4,
+        first_piece_words: int = 0,
         normalize_text: bool = True,
         speakable: Callable[[str], str] | None = None,
         **kwargs: Any,
@@ -53,7 +55,8 @@ class ClauseStreamingTTSService(TTSService):
         self._language = language
         self._normalize_text = normalize_text
         self._speakable = speakable
-        use_clause_aggregator(self, min_clause_words)
+        use_clause_aggregator(self, min_clause_words, first_piece_words,
+                              phrase_breaks(language) if first_piece_words else frozenset())
         #: What was actually sent to the synthesiser, request by request (diagnostics, tests).
         self.spoken: list[str] = []
 

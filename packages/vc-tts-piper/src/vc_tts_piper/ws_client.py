@@ -101,6 +101,10 @@ class PiperWebSocketSettings:
         1, min=0, max=64, help="connections kept open and ready for the next call or after a barge-in")
     min_clause_words: int = setting(
         4, min=0, max=100, help="words a clause needs before a comma, colon or dash ends it and it is sent")
+    first_piece_words: int = setting(
+        5, min=0, max=100,
+        help="a reply's first piece is also cut before a word such as and, for, because once it "
+        "has this many words, so its first audio comes sooner (0: first clause or sentence)")
     normalize: bool = setting(
         True, help="spell out numbers, currency, times, URLs; drop markdown and emoji")
 
@@ -370,7 +374,8 @@ class PiperWebSocketTTSService(ClauseStreamingTTSService):
                  **kwargs: Any) -> None:
         s: PiperWebSocketSettings = provider.settings
         super().__init__(voice=voice, language=language, model=None,
-                         min_clause_words=s.min_clause_words, normalize_text=s.normalize,
+                         min_clause_words=s.min_clause_words,
+                         first_piece_words=s.first_piece_words, normalize_text=s.normalize,
                          **kwargs)
         self._provider = provider
         self.client = PiperClient(provider.pool, s, voice)

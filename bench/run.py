@@ -22,8 +22,8 @@ import json
 import os
 import platform
 import re
-import statistics
 import socket
+import statistics
 import sys
 import time
 from importlib import metadata
@@ -37,7 +37,7 @@ import report  # noqa: E402
 import scenarios  # noqa: E402
 from scenarios import log  # noqa: E402
 
-ALL = ("models", "cold-start", "latency", "pauses", "barge-in", "capacity")
+ALL = ("models", "cold-start", "latency", "pauses", "barge-in", "false-interruptions", "capacity")
 CAPACITY_STEPS = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96]
 FAKE_INI = """[vc]
 transports = twilio
@@ -160,6 +160,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             name = phase(f"{side}: pauses inside sentences")
             results[side]["pauses"] = await scenarios.pauses(server)
             phase_done(name)
+        if "false-interruptions" in only:
+            name = phase(f"{side}: sounds that are not a turn, {trials} trials")
+            results[side]["false_interruptions"] = await scenarios.false_interruptions(server, trials)
+            phase_done(name)
         if "barge-in" in only:
             name = phase(f"{side}: barge-in, {trials} trials")
             results[side]["barge_in"] = await scenarios.barge_in(server, trials)
@@ -186,8 +190,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         name = phase("cold start: vc serve")
         results["vc"]["cold_start"] = await scenarios.cold_start_vc(cold_runs, vc_env)
         phase_done(name)
+        name = phase("cold start: vc serve, one core busy")
+        results["vc"]["cold_start_busy"] = await scenarios.cold_start_vc(cold_runs, vc_env, busy=True)
+        phase_done(name)
 
-    if {"latency", "pauses", "barge-in"} & only and not args.no_vc:
+    if {"latency", "pauses", "barge-in", "false-interruptions"} & only and not args.no_vc:
         with open(logs_dir / "vc-server.log", "w", encoding="utf-8") as vlog:
             async with ServerProcess(args.vc_config, log=vlog, log_level="info") as server:
                 name = phase("vc: starting the default stack")
@@ -196,14 +203,15 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 await call_benchmarks("vc", server)
                 results["vc"]["server_events"] = len(server.events)
 
-    if not args.no_baseline and ({"latency", "pauses", "barge-in", "cold-start"} & only):
+    call_kinds = {"latency", "pauses", "barge-in", "false-interruptions"}
+    if not args.no_baseline and ((call_kinds | {"cold-start"}) & only):
         async with llama_server() as llm_url:
             if "cold-start" in only:
                 name = phase("cold start: baseline")
                 results["baseline"]["cold_start"] = await scenarios.cold_start_baseline(
                     cold_runs, baseline_command(llm_url))
                 phase_done(name)
-            if {"latency", "pauses", "barge-in"} & only:
+            if {"latency", "pauses", "barge-in", "false-interruptions"} & only:
                 with open(logs_dir / "baseline.log", "w", encoding="utf-8") as blog:
                     command = baseline_command(llm_url, vad_stop_secs=baseline_stop)
                     async with ServerProcess(command=command, log=blog) as server:
@@ -285,10 +293,15 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
                                str(ms): sum(t["premature"] for t in p["trials"] if t["pause_ms"] == ms)
                                for ms in sorted({t["pause_ms"] for t in p["trials"]})},
                            "voice_to_voice_p50": report._r(statistics.median(totals)) if totals else None}
+        if r.get("false_interruptions"):
+            f = r["false_interruptions"]
+            s["false_interruptions"] = {"trials": len(f["trials"]), "interrupted": f["interrupted"]}
         if r.get("barge_in"):
             s["barge_in"] = report.summarise_barge_in(r["barge_in"])
         if r.get("cold_start"):
             s["cold_start"] = report.summarise_cold(r["cold_start"])
+        if r.get("cold_start_busy"):
+            s["cold_start_busy"] = report.summarise_cold(r["cold_start_busy"])
         if r.get("capacity"):
             s["capacity"] = {k: v for k, v in r["capacity"].items()}
         out[side] = s

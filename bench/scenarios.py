@@ -18,12 +18,15 @@ from typing import Any
 
 import aiohttp
 from utterances import (
+    BACKCHANNELS,
     CAPACITY_LINE,
     INTERRUPTIONS,
     LONG_ANSWERS,
     PAUSE_MS,
     PAUSED,
     QUESTIONS,
+    cough,
+    line_noise,
     paused,
     utterance,
 )
@@ -249,53 +252,113 @@ async def barge_in(server: ServerProcess, trials: int, seed: int = 7,
     return {"trials": done, "skipped": skipped}
 
 
+async def false_interruptions(server: ServerProcess, trials: int, seed: int = 11
+                              ) -> dict[str, Any]:
+    """Sounds that are not a turn over a long answer (a cough, line noise, "mm-hmm"): is the
+    bot interrupted (it answers the sound, or its answer does not go on), or does it play on
+    (a pause, then the same answer from where it stopped)?"""
+    rng = random.Random(seed)
+    sounds = [cough(), line_noise(), *[utterance(b) for b in BACKCHANNELS]]
+    done: list[dict[str, Any]] = []
+    async with TwilioCloud(server.url, public_url=server.url) as cloud:
+        call = await cloud.place_call()
+        await greeting_latency(call)
+        for i in range(trials):
+            await wait_quiet(call, within=ANSWER_TIMEOUT * 2)
+            await asyncio.sleep(0.3)
+            _, end = await speak(call, utterance(LONG_ANSWERS[i % len(LONG_ANSWERS)]))
+            try:
+                started = await call.wait_for_bot_speech(after=end, within=ANSWER_TIMEOUT)
+            except TimeoutError:
+                continue
+            await asyncio.sleep(max(0.0, started + rng.uniform(0.5, 2.0) - time.monotonic()))
+            sound = sounds[i % len(sounds)]
+            heard_before = len(server.of(call.call_sid))
+            onset, sound_end = await speak(call, sound)
+            await asyncio.sleep(2.5)
+            frames = [t for t, _ in call.media if onset <= t <= sound_end + 2.5]
+            gaps = [b - a for a, b in zip([onset, *frames], frames, strict=False)]
+            answered = any(e.get("event") == "transcript"
+                           for e in server.of(call.call_sid)[heard_before:])
+            goes_on = bool(frames) and frames[-1] >= sound_end + 2.0
+            trial = {"sound": sound.text, "interrupted": answered or not goes_on,
+                     "answered_the_sound": answered,
+                     "longest_gap": round(max(gaps, default=0.0), 3)}
+            done.append(trial)
+            log(f"  {sound.text:>14}: {'INTERRUPTED' if trial['interrupted'] else 'played on'}"
+                f"  (longest gap {trial['longest_gap']} s)")
+            await wait_quiet(call, within=ANSWER_TIMEOUT * 2)
+        await call.hangup()
+    return {"trials": done, "interrupted": sum(t["interrupted"] for t in done)}
+
+
 # -- 4. cold start ----------------------------------------------------------------------------
 
 
-async def cold_start_vc(runs: int, env: dict[str, str] | None = None) -> list[dict[str, Any]]:
-    """``vc serve`` (no configuration file): process start -> /readyz 200, then a call's greeting."""
+@contextlib.asynccontextmanager
+async def busy_core() -> Any:
+    """One core kept busy by another process (a pure-Python spin loop) meanwhile."""
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", "while True: pass")
+    try:
+        await asyncio.sleep(0.5)
+        yield
+    finally:
+        proc.kill()
+        await proc.wait()
+
+
+async def cold_start_vc(runs: int, env: dict[str, str] | None = None, busy: bool = False
+                        ) -> list[dict[str, Any]]:
+    """``vc serve`` (no configuration file): process start -> /readyz 200, then a call's greeting;
+    with ``busy``, while another process keeps one core busy."""
     out = []
     for _ in range(runs):
-        t0 = time.monotonic()
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "vc.cli", "serve", "--port", "0",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
-        )
-        assert proc.stdout is not None
-        url = ""
-        lines: list[str] = []
-        while not url:
-            line = (await asyncio.wait_for(proc.stdout.readline(), 300)).decode()
-            if not line:
-                raise RuntimeError("vc serve exited:\n" + "".join(lines[-30:]))
-            lines.append(line)
-            m = re.search(r"listening on (http://\S+)", line)
-            url = m.group(1) if m else ""
-        listening = time.monotonic() - t0
-        drain = asyncio.create_task(_drain(proc.stdout))
-        ready = None
-        async with aiohttp.ClientSession() as session:
-            while ready is None:
-                async with session.get(url + "/readyz") as r:
-                    if r.status == 200:
-                        ready = time.monotonic() - t0
-                        break
-                if proc.returncode is not None:
-                    raise RuntimeError("vc serve exited before it was ready")
-                await asyncio.sleep(0.01)
-        async with TwilioCloud(url, public_url=url) as cloud:
-            call = await cloud.place_call()
-            greeting = await greeting_latency(call)
-            await call.hangup()
-        proc.terminate()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(proc.wait(), 30)
-        drain.cancel()
-        out.append({"listening": round(listening, 3), "ready": round(ready, 3),
-                    "greeting_after_connect": None if greeting is None else round(greeting, 4)})
-        log(f"  cold start: listening {listening:.2f} s, ready {ready:.2f} s, greeting "
-            f"{greeting if greeting is None else round(greeting * 1000)} ms")
+        async with busy_core() if busy else contextlib.nullcontext():
+            out.append(await _cold_start_once(env))
     return out
+
+
+async def _cold_start_once(env: dict[str, str] | None) -> dict[str, Any]:
+    """One ``vc serve`` start: listening and ready times, then one call's greeting."""
+    t0 = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "vc.cli", "serve", "--port", "0",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
+    )
+    assert proc.stdout is not None
+    url = ""
+    lines: list[str] = []
+    while not url:
+        line = (await asyncio.wait_for(proc.stdout.readline(), 300)).decode()
+        if not line:
+            raise RuntimeError("vc serve exited:\n" + "".join(lines[-30:]))
+        lines.append(line)
+        m = re.search(r"listening on (http://\S+)", line)
+        url = m.group(1) if m else ""
+    listening = time.monotonic() - t0
+    drain = asyncio.create_task(_drain(proc.stdout))
+    ready = None
+    async with aiohttp.ClientSession() as session:
+        while ready is None:
+            async with session.get(url + "/readyz") as r:
+                if r.status == 200:
+                    ready = time.monotonic() - t0
+                    break
+            if proc.returncode is not None:
+                raise RuntimeError("vc serve exited before it was ready")
+            await asyncio.sleep(0.01)
+    async with TwilioCloud(url, public_url=url) as cloud:
+        call = await cloud.place_call()
+        greeting = await greeting_latency(call)
+        await call.hangup()
+    proc.terminate()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(proc.wait(), 30)
+    drain.cancel()
+    log(f"  cold start: listening {listening:.2f} s, ready {ready:.2f} s, greeting "
+        f"{greeting if greeting is None else round(greeting * 1000)} ms")
+    return {"listening": round(listening, 3), "ready": round(ready, 3),
+            "greeting_after_connect": None if greeting is None else round(greeting, 4)}
 
 
 async def cold_start_baseline(runs: int, command: list[str]) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 from vc_transport_twilio.conversation import Utterance, espeak
 
 #: Questions of the latency benchmark: one sentence each, no pause a VAD could cut at.
@@ -47,6 +48,8 @@ PAUSED = (
 )
 #: The pauses inside them, in milliseconds (issue 17: 300 to 600 ms).
 PAUSE_MS = (300, 450, 600)
+#: What a listener says over the bot without meaning to interrupt it (``false-interruptions``).
+BACKCHANNELS = ("Mm-hmm.", "Uh-huh.", "Yeah.", "Okay.")
 #: The capacity benchmark's caller line (the fake STT "hears" its own script).
 CAPACITY_LINE = "Hello, I would like some help please."
 
@@ -61,3 +64,23 @@ def paused(first: str, second: str, pause_ms: int) -> Utterance:
     silence = bytes(int(8000 * pause_ms / 1000) * 2)
     a, b = utterance(first), utterance(second)
     return Utterance(f"{first} {second}", a.pcm + silence + b.pcm)
+
+
+def cough(seconds: float = 0.25, seed: int = 1) -> Utterance:
+    """A cough: a burst of low-passed noise that rises fast and decays (not speech)."""
+    rng = np.random.default_rng(seed)
+    n = int(8000 * seconds)
+    noise = np.convolve(rng.standard_normal(n), np.ones(4) / 4, mode="same")
+    envelope = np.minimum(np.arange(n) / 80, 1.0) * np.exp(-np.arange(n) / (n / 3))
+    pcm = (noise * envelope / np.abs(noise).max() * 0.5 * 32767).astype("<i2").tobytes()
+    return Utterance("(cough)", pcm)
+
+
+def line_noise(seconds: float = 0.3, seed: int = 2) -> Utterance:
+    """Crackle on the line: sparse clicks over a hiss at about -30 dBFS."""
+    rng = np.random.default_rng(seed)
+    n = int(8000 * seconds)
+    x = rng.standard_normal(n) * 0.01
+    clicks = rng.choice(n, size=n // 200, replace=False)
+    x[clicks] += rng.uniform(-0.4, 0.4, size=len(clicks))
+    return Utterance("(line noise)", (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes())

@@ -5,11 +5,13 @@ fixed silence."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
+
 from vc.testing import FAKE_STACK
 from vc.testing.calls import LoopbackConnection, run_loopback_call, speech
-from vc.turns import CONTINUATIONS, continuation_words, sounds_unfinished
+from vc.turns import CONTINUATIONS, continuation_words, is_backchannel, sounds_unfinished
 
 EN = CONTINUATIONS["en"]
 TR = CONTINUATIONS["tr"]
@@ -108,3 +110,59 @@ async def test_a_finished_sentence_ends_the_turn_after_the_usual_silence(make_en
     conn.caller_hangs_up()
     await asyncio.wait_for(task, 10)
     await conn.stop()
+
+
+@pytest.mark.parametrize(("text", "backchannel"), [
+    ("Mm-hmm.", True), ("Uh-huh", True), ("Yeah, okay.", True), ("(coughs)", True), ("", True),
+    ("*cough*", True), ("Wait, stop please.", False), ("Yeah, but what about Friday?", False),
+    ("No.", False),
+])
+def test_listener_words_do_not_take_the_turn(text: str, backchannel: bool) -> None:
+    assert is_backchannel(text, "en") is backchannel
+
+
+def test_turkish_listener_words() -> None:
+    assert is_backchannel("Hı hı.", "tr") and is_backchannel("EVET, tamam", "tr")
+    assert not is_backchannel("Bir dakika lütfen", "tr")
+
+
+LONG = "please tell me a long story about the dragons and knights of the old castle by the sea"
+
+
+async def talk_over_the_answer(make_engine, over: str, script_reply: str):
+    """The bot answers at length; 0.8 s into its answer the caller says ``over`` (the fake STT
+    hears ``script_reply``). Returns the session and the bot's audio after the question."""
+    engine = await make_engine(turn_stack([LONG, script_reply]))
+    conn = LoopbackConnection()
+    task = await run_loopback_call(engine, conn)
+    await conn.wait_for_bot_audio(0, timeout=5)
+    await conn.wait_for_bot_silence()
+    end = conn.say(speech("tell me a story", 8000))
+    answer_at = await conn.wait_for_bot_audio(end - 0.5, timeout=15)
+    await asyncio.sleep(max(0.0, answer_at + 0.8 - time.monotonic()))
+    conn.say(speech(over, 8000))
+    await conn.wait_for_bot_silence(quiet=1.5, timeout=30)
+    session = engine.sessions[conn.info.call_id]
+    frames = [f for t, f in conn.bot_frames if t >= answer_at]
+    messages = session.context.get_messages()
+    conn.caller_hangs_up()
+    await asyncio.wait_for(task, 10)
+    await conn.stop()
+    return session, b"".join(frames), messages
+
+
+async def test_a_backchannel_over_the_bot_pauses_it_and_it_plays_on(make_engine) -> None:
+    session, heard, messages = await talk_over_the_answer(make_engine, "mm hmm", "Mm-hmm.")
+    answer = f"You said: {LONG}."
+    assert session.barge_ins == 0
+    assert [m["content"] for m in messages if m["role"] == "user"] == [LONG]
+    assert [m["content"] for m in messages if m["role"] == "assistant"][-1] == answer
+    # Nothing of the answer was lost: the caller heard all of it (30 ms of tone per character).
+    assert len(heard) / 2 / 8000 == pytest.approx(len(answer) * 0.03, abs=0.1)
+
+
+async def test_words_over_the_bot_interrupt_it(make_engine) -> None:
+    session, heard, messages = await talk_over_the_answer(
+        make_engine, "wait stop please", "Wait stop please.")
+    assert session.barge_ins == 1
+    assert [m["content"] for m in messages if m["role"] == "user"][-1] == "Wait stop please.", messages

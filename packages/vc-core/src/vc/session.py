@@ -46,7 +46,13 @@ from vc.llm import StreamingLLMService, tools_schema
 from vc.logs import current_call_id
 from vc.media import CallTransport, SpeechWrittenFrame
 from vc.monitor import MonotonicClock, TurnMonitor
-from vc.turns import AdaptiveTurnEnd, continuation_words, sounds_unfinished
+from vc.turns import (
+    AdaptiveTurnEnd,
+    ListeningTurnStart,
+    continuation_words,
+    is_backchannel,
+    sounds_unfinished,
+)
 from vc.providers import CallContext, Tool, ToolCall
 from vc.tools import redact, run_tool
 from vc.vad import CallVADProcessor
@@ -58,7 +64,7 @@ if TYPE_CHECKING:
 #: to be synthesised and heard: a stuck TTS or transport cannot keep a call open longer.
 AFTER_SPEECH_TIMEOUT = 20.0
 #: Longest the bot stays paused for a sound that never becomes a confirmed turn.
-MAX_PAUSE_S = 1.0
+MAX_PAUSE_S = 2.5
 #: A TTS error this soon after a barge-in belongs to the turn the caller cut off.
 INTERRUPTED_GRACE_S = 1.0
 
@@ -90,6 +96,7 @@ class CallSession(CallEvents):
         self._background: set[asyncio.Task[Any]] = set()
         self.monitor: TurnMonitor | None = None
         self.turn_end: AdaptiveTurnEnd | None = None
+        self.listening: ListeningTurnStart | None = None
         self.context: LLMContext | None = None
         self.barge_ins = 0
         self._pause_on_speech = False
@@ -185,6 +192,14 @@ class CallSession(CallEvents):
         start: list[BaseUserTurnStartStrategy]
         if min_words > 1:
             start = [MinWordsUserTurnStartStrategy(min_words=min_words, enable_interruptions=interruptions)]
+        elif interruptions and interrupt_cfg.backchannels:
+            language = profile.language
+            self.listening = ListeningTurnStart(
+                backchannel=lambda text: is_backchannel(text, language),
+                dismissed=self._on_not_a_turn,
+                long_secs=interrupt_cfg.long_speech_secs,
+            )
+            start = [self.listening]
         else:
             start = [
                 VADUserTurnStartStrategy(enable_interruptions=interruptions),
@@ -457,6 +472,16 @@ class CallSession(CallEvents):
     async def _on_speech_quiet(self) -> None:
         if self.turn_end is not None:
             await self.turn_end.release()
+        if self.listening is not None and self.listening.pending:
+            return  # its words decide (ListeningTurnStart): _on_not_a_turn or a barge-in
+        await self._resume()
+
+    async def _on_not_a_turn(self) -> None:
+        """Speech over the bot that was not a turn ("mm-hmm", a cough): play on."""
+        self.log.debug("not a turn: the bot plays on")
+        await self._resume()
+
+    async def _resume(self) -> None:
         if self._paused:
             self._paused = 0
             await self.connection.resume()
@@ -467,7 +492,7 @@ class CallSession(CallEvents):
         # Choppy sound can pause the bot without ever confirming a turn: do not stay silent.
         await asyncio.sleep(MAX_PAUSE_S)
         if self._paused == episode:
-            await self._on_speech_quiet()
+            await self._resume()
 
     def _on_barge_in(self, had_audio: bool) -> None:
         self._paused = 0  # the connection's clear dropped the held audio

@@ -18,16 +18,20 @@ change my flight ... to Tuesday"), which waits ``complete_secs`` as before.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 
 from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
     Frame,
     TranscriptionFrame,
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
 from pipecat.turns.types import ProcessFrameResult
+from pipecat.turns.user_start import BaseUserTurnStartStrategy
 from pipecat.turns.user_stop import BaseUserTurnStopStrategy
 
 from vc.phrases import fold, primary
@@ -62,6 +66,27 @@ PHRASE_BREAKS: dict[str, frozenset[str]] = {
 def phrase_breaks(language: str) -> frozenset[str]:
     """The words a reply's first piece in ``language`` may be cut before."""
     return PHRASE_BREAKS.get(primary(language), frozenset())
+
+
+#: What a listener says while the bot talks without taking the turn, per primary language.
+BACKCHANNELS: dict[str, frozenset[str]] = {
+    "en": frozenset("""
+        mm hmm mhm mmhmm mm-hmm uh-huh uh huh uhhuh yeah yes yep yup okay ok right sure
+        alright oh ah aha i see got it
+    """.split()),
+    "tr": frozenset("""
+        hı hıhı hı-hı evet tamam peki anladım aa ha öyle mi he hee
+    """.split()),
+}
+
+
+def is_backchannel(text: str, language: str) -> bool:
+    """Whether ``text`` says nothing that takes the turn: only listener words ("mm-hmm",
+    "yeah", "okay"), sounds Whisper writes in brackets ("(coughs)"), or nothing at all."""
+    words = BACKCHANNELS.get(primary(language), frozenset())
+    spoken = re.sub(r"[\(\[\*][^)\]\*]*[\)\]\*]", " ", text)
+    said = [w for w in (fold(t, language).strip(".,!?;:…\"'") for t in spoken.split()) if w]
+    return all(w in words for w in said)
 
 
 def continuation_words(language: str, extra: Iterable[str] = ()) -> frozenset[str]:
@@ -176,3 +201,98 @@ class AdaptiveTurnEnd(BaseUserTurnStopStrategy):
         self._held = False
         self._silent_since = None
         await self._cancel()
+
+
+class ListeningTurnStart(BaseUserTurnStartStrategy):
+    """The caller's turn starts at their speech, except over the bot: there it starts (and
+    interrupts the bot) only once they say something that is not a backchannel, or keep
+    talking for ``long_secs``. The bot is paused meanwhile (``pause_on_speech``); ``dismissed``
+    is told when the sound turned out not to be a turn, so the bot plays on where it stopped.
+    """
+
+    def __init__(
+        self,
+        *,
+        backchannel: Callable[[str], bool],
+        dismissed: Callable[[], Awaitable[None]],
+        long_secs: float = 0.8,
+        verdict_secs: float = 1.5,
+        **kwargs: object,
+    ) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self._backchannel = backchannel
+        self._dismissed = dismissed
+        self.long_secs = long_secs
+        #: After the speech ends, how long its words may take before it counts as no words.
+        self.verdict_secs = verdict_secs
+        self.bot_speaking = False
+        #: Speech over the bot whose verdict is not in yet.
+        self.pending = False
+        self._timer: asyncio.Task[None] | None = None
+
+    async def handle_user_turn_started(self) -> None:
+        await self._settle()
+
+    async def cleanup(self) -> None:
+        await super().cleanup()
+        await self._settle()
+
+    async def process_frame(self, frame: Frame) -> ProcessFrameResult:
+        if isinstance(frame, BotStartedSpeakingFrame):
+            self.bot_speaking = True
+        elif isinstance(frame, BotStoppedSpeakingFrame):
+            self.bot_speaking = False
+        elif isinstance(frame, VADUserStartedSpeakingFrame):
+            return await self._speech_started()
+        elif isinstance(frame, VADUserStoppedSpeakingFrame) and self.pending:
+            # The words decide now; a sound the STT finds no words in never sends any.
+            await self._start_timer(self._no_words(), "no_words")
+        elif isinstance(frame, TranscriptionFrame):
+            return await self._transcript(frame.text)
+        return ProcessFrameResult.CONTINUE
+
+    async def _speech_started(self) -> ProcessFrameResult:
+        if not self.bot_speaking:
+            await self.trigger_user_turn_started()
+            return ProcessFrameResult.STOP
+        self.pending = True
+        await self._start_timer(self._long_speech(), "long_speech")
+        return ProcessFrameResult.CONTINUE
+
+    async def _start_timer(self, coro: Coroutine[None, None, None], name: str) -> None:
+        await self._cancel_timer()
+        self._timer = self.task_manager.create_task(coro, f"{self}::{name}")
+
+    async def _long_speech(self) -> None:
+        await asyncio.sleep(self.long_secs)
+        self._timer = None
+        if self.pending:
+            await self.trigger_user_turn_started()
+
+    async def _no_words(self) -> None:
+        await asyncio.sleep(self.verdict_secs)
+        self._timer = None
+        if self.pending:
+            self.pending = False
+            await self._dismissed()
+
+    async def _transcript(self, text: str) -> ProcessFrameResult:
+        if not self.pending and not self.bot_speaking:
+            await self.trigger_user_turn_started()  # a transcript with no speech: DTMF
+            return ProcessFrameResult.STOP
+        if self._backchannel(text):
+            await self._settle()
+            await self.trigger_reset_aggregation()
+            await self._dismissed()
+            return ProcessFrameResult.CONTINUE
+        await self.trigger_user_turn_started()
+        return ProcessFrameResult.STOP
+
+    async def _settle(self) -> None:
+        self.pending = False
+        await self._cancel_timer()
+
+    async def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            timer, self._timer = self._timer, None
+            await self.task_manager.cancel_task(timer)

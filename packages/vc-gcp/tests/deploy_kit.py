@@ -513,9 +513,13 @@ def structural_problems(doc: Any, schema_name: str) -> list[str]:
             for e in validator.iter_errors(doc)]
 
 
-def compose_problems(doc: dict[str, Any], docker: Dockerfile) -> list[str]:
-    """The structural schema, then what it cannot say: dependencies and build targets exist."""
+def compose_problems(doc: dict[str, Any], docker: Dockerfile, base: Path | None = None) -> list[str]:
+    """The structural schema, then what it cannot say: dependencies and build targets exist,
+    (with ``base``, the compose file's folder) bind-mounted files exist, and every
+    ``ws://name:port`` a mounted INI names is a service listening on that port."""
     out = structural_problems(doc, "compose-minimal.json")
+    if base is not None:
+        out += _compose_mount_problems(doc, docker, base)
     services = doc.get("services", {})
     stages = {s["name"] for s in docker.stages}
     for name, svc in services.items():
@@ -531,6 +535,43 @@ def compose_problems(doc: dict[str, Any], docker: Dockerfile) -> list[str]:
             for arg in args if isinstance(args, dict) else [a.split("=")[0] for a in args]:
                 if arg not in docker.all_args():
                     out.append(f"service {name}: build arg {arg} is declared by no ARG")
+    return out
+
+
+def _compose_mount_problems(doc: dict[str, Any], docker: Dockerfile, base: Path) -> list[str]:
+    out = []
+    services = doc.get("services", {})
+    listening: dict[str, set[int]] = {}
+    for name, svc in services.items():
+        ports = {int(p) for p in svc.get("expose", [])}
+        build = svc.get("build")
+        target = build.get("target", docker.stages[-1]["name"]) if isinstance(build, dict) else None
+        if target in {s["name"] for s in docker.stages}:
+            port = listen_port(entrypoint(docker, target, svc.get("command")))
+            if port is not None and ports and ports != {port}:
+                out.append(f"service {name}: exposes {sorted(ports)} but listens on {port}")
+            ports = {port} if port is not None else ports
+        listening[name] = ports
+    for name, svc in services.items():
+        if not isinstance(svc.get("build"), dict):
+            continue
+        for v in svc.get("volumes", []):
+            src = v.split(":")[0] if isinstance(v, str) else v.get("source", "")
+            if not src.startswith("."):
+                continue
+            path = (base / src).resolve()
+            if not path.exists():
+                out.append(f"service {name}: mounts {src}, which does not exist")
+                continue
+            if path.is_file() and path.suffix == ".ini":
+                for host, port in re.findall(r"wss?://([a-z0-9-]+):(\d+)", path.read_text()):
+                    if host in ("127.0.0.1", "localhost"):
+                        continue
+                    if host not in services:
+                        out.append(f"service {name}: {src} names {host}, which is no service")
+                    elif listening[host] and int(port) not in listening[host]:
+                        out.append(f"service {name}: {src} reaches {host}:{port}, but {host} "
+                                   f"listens on {sorted(listening[host])}")
     return out
 
 
@@ -559,3 +600,245 @@ def cloudbuild_problems(doc: dict[str, Any]) -> list[str]:
         if used not in declared:
             out.append(f"substitution ${used} is neither declared nor built in")
     return out
+
+
+# -- replaying an image's build in a venv (test_compose.py) ------------------------------------------
+
+def stage_chain(docker: Dockerfile, target: str) -> list[str]:
+    """The stages whose RUN lines produce ``target``'s /opt/vc: the ``COPY --from`` stage(s)."""
+    out = []
+    for word, rest in docker.stage(target)["instructions"]:
+        m = re.match(r"--from=(\S+)\s+/opt/vc\b", rest) if word == "COPY" else None
+        if m:
+            out += [*stage_chain(docker, m.group(1)), m.group(1)]
+    return out
+
+
+def build_runs(docker: Dockerfile, target: str, build_args: dict[str, str]
+               ) -> tuple[list[str], dict[str, str]]:
+    """The RUN lines (``--mount`` flags dropped) that install /opt/vc for ``target``, and the
+    build arguments they see (the stage's ARG defaults, then ``build_args``)."""
+    chain = stage_chain(docker, target)
+    assert chain, f"stage {target} copies /opt/vc from no stage"
+    runs: list[str] = []
+    args: dict[str, str] = dict(docker.global_args)
+    for name in chain:
+        stage = docker.stage(name)
+        stage_args = docker.args(stage)
+        args.update({k: build_args.get(k, v) for k, v in stage_args.items()})
+        for run in docker.runs(stage):
+            while run.startswith("--"):
+                run = run.split(None, 1)[1]
+            runs.append(run)
+    unknown = set(build_args) - set(args)
+    assert not unknown, f"build args {sorted(unknown)} are declared by no ARG of {chain}"
+    return runs, args
+
+
+def replay_run(run: str, venv: Path, shims: Path) -> str | None:
+    """One RUN line as this machine runs it into ``venv`` instead of /opt/vc: apt-get lines are
+    skipped (the runtime stages' system packages: libgomp1 is here, tini is not needed), the venv
+    is created beforehand (``uv venv --seed``), everything else runs unchanged, with ``pip`` a shim
+    for ``uv pip`` into the venv. None when nothing is left to run."""
+    if run.lstrip().startswith("apt-get"):
+        return None
+    run = re.sub(r"python -m venv /opt/vc\s*&&\s*", "", run)
+    return run.replace("/opt/vc", str(venv))
+
+
+def entrypoint(docker: Dockerfile, target: str, command: list[str] | None) -> list[str]:
+    """ENTRYPOINT (tini dropped) + the compose ``command`` or, without one, the image's CMD."""
+    stage = docker.stage(target)
+    ep = json.loads(docker.last(stage, "ENTRYPOINT") or "[]")
+    if ep[:2] == ["/usr/bin/tini", "--"]:
+        ep = ep[2:]
+    cmd = command if command is not None else json.loads(docker.last(stage, "CMD") or "[]")
+    return [*ep, *cmd]
+
+
+def listen_port(argv: list[str], default: int | None = None) -> int | None:
+    return int(argv[argv.index("--port") + 1]) if "--port" in argv else default
+
+
+def with_port(argv: list[str], port: int) -> list[str]:
+    """``argv`` listening on 127.0.0.1:``port`` (the compose file's ``--host``/``--port`` replaced)."""
+    out = list(argv)
+    for flag, value in (("--port", str(port)), ("--host", "127.0.0.1")):
+        if flag in out:
+            out[out.index(flag) + 1] = value
+        else:
+            out += [flag, value]
+    return out
+
+
+def compose_volumes(svc: dict[str, Any], base: Path) -> dict[str, Path]:
+    """Container path -> host path of each bind mount (``./x:/etc/y[:ro]``)."""
+    out = {}
+    for v in svc.get("volumes", []):
+        src, dst = (v.split(":")[:2] if isinstance(v, str) else (v["source"], v["target"]))
+        out[dst] = (base / src).resolve()
+    return out
+
+
+def compose_env(svc: dict[str, Any], given: dict[str, str] | None = None) -> dict[str, str]:
+    """The service's ``environment`` as compose interpolates it from ``given`` (the shell's
+    variables): ``${VAR:-default}``, ``${VAR:?error}`` (an error when VAR is not given), ``${VAR}``."""
+    given = given or {}
+    env = svc.get("environment", {})
+    if isinstance(env, list):
+        env = dict(e.split("=", 1) for e in env)
+
+    def sub(m: re.Match[str]) -> str:
+        name, op, word = m.group(1), m.group(2) or "", m.group(3) or ""
+        if given.get(name):
+            return given[name]
+        if op == ":?":
+            raise AssertionError(f"compose: ${{{name}}} is required: {word}")
+        return word if op == ":-" else ""
+
+    return {k: re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-|:\?)?([^}]*)\}", sub, str(v))
+            for k, v in env.items()}
+
+
+def cloudbuild_build_steps(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return [s for s in doc.get("steps", []) if (s.get("args") or [None])[0] == "build"
+            and s.get("name", "").endswith("/docker")]
+
+
+def cloudbuild_substitute(text: str, values: dict[str, str]) -> str:
+    """Cloud Build's substitution of ``$NAME``/``${NAME}`` (``$$`` is a literal ``$``); with
+    dynamicSubstitutions, values may themselves name others (resolved first)."""
+    def one(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name = m.group(1) or m.group(2)
+        assert name in values, f"substitution ${name} has no value"
+        return values[name]
+
+    return re.sub(r"\$\$|\$\{([A-Z_][A-Z0-9_]*)\}|\$([A-Z_][A-Z0-9_]*)", one, text)
+
+
+def cloudbuild_values(doc: dict[str, Any], **given: str) -> dict[str, str]:
+    values = {"PROJECT_ID": "test-project", "BUILD_ID": "b1", **doc.get("substitutions", {}), **given}
+    for _ in range(3):  # dynamic substitutions: values naming values
+        values = {k: cloudbuild_substitute(v, {**values, k: ""}) if "$" in v else v
+                  for k, v in values.items()}
+    return values
+
+
+def docker_build_args(step: dict[str, Any]) -> dict[str, Any]:
+    """-f, --target, --build-arg (dict), --cache-from (list), -t (list), context of one build."""
+    args = step["args"]
+    out: dict[str, Any] = {"file": None, "target": None, "build_args": {}, "cache_from": [],
+                           "tags": [], "context": args[-1]}
+    i = 1
+    while i < len(args) - 1:
+        a, v = args[i], args[i + 1]
+        if a == "-f":
+            out["file"] = v
+        elif a == "--target":
+            out["target"] = v
+        elif a == "--build-arg":
+            k, _, val = v.partition("=")
+            out["build_args"][k] = val
+        elif a == "--cache-from":
+            out["cache_from"].append(v)
+        elif a == "-t":
+            out["tags"].append(v)
+        else:
+            raise AssertionError(f"step {step.get('id')}: unexpected docker build argument {a!r}")
+        i += 2
+    return out
+
+
+#: build arguments BuildKit itself reads (no ARG needed)
+BUILDKIT_ARGS = {"BUILDKIT_INLINE_CACHE"}
+
+
+def stages_needed(docker: Dockerfile, target: str) -> set[str]:
+    """``target`` and every stage it copies from, transitively."""
+    out = {target}
+    for word, rest in docker.stage(target)["instructions"]:
+        m = re.match(r"--from=(\S+)", rest) if word == "COPY" else None
+        if m:
+            out |= stages_needed(docker, m.group(1))
+    return out
+
+
+def cloudbuild_image_problems(doc: dict[str, Any], docker: Dockerfile) -> list[str]:
+    """Every docker build: our Dockerfile, a stage of it (named: the default target is implicit),
+    declared build args, pushed; builds needing llama.cpp wait for the llama-cpp step and use its
+    cache; every pip install of the Dockerfile pins the constraints file."""
+    out = []
+    stages = {s["name"] for s in docker.stages}
+    images = set(doc.get("images", []))
+    steps = cloudbuild_build_steps(doc)
+    cache_steps = [s for s in steps if docker_build_args(s)["target"] == "llama-build"]
+    if len(cache_steps) != 1:
+        out.append(f"{len(cache_steps)} steps build the llama-build stage (want one)")
+    cache_tag = docker_build_args(cache_steps[0])["tags"][0] if cache_steps else None
+    if cache_steps and cache_tag not in docker_build_args(cache_steps[0])["cache_from"]:
+        out.append("the llama-cpp step does not use its own last image as --cache-from")
+    if cache_steps and docker_build_args(cache_steps[0])["build_args"].get("BUILDKIT_INLINE_CACHE") != "1":
+        out.append("the llama-cpp step's image carries no inline cache (BUILDKIT_INLINE_CACHE=1)")
+    if docker.args(docker.stage("llama-build")) if "llama-build" in stages else False:
+        out.append("the llama-build stage declares an ARG: images built with other values "
+                   "would compile llama.cpp again")
+    for step in steps:
+        b = docker_build_args(step)
+        sid = step.get("id")
+        if b["file"] != "deploy/Dockerfile" or b["context"] != ".":
+            out.append(f"step {sid}: not `-f deploy/Dockerfile .`")
+        if b["target"] is None or b["target"] not in stages:
+            out.append(f"step {sid}: --target {b['target']} is no stage of the Dockerfile "
+                       "(name it: the default target is the last stage)")
+            continue
+        for k in b["build_args"]:
+            if k not in docker.all_args() | BUILDKIT_ARGS:
+                out.append(f"step {sid}: --build-arg {k} is declared by no ARG")
+        for t in b["tags"]:
+            if t not in images:
+                out.append(f"step {sid}: tag {t} is not in `images` (never pushed)")
+        if step in cache_steps:
+            continue
+        if "llama-build" in stages_needed(docker, b["target"]):
+            cache_id = cache_steps[0].get("id") if cache_steps else None
+            if cache_id is None or cache_id not in step.get("waitFor", []):
+                out.append(f"step {sid}: builds on llama-build but does not wait for step {cache_id}")
+            if cache_tag not in b["cache_from"]:
+                out.append(f"step {sid}: builds on llama-build without --cache-from {cache_tag}")
+    for stage in docker.stages:
+        for run in docker.runs(stage):
+            for words in pip_installs(run):
+                if words[:1] == ["--upgrade"] and set(words[1:]) <= {"pip", "wheel"}:
+                    continue  # the installer itself
+                if "-c" not in words or words[words.index("-c") + 1] != "requirements/constraints.txt":
+                    out.append(f"stage {stage['name']}: pip install {' '.join(words)} "
+                               "does not pin requirements/constraints.txt")
+    return out
+
+
+# -- deploy/gke/services: kustomize components rendered on their own ---------------------------------
+
+SERVICES = sorted(p for p in (GKE / "services").iterdir() if (p / "kustomization.yaml").is_file())
+
+
+def render_component(component: Path, namespace: str = "vc") -> list[dict[str, Any]]:
+    """``kubectl kustomize`` of a throwaway kustomization that only opts into ``component``."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=GKE) as tmp:
+        (Path(tmp) / "kustomization.yaml").write_text(yaml.safe_dump({
+            "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+            "namespace": namespace, "components": [f"../services/{component.name}"]}))
+        proc = subprocess.run([kubectl(), "kustomize", tmp], capture_output=True, text=True,
+                              timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+def dashboard_queries(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    """(tile title, PromQL) of every data set of a Cloud Monitoring dashboard."""
+    return [(t["widget"]["title"], ds["timeSeriesQuery"]["prometheusQuery"])
+            for t in doc["mosaicLayout"]["tiles"]
+            for ds in t["widget"].get("xyChart", {}).get("dataSets", [])]

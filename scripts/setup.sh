@@ -61,11 +61,13 @@ if [ "$MODE" = test ]; then
     -e "$P/vc-tts-piper[local,test]" \
     -e "$P/vc-tts-espeak[test]" \
     -e "$P/vc-gcp[test]" \
+    -e "$P/vc-stack[test]" \
     nox ruff mypy uv pytest-timeout
 else
   say "installing the default stack: vc-core, Twilio, faster-whisper, llama.cpp, Piper"
   pip_install \
     -e "$P/vc-core" \
+    -e "$P/vc-stack" \
     -e "$P/vc-transport-twilio[demo]" \
     -e "$P/vc-stt-faster-whisper" \
     -e "$P/vc-llm-llama-ws[embedded]" \

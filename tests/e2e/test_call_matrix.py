@@ -49,7 +49,6 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +64,9 @@ from matrix_services import (
 )
 
 from vc.call import CallInfo
-from vc.plugins import KNOWN_DISTRIBUTIONS, Registry, load_plugins
+from vc.plugins import Registry, load_plugins
 from vc.providers import Observer
+from vc.testing import until
 
 pytestmark = pytest.mark.e2e
 
@@ -177,7 +177,7 @@ def registry_for(combo: dict[str, str]) -> Registry:
     missing = []
     for kind, name in combo.items():
         if registry.provider(kind, name) is None:
-            dist = KNOWN_DISTRIBUTIONS.get((kind, name), "the plugin that provides it")
+            dist = registry.install_hint(kind, name) or "the plugin that provides it"
             broken = [f"{p.distribution}: {p.error}" for p in registry.errors()]
             missing.append(f"{kind} {name!r} (pip install {dist})"
                            + (f" [broken plugins: {'; '.join(broken)}]" if broken else ""))
@@ -289,16 +289,6 @@ class CallLog(Observer):
         return [t for t, d in self.named("mark_played", after) if str(d.get("name")).startswith(prefix)]
 
 
-async def wait_for(predicate: Callable[[], Any], within: float, what: str) -> Any:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"no {what} within {within:.0f}s")
-
-
 async def metrics(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
@@ -400,8 +390,8 @@ async def ask(line: Line, log: CallLog, app: Any, pcm: bytes, retries: int = 0
         before = len(assistant_said(app))
         speaking = time.monotonic()
         asked = line.say(pcm)
-        heard = await wait_for(functools.partial(log.named, "transcript", speaking), 120,
-                               "transcript")
+        heard = await until(functools.partial(log.named, "transcript", speaking), 120,
+                            "transcript")
         last_try = attempt == retries
 
         def answered(asked: float = asked, before: int = before, last_try: bool = last_try
@@ -413,7 +403,7 @@ async def ask(line: Line, log: CallLog, app: Any, pcm: bytes, retries: int = 0
             return "unspeakable" if said and not re.search(r"[A-Za-z0-9]", said[-1]) else None
 
         try:
-            loud = await wait_for(answered, 180 if last_try else 60, "audible bot answer")
+            loud = await until(answered, 180 if last_try else 60, "audible bot answer")
             if loud == "unspeakable":
                 await asyncio.sleep(2.0)  # the reply was complete: nothing more will come
                 loud = line.loud(asked - 0.3)
@@ -445,7 +435,7 @@ async def answer_heard(line: Line, log: CallLog, first: float) -> float:
         loud = line.loud(first)
         return bool(log.marks("utt", first)) and time.monotonic() - loud[-1] >= QUIET
 
-    await wait_for(finished, 180, "end of the bot's answer")
+    await until(finished, 180, "end of the bot's answer")
     return line.loud(first)[-1]
 
 
@@ -503,7 +493,7 @@ async def one_call(combo: dict[str, str], language: str = "") -> None:
         try:
             line = await side.call()
             # 1. The greeting, heard completely.
-            await wait_for(lambda: log.marks("greeting"), 60, "greeting heard (its mark played)")
+            await until(lambda: log.marks("greeting"), 60, "greeting heard (its mark played)")
             if language == "tr":
                 # The English Whisper hears espeak-ng's Turkish as nothing or noise: the check is
                 # that vc said the catalogue's Turkish greeting, and that what the caller heard
@@ -562,38 +552,38 @@ async def one_call(combo: dict[str, str], language: str = "") -> None:
             await asyncio.sleep(0.2)  # talk over it at once: SmolLM2's answers can be short
             talking = time.monotonic()
             line.say(speech(interruption, 8000, voice))
-            barge_in = (await wait_for(lambda: log.named("barge_in", started), 60, "barge-in"))[0][0]
+            barge_in = (await until(lambda: log.named("barge_in", started), 60, "barge-in"))[0][0]
             report["barge-in: caller speech -> vc barge_in (s)"] = round(barge_in - talking, 2)
             assert [t for t in line.loud(talking) if t <= barge_in], "the bot was not audible"
             await asyncio.sleep(1.5)
             next_turn = [t for t, _ in log.named("transcript", barge_in)]
-            until = next_turn[0] if next_turn else time.monotonic()
+            next_turn_at = next_turn[0] if next_turn else time.monotonic()
             # The turn the caller cut off is not apologised for, whatever its TTS reported
             # (a Hangul sentence the English voice cannot speak "completes with no audio").
-            assert not [t for t in log.marks("apology", barge_in) if t < until], (
+            assert not [t for t in log.marks("apology", barge_in) if t < next_turn_at], (
                 "vc played an apology over the caller who had just interrupted")
             if isinstance(line, TwilioLine):
                 # A pause (the caller may be talking) clears Twilio too, and a resume sends the
                 # held audio again: the clear that counts follows the last resume.
                 resumed = [t for t, _ in log.named("bot_resumed", started) if t < barge_in]
                 since = resumed[-1] if resumed else started
-                cleared = await wait_for(lambda: [t for t in line.clears() if t > since], 10,
-                                         "clear after the barge-in")
+                cleared = await until(lambda: [t for t in line.clears() if t > since], 10,
+                                      "clear after the barge-in")
                 report["barge-in: caller speech -> clear (s)"] = round(cleared[0] - talking, 2)
-                stale = [t for t in line.sent_after(cleared[0]) if t < until]
+                stale = [t for t in line.sent_after(cleared[0]) if t < next_turn_at]
                 assert not stale, f"{len(stale)} media frames reached Twilio after clear"
             else:
-                stale = [t for t in line.loud(barge_in + LEAD) if t < until]
+                stale = [t for t in line.loud(barge_in + LEAD) if t < next_turn_at]
                 assert not stale, (f"{len(stale)} loud bot packets more than {LEAD}s after the "
                                    f"barge-in (first {stale[0] - barge_in:.2f}s after)")
             loud_after = line.loud(talking)
             report["barge-in: caller speech -> last bot audio (s)"] = (
-                round(max(t for t in loud_after if t < until) - talking, 2)
-                if any(t < until for t in loud_after) else None)
+                round(max(t for t in loud_after if t < next_turn_at) - talking, 2)
+                if any(t < next_turn_at for t in loud_after) else None)
 
             # 4. The caller hangs up; vc ends the call cleanly and counts it.
             await line.hang_up()
-            await wait_for(lambda: not app.engine.sessions, 30, "the call's session to end")
+            await until(lambda: not app.engine.sessions, 30, "the call's session to end")
             assert not line.problems(), line.problems()
             assert len(log.ended) == 1 and log.ended[0][1] != "error", log.ended
             values = await metrics(http.url)
@@ -604,7 +594,7 @@ async def one_call(combo: dict[str, str], language: str = "") -> None:
             assert values.get(("vc_active_calls", (("transport", transport),))) == 0
             if transport == "opensips":
                 pool = app.transports["opensips"].media.pool
-                await wait_for(lambda: not pool.in_use, 10, "the call's RTP port back in the pool")
+                await until(lambda: not pool.in_use, 10, "the call's RTP port back in the pool")
             report["outcome"] = log.ended[0][1]
         except BaseException:
             print(f"what vc reported (t = seconds since vc was ready): {report}")

@@ -25,12 +25,12 @@ PUBLIC: dict[str, tuple[str, ...]] = {
     "vc.hookspecs": (
         "hookimpl", "register_transports", "register_stt", "register_llm", "register_tts",
         "register_observers", "register_tools", "register_models", "register_checks",
-        "register_commands",
+        "register_known_providers", "register_commands",
     ),
     "vc.providers": (
         "Provider", "STTProvider", "LLMProvider", "TTSProvider", "TransportProvider", "CallHost",
         "Observer", "ProviderError", "ProviderContext", "CallContext", "AudioClip", "Tool",
-        "ToolCall", "ModelCatalog", "ModelInfo", "package_dir", "cache_dir",
+        "ToolCall", "ModelCatalog", "ModelInfo", "KnownProvider", "package_dir", "cache_dir",
     ),
     "vc.call": (
         "CallInfo", "CallConnection", "CallEvents", "PlayoutBuffer", "PlayoutPacer", "Mark",
@@ -62,7 +62,7 @@ PUBLIC: dict[str, tuple[str, ...]] = {
     "vc.plugins": ("registry", "Registry", "PluginRecord", "load_plugins"),
     "vc.doctor": ("Check",),
     "vc.verify": ("verify_file", "verify_tree", "sha256_file"),
-    "vc.testing": ("fake_registry", "config_from_ini", "FAKE_STACK"),
+    "vc.testing": ("fake_registry", "config_from_ini", "FAKE_STACK", "until"),
     "vc.testing.contracts": (
         "ProviderContract", "STTContract", "LLMContract", "TTSContract", "TransportContract",
         "ObserverContract", "RecordingHost", "ContractCaller", "SAMPLE_EVENTS",

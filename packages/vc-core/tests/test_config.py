@@ -45,19 +45,39 @@ def test_env_names_are_predictable() -> None:
 
 
 def test_missing_provider_says_which_distribution_to_install() -> None:
-    reg = registry(fakes=False)
+    """Core names no provider: the default stack and the install hints come from a plugin
+    (vc-stack in a real install; tests/plugins/known_stack.py here)."""
+    reg = registry("known_stack", fakes=False)
     cfg, errors = load(None, reg, {})
     assert cfg is None
     assert messages(errors) == [
-        "[stt] provider = 'faster-whisper' (from default): stt provider 'faster-whisper' is not "
-        "installed (pip install vc-stt-faster-whisper); installed stt providers: none",
-        "[llm] provider = 'llama-cpp' (from default): llm provider 'llama-cpp' is not installed "
-        "(pip install 'vc-llm-llama-ws[embedded]'); installed llm providers: none",
-        "[tts] provider = 'piper' (from default): tts provider 'piper' is not installed "
-        "(pip install 'vc-tts-piper[local]'); installed tts providers: none",
-        "[vc] transports = 'twilio': transport provider 'twilio' is not installed "
-        "(pip install vc-transport-twilio); installed transport providers: none",
+        "[stt] provider = 'ear' (from default): stt provider 'ear' is not "
+        "installed (pip install vc-stt-ear); installed stt providers: none",
+        "[llm] provider = 'brain' (from default): llm provider 'brain' is not installed "
+        "(pip install 'vc-llm-brain[embedded]'); installed llm providers: none",
+        "[tts] provider = 'mouth' (from default): tts provider 'mouth' is not installed "
+        "(pip install 'vc-tts-mouth[local]'); installed tts providers: none",
+        "[vc] transports = 'pigeon': transport provider 'pigeon' is not installed "
+        "(pip install vc-transport-pigeon); installed transport providers: none",
     ]
+    _, errors = load(None, reg, {"VC_STT__PROVIDER": "ear-websocket", "VC_VC__OBSERVERS": "diary"})
+    assert "stt provider 'ear-websocket' is not installed (pip install vc-stt-ear)" in str(errors)
+    assert "observer provider 'diary' is not installed (pip install vc-diary)" in str(errors)
+
+
+def test_without_a_declared_default_stack_every_provider_must_be_named() -> None:
+    cfg, errors = load(None, registry(), {})
+    assert cfg is None
+    assert messages(errors) == [
+        f"[{kind}] provider: no {kind} provider is configured and no installed plugin declares "
+        f"a default one (set [{kind}] provider); installed {kind} providers: fake"
+        for kind in ("stt", "llm", "tts")
+    ] + ["[vc] transports: no transport provider is configured and no installed plugin "
+         "declares a default one (set [vc] transports); installed transport providers: none"]
+    _, errors = load(None, registry("known_stack", fakes=False),
+                     {"VC_STT__PROVIDER": "nope", "VC_VC__TRANSPORTS": ""})
+    assert "stt provider 'nope' is not installed (install the plugin that provides it)" in str(errors)
+    assert "transport" not in str(errors)  # named (none), so no default is looked for
 
 
 def test_every_error_is_reported_at_once(tmp_path) -> None:

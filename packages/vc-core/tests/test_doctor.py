@@ -197,9 +197,10 @@ def test_configuration_errors_are_listed_and_missing_providers_named(tmp_path) -
 
 
 def test_broken_plugins_warn_or_fail_when_they_provide_a_configured_provider(tmp_path) -> None:
+    import known_stack
     import raising_hook
 
-    reg = registry(("vc-llm-ollama", raising_hook))
+    reg = registry(("vc-llm-ollama", raising_hook), ("index", known_stack))
     quiet = doctor.run(context(tmp_path, QUIET, reg))
     (plugins,) = named(quiet, "plugins")
     assert plugins.status == "warn" and "plugin vc-llm-ollama" in plugins.detail

@@ -23,7 +23,7 @@ def test_there_are_hooks_with_one_line_docstrings() -> None:
     assert {n for n, _ in HOOKS} == {
         "register_transports", "register_stt", "register_llm", "register_tts",
         "register_observers", "register_tools", "register_models", "register_checks",
-        "register_commands",
+        "register_known_providers", "register_commands",
     }
     for name, fn in HOOKS:
         doc = inspect.getdoc(fn) or ""

@@ -16,7 +16,7 @@ from vc.plugins import load_plugins
 from vc.providers import CallContext, ProviderError
 from vc.reconnect import RemoteProvider, RemoteService, ServiceUnavailable, backoff
 from vc.server import App, HTTPServer
-from vc.testing import FAKE_STACK, config_from_ini
+from vc.testing import FAKE_STACK, config_from_ini, until
 from vc.testing.calls import LoopbackConnection, run_loopback_call, speech
 from vc.testing.fakes import FakeLLM, FakeLLMService, FakeTTS
 
@@ -52,7 +52,7 @@ async def test_remote_service_retries_until_reached_and_after_it_is_lost() -> No
     await asyncio.sleep(0.2)
     assert not remote.ready and service.probes >= 3  # retried in the background
     service.up = True
-    await wait_for(lambda: remote.ready)
+    await until(lambda: remote.ready)
     assert remote.reason == ""
     probes = service.probes
     await asyncio.sleep(0.1)
@@ -61,7 +61,7 @@ async def test_remote_service_retries_until_reached_and_after_it_is_lost() -> No
     remote.lost("the connection was refused")  # a call found it gone
     assert not remote.ready and remote.reason == "the connection was refused"
     service.up = True
-    await wait_for(lambda: remote.ready)
+    await until(lambda: remote.ready)
     await remote.stop()
 
 
@@ -149,13 +149,6 @@ async def served():
         await http.stop()
 
 
-async def wait_for(condition: Any, within: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
 async def test_readyz_names_the_unreachable_provider_until_its_service_answers(served) -> None:
     app, client = await served("[llm]\nprovider = flaky\n[server]\ndrain_timeout = 1\n")
     await app.start()  # the LLM's service is down: vc starts anyway
@@ -180,7 +173,7 @@ async def test_readyz_names_the_unreachable_provider_until_its_service_answers(s
     assert said[-1] == DEFAULT_APOLOGY
     # The service comes up: a retry gets through, /readyz turns 200, the next turn is answered.
     SERVICE.up = True
-    await wait_for(app.engine.ready)
+    await until(app.engine.ready)
     r = await client.get("/readyz")
     assert r.status_code == 200 and "not_ready" not in r.json() and r.json()["checks"]["llm.flaky"]
     end = conn.say(speech("are you back", 8000))
@@ -207,7 +200,7 @@ async def test_a_tts_that_is_down_refuses_calls_and_greets_once_it_is_up(served)
         await app.engine.run_call(conn)
     assert app.engine.sessions == {}
     SERVICE.up = True
-    await wait_for(app.engine.ready)  # the greeting is rendered as soon as the TTS is up
+    await until(app.engine.ready)  # the greeting is rendered as soon as the TTS is up
     assert "default" in app.engine.greetings
     assert (await client.get("/readyz")).status_code == 200
     task = await run_loopback_call(app.engine, conn)

@@ -162,7 +162,7 @@ async def test_a_backchannel_over_the_bot_pauses_it_and_it_plays_on(make_engine)
 
 
 async def test_words_over_the_bot_interrupt_it(make_engine) -> None:
-    session, heard, messages = await talk_over_the_answer(
+    session, _, messages = await talk_over_the_answer(
         make_engine, "wait stop please", "Wait stop please.")
     assert session.barge_ins == 1
     assert [m["content"] for m in messages if m["role"] == "user"][-1] == "Wait stop please.", messages

@@ -21,11 +21,14 @@ import yaml
 from deploy_kit import (
     GKE,
     OVERLAYS,
+    SERVICES,
     Dockerfile,
     apt_installs,
     baked_env_problems,
+    cloudbuild_build_steps,
     cloudbuild_problems,
     compose_problems,
+    dashboard_queries,
     dockerfile_env,
     generated_files,
     ignore_patterns,
@@ -39,16 +42,18 @@ from deploy_kit import (
     patch_files,
     pip_installs,
     render,
+    render_component,
     render_problems,
     resources,
     split_spec,
+    structural_problems,
     validate,
 )
 from gcp_helpers import DEPLOY, REPO
 
 from vc import config as vcconfig
 from vc.metrics import Metrics
-from vc.plugins import KNOWN_DISTRIBUTIONS, load_plugins
+from vc.plugins import load_plugins
 
 OVERLAY_IDS = [p.name for p in OVERLAYS]
 HPA_METRIC = "prometheus.googleapis.com|vc_active_calls|gauge"
@@ -132,9 +137,11 @@ def cloudbuild_variants() -> dict[str, dict[str, str]]:
     docker = Dockerfile(DEPLOY / "Dockerfile")
     default_args = docker.args(docker.stage("build"))
     out = {}
-    for step in build["steps"]:
+    for step in cloudbuild_build_steps(build):  # not the deploy steps
         args = step["args"]
         tag = args[args.index("-t") + 1]
+        if "/" not in tag:  # a cache layer (${_CACHE_IMAGE}), no image of vc
+            continue
         name = tag.rsplit("/", 1)[1].split(":")[0]
         build_args = dict(default_args)
         for i, a in enumerate(args):
@@ -154,7 +161,8 @@ def check_providers_in_image(cfg: vcconfig.Config, plugins: list[str]) -> None:
     wanted += [(k, n) for k in vcconfig.KINDS for n in cfg.providers[k]]
     wanted += [("observer", n) for n in cfg.observers if n != "event-log"]
     for kind, name in wanted:
-        dist, extras = split_spec(KNOWN_DISTRIBUTIONS[(kind, name)].strip("'"))
+        hint = load_plugins(env={"VC_LOAD_PLUGINS": "vc-stack"}).install_hint(kind, name)
+        dist, extras = split_spec(str(hint).strip("'"))  # vc-stack's index of first-party plugins
         assert any(d == dist and extras <= e for d, e in have), (
             f"{kind} {name} needs {dist}{sorted(extras) or ''}, the image has {plugins}")
 
@@ -218,7 +226,7 @@ def rendered(request, registry) -> dict[str, Any]:
     objs = render(request.param)
     deployment = one(objs, "Deployment", "vc")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    configmap = one(objs, "ConfigMap")
+    (configmap,) = [o for o in objs if o["kind"] == "ConfigMap" and "vc.ini" in o.get("data", {})]
     env = container_env(container)
     # the process sees the image's ENV, then the container's env over it
     cfg = resolve(configmap["data"]["vc.ini"], {**image_env(), **env}, registry)
@@ -514,7 +522,7 @@ def test_cloudbuild_builds_every_variant_from_declared_arguments() -> None:
     declared = docker.all_args()
     stages = {s["name"] for s in docker.stages}
     tags = []
-    for step in build["steps"]:
+    for step in cloudbuild_build_steps(build):  # the docker builds, not the deploy steps
         args = step["args"]
         assert args[0] == "build" and args[args.index("-f") + 1] == "deploy/Dockerfile"
         assert args[-1] == "."  # the repository root is the context
@@ -522,6 +530,8 @@ def test_cloudbuild_builds_every_variant_from_declared_arguments() -> None:
         for i, a in enumerate(args):
             if a == "--build-arg":
                 name, _, value = args[i + 1].partition("=")
+                if name.startswith("BUILDKIT_"):  # BuildKit's own (inline cache metadata)
+                    continue
                 assert name in declared, f"--build-arg {name}: the Dockerfile declares no such ARG"
                 if name == "VC_PLUGINS":
                     for p in value.split():
@@ -950,3 +960,280 @@ def test_rules_schema_rejects_a_typo() -> None:
         mutate(bad)
         with pytest.raises(jsonschema.ValidationError):
             validate(bad)
+
+
+
+# -- one Deployment per service: deploy/gke/services components ------------------------------------------
+
+SERVICE_IDS = [p.name for p in SERVICES]
+#: What a service's container runs: image (Dockerfile target / upstream), port, the server's parser.
+AI_SERVICES = {
+    "llama-ws": ("vc-llama", "llama-server", 8765, "vc_llm_llama_ws.server"),
+    "piper-ws": ("vc-piper", "piper-server", 8000, "vc_tts_piper.server"),
+}
+
+
+@pytest.mark.parametrize("component", SERVICES, ids=SERVICE_IDS)
+def test_service_component_renders_valid_and_consistent(component: Path) -> None:
+    objs = render_component(component)
+    for obj in objs:
+        validate(obj)
+    assert render_problems(objs) == []
+    (deployment,) = [o for o in objs if o["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    for c in [*pod.get("initContainers", []), *pod["containers"]]:
+        sc = c["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+        assert sc["capabilities"]["drop"] == ["ALL"]
+        assert "memory" in c["resources"]["limits"] and c["resources"]["requests"]
+        assert not c["image"].endswith(":latest") or "PROJECT_ID" in c["image"], c["image"]
+        assert ":" in c["image"].rsplit("/", 1)[-1], f"{c['name']}: image {c['image']} has no tag"
+    # every Service, a PDB that lets a pod go; probes where the service speaks TCP
+    assert [o for o in objs if o["kind"] == "Service"]
+    assert [o for o in objs if o["kind"] == "PodDisruptionBudget"]
+    probed = [c for c in pod["containers"] if c.get("readinessProbe")]
+    assert probed, f"{component.name}: no readiness probe"
+
+
+@pytest.mark.parametrize("name", sorted(AI_SERVICES))
+def test_ai_service_runs_its_image_as_built(name: str) -> None:
+    import importlib
+
+    image, target, port, module = AI_SERVICES[name]
+    objs = render_component(GKE / "services" / name)
+    deployment = one(objs, "Deployment", f"vc-{name}")
+    (c,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert c["image"] == f"REGION-docker.pkg.dev/PROJECT_ID/vc/{image}:latest"
+    assert cloudbuild_variants()[image]["target"] == target
+    docker = Dockerfile(DOCKERFILE)
+    stage = docker.stage(target)
+    assert docker.last(stage, "EXPOSE") == str(port)
+    user = docker.last(stage, "USER")
+    sc = deployment["spec"]["template"]["spec"]["securityContext"]
+    assert user == f"{sc['runAsUser']}:{sc['runAsGroup']}"
+    # the args are the image's ENTRYPOINT's: the server's own parser accepts them
+    server = importlib.import_module(module)
+    parse = getattr(server, "parse_args", None) or (lambda a: server._parser().parse_args(a))
+    args = parse(c["args"])
+    assert (args.host, args.port) == ("0.0.0.0", port)
+    assert c["ports"] == [{"name": "ws", "containerPort": port, "protocol": "TCP"}]
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert c[probe]["httpGet"]["path"] == "/health", probe  # answered without a token
+    for e in c.get("env", []):
+        prefix = "VC_LLAMA_WS_" if name == "llama-ws" else "VC_PIPER_WS_"
+        assert e["name"].startswith(prefix)
+    svc = one(objs, "Service", f"vc-{name}")
+    assert svc["spec"]["ports"][0]["port"] == port
+
+
+def test_ollama_runs_the_pinned_upstream_image_with_models_on_a_volume() -> None:
+    objs = render_component(GKE / "services" / "ollama")
+    deployment = one(objs, "Deployment", "ollama")
+    pod = deployment["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    repo, _, tag = c["image"].partition(":")
+    assert repo == "ollama/ollama" and re.fullmatch(r"\d+\.\d+\.\d+", tag), c["image"]
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["OLLAMA_HOST"].endswith(":11434")
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    models = next(n for n, p in mounts.items() if p == env["OLLAMA_MODELS"])
+    claim = volumes[models]["persistentVolumeClaim"]["claimName"]
+    assert one(objs, "PersistentVolumeClaim", claim)["spec"]["accessModes"] == ["ReadWriteOnce"]
+    # a ReadWriteOnce disk: one replica, and Recreate so the new pod can attach it
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert not [o for o in objs if o["kind"] == "HorizontalPodAutoscaler"]
+    assert one(objs, "Service", "ollama")["spec"]["ports"][0]["port"] == 11434
+
+
+@pytest.fixture(scope="module")
+def opensips_rtp(registry) -> dict[str, Any]:
+    objs = render(GKE / "overlays" / "opensips-rtp")
+    vc = one(objs, "Deployment", "vc")
+    (container,) = vc["spec"]["template"]["spec"]["containers"]
+    (configmap,) = [o for o in objs if o["kind"] == "ConfigMap" and "vc.ini" in o.get("data", {})]
+    cfg = resolve(configmap["data"]["vc.ini"], {**image_env(), **container_env(container)}, registry)
+    return {"objs": objs, "vc": vc, "container": container, "cfg": cfg}
+
+
+def _sync_args(container: dict[str, Any]):
+    from vc_gcp.dispatcher_sync import _parse
+
+    assert container["command"] == ["vc-dispatcher-sync"]
+    return _parse(container["args"])
+
+
+def test_opensips_dispatches_over_the_headless_service(opensips_rtp) -> None:
+    objs, cfg = opensips_rtp["objs"], opensips_rtp["cfg"]
+    opensips = one(objs, "Deployment", "opensips")
+    pod = opensips["spec"]["template"]["spec"]
+    containers = {c["name"]: c for c in pod["containers"]}
+    (init,) = pod["initContainers"]
+    sync, init_args = _sync_args(containers["dispatcher-sync"]), _sync_args(init)
+    assert init_args.once and init_args.no_reload and not sync.once
+    # the headless Service of vc's SIP port, the port vc's SIP user agent listens on
+    headless = one(objs, "Service", sync.host)
+    assert headless["spec"]["clusterIP"] == "None"
+    assert not headless["spec"].get("publishNotReadyAddresses"), "only ready pods may get calls"
+    assert headless["spec"]["selector"].items() <= pod_labels_of(opensips_rtp["vc"]).items()
+    sip = cfg.transports["opensips"].settings
+    assert sync.port == init_args.port == sip.sip_port == headless["spec"]["ports"][0]["port"]
+    assert sync.host == init_args.host
+    # the script in the ConfigMap is deploy/gke/services/opensips/opensips.cfg, and its
+    # db_url / mi_datagram socket are where the sidecar writes and reloads
+    script_cm = pod_volume_configmap(objs, pod, containers["opensips"], "/etc/opensips")
+    script = script_cm["data"]["opensips.cfg"]
+    assert script == (GKE / "services" / "opensips" / "opensips.cfg").read_text()
+    assert f'"text://{sync.db_dir}"' in script and str(init_args.db_dir) == str(sync.db_dir)
+    assert f'modparam("mi_datagram", "socket_name", "udp:{sync.mi}")' in script
+    assert sync.mi.startswith("127.0.0.1:"), "MI must not be reachable from outside the pod"
+    for module in ("dispatcher", "db_text", "mi_datagram"):
+        assert f'loadmodule "{module}.so"' in script
+    assert f"ds_select_dst({sync.setid}," in script
+    db_mounts = {c["name"]: {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+                 for c in [*pod["containers"], init]}
+    for name, mounts in db_mounts.items():
+        assert str(sync.db_dir) in mounts.values(), f"{name} does not mount {sync.db_dir}"
+    # the entry point: UDP 5060 to OpenSIPS pods
+    svc = one(objs, "Service", "opensips")
+    assert svc["spec"]["type"] == "LoadBalancer"
+    assert svc["spec"]["ports"][0]["protocol"] == "UDP" and svc["spec"]["ports"][0]["port"] == 5060
+    assert "socket = udp:0.0.0.0:5060" in script
+    # the sidecar runs the overlay's vc image (vc-gcp and vc-transport-opensips in it)
+    assert containers["dispatcher-sync"]["image"] == opensips_rtp["container"]["image"]
+    assert {"vc-gcp", "vc-transport-opensips"} <= {
+        split_spec(p)[0] for p in image_plugins(opensips_rtp["container"]["image"])}
+    assert "vc-dispatcher-sync" in package_scripts("vc-gcp")
+
+
+def pod_labels_of(workload: dict[str, Any]) -> dict[str, str]:
+    return workload["spec"]["template"]["metadata"]["labels"]
+
+
+def pod_volume_configmap(objs, pod, container, mount_path: str) -> dict[str, Any]:
+    (name,) = [m["name"] for m in container["volumeMounts"] if m["mountPath"] == mount_path]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == name]
+    return one(objs, "ConfigMap", volume["configMap"]["name"])
+
+
+#: Seconds a removed address can live in the cluster DNS's cache: kube-dns on GKE answers
+#: Service records with a 30 s TTL (CoreDNS's kubernetes plugin: 5 s).
+CLUSTER_DNS_TTL = 30
+#: Endpoints propagation and one lost MI datagram (its retry in the next round).
+DISPATCHER_MARGIN = 5
+
+
+def test_a_draining_pod_leaves_the_dispatcher_before_sigterm(opensips_rtp) -> None:
+    """A deleted vc pod leaves the headless Service at once; the dispatcher must drop it before
+    preStop ends (SIGTERM: vc refuses new calls), and calls in progress get drain_timeout."""
+    pod = opensips_rtp["vc"]["spec"]["template"]["spec"]
+    command = opensips_rtp["container"]["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    pre_stop = int(command[1])
+    opensips = one(opensips_rtp["objs"], "Deployment", "opensips")["spec"]["template"]["spec"]
+    sync = _sync_args(next(c for c in opensips["containers"] if c["name"] == "dispatcher-sync"))
+    assert sync.interval > 0
+    assert pre_stop >= CLUSTER_DNS_TTL + sync.interval + DISPATCHER_MARGIN, (
+        f"preStop {pre_stop}s < DNS TTL {CLUSTER_DNS_TTL}s + sync interval {sync.interval}s "
+        f"+ {DISPATCHER_MARGIN}s: a draining pod may still be chosen for new calls after SIGTERM")
+    drain = opensips_rtp["cfg"].server.drain_timeout
+    assert pod["terminationGracePeriodSeconds"] >= pre_stop + drain + 30
+
+
+def test_opensips_rtp_vc_talks_to_the_service_deployments(opensips_rtp) -> None:
+    objs, cfg = opensips_rtp["objs"], opensips_rtp["cfg"]
+    services = {s["metadata"]["name"]: s for s in objs if s["kind"] == "Service"}
+    urls = {"llm": cfg.providers["llm"], "tts": cfg.providers["tts"]}
+    assert list(urls["llm"]) == ["llama-ws"] and list(urls["tts"]) == ["piper-websocket"]
+    for kind, provider in (("llm", "llama-ws"), ("tts", "piper-websocket")):
+        url = urlsplit(urls[kind][provider].settings.url)
+        assert url.scheme == "ws" and url.hostname in services, url
+        ports = [p["port"] for p in services[url.hostname]["spec"]["ports"]]
+        assert url.port in ports
+    check_providers_in_image(cfg, image_plugins(opensips_rtp["container"]["image"]))
+
+
+# -- dashboards as code ------------------------------------------------------------------------------------
+
+DASHBOARD = GKE / "monitoring" / "dashboard.json"
+#: Cloud Monitoring's own metrics the dashboard may read besides vc's (PromQL names).
+SYSTEM_METRICS = {"kubernetes_io:container_restart_count": {"monitored_resource", "namespace_name",
+                                                            "container_name", "pod_name"}}
+
+
+def dashboard_problems(doc: dict[str, Any], max_calls: int) -> list[str]:
+    import promql_parser as pq
+
+    out = structural_problems(doc, "dashboard-minimal.json")
+    if out:
+        return out
+    series = exported_series()
+    for title, query in dashboard_queries(doc):
+        try:
+            expr = pq.parse(query)
+        except ValueError as e:
+            out.append(f"{title}: does not parse: {e}")
+            continue
+        selectors, _ = promql_selectors(expr)
+        for metric, matchers in selectors:
+            labels = series.get(metric, SYSTEM_METRICS.get(metric))
+            if labels is None:
+                out.append(f"{title}: {metric} is no series vc exports")
+                continue
+            for label, _value in matchers:
+                if label not in labels | TARGET_LABELS and label != "__name__":
+                    out.append(f"{title}: {metric} has no label {label}")
+        m = re.search(r"(\d+) \* sum\(vc_ready\)", query)
+        if m and int(m.group(1)) != max_calls:
+            out.append(f"{title}: capacity is not [server] max_calls ({max_calls})")
+    tiles = doc["mosaicLayout"]["tiles"]
+    for t in tiles:
+        if t.get("xPos", 0) + t["width"] > doc["mosaicLayout"]["columns"]:
+            out.append(f"{t['widget']['title']}: wider than the layout")
+    return out
+
+
+def test_dashboard_shows_what_vc_exports(rendered) -> None:
+    import json
+
+    doc = json.loads(DASHBOARD.read_text())
+    assert dashboard_problems(doc, rendered["cfg"].server.max_calls) == []
+    queries = " ".join(q for _, q in dashboard_queries(doc))
+    for needed in ("vc_active_calls", "vc_calls_total", 'stage="voice_to_voice"',
+                   "vc_barge_ins_total", "vc_provider_failures_total", "vc_calls_refused_total",
+                   "kubernetes_io:container_restart_count", "histogram_quantile(0.95"):
+        assert needed in queries, needed
+
+
+DASHBOARD_MUTATIONS = [
+    ("metric-typo", lambda d: _first_query(d, "vc_active_calls", "vc_active_call"), "is no series"),
+    ("unparsable", lambda d: _first_query(d, "sum by (transport) (", "sum by (transport ("),
+     "does not parse"),
+    ("label-typo", lambda d: _first_query(d, 'stage="voice_to_voice"', 'stag="voice_to_voice"'),
+     "has no label stag"),
+    ("unknown-field", lambda d: d["mosaicLayout"]["tiles"][0]["widget"].update(xychart={}),
+     "Additional properties"),
+    ("capacity", lambda d: _first_query(d, "4 * sum(vc_ready)", "5 * sum(vc_ready)"), "max_calls"),
+]
+
+
+def _first_query(doc: dict[str, Any], old: str, new: str) -> None:
+    for t in doc["mosaicLayout"]["tiles"]:
+        for ds in t["widget"]["xyChart"]["dataSets"]:
+            q = ds["timeSeriesQuery"]["prometheusQuery"]
+            if old in q and old != new:
+                ds["timeSeriesQuery"]["prometheusQuery"] = q.replace(old, new)
+                return
+
+
+@pytest.mark.parametrize(("mutate", "expected"), [m[1:] for m in DASHBOARD_MUTATIONS],
+                         ids=[m[0] for m in DASHBOARD_MUTATIONS])
+def test_dashboard_check_catches_a_mutation(mutate, expected: str) -> None:
+    import json
+
+    doc = json.loads(DASHBOARD.read_text())
+    mutate(doc)
+    problems = dashboard_problems(doc, 4)
+    assert any(expected in p for p in problems), problems

@@ -62,7 +62,7 @@ def test_a_looping_short_window_falls_back_to_the_full_window(monkeypatch) -> No
 async def test_short_and_full_window_transcribe_alike(started) -> None:
     chosen = list(ENGLISH[:6])
     clips = [telephone(piper(s)) for s in chosen]
-    short, short_s = await transcribe_set(await started(), clips)
-    full, full_s = await transcribe_set(await started(window_padding=0), clips)
+    short, _ = await transcribe_set(await started(), clips)
+    full, _ = await transcribe_set(await started(window_padding=0), clips)
     assert wer(chosen, short) <= wer(chosen, full) + 0.05
     assert wer(chosen, short) <= 0.1

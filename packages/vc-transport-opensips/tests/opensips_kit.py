@@ -20,7 +20,7 @@ from vc.audio import alaw_to_pcm, pcm_to_alaw, pcm_to_ulaw, ulaw_to_pcm
 from vc.call import CallInfo
 from vc.providers import Observer
 from vc.server import App
-from vc.testing import config_from_ini, fake_registry
+from vc.testing import config_from_ini, fake_registry, until
 
 LOCAL = "127.0.0.1"
 
@@ -36,20 +36,6 @@ def rms(pcm: bytes) -> float:
         return 0.0
     a = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
     return float(np.sqrt(np.mean(a * a)))
-
-
-async def wait_for(
-    cond: Callable[[], Any],
-    timeout: float = 20.0,
-    what: str = "condition",
-) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 # -- vc under test --------------------------------------------------------------------------
@@ -431,7 +417,7 @@ class SipCaller(asyncio.DatagramProtocol):
         ]
 
     async def expect(self, method: str, status: int, timeout: float = 20.0) -> Response:
-        resps = await wait_for(
+        resps = await until(
             lambda: self.responses(method, status), timeout, f"{status} to {method}"
         )
         return resps[0]

@@ -15,11 +15,11 @@ from opensips_kit import (
     free_udp_port,
     header,
     header_names,
-    wait_for,
 )
 from vc_transport_opensips.b2b import content_type_line
 from vc_transport_opensips.sdp import parse_offer
 
+from vc.testing import until
 from vc.testing.calls import speech
 
 HEADERS = (
@@ -74,7 +74,7 @@ async def test_subscribes_and_answers_a_call_over_rtp(phone: RtpPhone) -> None:
             assert isinstance(expire, int) and expire > 0
             key = "B2B.267.105.1737119835.749594385"
             standin.event(new_event(key, phone, extra_params='{"profile": "sales"}'))
-            reply = await wait_for(lambda: standin.calls("ua_session_reply"), what="SDP answer")
+            reply = await until(lambda: standin.calls("ua_session_reply"), what="SDP answer")
             p = reply[0]["params"]
             assert p["key"] == key and p["method"] == "INVITE"
             assert p["code"] == 200 and isinstance(p["code"], int)
@@ -92,16 +92,16 @@ async def test_subscribes_and_answers_a_call_over_rtp(phone: RtpPhone) -> None:
             assert answer.formats == [0, 101] and answer.address == "127.0.0.1"
             phone.connect((answer.address, answer.port))
             # extra_params selected the profile; headers filled in the caller.
-            await wait_for(lambda: vc.recorder.started, what="call start")
+            await until(lambda: vc.recorder.started, what="call start")
             info, profile = vc.recorder.started[0]
             assert profile == "sales" and info.params["profile"] == "sales"
             assert info.from_ == "+15550001111" and info.to == "+15550002222"
             assert info.params["sip_call_id"] == "a84b4c76e66710@pc33.example.com"
             standin.event({"key": key, "event_type": "UPDATED", "method": "ACK"})
-            await wait_for(lambda: phone.loud(), what="greeting audio")
+            await until(lambda: phone.loud(), what="greeting audio")
             await asyncio.sleep(phone.say(speech("What time is it now, please?")))
             t_asked = time.monotonic()
-            await wait_for(lambda: phone.loud(after=t_asked + 0.2), timeout=30, what="reply audio")
+            await until(lambda: phone.loud(after=t_asked + 0.2), within=30, what="reply audio")
             # Hold with a re-INVITE, answered through ua_session_reply.
             standin.event(
                 {
@@ -112,15 +112,15 @@ async def test_subscribes_and_answers_a_call_over_rtp(phone: RtpPhone) -> None:
                     "headers": HEADERS,
                 }
             )
-            re = await wait_for(
+            re = await until(
                 lambda: standin.calls("ua_session_reply")[1:], what="re-INVITE answer"
             )
             assert parse_offer(re[0]["params"]["body"]).direction == "recvonly"
             # BYE from the caller: TERMINATED stops the call at once and frees the port.
             port = answer.port
             standin.event({"key": key, "event_type": "TERMINATED", "method": "BYE"})
-            await wait_for(lambda: vc.recorder.ended, what="call end")
-            await wait_for(lambda: port not in vc.transport.media.pool.in_use, what="port release")
+            await until(lambda: vc.recorder.ended, what="call end")
+            await until(lambda: port not in vc.transport.media.pool.in_use, what="port release")
             assert not standin.calls("ua_session_terminate"), "vc must not terminate a dead session"
             # No stray replies: one 200 to the INVITE and one to the re-INVITE, nothing to ACK.
             assert len(standin.calls("ua_session_reply")) == 2
@@ -139,7 +139,7 @@ async def test_opensips_starting_after_vc_and_subscription_refresh(phone: RtpPho
         assert not vc.transport.ready()
         standin = await OpenSIPSStandIn(mi_port).start()
         try:
-            await wait_for(vc.transport.ready, timeout=10, what="subscription after OpenSIPS start")
+            await until(vc.transport.ready, within=10, what="subscription after OpenSIPS start")
             assert standin.subscribed()
             # Renewed before it expires (expire 3 s -> refreshed every 1.5 s).
             await asyncio.sleep(4.0)
@@ -147,10 +147,10 @@ async def test_opensips_starting_after_vc_and_subscription_refresh(phone: RtpPho
             assert not standin.calls("uptime"), "probe_interval = 0: no probes"
             # OpenSIPS restarts and forgets us: without probes the next refresh subscribes again.
             standin.restart()
-            await wait_for(standin.subscribed, timeout=5, what="re-subscription after restart")
+            await until(standin.subscribed, within=5, what="re-subscription after restart")
             # OpenSIPS goes away: readiness drops once the subscription has expired.
             standin.answer = lambda req: None
-            await wait_for(lambda: not vc.transport.ready(), timeout=8, what="readiness to drop")
+            await until(lambda: not vc.transport.ready(), within=8, what="readiness to drop")
         finally:
             standin.close()
 
@@ -166,37 +166,37 @@ async def test_restart_and_outage_noticed_by_the_uptime_probe(
     try:
         async with VC(transport=settings) as vc:
             b2b = vc.transport.b2b
-            await wait_for(lambda: standin.calls("uptime"), what="first probe")
+            await until(lambda: standin.calls("uptime"), what="first probe")
             assert b2b.up_since == standin.handle({"method": "uptime"})["Up since"]
             key = standin.invite(phone.sdp())
-            await wait_for(lambda: standin.on_wire("SIP/2.0 200"), what="answer")
-            await wait_for(lambda: vc.recorder.started, what="call start")
+            await until(lambda: standin.on_wire("SIP/2.0 200"), what="answer")
+            await until(lambda: vc.recorder.started, what="call start")
             subs = len(standin.calls("event_subscribe"))
             caplog.clear()
             t0 = time.monotonic()
             standin.restart()  # forgets the subscription and the call's entity
-            await wait_for(lambda: standin.subscribed(), timeout=3, what="re-subscription")
+            await until(lambda: standin.subscribed(), within=3, what="re-subscription")
             took = time.monotonic() - t0
             assert took < 1.5, f"restart noticed after {took:.2f}s"
             assert len(standin.calls("event_subscribe")) == subs + 1
             assert b2b.restarts == 1 and vc.transport.ready()
-            await wait_for(lambda: any("restored" in r.message for r in caplog.records),
-                           what="restored log line")  # fmt: skip
+            await until(lambda: any("restored" in r.message for r in caplog.records),
+                        what="restored log line")  # fmt: skip
             # The call whose entity is gone ends (ua_session_list: 404), nothing to terminate.
             lookups = standin.calls("ua_session_list")
             assert lookups and lookups[0]["params"] == {"key": key}
-            await wait_for(lambda: vc.recorder.ended, what="lost call to end")
-            await wait_for(lambda: not vc.transport.media.pool.in_use, what="port release")
+            await until(lambda: vc.recorder.ended, what="lost call to end")
+            await until(lambda: not vc.transport.media.pool.in_use, what="port release")
             assert not standin.calls("ua_session_terminate")
             # OpenSIPS stops answering: not ready within two probes, ready again once back.
             answer = standin.answer
             standin.answer = lambda req: None
             t0 = time.monotonic()
-            await wait_for(lambda: not vc.transport.ready(), timeout=5, what="not ready")
+            await until(lambda: not vc.transport.ready(), within=5, what="not ready")
             took = time.monotonic() - t0
             assert took < 2.0, f"outage noticed after {took:.2f}s"
             standin.answer = answer
-            await wait_for(vc.transport.ready, timeout=5, what="ready again")
+            await until(vc.transport.ready, within=5, what="ready again")
             assert b2b.restarts == 1, "same OpenSIPS run: no restart"
     finally:
         standin.close()
@@ -209,10 +209,10 @@ async def test_cancel_before_the_answer_gets_487(phone: RtpPhone) -> None:
     try:
         async with VC(transport=b2b_settings(standin.port, "answer_delay = 2")) as vc:
             key = standin.invite(phone.sdp())
-            await wait_for(lambda: standin.on_wire("SIP/2.0 180 Ringing"), what="180")
+            await until(lambda: standin.on_wire("SIP/2.0 180 Ringing"), what="180")
             standin.cancel(key)
-            await wait_for(lambda: standin.on_wire("SIP/2.0 487"), what="487")
-            await wait_for(lambda: key not in standin.entities, what="entity released")
+            await until(lambda: standin.on_wire("SIP/2.0 487"), what="487")
+            await until(lambda: key not in standin.entities, what="entity released")
             await asyncio.sleep(2.5)  # past answer_delay: no 200 after all
             statuses = [m.split("\r\n")[0] for m in standin.wire]
             assert statuses == [
@@ -251,18 +251,18 @@ async def test_rejections_unknown_keys_and_bot_hangup(phone: RtpPhone) -> None:
                     "body": phone.sdp(),
                 }
             )
-            r = await wait_for(lambda: standin.calls("ua_session_reply"), what="481")
+            r = await until(lambda: standin.calls("ua_session_reply"), what="481")
             assert r[0]["params"]["code"] == 481 and r[0]["params"]["method"] == "INVITE"
             # No SDP: 415. No common codec (PCMU only offered, PCMA configured): 488.
             standin.event(new_event("B2B.2.2.2.2", phone, body=""))
             standin.event(new_event("B2B.3.3.3.3", phone, body=phone.sdp("0")))
-            await wait_for(lambda: len(standin.calls("ua_session_reply")) >= 3, what="rejections")
+            await until(lambda: len(standin.calls("ua_session_reply")) >= 3, what="rejections")
             codes = {
                 c["params"]["key"]: c["params"]["code"] for c in standin.calls("ua_session_reply")
             }
             assert codes["B2B.2.2.2.2"] == 415 and codes["B2B.3.3.3.3"] == 488
             # OpenSIPS keeps a rejected entity forever: vc releases it (no BYE goes out).
-            await wait_for(lambda: not standin.entities, what="rejected entities released")
+            await until(lambda: not standin.entities, what="rejected entities released")
             assert not standin.on_wire("BYE ")
             # Garbage on the event socket is dropped; the next call works.
             assert standin.transport is not None and standin.subscriber is not None
@@ -274,7 +274,7 @@ async def test_rejections_unknown_keys_and_bot_hangup(phone: RtpPhone) -> None:
             key = "B2B.4.4.4.4"
             phone.codec, phone.pt = "PCMA", 8
             standin.event(new_event(key, phone))
-            ok = await wait_for(
+            ok = await until(
                 lambda: [c for c in standin.calls("ua_session_reply") if c["params"]["key"] == key],
                 what="answer",
             )
@@ -282,25 +282,25 @@ async def test_rejections_unknown_keys_and_bot_hangup(phone: RtpPhone) -> None:
             answer = parse_offer(ok[0]["params"]["body"])
             assert answer.formats == [8, 101]
             phone.connect((answer.address, answer.port))
-            await wait_for(lambda: phone.loud(), what="greeting")
+            await until(lambda: phone.loud(), what="greeting")
             await asyncio.sleep(phone.say(speech("Okay, goodbye!")))
-            term = await wait_for(
+            term = await until(
                 lambda: [
                     c for c in standin.calls("ua_session_terminate") if c["params"]["key"] == key
                 ],
-                timeout=40,
+                within=40,
                 what="ua_session_terminate",
             )
             assert term[0]["params"] == {"key": key}
             assert standin.on_wire("BYE ")  # an answered call: OpenSIPS sends BYE
-            await wait_for(lambda: not vc.transport.media.pool.in_use, what="port release")
+            await until(lambda: not vc.transport.media.pool.in_use, what="port release")
             # A transfer goes out as ua_session_update REFER and returns once OpenSIPS reports
             # the caller's 202 (ANSWERED).
             key = "B2B.5.5.5.5"
             standin.event(new_event(key, phone))
-            await wait_for(lambda: vc.session(), what="second call")
+            await until(lambda: vc.session(), what="second call")
             transfer = asyncio.create_task(vc.session().connection.transfer("sip:agent@example.com"))
-            (upd,) = await wait_for(lambda: standin.calls("ua_session_update"), what="REFER")
+            (upd,) = await until(lambda: standin.calls("ua_session_update"), what="REFER")
             assert not transfer.done()
             standin.event(
                 {"key": key, "event_type": "ANSWERED", "method": "REFER", "status": 202, "reason": "Accepted"}
@@ -314,7 +314,7 @@ async def test_rejections_unknown_keys_and_bot_hangup(phone: RtpPhone) -> None:
             )
             assert "Referred-By: " in upd["params"]["extra_headers"]
             standin.event({"key": key, "event_type": "TERMINATED", "method": "CANCEL"})
-            await wait_for(lambda: not vc.transport.media.pool.in_use, what="port release")
+            await until(lambda: not vc.transport.media.pool.in_use, what="port release")
     finally:
         standin.close()
 
@@ -345,10 +345,10 @@ async def test_failed_setups_give_their_rtp_port_back(
             for i in range(pool.size + 3):
                 key = f"B2B.9.{i}.1.1"
                 standin.event(new_event(key, phone, extra_params="[" * 1000))
-                (r,) = await wait_for(lambda k=key: replies(k), what=f"reply {i}")
+                (r,) = await until(lambda k=key: replies(k), what=f"reply {i}")
                 assert r["params"]["code"] == 200, r
                 standin.bye(key)
-                await wait_for(lambda: not pool.in_use, what="port release")
+                await until(lambda: not pool.in_use, what="port release")
             assert pool.free == pool.size
 
             # Any failure between binding the port and the call owning it gives the port back.
@@ -359,19 +359,19 @@ async def test_failed_setups_give_their_rtp_port_back(
             for i in range(pool.size + 3):
                 key = f"B2B.8.{i}.1.1"
                 standin.event(new_event(key, phone, extra_params='{"a": 1}'))
-                (r,) = await wait_for(lambda k=key: replies(k), what=f"reply {i}")
+                (r,) = await until(lambda k=key: replies(k), what=f"reply {i}")
                 assert r["params"]["code"] == 500, r
-                await wait_for(lambda: not pool.in_use, what="port release")
+                await until(lambda: not pool.in_use, what="port release")
             assert pool.free == pool.size and not media.streams
             monkeypatch.undo()
 
             # A valid call is answered afterwards.
             key = "B2B.7.7.7.7"
             standin.event(new_event(key, phone, extra_params='{"profile": "default"}'))
-            (r,) = await wait_for(lambda: replies(key), what="valid call answer")
+            (r,) = await until(lambda: replies(key), what="valid call answer")
             assert r["params"]["code"] == 200
             standin.bye(key)
-            await wait_for(lambda: not pool.in_use, what="port release")
+            await until(lambda: not pool.in_use, what="port release")
             assert pool.free == pool.size
     finally:
         standin.close()

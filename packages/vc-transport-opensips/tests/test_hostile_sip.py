@@ -14,8 +14,10 @@ import secrets
 
 import httpx
 import pytest
-from opensips_kit import LOCAL, VC, RtpPhone, SipCaller, place_call, wait_for
+from opensips_kit import LOCAL, VC, RtpPhone, SipCaller, place_call
 from vc_transport_opensips import sipua
+
+from vc.testing import until
 
 REPRODUCER = (
     "OPTIONS sip:vc@127.0.0.1 SIP/2.0\r\n"
@@ -67,7 +69,7 @@ async def test_unusable_via_port_does_not_kill_the_listener(caller: SipCaller) -
         ):
             caller.send(options(caller, via), vc.sip_addr)
         # Each is refused, with a 400 to the address it came from where the Via can be read...
-        await wait_for(
+        await until(
             lambda: len([r for r in caller.raw if r.startswith(b"SIP/2.0 400 ")]) == 3,
             what="three 400s",
         )
@@ -114,14 +116,14 @@ async def test_closed_socket_fails_healthz_until_it_is_reopened(
 
         monkeypatch.setattr(ua, "_bind", refused)
         ua.transport.close()  # the socket dies under the transport (as asyncio did on sendto)
-        await wait_for(lambda: not ua.alive(), what="transport reported dead")
+        await until(lambda: not ua.alive(), what="transport reported dead")
         dead = await http.get("/healthz")
         assert dead.status_code == 503
         assert dead.json()["dead"] == ["transport.opensips"]
         assert (await http.get("/readyz")).status_code == 503
         # The port comes free again: the listener is reopened on the same port.
         monkeypatch.setattr(ua, "_bind", real_bind)
-        await wait_for(ua.alive, what="socket reopened")
+        await until(ua.alive, what="socket reopened")
         assert ua.reopened == 1 and ua.transport.get_extra_info("sockname")[1] == ua.port
         assert (await http.get("/healthz")).status_code == 200
         caller.send(caller.in_dialog("OPTIONS", vc.sip_addr), vc.sip_addr)
@@ -148,7 +150,7 @@ async def test_bad_sdp_in_reinvite_and_update_gets_488_and_no_stuck_transactions
     async with VC() as vc:
         ua = vc.transport.ua
         await place_call(vc, phone, caller)
-        await wait_for(lambda: len(phone.received) > 5, what="RTP")
+        await until(lambda: len(phone.received) > 5, what="RTP")
         sent = 0
         for i in range(100):
             which = sorted(BAD_SDP)[i % len(BAD_SDP)]
@@ -160,7 +162,7 @@ async def test_bad_sdp_in_reinvite_and_update_gets_488_and_no_stuck_transactions
             )
             sent += 1
             if method == "INVITE":  # the 488 is ACKed, as a phone would
-                await wait_for(
+                await until(
                     lambda: [r for r in caller.responses("INVITE", 488)
                              if r.get("CSeq").startswith(f"{caller.cseq} ")],
                     what="488 to the re-INVITE",
@@ -169,7 +171,7 @@ async def test_bad_sdp_in_reinvite_and_update_gets_488_and_no_stuck_transactions
                     caller.in_dialog("ACK", vc.sip_addr, cseq=caller.cseq, branch=branch),
                     vc.sip_addr,
                 )
-        await wait_for(
+        await until(
             lambda: len(caller.responses("INVITE", 488)) + len(caller.responses("UPDATE", 488))
             >= sent,
             what="a 488 for every bad offer",
@@ -180,14 +182,14 @@ async def test_bad_sdp_in_reinvite_and_update_gets_488_and_no_stuck_transactions
         assert all(t.final_status and t._timer is not None for t in ua.server_txns.values())
         # The call went on: a valid re-INVITE is still answered and the media flows.
         caller.send(caller.in_dialog("INVITE", vc.sip_addr, body=phone.sdp()), vc.sip_addr)
-        await wait_for(
+        await until(
             lambda: [r for r in caller.responses("INVITE", 200)
                      if r.get("CSeq").startswith(f"{caller.cseq} ")],
             what="200 to a valid re-INVITE",
         )
         caller.send(caller.in_dialog("ACK", vc.sip_addr, cseq=caller.cseq), vc.sip_addr)
         n = len(phone.received)
-        await wait_for(lambda: len(phone.received) > n + 5, what="RTP after the bad offers")
+        await until(lambda: len(phone.received) > n + 5, what="RTP after the bad offers")
         assert len(vc.recorder.started) == 1 and not vc.recorder.ended
 
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from opensips_kit import VC, wait_for
+from opensips_kit import VC
 
+from vc.testing import until
 from vc.testing.calls import speech
 
 pytestmark = pytest.mark.skipif(
@@ -65,7 +66,7 @@ async def test_pjsua_softphone_call(tmp_path: Path, codec: str) -> None:
         )
         out, _ = await asyncio.wait_for(proc.communicate(), 60)
         assert proc.returncode == 0, out.decode(errors="replace")[-3000:]
-        await wait_for(lambda: vc.recorder.ended, what="call end")
+        await until(lambda: vc.recorder.ended, what="call end")
         info, _ = vc.recorder.started[0]
         assert info.from_ == "+15550003333"
         assert vc.recorder.named("transcript") or vc.recorder.named("turn")

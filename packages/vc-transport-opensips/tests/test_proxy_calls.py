@@ -15,10 +15,10 @@ from opensips_kit import (
     SipCaller,
     answer_media,
     place_call,
-    wait_for,
 )
 from vc_transport_opensips.sdp import parse_offer
 
+from vc.testing import until
 from vc.testing.calls import speech
 
 
@@ -50,32 +50,32 @@ async def test_answer_headers_and_sdp(phone: RtpPhone, caller: SipCaller) -> Non
         caller.learn_dialog(ok)
         caller.send(caller.ack(vc.sip_addr), vc.sip_addr)
         phone.connect((ip, port))
-        await wait_for(lambda: vc.recorder.started, what="call start")
+        await until(lambda: vc.recorder.started, what="call start")
         info, _ = vc.recorder.started[0]
         assert info.from_ == "+15550001111" and info.to == "bot" and info.transport == "opensips"
         assert info.params.get("ai-processing") == "enabled"
         caller.send(caller.in_dialog("BYE", vc.sip_addr), vc.sip_addr)
         await caller.expect("BYE", 200)
-        await wait_for(lambda: vc.recorder.ended, what="call end")
-        await wait_for(lambda: not vc.transport.media.pool.in_use, what="port release")
+        await until(lambda: vc.recorder.ended, what="call end")
+        await until(lambda: not vc.transport.media.pool.in_use, what="port release")
 
 
 async def test_conversation_over_rtp(phone: RtpPhone, caller: SipCaller) -> None:
     async with VC(script="what time is it") as vc:
         await place_call(vc, phone, caller)
         # The greeting arrives as sound; RTP flows continuously (silence fill) before it.
-        await wait_for(lambda: phone.loud(), what="greeting audio")
+        await until(lambda: phone.loud(), what="greeting audio")
         t_question = asyncio.get_running_loop().time()
         dur = phone.say(speech("What time is it now, please?"))
         await asyncio.sleep(dur)
-        await wait_for(
+        await until(
             lambda: vc.recorder.named("transcript") or vc.recorder.named("turn"),
             what="a transcribed turn",
         )
         # The fake LLM echoes "You said: what time is it." and the tone TTS speaks it.
-        reply = await wait_for(
+        reply = await until(
             lambda: phone.loud(after=t_question + dur + 0.05),
-            timeout=30,
+            within=30,
             what="the bot's reply audio",
         )
         assert reply
@@ -96,7 +96,7 @@ async def test_conversation_over_rtp(phone: RtpPhone, caller: SipCaller) -> None
             assert i == 0 or rms(phone.decode(packets[i - 1].payload)) < 50
         caller.send(caller.in_dialog("BYE", vc.sip_addr), vc.sip_addr)
         await caller.expect("BYE", 200)
-        await wait_for(lambda: vc.recorder.ended, what="call end")
+        await until(lambda: vc.recorder.ended, what="call end")
         assert vc.recorder.ended[0][1] in ("completed", "cancelled")
 
 
@@ -105,14 +105,14 @@ async def test_the_whole_goodbye_is_sent_before_the_bye(phone: RtpPhone, caller:
     # to start: end_call must still wait until the goodbye's text was synthesised and sent.
     async with VC(script="goodbye", extra="[tts.fake]\nfirst_audio_delay = 0.25\n") as vc:
         await place_call(vc, phone, caller)
-        await wait_for(lambda: phone.loud(), what="greeting audio")
+        await until(lambda: phone.loud(), what="greeting audio")
         await asyncio.sleep(0.5)
         t_goodbye = asyncio.get_running_loop().time()
         dur = phone.say(speech("Goodbye!"))
-        (bye_at, _), *_ = await wait_for(lambda: caller.requests("BYE"), timeout=30, what="BYE")
+        (bye_at, _), *_ = await until(lambda: caller.requests("BYE"), within=30, what="BYE")
         await asyncio.sleep(1.0)  # a goodbye still queued would arrive now
         goodbye = phone.loud(after=t_goodbye + dur)
         # "Goodbye, have a nice day." at 30 ms per character: 0.75 s of tone.
         assert len(goodbye) * 0.02 >= 0.6, f"only {len(goodbye) * 0.02:.2f}s of the goodbye was sent"
         assert goodbye[-1] <= bye_at
-        await wait_for(lambda: vc.recorder.ended, what="call end")
+        await until(lambda: vc.recorder.ended, what="call end")

@@ -15,10 +15,10 @@ from opensips_kit import (
     SipCaller,
     answer_media,
     place_call,
-    wait_for,
 )
 from vc_transport_opensips.sdp import parse_offer
 
+from vc.testing import until
 from vc.testing.calls import speech
 
 
@@ -31,9 +31,9 @@ async def test_retransmitted_invite_is_absorbed_and_200_repeats_until_ack(
         caller.send(invite, vc.sip_addr)  # a retransmission before any answer
         await caller.expect("INVITE", 200)
         # No ACK yet: the 200 OK is retransmitted (T1 = 0.5 s, then 1 s...).
-        await wait_for(
+        await until(
             lambda: len(caller.responses("INVITE", 200)) >= 3,
-            timeout=10,
+            within=10,
             what="200 OK retransmissions",
         )
         caller.send(invite, vc.sip_addr)  # retransmitted INVITE after the answer: same 200
@@ -51,8 +51,8 @@ async def test_retransmitted_invite_is_absorbed_and_200_repeats_until_ack(
         caller.send(bye, vc.sip_addr)
         await caller.expect("BYE", 200)
         caller.send(bye, vc.sip_addr)
-        await wait_for(lambda: len(caller.responses("BYE", 200)) == 2, what="second 200 to BYE")
-        await wait_for(lambda: vc.recorder.ended, what="call end")
+        await until(lambda: len(caller.responses("BYE", 200)) == 2, what="second 200 to BYE")
+        await until(lambda: vc.recorder.ended, what="call end")
 
 
 async def test_cancel_before_answer(phone: RtpPhone, caller: SipCaller) -> None:
@@ -79,10 +79,10 @@ async def test_caller_hangs_up_mid_reply(phone: RtpPhone, caller: SipCaller) -> 
     # A long reply (the tone TTS speaks 60 ms per character) that the caller cuts short.
     async with VC(script="tell me a long story about the sea", ms_per_char=60) as vc:
         await place_call(vc, phone, caller)
-        await wait_for(lambda: phone.loud(), what="greeting")
+        await until(lambda: phone.loud(), what="greeting")
         await asyncio.sleep(phone.say(speech("Tell me a long story about the sea.")))
         t_asked = time.monotonic() + 0.3
-        t_reply = await wait_for(lambda: phone.loud(after=t_asked), timeout=30, what="reply audio")
+        t_reply = await until(lambda: phone.loud(after=t_asked), within=30, what="reply audio")
         assert t_reply
         session = vc.session()
         stream = session.connection.stream
@@ -90,10 +90,10 @@ async def test_caller_hangs_up_mid_reply(phone: RtpPhone, caller: SipCaller) -> 
         caller.send(caller.in_dialog("BYE", vc.sip_addr), vc.sip_addr)
         t_bye = time.monotonic()
         await caller.expect("BYE", 200)
-        await wait_for(lambda: vc.recorder.ended, what="pipeline end")
+        await until(lambda: vc.recorder.ended, what="pipeline end")
         assert vc.recorder.ended[0][1] in ("cancelled", "completed")
         assert session._task.has_finished()
-        await wait_for(lambda: stream.closed.is_set(), what="RTP socket closed")
+        await until(lambda: stream.closed.is_set(), what="RTP socket closed")
         assert port not in vc.transport.media.pool.in_use
         assert not vc.app.engine.sessions
         await asyncio.sleep(0.5)
@@ -103,10 +103,10 @@ async def test_caller_hangs_up_mid_reply(phone: RtpPhone, caller: SipCaller) -> 
 async def test_bot_hangs_up_after_goodbye(phone: RtpPhone, caller: SipCaller) -> None:
     async with VC(script="goodbye") as vc:
         await place_call(vc, phone, caller)
-        await wait_for(lambda: phone.loud(), what="greeting")
+        await until(lambda: phone.loud(), what="greeting")
         await asyncio.sleep(phone.say(speech("Okay, goodbye!")))
         t_bye, bye = (
-            await wait_for(lambda: caller.requests("BYE"), timeout=40, what="BYE from vc")
+            await until(lambda: caller.requests("BYE"), within=40, what="BYE from vc")
         )[0]
         # The goodbye was heard before the BYE: sound arrived after the caller spoke, and
         # none after the BYE.
@@ -116,17 +116,17 @@ async def test_bot_hangs_up_after_goodbye(phone: RtpPhone, caller: SipCaller) ->
         assert bye.from_tag == caller.to_tag
         # Routed through the Record-Route set we gave it.
         assert bye.get_all("Route") == [f"<sip:127.0.0.1:{caller.port};lr;ftag={caller.from_tag}>"]
-        await wait_for(lambda: vc.recorder.ended, what="call end")
-        await wait_for(lambda: not vc.transport.media.pool.in_use, what="port release")
+        await until(lambda: vc.recorder.ended, what="call end")
+        await until(lambda: not vc.transport.media.pool.in_use, what="port release")
 
 
 async def test_dtmf_reaches_the_conversation(phone: RtpPhone, caller: SipCaller) -> None:
     async with VC() as vc:
         await place_call(vc, phone, caller)
-        await wait_for(lambda: phone.loud(), what="greeting")
+        await until(lambda: phone.loud(), what="greeting")
         for d in "12#":
             phone.press(d)
-        digits = await wait_for(
+        digits = await until(
             lambda: len(vc.recorder.named("dtmf")) >= 3 and vc.recorder.named("dtmf"),
             what="three DTMF events",
         )
@@ -140,15 +140,15 @@ async def test_dtmf_reaches_the_conversation(phone: RtpPhone, caller: SipCaller)
 async def test_barge_in_stops_bot_audio(phone: RtpPhone, caller: SipCaller) -> None:
     async with VC(script="tell me a long story about the sea, interrupting", ms_per_char=80) as vc:
         await place_call(vc, phone, caller)
-        await wait_for(lambda: phone.loud(), what="greeting")
+        await until(lambda: phone.loud(), what="greeting")
         await asyncio.sleep(phone.say(speech("Tell me a long story about the sea.")))
         t_asked = time.monotonic() + 0.3
-        t_reply = await wait_for(lambda: phone.loud(after=t_asked), timeout=30, what="reply audio")
+        t_reply = await until(lambda: phone.loud(after=t_asked), within=30, what="reply audio")
         assert t_reply
         await asyncio.sleep(0.5)
         t_speak = time.monotonic()
         dur = phone.say(speech("Stop, stop, wait a moment please."))
-        await wait_for(lambda: vc.recorder.named("barge_in"), timeout=20, what="barge-in")
+        await until(lambda: vc.recorder.named("barge_in"), within=20, what="barge-in")
         # After the interruption the bot's reply audio stops (its next reply may follow).
         await asyncio.sleep(dur)
         loud = phone.loud(after=t_speak)
@@ -161,11 +161,11 @@ async def test_barge_in_stops_bot_audio(phone: RtpPhone, caller: SipCaller) -> N
 async def test_hold_and_resume_with_reinvite(phone: RtpPhone, caller: SipCaller) -> None:
     async with VC() as vc:
         await place_call(vc, phone, caller)
-        await wait_for(lambda: len(phone.received) > 10, what="RTP")
+        await until(lambda: len(phone.received) > 10, what="RTP")
         caller.send(
             caller.in_dialog("INVITE", vc.sip_addr, body=phone.sdp(extra="a=sendonly")), vc.sip_addr
         )
-        ok = await wait_for(
+        ok = await until(
             lambda: [r for r in caller.responses("INVITE", 200) if r.get("CSeq").startswith("2 ")],
             what="200 to re-INVITE",
         )
@@ -177,7 +177,7 @@ async def test_hold_and_resume_with_reinvite(phone: RtpPhone, caller: SipCaller)
         await asyncio.sleep(1.0)
         assert len(phone.received) - n <= 1, "vc kept sending RTP to a held caller"
         caller.send(caller.in_dialog("INVITE", vc.sip_addr, body=phone.sdp()), vc.sip_addr)
-        ok = await wait_for(
+        ok = await until(
             lambda: [r for r in caller.responses("INVITE", 200) if r.get("CSeq").startswith("3 ")],
             what="200 to resume",
         )
@@ -185,13 +185,13 @@ async def test_hold_and_resume_with_reinvite(phone: RtpPhone, caller: SipCaller)
         assert resumed.direction == "sendrecv" and resumed.port == held.port
         caller.send(caller.in_dialog("ACK", vc.sip_addr, cseq=3), vc.sip_addr)
         n = len(phone.received)
-        await wait_for(lambda: len(phone.received) > n + 20, what="RTP after resume")
+        await until(lambda: len(phone.received) > n + 20, what="RTP after resume")
 
 
 async def test_transfer_sends_refer(phone: RtpPhone, caller: SipCaller) -> None:
     async with VC() as vc:
         await place_call(vc, phone, caller)
-        session = await wait_for(vc.session, what="session")
+        session = await until(vc.session, what="session")
         await session.connection.transfer("+15559990000")
         ((_, refer),) = caller.requests("REFER")
         assert refer.get("Refer-To") == "<sip:+15559990000@127.0.0.1>"
@@ -211,8 +211,8 @@ async def test_transfer_sends_refer(phone: RtpPhone, caller: SipCaller) -> None:
             vc.sip_addr,
         )
         await caller.expect("NOTIFY", 200)
-        await wait_for(lambda: caller.requests("BYE"), what="BYE after the transfer")
-        await wait_for(lambda: vc.recorder.ended, what="call end")
+        await until(lambda: caller.requests("BYE"), what="BYE after the transfer")
+        await until(lambda: vc.recorder.ended, what="call end")
 
 
 async def test_options_rejections_and_unknown_dialogs(phone: RtpPhone, caller: SipCaller) -> None:
@@ -242,7 +242,7 @@ async def test_options_rejections_and_unknown_dialogs(phone: RtpPhone, caller: S
         c4 = await SipCaller().start()
         broken = c4.invite(target, phone.sdp()).replace(b"CSeq: 1 INVITE", b"CSeq: one INVITE")
         c4.send(broken, target)
-        await wait_for(
+        await until(
             lambda: [r for r in c4.raw if r.startswith(b"SIP/2.0 400 ")], what="400 Bad Request"
         )
         for c in (c2, c3, c4):
@@ -259,7 +259,7 @@ async def test_port_exhaustion_rejects_cleanly(phone: RtpPhone) -> None:
         answered = []
         for c, p in zip(callers, phones, strict=True):
             c.send(c.invite(vc.sip_addr, p.sdp()), vc.sip_addr)
-            r = await wait_for(
+            r = await until(
                 lambda c=c: [x for x in c.responses("INVITE") if x.status >= 200],
                 what="final response",
             )
@@ -273,7 +273,7 @@ async def test_port_exhaustion_rejects_cleanly(phone: RtpPhone) -> None:
                 c.learn_dialog(ok)
                 c.send(c.ack(vc.sip_addr), vc.sip_addr)
                 c.send(c.in_dialog("BYE", vc.sip_addr), vc.sip_addr)
-        await wait_for(lambda: not pool.in_use, what="ports back in the pool")
+        await until(lambda: not pool.in_use, what="ports back in the pool")
         # A freed port is used again.
         c = await SipCaller().start()
         c.send(c.invite(vc.sip_addr, phones[2].sdp()), vc.sip_addr)
@@ -311,8 +311,8 @@ async def test_failed_setups_give_their_rtp_port_back(
             c = await SipCaller().start()
             try:
                 c.send(c.invite(vc.sip_addr, phone.sdp()), vc.sip_addr)
-                await wait_for(lambda n=i: len(tried) > n, what=f"setup {i}")
-                await wait_for(lambda: not pool.in_use and not media.streams, what="port release")
+                await until(lambda n=i: len(tried) > n, what=f"setup {i}")
+                await until(lambda: not pool.in_use and not media.streams, what="port release")
             finally:
                 await c.close()
         monkeypatch.undo()

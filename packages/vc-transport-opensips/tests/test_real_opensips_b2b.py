@@ -34,7 +34,6 @@ from opensips_kit import (
     answer_media,
     header,
     header_names,
-    wait_for,
 )
 from real_opensips import (
     DEPLOY,
@@ -54,6 +53,7 @@ from vc_transport_opensips.sipmsg import Request, Response
 
 from vc.audio import pcm_to_ulaw
 from vc.call import CallControlError
+from vc.testing import until
 from vc.testing.calls import speech
 
 B2B_CFG = DEPLOY / "opensips-b2b.cfg"
@@ -146,11 +146,11 @@ def confirmed(vc: VC) -> bool:
 
 async def all_released(vc: VC, opensips: RealOpenSIPS) -> None:
     """No call, B2B session, RTP stream or port left in vc; no entity left in OpenSIPS."""
-    await wait_for(
+    await until(
         lambda: not vc.transport.media.pool.in_use and not vc.transport.media.streams,
         what="RTP ports released",
     )
-    await wait_for(lambda: not vc.transport.b2b.sessions, what="B2B sessions forgotten")
+    await until(lambda: not vc.transport.b2b.sessions, what="B2B sessions forgotten")
     assert not vc.app.engine.sessions
     await assert_no_leftovers(opensips)
 
@@ -176,9 +176,9 @@ async def test_sipp_call_answered_acked_and_hung_up(opensips: RealOpenSIPS, tmp_
                 timeout=30,
             )
         )
-        await wait_for(
+        await until(
             lambda: any(s.confirmed for s in b2b.sessions.values()) or sipp.done(),
-            timeout=15,
+            within=15,
             what="the caller's ACK to reach vc",
         )
         assert not sipp.done(), (await sipp)[1]
@@ -197,13 +197,13 @@ async def test_sipp_call_answered_acked_and_hung_up(opensips: RealOpenSIPS, tmp_
             "Via", "To", "From", "Call-ID", "CSeq", "Content-Type", "Contact", "Server",
             "Content-Length",
         ]  # fmt: skip
-        await wait_for(lambda: vc.recorder.ended, what="the BYE to end the call")
+        await until(lambda: vc.recorder.ended, what="the BYE to end the call")
         info, profile = vc.recorder.started[0]
         assert info.from_ == "+15550001111" and profile == "default"
         assert info.params["profile"] == "default", "extra_params of ua_session_server_init"
         # vc heard the caller: the RTP SIPp streamed reached vc's socket and the STT.
         assert vc.recorder.named("transcript") or vc.recorder.named("turn"), vc.recorder.events
-        await wait_for(lambda: not vc.transport.media.pool.in_use, what="RTP port release")
+        await until(lambda: not vc.transport.media.pool.in_use, what="RTP port release")
         assert not b2b.sessions
     await assert_no_leftovers(opensips)
 
@@ -241,7 +241,7 @@ async def test_pjsua_hears_vc_and_vc_hears_pjsua(opensips: RealOpenSIPS, tmp_pat
         text = out.decode(errors="replace")
         assert proc.returncode == 0, text[-3000:]
         assert "CONFIRMED" in text, text[-3000:]  # the ACK went to the 200's Contact
-        await wait_for(lambda: vc.recorder.ended, what="pjsua2's BYE to end the call")
+        await until(lambda: vc.recorder.ended, what="pjsua2's BYE to end the call")
         assert vc.recorder.named("transcript") or vc.recorder.named("turn"), vc.recorder.events
     with wave.open(str(record)) as w:
         heard = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
@@ -260,7 +260,7 @@ async def test_sipp_cancel_before_the_answer_gets_487(opensips: RealOpenSIPS, tm
         assert rc == 0, out + opensips.log()[-3000:]
         got = [m.split("\r\n")[0] for m in sipp_messages(tmp_path)]
         assert "SIP/2.0 487 Request Terminated" in got, got
-        await wait_for(lambda: not vc.transport.media.streams, what="media released")
+        await until(lambda: not vc.transport.media.streams, what="media released")
         await asyncio.sleep(3.5)  # past answer_delay: vc must not answer the cancelled call
         assert not vc.recorder.started and not vc.transport.b2b.sessions
         await assert_no_leftovers(opensips)
@@ -283,7 +283,7 @@ async def test_restart_mid_run(
         await asyncio.sleep(1.1)  # "Up since" counts seconds: let this run be a second old
         await opensips.stop()
         t0 = time.monotonic()
-        await wait_for(lambda: not vc.transport.ready(), timeout=5, what="readiness to drop")
+        await until(lambda: not vc.transport.ready(), within=5, what="readiness to drop")
         down_noticed = time.monotonic() - t0
         await asyncio.sleep(1.0)
         assert not vc.transport.ready(), "ready while OpenSIPS is down"
@@ -291,7 +291,7 @@ async def test_restart_mid_run(
         assert "OpenSIPS was unreachable" in vc.transport.not_ready_reason()
         await opensips.start()
         t0 = time.monotonic()
-        await wait_for(vc.transport.ready, timeout=5, what="re-subscription")
+        await until(vc.transport.ready, within=5, what="re-subscription")
         back = time.monotonic() - t0
         assert b2b.restarts == 1
         await asyncio.sleep(1.1)
@@ -299,7 +299,7 @@ async def test_restart_mid_run(
         await opensips.stop()
         await opensips.start()
         t0 = time.monotonic()
-        await wait_for(lambda: b2b.restarts == 2 and vc.transport.ready(), timeout=5, what="quick restart")
+        await until(lambda: b2b.restarts == 2 and vc.transport.ready(), within=5, what="quick restart")
         quick = time.monotonic() - t0
         subs = await opensips.call("subscribers_list")
         sockets = [s["socket"] for e in subs["Events"] for s in e["Subscribers"]]
@@ -331,15 +331,15 @@ async def test_bot_hangs_up_with_bye_through_opensips(opensips: RealOpenSIPS, ph
     try:
         async with VC(transport=vc_settings(opensips), script="goodbye") as vc:
             await b2b_call(opensips, caller, phone)
-            await wait_for(lambda: phone.loud(), what="greeting")
+            await until(lambda: phone.loud(), what="greeting")
             await asyncio.sleep(phone.say(speech("Okay, goodbye!")))
-            byes = await wait_for(lambda: caller.requests("BYE"), timeout=30, what="BYE from OpenSIPS")
+            byes = await until(lambda: caller.requests("BYE"), within=30, what="BYE from OpenSIPS")
             t_bye, bye = byes[0]
             assert from_opensips(opensips, caller, bye), bye.headers
             assert bye.cseq[1] == "BYE" and not bye.body
             loud = phone.loud()
             assert loud and max(loud) <= t_bye, "BYE before the goodbye was heard"
-            await wait_for(lambda: vc.recorder.ended, what="call end")
+            await until(lambda: vc.recorder.ended, what="call end")
             assert vc.recorder.named("transcript") or vc.recorder.named("turn"), vc.recorder.events
             # The caller answered 200 (RoutedCaller does): OpenSIPS took it, else its tm would
             # retransmit the BYE after T1 (0.5 s).
@@ -363,13 +363,13 @@ async def test_hold_and_resume_through_opensips(opensips: RealOpenSIPS, phone: R
             ok = await b2b_call(opensips, caller, phone)
             first = parse_offer(ok.body.decode())
             versions = [int(ok.body.decode().split("o=")[1].split()[2])]
-            await wait_for(lambda: confirmed(vc), what="ACK")
-            await wait_for(lambda: len(phone.received) > 10, what="RTP from vc")
+            await until(lambda: confirmed(vc), what="ACK")
+            await until(lambda: len(phone.received) > 10, what="RTP from vc")
 
             async def reinvite(direction: str) -> Any:
                 caller.send(caller.in_dialog("INVITE", to, body=phone.sdp(extra=f"a={direction}")), to)
                 cseq = caller.cseq
-                (ok, *_) = await wait_for(lambda: reinvite_ok(caller, cseq), what=f"200 to {direction}")
+                (ok, *_) = await until(lambda: reinvite_ok(caller, cseq), what=f"200 to {direction}")
                 assert ok.get("Contact") == f"<sip:{LOCAL}:{opensips.sip_port}>"
                 assert ok.to_tag == caller.to_tag
                 caller.send(caller.in_dialog("ACK", to, cseq=cseq), to)
@@ -401,14 +401,14 @@ async def test_hold_and_resume_through_opensips(opensips: RealOpenSIPS, phone: R
             assert (await reinvite("sendrecv")).direction == "sendrecv"
             assert versions == sorted(set(versions)), f"o= version not increased: {versions}"
             n = len(phone.received)
-            await wait_for(lambda: len(phone.received) > n + 20, what="RTP after resume")
+            await until(lambda: len(phone.received) > n + 20, what="RTP after resume")
             t_resumed = time.monotonic()
             await asyncio.sleep(phone.say(speech("What time is it now, please?")))
-            await wait_for(lambda: phone.loud(after=t_resumed), timeout=20, what="the answer after resume")
+            await until(lambda: phone.loud(after=t_resumed), within=20, what="the answer after resume")
             assert len(vc.recorder.started) == 1 and not vc.recorder.ended
             caller.send(caller.in_dialog("BYE", to), to)
             await caller.expect("BYE", 200)
-            await wait_for(lambda: vc.recorder.ended, what="call end")
+            await until(lambda: vc.recorder.ended, what="call end")
             await all_released(vc, opensips)
     finally:
         await caller.close()
@@ -425,11 +425,11 @@ async def test_transfer_sends_refer_through_opensips(opensips: RealOpenSIPS, pho
         async with VC(transport=vc_settings(opensips)) as vc:
             to = opensips.sip_addr
             await b2b_call(opensips, caller, phone)
-            await wait_for(lambda: confirmed(vc), what="ACK")
-            session = await wait_for(vc.session, what="session")
+            await until(lambda: confirmed(vc), what="ACK")
+            session = await until(vc.session, what="session")
             caller.auto_answer = False  # this caller declines the first REFER
             declined = asyncio.create_task(session.connection.transfer("+15559990000"))
-            ((_, refer),) = await wait_for(lambda: caller.requests("REFER"), what="REFER")
+            ((_, refer),) = await until(lambda: caller.requests("REFER"), what="REFER")
             caller.send(sipmsg.response(refer, 603, "Declined"), to)
             with pytest.raises(CallControlError, match="603"):
                 await asyncio.wait_for(declined, 5)
@@ -460,9 +460,9 @@ async def test_transfer_sends_refer_through_opensips(opensips: RealOpenSIPS, pho
                 to,
             )
             await caller.expect("NOTIFY", 200)
-            ((_, bye),) = await wait_for(lambda: caller.requests("BYE"), what="BYE after the transfer")
+            ((_, bye),) = await until(lambda: caller.requests("BYE"), what="BYE after the transfer")
             assert from_opensips(opensips, caller, bye), bye.headers
-            await wait_for(lambda: vc.recorder.ended, what="call end")
+            await until(lambda: vc.recorder.ended, what="call end")
             await all_released(vc, opensips)
     finally:
         await caller.close()
@@ -483,7 +483,7 @@ async def test_two_concurrent_sipp_calls(opensips: RealOpenSIPS, tmp_path: Path)
         both = asyncio.ensure_future(
             asyncio.gather(*(run_sipp("uac_b2b.xml", opensips.sip_addr, keys, d, 30) for d in dirs))
         )
-        await wait_for(lambda: len(vc.app.engine.sessions) == 2 or both.done(), timeout=15, what="two calls")
+        await until(lambda: len(vc.app.engine.sessions) == 2 or both.done(), within=15, what="two calls")
         assert len(vc.app.engine.sessions) == 2 and len(vc.transport.b2b.sessions) == 2
         assert len(await opensips.call("ua_session_list")) == 2
         for rc, out in await both:
@@ -497,7 +497,7 @@ async def test_two_concurrent_sipp_calls(opensips: RealOpenSIPS, tmp_path: Path)
             }
             answers.append(parse_offer(ok.split("\r\n\r\n", 1)[1]).port)
         assert len(set(answers)) == 2, f"both calls answered with one RTP port: {answers}"
-        await wait_for(lambda: len(vc.recorder.ended) == 2, what="both calls to end")
+        await until(lambda: len(vc.recorder.ended) == 2, what="both calls to end")
         assert len({info.call_id for info, _ in vc.recorder.started}) == 2
         heard = {cid for cid, name, _ in vc.recorder.events if name in ("transcript", "turn")}
         assert len(heard) == 2, vc.recorder.events
@@ -616,7 +616,7 @@ async def _real_dialog(server: RealOpenSIPS, ev: Events) -> tuple[list[str], dic
     to = server.sip_addr
     try:
         caller.send(to, "INVITE", SDP)
-        new = await wait_for(
+        new = await until(
             lambda: [e for e in ev.of("NEW", "INVITE") if caller.call_id in e["headers"]], what="NEW"
         )
         key = new[0]["key"]
@@ -626,29 +626,29 @@ async def _real_dialog(server: RealOpenSIPS, ev: Events) -> tuple[list[str], dic
 
         ok = {"key": key, "method": "INVITE", "code": 200, "reason": "OK", "body": SDP}
         assert await server.call("ua_session_reply", ok) == "OK"
-        await wait_for(lambda: any(m.startswith("SIP/2.0 200") for m in caller.received), what="200")
+        await until(lambda: any(m.startswith("SIP/2.0 200") for m in caller.received), what="200")
         caller.send(to, "ACK", to_tag=key, new_branch=True)
-        await wait_for(lambda: mine("UPDATED", "ACK"), what="ACK")
+        await until(lambda: mine("UPDATED", "ACK"), what="ACK")
         caller.send(to, "INVITE", SDP + "a=sendonly\r\n", to_tag=key, cseq=2, new_branch=True)
-        reinvite = await wait_for(lambda: mine("UPDATED", "INVITE"), what="UPDATED INVITE")
+        reinvite = await until(lambda: mine("UPDATED", "INVITE"), what="UPDATED INVITE")
         assert await server.call("ua_session_reply", dict(ok, body=SDP + "a=recvonly\r\n")) == "OK"
-        await wait_for(lambda: any(" 200 " in m and "2 INVITE" in m for m in caller.received), what="200")
+        await until(lambda: any(" 200 " in m and "2 INVITE" in m for m in caller.received), what="200")
         caller.send(to, "ACK", to_tag=key, cseq=2, new_branch=True)
-        await wait_for(lambda: len(mine("UPDATED", "ACK")) == 2, what="second ACK")
+        await until(lambda: len(mine("UPDATED", "ACK")) == 2, what="second ACK")
         assert await server.call("ua_session_update", refer_params(key, *TRANSFER)) == "OK"
-        refer = await wait_for(lambda: caller.requests("REFER"), what="REFER")
+        refer = await until(lambda: caller.requests("REFER"), what="REFER")
         caller.answer(refer[0], 202, to)
-        answered = await wait_for(lambda: mine("ANSWERED", "REFER"), what="ANSWERED REFER")
+        answered = await until(lambda: mine("ANSWERED", "REFER"), what="ANSWERED REFER")
         caller.send(
             to, "NOTIFY", SIPFRAG, to_tag=key, cseq=3, new_branch=True,
             content_type="message/sipfrag", extra=NOTIFY_HEADERS,
         )  # fmt: skip
-        notify = await wait_for(lambda: mine("UPDATED", "NOTIFY"), what="UPDATED NOTIFY")
+        notify = await until(lambda: mine("UPDATED", "NOTIFY"), what="UPDATED NOTIFY")
         reply = {"key": key, "method": "NOTIFY", "code": 200, "reason": "OK"}
         assert await server.call("ua_session_reply", reply) == "OK"
-        await wait_for(lambda: any("3 NOTIFY" in m for m in caller.received), what="200 NOTIFY")
+        await until(lambda: any("3 NOTIFY" in m for m in caller.received), what="200 NOTIFY")
         assert await server.call("ua_session_terminate", {"key": key}) == "OK"
-        bye = await wait_for(lambda: caller.requests("BYE"), what="BYE")
+        bye = await until(lambda: caller.requests("BYE"), what="BYE")
         caller.answer(bye[0], 200, to)
         await asyncio.sleep(0.6)  # a BYE whose 200 got lost would be sent again by now
         events = {"reinvite": reinvite[0], "answered": answered[0], "notify": notify[0]}
@@ -667,7 +667,7 @@ async def _real_flows(server: RealOpenSIPS) -> dict[str, Any]:
         for name, content_type in (("answer", None), ("bare content_type", "application/sdp")):
             caller = await Caller().start()
             caller.send(server.sip_addr, "INVITE", SDP)
-            new = await wait_for(
+            new = await until(
                 lambda c=caller: [e for e in ev.of("NEW", "INVITE") if c.call_id in e["headers"]], what="NEW"
             )
             key = new[0]["key"]
@@ -675,14 +675,14 @@ async def _real_flows(server: RealOpenSIPS) -> dict[str, Any]:
             if content_type:
                 params["content_type"] = content_type
             assert await server.call("ua_session_reply", params) == "OK"
-            await wait_for(lambda c=caller: any(m.startswith("SIP/2.0 200") for m in c.received), what="200")
+            await until(lambda c=caller: any(m.startswith("SIP/2.0 200") for m in c.received), what="200")
             # ACK and BYE straight to OpenSIPS (the bare content_type left no Contact to use).
             caller.send(server.sip_addr, "ACK", to_tag=key, new_branch=True)
             # The BYE after OpenSIPS has taken the ACK (a BYE overtaking it in another worker
             # is answered without Contact).
-            await wait_for(lambda k=key: [e for e in ev.of("UPDATED", "ACK") if e["key"] == k], what="ACK")
+            await until(lambda k=key: [e for e in ev.of("UPDATED", "ACK") if e["key"] == k], what="ACK")
             caller.send(server.sip_addr, "BYE", to_tag=key, cseq=2, new_branch=True)
-            await wait_for(
+            await until(
                 lambda c=caller: any("BYE" in header(m, "CSeq") for m in c.received), what="BYE 200"
             )
             await asyncio.sleep(0.1)
@@ -690,15 +690,15 @@ async def _real_flows(server: RealOpenSIPS) -> dict[str, Any]:
             caller.transport.close()
         caller = await Caller().start()
         caller.send(server.sip_addr, "INVITE", SDP)
-        new = await wait_for(
+        new = await until(
             lambda: [e for e in ev.of("NEW", "INVITE") if caller.call_id in e["headers"]], what="NEW"
         )
         key = new[0]["key"]
         ring = {"key": key, "method": "INVITE", "code": 180, "reason": "Ringing"}
         assert await server.call("ua_session_reply", ring) == "OK"
-        await wait_for(lambda: any(" 180 " in m for m in caller.received), what="180")
+        await until(lambda: any(" 180 " in m for m in caller.received), what="180")
         caller.send(server.sip_addr, "CANCEL")
-        cancel = await wait_for(lambda: ev.of("TERMINATED", "CANCEL"), what="TERMINATED CANCEL")
+        cancel = await until(lambda: ev.of("TERMINATED", "CANCEL"), what="TERMINATED CANCEL")
         assert cancel[0]["key"] == key
         # What vc does on TERMINATED/CANCEL before the answer:
         assert (
@@ -709,7 +709,7 @@ async def _real_flows(server: RealOpenSIPS) -> dict[str, Any]:
             == "OK"
         )
         assert await server.call("ua_session_terminate", {"key": key}) == "OK"
-        await wait_for(lambda: any(" 487 " in m for m in caller.received), what="487")
+        await until(lambda: any(" 487 " in m for m in caller.received), what="487")
         caller.send(server.sip_addr, "ACK", to_tag=key)
         await asyncio.sleep(0.2)
         out["cancel"] = (caller.unique(), new[0], cancel[0])
@@ -772,7 +772,7 @@ async def test_standin_puts_on_the_wire_what_real_opensips_does(opensips: RealOp
             }
         )
         standin.cancel(key)
-        await wait_for(lambda: ev.of("TERMINATED", "CANCEL"), what="stand-in TERMINATED CANCEL")
+        await until(lambda: ev.of("TERMINATED", "CANCEL"), what="stand-in TERMINATED CANCEL")
         standin.handle(
             {
                 "method": "ua_session_reply",
@@ -830,7 +830,7 @@ async def test_standin_puts_on_the_wire_what_real_opensips_does(opensips: RealOp
             assert header(standin_refer, name) == header(real_refer, name), name
         assert header(real_refer, "Refer-To") == f"<{TRANSFER[0]}>"
         assert not standin.entities
-        await wait_for(lambda: ev.of("UPDATED", "NOTIFY"), what="stand-in UPDATED NOTIFY")
+        await until(lambda: ev.of("UPDATED", "NOTIFY"), what="stand-in UPDATED NOTIFY")
         standin_events = {
             "reinvite": ev.of("UPDATED", "INVITE")[-1],
             "answered": ev.of("ANSWERED", "REFER")[-1],
@@ -841,7 +841,7 @@ async def test_standin_puts_on_the_wire_what_real_opensips_does(opensips: RealOp
                 k: type(v) for k, v in standin_events[name].items()
             }, name
         # The events carry the same parameters, of the same JSON types.
-        got_new = await wait_for(lambda: ev.of("NEW", "INVITE"), what="stand-in NEW")
+        got_new = await until(lambda: ev.of("NEW", "INVITE"), what="stand-in NEW")
         for real_event, standin_event in ((new, got_new[-1]), (cancel, ev.of("TERMINATED", "CANCEL")[0])):
             assert {k: type(v) for k, v in real_event.items()} == {
                 k: type(v) for k, v in standin_event.items()

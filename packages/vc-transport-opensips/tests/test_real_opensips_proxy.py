@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from opensips_kit import LOCAL, VC, RtpPhone, answer_media, header, wait_for
+from opensips_kit import LOCAL, VC, RtpPhone, answer_media, header
 from real_opensips import (
     DEPLOY,
     RealOpenSIPS,
@@ -38,6 +38,7 @@ from vc_transport_opensips.sdp import parse_offer
 from vc_transport_opensips.sipmsg import Response
 
 from vc.audio import pcm_to_ulaw
+from vc.testing import until
 from vc.testing.calls import speech
 
 PROXY_CFG = DEPLOY / "opensips-proxy.cfg"
@@ -138,7 +139,7 @@ async def test_sipp_call_record_routed_acked_and_hung_up(proxy: Setup, tmp_path:
                 "uac_proxy.xml", opensips.sip_addr, {"audio": str(audio), "hold_ms": "5000"}, tmp_path, 30
             )
         )
-        await wait_for(lambda: confirmed(vc) or sipp.done(), timeout=15, what="the ACK to reach vc")
+        await until(lambda: confirmed(vc) or sipp.done(), within=15, what="the ACK to reach vc")
         assert not sipp.done(), (await sipp)[1]
         rc, out = await sipp
         assert rc == 0, out
@@ -151,13 +152,13 @@ async def test_sipp_call_record_routed_acked_and_hung_up(proxy: Setup, tmp_path:
         ok = oks[0]
         assert record_route(opensips, header(ok, "From").split("tag=")[1], header(ok, "Record-Route"))
         assert header(ok, "Contact") == f"<sip:vc@{LOCAL}:{vc.transport.sip_port}>"
-        await wait_for(lambda: vc.recorder.ended, what="the BYE to end the call")
+        await until(lambda: vc.recorder.ended, what="the BYE to end the call")
         info, _ = vc.recorder.started[0]
         assert info.from_ == "+15550001111"
         assert info.params["ai-processing"] == "enabled", info.params  # added by the script
         assert vc.recorder.named("transcript") or vc.recorder.named("turn"), vc.recorder.events
-        await wait_for(lambda: not vc.transport.media.pool.in_use, what="RTP port release")
-        await wait_for(lambda: not vc.transport.ua.dialogs, timeout=5, what="dialog forgotten")
+        await until(lambda: not vc.transport.media.pool.in_use, what="RTP port release")
+        await until(lambda: not vc.transport.ua.dialogs, within=5, what="dialog forgotten")
 
 
 @pytest.mark.skipif(
@@ -189,7 +190,7 @@ async def test_pjsua_hears_vc_and_vc_hears_pjsua(proxy: Setup, tmp_path: Path) -
         text = out.decode(errors="replace")
         assert proc.returncode == 0, text[-3000:]
         assert "CONFIRMED" in text, text[-3000:]
-        await wait_for(lambda: vc.recorder.ended, what="pjsua2's BYE to end the call")
+        await until(lambda: vc.recorder.ended, what="pjsua2's BYE to end the call")
         assert vc.recorder.named("transcript") or vc.recorder.named("turn"), vc.recorder.events
     with wave.open(str(record)) as w:
         heard = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
@@ -206,19 +207,19 @@ async def test_bot_hangs_up_with_bye_through_opensips(proxy: Setup) -> None:
     try:
         async with proxy(script="goodbye") as (vc, opensips):
             await routed_call(opensips, caller, phone)
-            await wait_for(lambda: phone.loud(), what="greeting")
+            await until(lambda: phone.loud(), what="greeting")
             await asyncio.sleep(phone.say(speech("Okay, goodbye!")))
-            t_bye, bye = (await wait_for(lambda: caller.requests("BYE"), timeout=30, what="BYE from vc"))[0]
+            t_bye, bye = (await until(lambda: caller.requests("BYE"), within=30, what="BYE from vc"))[0]
             assert via_opensips(opensips, bye), bye.get_all("Via")
             assert bye.uri == f"sip:caller@{LOCAL}:{caller.port}"
             assert bye.to_tag == caller.from_tag and bye.from_tag == caller.to_tag
             loud = phone.loud()
             assert loud and max(loud) <= t_bye
-            await wait_for(lambda: vc.recorder.ended, what="call end")
+            await until(lambda: vc.recorder.ended, what="call end")
             # vc got the 200 relayed by OpenSIPS (else it would still be retransmitting the BYE).
-            await wait_for(lambda: not vc.transport.ua.client_txns, timeout=5, what="BYE transaction done")
+            await until(lambda: not vc.transport.ua.client_txns, within=5, what="BYE transaction done")
             # The dialog is forgotten once its media is closed too (just after the 200).
-            await wait_for(lambda: not vc.transport.ua.dialogs, timeout=5, what="dialog forgotten")
+            await until(lambda: not vc.transport.ua.dialogs, within=5, what="dialog forgotten")
     finally:
         await phone.close()
         await caller.close()
@@ -232,7 +233,7 @@ async def test_sipp_cancel_before_the_answer_gets_487(proxy: Setup, tmp_path: Pa
         assert rc == 0, out
         got = [m.split("\r\n")[0] for m in sipp_messages(tmp_path)]
         assert "SIP/2.0 180 Ringing" in got and "SIP/2.0 487 Request Terminated" in got, got
-        await wait_for(lambda: not vc.transport.media.streams, what="media released")
+        await until(lambda: not vc.transport.media.streams, what="media released")
         await asyncio.sleep(3.0)  # past answer_delay: vc must not answer the cancelled call
         assert not vc.recorder.started and not vc.transport.ua.dialogs
 
@@ -245,9 +246,9 @@ async def test_hold_and_resume_through_opensips(proxy: Setup) -> None:
         async with proxy(script="what time is it") as (vc, opensips):
             to = opensips.sip_addr
             await routed_call(opensips, caller, phone)
-            await wait_for(lambda: len(phone.received) > 10, what="RTP")
+            await until(lambda: len(phone.received) > 10, what="RTP")
             caller.send(caller.in_dialog("INVITE", to, body=phone.sdp(extra="a=sendonly")), to)
-            ok = await wait_for(
+            ok = await until(
                 lambda: [r for r in caller.responses("INVITE", 200) if r.get("CSeq").startswith("2 ")],
                 what="200 to the hold re-INVITE",
             )
@@ -259,7 +260,7 @@ async def test_hold_and_resume_through_opensips(proxy: Setup) -> None:
             await asyncio.sleep(1.0)
             assert len(phone.received) - n <= 1, "vc kept sending RTP to a held caller"
             caller.send(caller.in_dialog("INVITE", to, body=phone.sdp()), to)
-            ok = await wait_for(
+            ok = await until(
                 lambda: [r for r in caller.responses("INVITE", 200) if r.get("CSeq").startswith("3 ")],
                 what="200 to the resume re-INVITE",
             )
@@ -267,14 +268,14 @@ async def test_hold_and_resume_through_opensips(proxy: Setup) -> None:
             assert resumed.direction == "sendrecv" and resumed.port == held.port
             caller.send(caller.in_dialog("ACK", to, cseq=3), to)
             n = len(phone.received)
-            await wait_for(lambda: len(phone.received) > n + 20, what="RTP after resume")
+            await until(lambda: len(phone.received) > n + 20, what="RTP after resume")
             t_resumed = time.monotonic()
             await asyncio.sleep(phone.say(speech("What time is it now, please?")))
-            await wait_for(lambda: phone.loud(after=t_resumed), timeout=20, what="the answer after resume")
+            await until(lambda: phone.loud(after=t_resumed), within=20, what="the answer after resume")
             assert confirmed(vc) and len(vc.recorder.started) == 1
             caller.send(caller.in_dialog("BYE", to), to)
             await caller.expect("BYE", 200)
-            await wait_for(lambda: vc.recorder.ended, what="call end")
+            await until(lambda: vc.recorder.ended, what="call end")
     finally:
         await phone.close()
         await caller.close()
@@ -289,7 +290,7 @@ async def test_transfer_sends_refer_through_opensips(proxy: Setup) -> None:
         async with proxy() as (vc, opensips):
             to = opensips.sip_addr
             await routed_call(opensips, caller, phone)
-            session = await wait_for(vc.session, what="session")
+            session = await until(vc.session, what="session")
             await session.connection.transfer("+15559990000")  # returns once the 202 is back
             ((_, refer),) = caller.requests("REFER")
             assert via_opensips(opensips, refer), refer.get_all("Via")
@@ -306,9 +307,9 @@ async def test_transfer_sends_refer_through_opensips(proxy: Setup) -> None:
                 to,
             )
             await caller.expect("NOTIFY", 200)
-            (_, bye), *_ = await wait_for(lambda: caller.requests("BYE"), what="BYE after the transfer")
+            (_, bye), *_ = await until(lambda: caller.requests("BYE"), what="BYE after the transfer")
             assert via_opensips(opensips, bye)
-            await wait_for(lambda: vc.recorder.ended, what="call end")
+            await until(lambda: vc.recorder.ended, what="call end")
     finally:
         await phone.close()
         await caller.close()
@@ -326,15 +327,15 @@ async def test_two_concurrent_sipp_calls(proxy: Setup, tmp_path: Path) -> None:
         keys = {"audio": str(audio), "hold_ms": "5000"}
         runs = asyncio.gather(*(run_sipp("uac_proxy.xml", opensips.sip_addr, keys, d, 30) for d in dirs))
         both = asyncio.ensure_future(runs)
-        await wait_for(lambda: len(vc.app.engine.sessions) == 2 or both.done(), timeout=15, what="two calls")
+        await until(lambda: len(vc.app.engine.sessions) == 2 or both.done(), within=15, what="two calls")
         assert len(vc.app.engine.sessions) == 2
         for rc, out in await both:
             assert rc == 0, out
-        await wait_for(lambda: len(vc.recorder.ended) == 2, what="both calls to end")
+        await until(lambda: len(vc.recorder.ended) == 2, what="both calls to end")
         assert len({info.call_id for info, _ in vc.recorder.started}) == 2
         heard = {cid for cid, name, _ in vc.recorder.events if name in ("transcript", "turn")}
         assert len(heard) == 2, vc.recorder.events
-        await wait_for(lambda: not vc.transport.media.pool.in_use, what="RTP ports released")
+        await until(lambda: not vc.transport.media.pool.in_use, what="RTP ports released")
 
 
 async def test_opensips_restarted_mid_run(proxy: Setup, tmp_path: Path) -> None:
@@ -348,7 +349,7 @@ async def test_opensips_restarted_mid_run(proxy: Setup, tmp_path: Path) -> None:
         async with proxy() as (vc, opensips):
             to = opensips.sip_addr
             await routed_call(opensips, caller, phone)
-            await wait_for(lambda: confirmed(vc), what="ACK")
+            await until(lambda: confirmed(vc), what="ACK")
             t0 = time.monotonic()
             await opensips.stop()
             await opensips.start()
@@ -356,7 +357,7 @@ async def test_opensips_restarted_mid_run(proxy: Setup, tmp_path: Path) -> None:
             assert opensips.runs == 2 and opensips.proc.returncode is None
             caller.send(caller.in_dialog("BYE", to), to)
             await caller.expect("BYE", 200, timeout=5)
-            await wait_for(lambda: vc.recorder.ended, timeout=5, what="the old call to end")
+            await until(lambda: vc.recorder.ended, within=5, what="the old call to end")
             t1 = time.monotonic()
             rc, out = await run_sipp(
                 "uac_proxy.xml", to, {"audio": str(audio), "hold_ms": "300"}, tmp_path, timeout=20
@@ -370,7 +371,7 @@ async def test_opensips_restarted_mid_run(proxy: Setup, tmp_path: Path) -> None:
             took = time.monotonic() - t1
             print(f"\nOpenSIPS restart took {up:.2f}s; next call (INVITE..BYE, 0.3 s held) {took:.2f}s")
             assert oks and len(vc.recorder.started) == 2 and took < 5
-            await wait_for(lambda: len(vc.recorder.ended) == 2, what="the new call to end")
+            await until(lambda: len(vc.recorder.ended) == 2, what="the new call to end")
     finally:
         await phone.close()
         await caller.close()

@@ -9,7 +9,7 @@ import socket
 import time
 
 import pytest
-from opensips_kit import VC, RtpPhone, SipCaller, place_call, wait_for
+from opensips_kit import VC, RtpPhone, SipCaller, place_call
 from vc_transport_opensips import rtp
 from vc_transport_opensips.settings import OpenSIPSSettings
 from vc_transport_opensips.transport import OpenSIPSTransport
@@ -17,6 +17,7 @@ from vc_transport_opensips.transport import OpenSIPSTransport
 from vc.config import read
 from vc.providers import CallHost, ProviderContext
 from vc.settings import build
+from vc.testing import until
 from vc.testing.calls import speech
 
 
@@ -38,7 +39,7 @@ async def test_garbage_flood_does_not_disturb_a_live_call(
 ) -> None:
     async with VC(script="what time is it") as vc:
         await place_call(vc, phone, caller)
-        await wait_for(lambda: phone.loud(), what="greeting")
+        await until(lambda: phone.loud(), what="greeting")
         stream = vc.session().connection.stream
         rtp_addr = ("127.0.0.1", stream.local_port)
         rng = random.Random(1234)
@@ -61,9 +62,9 @@ async def test_garbage_flood_does_not_disturb_a_live_call(
         await asyncio.sleep(0.3)
         t_asked = time.monotonic()
         await asyncio.sleep(phone.say(speech("What time is it now, please?")))
-        await wait_for(
+        await until(
             lambda: phone.loud(after=t_asked + 1.0),
-            timeout=30,
+            within=30,
             what="the bot's reply during the flood",
         )
         sent = await flooding

@@ -7,9 +7,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from opensips_kit import VC, free_udp_port, wait_for
+from opensips_kit import VC, free_udp_port
 
 from vc.audio import pcm_to_alaw, pcm_to_ulaw
+from vc.testing import until
 from vc.testing.calls import speech
 
 HERE = Path(__file__).parent / "sipp"
@@ -74,7 +75,7 @@ async def test_sipp_caller_asks_a_question(tmp_path: Path, codec: str, pt: str) 
             tmp_path,
         )
         assert rc == 0, out
-        await wait_for(lambda: vc.recorder.ended, what="call end")
+        await until(lambda: vc.recorder.ended, what="call end")
         info, _ = vc.recorder.started[0]
         assert info.from_ == "+15550001111"
         # vc heard the question (a VAD segment reached the STT) and answered it.
@@ -88,4 +89,4 @@ async def test_sipp_cancel_before_answer(tmp_path: Path) -> None:
         rc, out = await run_sipp("uac_cancel.xml", vc.sip_addr, {}, tmp_path, timeout=30)
         assert rc == 0, out
         assert not vc.recorder.started
-        await wait_for(lambda: not vc.transport.media.streams, what="media released")
+        await until(lambda: not vc.transport.media.streams, what="media released")

@@ -15,12 +15,14 @@ from pathlib import Path
 import pytest
 from twilio_helpers import Recorder, after_greeting, ini, say_audio, twilio_vc
 
+from vc.testing import until
+
 pytest.importorskip("vc_transport_opensips")
 KIT = Path(__file__).resolve().parents[2] / "vc-transport-opensips" / "tests"
 if not (KIT / "opensips_kit.py").exists():
     pytest.skip("the opensips test kit is not in this checkout", allow_module_level=True)
 sys.path.insert(0, str(KIT))
-from opensips_kit import RtpPhone, SipCaller, place_call, wait_for  # noqa: E402
+from opensips_kit import RtpPhone, SipCaller, place_call  # noqa: E402
 
 OPENSIPS = """
 [transport.opensips]
@@ -47,7 +49,7 @@ async def test_twilio_and_opensips_calls_in_one_process():
             twilio_call = await cloud.place_call()
             await place_call(_SipTarget(vc), phone, caller, formats="0 101")
             await after_greeting(twilio_call)
-            await wait_for(lambda: phone.loud(), what="greeting over RTP")
+            await until(lambda: phone.loud(), what="greeting over RTP")
             sessions = {s.info.transport: s for s in vc.engine.sessions.values()}
             assert set(sessions) == {"twilio", "opensips"}
             assert sessions["twilio"].connection.sample_rate == 8000
@@ -56,8 +58,8 @@ async def test_twilio_and_opensips_calls_in_one_process():
             asked = twilio_call.say(say_audio("what is the weather like today"))
             sip_asked = time.monotonic() + phone.say(say_audio("what is the weather like today"))
             await twilio_call.wait_for_bot_speech(after=asked - 0.3)
-            await wait_for(
-                lambda: phone.loud(after=sip_asked - 0.3), timeout=30, what="reply over RTP"
+            await until(
+                lambda: phone.loud(after=sip_asked - 0.3), within=30, what="reply over RTP"
             )
             for session in sessions.values():
                 transcripts = Recorder.of(session.info.call_id, "transcript")

@@ -11,7 +11,6 @@ expired) unless ``X-Serverless-Authorization`` or else ``Authorization`` carries
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import json
@@ -33,6 +32,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
 from vc.settings import build
+from vc.testing import until
 
 VOICE = "en_US-joe-medium"
 
@@ -165,13 +165,6 @@ async def speak(provider: PiperWebSocketProvider, text: str = "Hello there.") ->
     return clip.pcm
 
 
-async def wait_for(predicate: Any, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
-
-
 # -- pure parts ---------------------------------------------------------------------------------
 
 
@@ -214,7 +207,7 @@ async def test_synthesis_with_an_id_token_and_the_token_is_kept(
                 for _ in range(3):
                     assert len(await speak(provider)) > 10000
                 # each synthesis took the spare and the keeper opened another: new handshakes
-                await wait_for(lambda: provider.pool.connects >= 4)
+                await until(lambda: provider.pool.connects >= 4)
                 assert metadata.fetches == 1  # one token for every handshake
                 assert metadata.requests[0]["status"] == 200
                 assert set(server.admitted) == {"Authorization"}
@@ -266,7 +259,7 @@ async def test_the_token_is_refreshed_before_it_expires(
             try:
                 assert provider.ready(), provider.not_ready_reason()
                 assert len(await speak(provider)) > 10000
-                await wait_for(lambda: provider.pool.connects >= 2)
+                await until(lambda: provider.pool.connects >= 2)
                 assert metadata.fetches == 1
                 source = provider.pool.id_tokens
                 assert source is not None
@@ -276,7 +269,7 @@ async def test_the_token_is_refreshed_before_it_expires(
                 source.clock = lambda: time.time() + 3600 - source.refresh_before + 1
                 before = provider.pool.connects
                 assert len(await speak(provider)) > 10000  # the spare opened with the old one
-                await wait_for(lambda: provider.pool.connects > before)  # keeper: a new one
+                await until(lambda: provider.pool.connects > before)  # keeper: a new one
                 assert metadata.fetches == 2
                 assert len(await speak(provider)) > 10000  # on the connection the new one opened
                 assert not server.refused
@@ -307,7 +300,7 @@ async def test_metadata_server_down_is_a_clear_not_ready_reason(
             # the metadata server comes back: the shared retry loop makes the provider ready
             with metadata_server(metadata) as host:
                 monkeypatch.setenv("GCE_METADATA_HOST", host)
-                await wait_for(provider.ready)
+                await until(provider.ready)
                 assert len(await speak(provider)) > 10000
         finally:
             await provider.stop()

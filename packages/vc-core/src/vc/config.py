@@ -35,7 +35,7 @@ import attrs
 
 from vc import legacy, phrases
 from vc.capabilities import capability_errors, capability_warnings, create_provider
-from vc.plugins import KNOWN_DISTRIBUTIONS, Registry
+from vc.plugins import Registry
 from vc.profiles import Profile, ProfileSettings
 from vc.providers import Provider
 from vc.settings import ConfigError, build, convert, describe, setting, show_value
@@ -45,15 +45,15 @@ log = logging.getLogger("vc.config")
 Sections = dict[str, dict[str, tuple[str, str]]]
 KINDS = ("stt", "llm", "tts")
 
-#: What runs when nothing is configured: the embedded default stack.
-DEFAULT_PROVIDERS = {"stt": "faster-whisper", "llm": "llama-cpp", "tts": "piper"}
-DEFAULT_TRANSPORTS = ["twilio"]
+# What runs when the configuration names no provider (the default stack) is not core's to say:
+# installed plugins declare it (register_known_providers; Registry.default_provider).
 
 
 @attrs.define
 class VCSettings:
     transports: list[str] = setting(
-        factory=lambda: list(DEFAULT_TRANSPORTS), help="transports to run, comma separated"
+        factory=list, help="transports to run, comma separated (unset: the default stack's, as "
+        "the installed plugins declare it)"
     )
     observers: list[str] = setting(
         factory=lambda: ["*"],
@@ -152,7 +152,18 @@ class InterruptionSettings:
         "confirmed) and play on from the same point if it was only a noise",
     )
     pause_after_ms: int = setting(
-        60, min=0, max=10000, help="voiced audio that pauses the bot (pause_on_speech; 32 ms VAD windows)"
+        30, min=0, max=10000, help="voiced audio that pauses the bot (pause_on_speech; 32 ms VAD "
+        "windows: 30 is one window)"
+    )
+    backchannels: bool = setting(
+        True,
+        help="speech over the bot interrupts it only once it says more than listener words "
+        "(mm-hmm, yeah, okay; a cough says none) or goes on for long_speech_secs; until then "
+        "the bot is paused, and plays on where it stopped if it was not a turn (vc.turns)",
+    )
+    long_speech_secs: float = setting(
+        0.8, min=0, max=10, help="backchannels: speech over the bot this long interrupts it "
+        "before its words are known",
     )
     volume_threshold: float | None = setting(
         None, min=0, max=32768, help="legacy: minimum caller volume to interrupt (0..1, or 16-bit RMS if > 1)"
@@ -315,25 +326,77 @@ def _known_keys(cls: type | None) -> list[str]:
     return [f.name for f in describe(cls)] if cls is not None else []
 
 
+def installed_names(kind: str, registry: Registry) -> str:
+    table = registry.observers if kind == "observer" else registry.providers.get(kind, {})
+    return ", ".join(sorted(table)) or "none"
+
+
 def missing_provider_message(kind: str, name: str, registry: Registry) -> str:
-    dist = KNOWN_DISTRIBUTIONS.get((kind, name))
-    have = ", ".join(sorted(registry.providers.get(kind, {}))) or "none"
+    dist = registry.install_hint(kind, name)
     hint = f"pip install {dist}" if dist else "install the plugin that provides it"
-    return f"{kind} provider {name!r} is not installed ({hint}); installed {kind} providers: {have}"
+    return (f"{kind} provider {name!r} is not installed ({hint}); installed {kind} providers: "
+            f"{installed_names(kind, registry)}")
+
+
+def no_default_message(kind: str, registry: Registry) -> str:
+    where = "[vc] transports" if kind == "transport" else f"[{kind}] provider"
+    return (f"no {kind} provider is configured and no installed plugin declares a default one "
+            f"(set {where}); installed {kind} providers: {installed_names(kind, registry)}")
 
 
 def resolve(
     raw: RawConfig, registry: Registry, env: Mapping[str, str] | None = None
 ) -> tuple[Config | None, list[ConfigError]]:
-    """Validate everything against core's and the plugins' schemas; all errors at once."""
+    """Validate everything against core's and the plugins' schemas; all errors at once.
+
+    The steps, in order (each one's errors follow the previous one's): the environment's
+    overrides, core's sections, the profiles, the STT/LLM/TTS providers, the phrases, the
+    transports, the observers, and sections nobody knows about.
+    """
     env = os.environ if env is None else env
     if raw.errors:  # the file itself could not be read: nothing else is meaningful
         return None, list(raw.errors)
-    errors: list[ConfigError] = []
-    if registry.conflicts:
-        errors += [ConfigError("plugins", "", None, c) for c in registry.conflicts]
+    errors = [ConfigError("plugins", "", None, c) for c in registry.conflicts]
+    warnings: list[str] = []
 
-    # Environment overrides for every key of every schema we know about.
+    known = _known_sections(raw, registry)
+    _apply_env(raw, known, env)
+    errors += _check_env(raw, known, env, warnings)
+    if raw.legacy:
+        _ignore_what_vc_does_not_use(raw, registry, known, warnings)
+
+    core, errs = _core_sections(raw)
+    errors += errs
+    profiles, errs = _profiles(raw)
+    errors += errs
+    providers, defaults, errs = _providers(raw, registry, profiles, warnings)
+    errors += errs
+    # What the bot says by itself, in each profile's language (vc.phrases).
+    errors += _apply_phrases(core["vc"], profiles, raw, providers, defaults, warnings)
+    transports, errs = _transports(raw, registry, core["vc"])
+    errors += errs
+    observers, errs = _observers(raw, registry, core["vc"].observers)
+    errors += errs
+    errors += _missing_observers(registry, core["vc"].observers)
+    errors += _unknown_sections(raw, known, warnings)
+
+    if errors:
+        return None, errors
+    return (
+        Config(
+            vc=core["vc"], server=core["server"], vad=core["vad"],
+            interruption=core["interruption"], turn=core["turn"], providers=providers,
+            default_providers=defaults,
+            transports=transports, observers=observers, profiles=profiles, source=raw,
+            warnings=warnings,
+        ),
+        [],
+    )
+
+
+def _known_sections(raw: RawConfig, registry: Registry) -> dict[str, list[str]]:
+    """Every section a key may be set in (from the file or the environment) and its keys:
+    core's, each installed provider's, transport's and observer's, and the profiles'."""
     known: dict[str, list[str]] = {s: _known_keys(c) for s, c in CORE_SECTIONS.items()}
     for kind in KINDS:
         known[kind] = ["provider"]  # plus every provider's keys: [stt] shorthand (VC_STT__MODEL)
@@ -348,26 +411,36 @@ def resolve(
         if section.startswith("profile."):
             known[section] = _known_keys(ProfileSettings)
     known.setdefault("profile.default", _known_keys(ProfileSettings))
-    _apply_env(raw, known, env)
+    return known
 
-    warnings: list[str] = []
+
+def _check_env(raw: RawConfig, known: dict[str, list[str]], env: Mapping[str, str],
+               warnings: list[str]) -> list[ConfigError]:
+    """``VC_*`` variables that override nothing: errors (warnings for the old INI, as for its
+    file: what vc does not know is a warning there)."""
     env_errors, env_warnings = _unknown_env(known, env)
     warnings += env_warnings
-    if raw.legacy:  # as for the file: what vc does not know is a warning for the old INI
-        warnings += [str(e) for e in env_errors]
-    else:
-        errors += env_errors
     if raw.legacy:
-        _ignore_what_vc_does_not_use(raw, registry, known, warnings)
+        warnings += [str(e) for e in env_errors]
+        return []
+    return env_errors
 
+
+def _core_sections(raw: RawConfig) -> tuple[dict[str, Any], list[ConfigError]]:
+    """Core's own sections built (their defaults where one does not build)."""
     core: dict[str, Any] = {}
+    errors: list[ConfigError] = []
     for section, cls in CORE_SECTIONS.items():
         obj, errs = build(cls, raw.get(section), section)
         errors += errs
         core[section] = obj if obj is not None else cls()
+    return core, errors
 
-    # Profiles, in file order; default last if not configured.
+
+def _profiles(raw: RawConfig) -> tuple[list[Profile], list[ConfigError]]:
+    """The profiles, in file order; ``default`` last if the file has none."""
     profiles: list[Profile] = []
+    errors: list[ConfigError] = []
     for section, values in raw.sections.items():
         if not section.startswith("profile."):
             continue
@@ -382,48 +455,87 @@ def resolve(
         errors += errs
         profiles.append(Profile(name, obj or ProfileSettings(), params))
     if not any(p.name == "default" for p in profiles):
-        obj, errs = build(ProfileSettings, raw.get("profile.default"), "profile.default")
+        obj, _ = build(ProfileSettings, raw.get("profile.default"), "profile.default")
         profiles.append(Profile("default", obj or ProfileSettings()))
+    return profiles, errors
 
-    # Provider selection per kind, plus whatever profiles pick.
+
+def _providers(
+    raw: RawConfig, registry: Registry, profiles: list[Profile], warnings: list[str]
+) -> tuple[dict[str, dict[str, ProviderChoice]], dict[str, str], list[ConfigError]]:
+    """Each kind's provider (``[stt] provider``, else the default stack's) and every one a
+    profile picks, with its settings: (providers by kind and name, the chosen one by kind)."""
     defaults: dict[str, str] = {}
     providers: dict[str, dict[str, ProviderChoice]] = {k: {} for k in KINDS}
+    errors: list[ConfigError] = []
     for kind in KINDS:
-        kind_section = raw.get(kind)
-        chosen = kind_section.get("provider", (DEFAULT_PROVIDERS[kind], "default"))[0].strip()
+        chosen = _chosen_provider(raw, registry, kind, errors)
         defaults[kind] = chosen
-        wanted = {chosen: kind}
-        for p in profiles:
-            pick = getattr(p.settings, kind)
-            if pick:
-                wanted.setdefault(pick, f"profile.{p.name}")
-        for name, where in wanted.items():
-            found = registry.providers[kind].get(name)
-            if found is None:
-                src = kind_section.get("provider", ("", "default"))[1] if where == kind else where
-                errors.append(
-                    ConfigError(where, kind if where != kind else "provider", name,
-                                missing_provider_message(kind, name, registry), src)
-                )
-                continue
-            values = dict(raw.get(f"{kind}.{name}"))
-            if name == chosen:  # [stt] shorthand keys belong to the selected provider
-                for k, v in kind_section.items():
-                    if k != "provider":
-                        values.setdefault(k, v)
-            settings, errs = _provider_settings(found.cls.Settings, values, f"{kind}.{name}")
-            errors += errs
-            if not errs:  # judged as vc serve judges it: by the instance it would run
-                # (The old engine had no tools: a legacy file is not told it lacks them.)
-                errors += _check_capabilities(found.cls, kind, name, settings, profiles, chosen,
-                                              [] if raw.legacy else warnings)
-            providers[kind][name] = ProviderChoice(kind, name, settings)
+        for name, where in _wanted_providers(kind, chosen, profiles).items():
+            choice = _provider_choice(raw, registry, kind, name, where, chosen, profiles,
+                                      errors, warnings)
+            if choice is not None:
+                providers[kind][name] = choice
+    return providers, defaults, errors
 
-    # What the bot says by itself, in each profile's language (vc.phrases).
-    errors += _apply_phrases(core["vc"], profiles, raw, providers, defaults, warnings)
 
+def _chosen_provider(raw: RawConfig, registry: Registry, kind: str,
+                     errors: list[ConfigError]) -> str:
+    """``[<kind>] provider``, else the default stack's (empty, with an error, if none)."""
+    default = registry.default_provider(kind) or ""
+    chosen = raw.get(kind).get("provider", (default, "default"))[0].strip()
+    if not chosen:
+        errors.append(ConfigError(kind, "provider", None, no_default_message(kind, registry)))
+    return chosen
+
+
+def _wanted_providers(kind: str, chosen: str, profiles: list[Profile]) -> dict[str, str]:
+    """Provider name -> where it is asked for: the kind's section, then the profiles' picks."""
+    wanted = {chosen: kind} if chosen else {}
+    for p in profiles:
+        pick = getattr(p.settings, kind)
+        if pick:
+            wanted.setdefault(pick, f"profile.{p.name}")
+    return wanted
+
+
+def _provider_choice(
+    raw: RawConfig, registry: Registry, kind: str, name: str, where: str, chosen: str,
+    profiles: list[Profile], errors: list[ConfigError], warnings: list[str],
+) -> ProviderChoice | None:
+    """One provider's settings, judged as ``vc serve`` judges them (None: not installed)."""
+    kind_section = raw.get(kind)
+    found = registry.providers[kind].get(name)
+    if found is None:
+        src = kind_section.get("provider", ("", "default"))[1] if where == kind else where
+        errors.append(ConfigError(where, kind if where != kind else "provider", name,
+                                  missing_provider_message(kind, name, registry), src))
+        return None
+    values = dict(raw.get(f"{kind}.{name}"))
+    if name == chosen:  # [stt] shorthand keys belong to the selected provider
+        for k, v in kind_section.items():
+            if k != "provider":
+                values.setdefault(k, v)
+    settings, errs = _provider_settings(found.cls.Settings, values, f"{kind}.{name}")
+    errors += errs
+    if not errs:  # judged as vc serve judges it: by the instance it would run
+        # (The old engine had no tools: a legacy file is not told it lacks them.)
+        errors += _check_capabilities(found.cls, kind, name, settings, profiles, chosen,
+                                      [] if raw.legacy else warnings)
+    return ProviderChoice(kind, name, settings)
+
+
+def _transports(raw: RawConfig, registry: Registry, vc_settings: VCSettings
+                ) -> tuple[dict[str, ProviderChoice], list[ConfigError]]:
+    """``[vc] transports`` (unset: the default stack's), each with its settings."""
+    errors: list[ConfigError] = []
+    if "transports" not in raw.get("vc"):
+        vc_settings.transports = registry.default_transports()
+        if not vc_settings.transports:
+            errors.append(ConfigError("vc", "transports", None,
+                                      no_default_message("transport", registry)))
     transports: dict[str, ProviderChoice] = {}
-    for name in core["vc"].transports:
+    for name in vc_settings.transports:
         transport = registry.providers["transport"].get(name)
         if transport is None:
             errors.append(ConfigError("vc", "transports", name,
@@ -433,15 +545,19 @@ def resolve(
                                             f"transport.{name}")
         errors += errs
         transports[name] = ProviderChoice("transport", name, settings)
+    return transports, errors
 
-    observers, errs = _observers(raw, registry, core["vc"].observers)
-    errors += errs
-    for name in core["vc"].observers:
-        if name != "*" and name not in registry.observers:
-            errors.append(ConfigError("vc", "observers", name,
-                                      missing_provider_message("observer", name, registry)))
 
-    # Sections nobody knows about are probably typos.
+def _missing_observers(registry: Registry, listed: list[str]) -> list[ConfigError]:
+    """``[vc] observers`` names that no installed plugin provides."""
+    return [ConfigError("vc", "observers", name, missing_provider_message("observer", name, registry))
+            for name in listed if name != "*" and name not in registry.observers]
+
+
+def _unknown_sections(raw: RawConfig, known: dict[str, list[str]],
+                      warnings: list[str]) -> list[ConfigError]:
+    """Sections nobody knows about are probably typos (a provider's: it may not be installed)."""
+    errors: list[ConfigError] = []
     for section in raw.sections:
         head, _, tail = section.partition(".")
         if section in known or head == "profile":
@@ -450,19 +566,7 @@ def resolve(
             warnings.append(f"[{section}] is ignored: no installed {head} provider is named {tail!r}")
         else:
             errors.append(ConfigError(section, "", None, "unknown section"))
-
-    if errors:
-        return None, errors
-    return (
-        Config(
-            vc=core["vc"], server=core["server"], vad=core["vad"],
-            interruption=core["interruption"], turn=core["turn"], providers=providers,
-            default_providers=defaults,
-            transports=transports, observers=observers, profiles=profiles, source=raw,
-            warnings=warnings,
-        ),
-        [],
-    )
+    return errors
 
 
 def _apply_phrases(

@@ -42,7 +42,7 @@ from typing import Any, Literal
 import attrs
 
 from vc import config as vcconfig
-from vc.plugins import KNOWN_DISTRIBUTIONS, PluginRecord, Registry, normalize
+from vc.plugins import PluginRecord, Registry, normalize
 from vc.providers import ModelCatalog, ModelInfo, ProviderError
 
 Status = Literal["ok", "warn", "fail"]
@@ -299,11 +299,12 @@ def configured_providers(ctx: Context) -> list[tuple[str, str, str]]:
     out = []
     transports = raw.get("vc").get("transports")
     names = ([t.strip() for t in transports[0].split(",") if t.strip()] if transports
-             else list(vcconfig.DEFAULT_TRANSPORTS))
+             else ctx.registry.default_transports())
     out += [("transport", n, "[vc] transports") for n in names]
     for kind in vcconfig.KINDS:
-        chosen = raw.get(kind).get("provider", (vcconfig.DEFAULT_PROVIDERS[kind], ""))[0].strip()
-        wanted = {chosen: f"[{kind}] provider"}
+        default = ctx.registry.default_provider(kind) or ""
+        chosen = raw.get(kind).get("provider", (default, ""))[0].strip()
+        wanted = {chosen: f"[{kind}] provider"} if chosen else {}
         for section, values in raw.sections.items():
             if section.startswith("profile.") and values.get(kind, ("", ""))[0].strip():
                 wanted.setdefault(values[kind][0].strip(), f"[{section}] {kind}")
@@ -330,7 +331,7 @@ def check_providers(ctx: Context) -> Iterable[Check]:
             p = found.plugin
             yield Check.ok(label, f"{where}: from {p.distribution} {p.version}")
             continue
-        dist = KNOWN_DISTRIBUTIONS.get((kind, name))
+        dist = reg.install_hint(kind, name)
         record = _record_for(reg, dist) if dist else None
         if record is not None and record.status != "ok":
             implicated.add(record.name)

@@ -49,5 +49,10 @@ def register_checks(register):
 
 
 @hookspec
+def register_known_providers(register):
+    """Install hints and the default stack: ``register(KnownProvider(kind, name, install, default))``."""
+
+
+@hookspec
 def register_commands(cli):
     """Add subcommands to the ``vc`` click group."""

@@ -28,6 +28,7 @@ import pluggy
 
 from vc import hookspecs
 from vc.providers import (
+    KnownProvider,
     LLMProvider,
     ModelCatalog,
     Observer,
@@ -116,31 +117,29 @@ class Registry:
     catalogs: list[ModelCatalog] = attrs.field(factory=list)
     #: ``vc doctor`` checks: ``fn(config) -> Iterable[vc.doctor.Check]`` and who registered it.
     checks: list[tuple[Callable[[Any], Any], PluginRecord]] = attrs.field(factory=list)
+    #: ``register_known_providers``: install hints and the default stack, in load order.
+    known: list[tuple[KnownProvider, PluginRecord]] = attrs.field(factory=list)
     conflicts: list[str] = attrs.field(factory=list)
 
     def provider(self, kind: str, name: str) -> type[Provider] | None:
         entry = self.providers[kind].get(name)
         return entry.cls if entry else None
 
+    def install_hint(self, kind: str, name: str) -> str | None:
+        """What to ``pip install`` for provider ``name`` of ``kind`` (an observer too), as a
+        plugin declared it (the first that did); None when no installed plugin knows."""
+        return next((k.install for k, _ in self.known if (k.kind, k.name) == (kind, name)), None)
+
+    def default_provider(self, kind: str) -> str | None:
+        """The default stack's ``kind`` provider (the first one declared), None if none is."""
+        return next((k.name for k, _ in self.known if k.default and k.kind == kind), None)
+
+    def default_transports(self) -> list[str]:
+        """The default stack's transports (every one declared, in load order, once)."""
+        return list(dict.fromkeys(k.name for k, _ in self.known if k.default and k.kind == "transport"))
+
     def errors(self) -> list[PluginRecord]:
         return [p for p in self.plugins if p.status != "ok"]
-
-
-#: Which distribution provides each of our own providers, for "pip install" hints.
-KNOWN_DISTRIBUTIONS: dict[tuple[str, str], str] = {
-    ("transport", "twilio"): "vc-transport-twilio",
-    ("transport", "opensips"): "vc-transport-opensips",
-    ("stt", "faster-whisper"): "vc-stt-faster-whisper",
-    ("stt", "vosk"): "vc-stt-vosk",
-    ("stt", "vosk-websocket"): "vc-stt-vosk",
-    ("llm", "ollama"): "vc-llm-ollama",
-    ("llm", "llama-ws"): "vc-llm-llama-ws",
-    ("llm", "llama-cpp"): "'vc-llm-llama-ws[embedded]'",
-    ("tts", "piper"): "'vc-tts-piper[local]'",
-    ("tts", "piper-websocket"): "vc-tts-piper",
-    ("tts", "espeak"): "vc-tts-espeak",
-    ("observer", "gcp-logging"): "vc-gcp",
-}
 
 
 def _provider_name(base: type[Provider]) -> Callable[[Any], str]:
@@ -178,6 +177,14 @@ def _check_function(obj: Any) -> None:
         raise TypeError(f"expects a function fn(config), got {obj!r}")
 
 
+def _known_provider(obj: Any) -> None:
+    if not isinstance(obj, KnownProvider):
+        raise TypeError(f"expects a vc.providers.KnownProvider, got {obj!r}")
+    if obj.kind not in (*KIND_BASES, "observer") or not obj.name or not obj.install.strip():
+        raise TypeError(f"expects a kind ({', '.join((*KIND_BASES, 'observer'))}), a name and "
+                        f"what to install, got {obj!r}")
+
+
 def _providers_of(kind: str) -> Callable[[Registry], dict[str, Registered]]:
     return lambda reg: reg.providers[kind]
 
@@ -206,6 +213,8 @@ HOOKS: dict[str, _Hook] = {
     "register_tools": _Hook("tool", _tool_name, lambda reg: reg.tools, "tool"),
     "register_models": _Hook("models", _catalog, lambda reg: reg.catalogs, "model catalogue"),
     "register_checks": _Hook("check", _check_function, lambda reg: reg.checks, "check"),
+    "register_known_providers": _Hook("known", _known_provider, lambda reg: reg.known,
+                                      "known provider"),
 }
 HOOK_KIND = {hook: spec.kind for hook, spec in HOOKS.items()}
 
@@ -310,6 +319,7 @@ class _Loader:
                 for name in [n for n, entry in store.items() if self._owner(entry) is record]:
                     del store[name]
         reg.checks[:] = [(fn, p) for fn, p in reg.checks if p is not record]
+        reg.known[:] = [(k, p) for k, p in reg.known if p is not record]
         record.provides.clear()
 
     @staticmethod
@@ -326,7 +336,7 @@ class _Loader:
             except TypeError as e:
                 raise TypeError(f"{hook_name} {e}") from None
             store = spec.store(reg)
-            if name is None:  # unnamed kinds: model catalogues, doctor checks
+            if name is None:  # unnamed kinds: model catalogues, doctor checks, known providers
                 store.append(obj if spec.kind == "models" else (obj, record))
                 return
             taken = store.get(name)

@@ -318,6 +318,25 @@ class ModelInfo:
     install_hint: str = ""
 
 
+@attrs.frozen
+class KnownProvider:
+    """A provider an index plugin vouches for, whether it is installed here or not.
+
+    Core names no provider: which distribution provides one (the ``pip install`` hint for a
+    provider that is configured but not installed) and which providers run when the
+    configuration names none (the default stack) are data plugins contribute through
+    ``register_known_providers``. ``kind`` is ``transport``, ``stt``, ``llm``, ``tts`` or
+    ``observer``; ``install`` is what to give ``pip install`` (``vc-stt-vosk``,
+    ``'vc-tts-piper[local]'``); ``default`` puts it in the default stack (the first default of
+    each provider kind; every default transport).
+    """
+
+    kind: str
+    name: str
+    install: str
+    default: bool = False
+
+
 class ModelCatalog:
     """Lists and prepares the models one plugin can use (``vc models``)."""
 

@@ -46,6 +46,8 @@ from vc.llm import StreamingLLMService, tools_schema
 from vc.logs import current_call_id
 from vc.media import CallTransport, SpeechWrittenFrame
 from vc.monitor import MonotonicClock, TurnMonitor
+from vc.providers import CallContext, Tool, ToolCall
+from vc.tools import redact, run_tool
 from vc.turns import (
     AdaptiveTurnEnd,
     ListeningTurnStart,
@@ -53,8 +55,6 @@ from vc.turns import (
     is_backchannel,
     sounds_unfinished,
 )
-from vc.providers import CallContext, Tool, ToolCall
-from vc.tools import redact, run_tool
 from vc.vad import CallVADProcessor
 
 if TYPE_CHECKING:
@@ -91,6 +91,8 @@ class CallSession(CallEvents):
         #: SpeechWrittenFrames on their way through the pipeline (a barge-in drops them)
         self._speech_waits: set[asyncio.Future[None]] = set()
         self._llm_busy = False
+        #: An answer has started (LLM) and none of its audio has been written yet.
+        self._answer_unheard = False
         self._spoke_this_turn = False
         self._greeting_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
@@ -328,6 +330,7 @@ class CallSession(CallEvents):
         async def watch(_service: Any, frame: Any) -> None:
             if isinstance(frame, LLMFullResponseStartFrame):
                 self._llm_busy, self._spoke_this_turn = True, False
+                self._answer_unheard = True
             elif isinstance(frame, LLMTextFrame) and frame.text.strip():
                 self._spoke_this_turn = True
             elif isinstance(frame, LLMFullResponseEndFrame):
@@ -448,6 +451,7 @@ class CallSession(CallEvents):
         return name
 
     def _on_first_audio(self) -> None:
+        self._answer_unheard = False
         if self.monitor is not None:
             self.monitor.first_audio_written()
 
@@ -460,7 +464,9 @@ class CallSession(CallEvents):
         transport = self._transport
         if not self._pause_on_speech or self._paused or transport is None:
             return
-        if not transport.output().bot_audio_pending():
+        # An answer still being written counts too: a caller who goes on after a pause the
+        # turn ended at must not hear its first syllables before the interruption cancels it.
+        if not (transport.output().bot_audio_pending() or self._answer_unheard):
             return
         self.pauses += 1
         self._paused = episode = self.pauses
@@ -495,7 +501,12 @@ class CallSession(CallEvents):
             await self._resume()
 
     def _on_barge_in(self, had_audio: bool) -> None:
+        if self._paused and not had_audio:
+            # Paused before any audio of the answer was written: nothing to clear, but the
+            # connection must play again for the answer to come.
+            self._spawn(self.connection.resume())
         self._paused = 0  # the connection's clear dropped the held audio
+        self._answer_unheard = False
         self._interruptions += 1
         if had_audio:
             self._interrupted_at = time.monotonic()

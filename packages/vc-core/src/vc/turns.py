@@ -216,7 +216,7 @@ class ListeningTurnStart(BaseUserTurnStartStrategy):
         backchannel: Callable[[str], bool],
         dismissed: Callable[[], Awaitable[None]],
         long_secs: float = 0.8,
-        verdict_secs: float = 1.5,
+        verdict_secs: float = 0.6,
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]

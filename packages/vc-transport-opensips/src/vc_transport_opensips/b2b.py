@@ -39,12 +39,17 @@ from typing import Any
 from vc import jsonsafe
 from vc.call import CallControlError, CallInfo
 from vc.providers import CallHost
-from vc_transport_opensips.addresses import AddressError, is_wildcard, route_to
+from vc_transport_opensips.addresses import is_wildcard, route_to
 from vc_transport_opensips.call import Signalling, SipCall
 from vc_transport_opensips.mi import MIClient, MIError
-from vc_transport_opensips.ports import PortsExhausted
 from vc_transport_opensips.sdp import Negotiated, SdpError, SdpSession, negotiate, parse_offer
-from vc_transport_opensips.session import CallRefused, MediaManager, start_call
+from vc_transport_opensips.session import (
+    CallRefused,
+    MediaManager,
+    SetupRefused,
+    open_media,
+    start_call,
+)
 from vc_transport_opensips.settings import OpenSIPSSettings
 
 log = logging.getLogger("vc.transport.opensips.b2b")
@@ -55,6 +60,16 @@ PROBE_FAILURES = 2  # consecutive unanswered uptime probes before OpenSIPS count
 RETRY_LOG_EVERY = 30.0  # while OpenSIPS stays unreachable, one warning per this many seconds
 NOT_FOUND = 404  # MI error code of ua_session_list for an unknown key
 REFER_TIMEOUT = 10.0  # seconds to wait for OpenSIPS to report the reply to our REFER
+#: The reply to OpenSIPS for each way call set-up can fail (vc_transport_opensips.session).
+REFUSALS = {
+    SetupRefused.CORE: (503, "Service Unavailable"),
+    SetupRefused.NO_OFFER: (415, "Unsupported Media Type"),
+    SetupRefused.NOT_SDP: (415, "Unsupported Media Type"),
+    SetupRefused.BAD_OFFER: (488, "Not Acceptable Here"),
+    SetupRefused.NO_CODEC: (488, "Not Acceptable Here"),
+    SetupRefused.NO_PORT: (503, "Service Unavailable"),
+    SetupRefused.NO_ADDRESS: (500, "Server Internal Error"),
+}
 REQUEST_METHODS = {
     "INVITE",
     "BYE",
@@ -695,34 +710,14 @@ class B2BController:
         sip_call_id = _header(h, "Call-ID", "i")
         if sip_call_id:
             info.params.setdefault("sip_call_id", sip_call_id)
-        refused = self.host.admit(info)
-        if refused:
-            session.log.info("core refuses the call: %s", refused)
-            await self._reject(session, 503, "Service Unavailable")
-            return
-        body = str(p.get("body") or "")
-        if not body.strip():
-            await self._reject(session, 415, "Unsupported Media Type")
-            return
+        offer = str(p.get("body") or "")
         try:
-            offer = parse_offer(body)
-        except SdpError as e:
-            session.log.info("bad SDP offer: %s", e)
-            await self._reject(session, 488, "Not Acceptable Here")
-            return
-        neg = negotiate(offer, self.settings.codecs, self.settings.ptime)
-        if neg is None:
-            await self._reject(session, 488, "Not Acceptable Here")
-            return
-        try:
-            stream, sdp = await self.media.open(neg, session.log)
-        except PortsExhausted as e:
-            session.log.error("%s", e)
-            await self._reject(session, 503, "Service Unavailable")
-            return
-        except AddressError as e:
-            session.log.error("%s", e)
-            await self._reject(session, 500, "Server Internal Error")
+            neg, stream, sdp = await open_media(self.host, info, offer if offer.strip() else "",
+                                                self.settings, self.media, session.log)
+        except SetupRefused as e:
+            if e.reason == SetupRefused.BAD_OFFER:
+                session.log.info("bad SDP offer: %s", e.detail)
+            await self._reject(session, *REFUSALS[e.reason])
             return
         try:
             session.neg, session.sdp = neg, sdp

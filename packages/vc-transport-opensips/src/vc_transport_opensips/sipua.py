@@ -31,11 +31,16 @@ import sipmessage
 from vc.call import CallControlError, CallInfo
 from vc.providers import CallHost
 from vc_transport_opensips import sipmsg
-from vc_transport_opensips.addresses import AddressError, advertise, configured_rtp_ip
+from vc_transport_opensips.addresses import advertise, configured_rtp_ip
 from vc_transport_opensips.call import Signalling, SipCall
-from vc_transport_opensips.ports import PortsExhausted
 from vc_transport_opensips.sdp import Negotiated, SdpError, SdpSession, negotiate, parse_offer
-from vc_transport_opensips.session import CallRefused, MediaManager, start_call
+from vc_transport_opensips.session import (
+    CallRefused,
+    MediaManager,
+    SetupRefused,
+    open_media,
+    start_call,
+)
 from vc_transport_opensips.settings import OpenSIPSSettings
 from vc_transport_opensips.sipmsg import Request, Response
 from vc_transport_opensips.transactions import (
@@ -578,6 +583,20 @@ class SipUserAgent:
         dialog.terminated = True
         self.dialogs.pop(dialog.call_id, None)
 
+    def _refusal(self, e: SetupRefused) -> tuple[int, str, list[tuple[str, str]]]:
+        """The SIP answer (status, reason phrase, headers) to a call set-up refusal."""
+        accept_sdp = [("Accept", "application/sdp")]
+        codecs = ", ".join(self.settings.codecs)
+        return {
+            SetupRefused.CORE: (503, "", [("Retry-After", "5"), ("Warning", f'399 vc "{e.detail}"')]),
+            SetupRefused.NO_OFFER: (415, "SDP offer required", accept_sdp),
+            SetupRefused.NOT_SDP: (415, "", accept_sdp),
+            SetupRefused.BAD_OFFER: (488, "", [("Warning", f'399 vc "{e.detail}"')]),
+            SetupRefused.NO_CODEC: (488, "", [("Warning", f'305 vc "no common codec; vc speaks {codecs}"')]),
+            SetupRefused.NO_PORT: (503, "No RTP port available", [("Retry-After", "5")]),
+            SetupRefused.NO_ADDRESS: (500, "No media address configured", []),
+        }[e.reason]
+
     async def _setup(self, dialog: Dialog, req: Request, txn: ServerTransaction) -> None:
         info = CallInfo(
             call_id=req.call_id,
@@ -587,47 +606,12 @@ class SipUserAgent:
             user=_user(f"<{req.uri}>"),
             params=_params(req),
         )
-        refused = self.host.admit(info)
-        if refused:
-            dialog.log.info("core refuses the call: %s", refused)
-            self._reject(
-                dialog, txn, 503, headers=[("Retry-After", "5"), ("Warning", f'399 vc "{refused}"')]
-            )
-            return
-        if not req.body:
-            self._reject(dialog, txn, 415, "SDP offer required", [("Accept", "application/sdp")])
-            return
-        if req.content_type != "application/sdp":
-            self._reject(dialog, txn, 415, headers=[("Accept", "application/sdp")])
-            return
+        offer = req.body.decode("utf-8", "replace") if req.body else ""
         try:
-            offer = parse_offer(req.body.decode("utf-8", "replace"))
-        except SdpError as e:
-            self._reject(dialog, txn, 488, headers=[("Warning", f'399 vc "{e}"')])
-            return
-        neg = negotiate(offer, self.settings.codecs, self.settings.ptime)
-        if neg is None:
-            self._reject(
-                dialog,
-                txn,
-                488,
-                headers=[
-                    (
-                        "Warning",
-                        f'305 vc "no common codec; vc speaks {", ".join(self.settings.codecs)}"',
-                    )
-                ],
-            )
-            return
-        try:
-            stream, sdp = await self.media.open(neg, dialog.log)
-        except PortsExhausted as e:
-            dialog.log.error("%s", e)
-            self._reject(dialog, txn, 503, "No RTP port available", [("Retry-After", "5")])
-            return
-        except AddressError as e:
-            dialog.log.error("%s", e)
-            self._reject(dialog, txn, 500, "No media address configured")
+            neg, stream, sdp = await open_media(self.host, info, offer, self.settings, self.media,
+                                                dialog.log, req.content_type)
+        except SetupRefused as e:
+            self._reject(dialog, txn, *self._refusal(e))
             return
         try:
             dialog.neg, dialog.sdp = neg, sdp

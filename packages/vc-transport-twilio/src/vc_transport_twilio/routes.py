@@ -69,17 +69,52 @@ async def _read_form(request: Request) -> dict[str, str]:
 
 
 def build_router(transport: TwilioTransport) -> APIRouter:
-    s = transport.settings
-    router = APIRouter()
+    """The transport's routes: the voice webhook, the Connect action, outbound calls, the stream."""
+    return TwilioRoutes(transport).router()
 
-    def base_url(request: Request) -> str:
-        if s.public_url:
-            return s.base()
+
+def _stream_params(request: Request) -> dict[str, str]:
+    """The webhook URL's own query parameters (``?profile=sales``), Twilio's reserved ones left out."""
+    return {k: v for k, v in parse_qsl(request.url.query) if k not in RESERVED}
+
+
+def _bearer_token(request: Request) -> str:
+    auth = request.headers.get("authorization", "")
+    return auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+
+
+class TwilioRoutes:
+    """The handlers of one transport's routes, each a method that can be read and tested alone."""
+
+    def __init__(self, transport: TwilioTransport) -> None:
+        self.transport = transport
+        self.s = transport.settings
+
+    def router(self) -> APIRouter:
+        s = self.s
+        router = APIRouter()
+        router.add_api_route(s.voice_path, self.voice, methods=["POST"], include_in_schema=False)
+        router.add_api_route(s.action_path, self.connect_action, methods=["POST"],
+                             include_in_schema=False)
+        router.add_api_route(s.calls_path, self.create_call, methods=["POST"],
+                             include_in_schema=False)
+        router.add_api_websocket_route(s.stream_path, self.stream)
+        return router
+
+    # -- checks shared by the webhooks ---------------------------------------------------------
+
+    def base_url(self, request: Request) -> str:
+        """Where Twilio reaches vc: ``public_url``, else what the (forwarded) request says."""
+        if self.s.public_url:
+            return self.s.base()
         proto = request.headers.get("x-forwarded-proto", request.url.scheme).split(",")[0].strip()
         host = request.headers.get("x-forwarded-host") or request.headers.get("host", "localhost")
         return f"{proto}://{host}"
 
-    def check_signature(request: Request, path: str, params: dict[str, str]) -> None:
+    def check_signature(self, request: Request, path: str, params: dict[str, str]) -> None:
+        """Raise :class:`_Rejected` unless the request is Twilio's: signed over the configured
+        public URL, never seen before, and from where remote requests are allowed."""
+        transport = self.transport
         local = transport.refuse_remote(request.client.host if request.client else None,
                                         request.headers)
         if local:
@@ -91,7 +126,7 @@ def build_router(transport: TwilioTransport) -> APIRouter:
         signature = request.headers.get("x-twilio-signature")
         if not signature:
             raise _Rejected(403, "missing X-Twilio-Signature")
-        url = s.public(path, request.url.query)
+        url = self.s.public(path, request.url.query)
         if not transport.signatures.valid(url, params, signature):
             raise _Rejected(
                 403, f"invalid X-Twilio-Signature for {url} (check public_url and auth_token)"
@@ -99,150 +134,147 @@ def build_router(transport: TwilioTransport) -> APIRouter:
         if not transport.seen_signatures.add(signature, REPLAY_WINDOW_S):
             raise _Rejected(403, "replayed request (this signature was already used)")
 
-    async def twilio_request(request: Request, path: str) -> dict[str, str]:
+    async def twilio_request(self, request: Request, path: str) -> dict[str, str]:
         params = await _read_form(request)
-        check_signature(request, path, params)
+        self.check_signature(request, path, params)
         return params
 
+    @staticmethod
     def refused(request: Request, e: _Rejected) -> Response:
-        log.warning(
-            "%s %s from %s refused (%d): %s",
-            request.method,
-            request.url.path,
-            _peer(request),
-            e.status,
-            e.reason,
-        )
+        log.warning("%s %s from %s refused (%d): %s", request.method, request.url.path,
+                    _peer(request), e.status, e.reason)
         return Response(status_code=e.status)
 
-    @router.post(s.voice_path, include_in_schema=False)
-    async def voice(request: Request) -> Response:
+    # -- the voice webhook ---------------------------------------------------------------------
+
+    async def voice(self, request: Request) -> Response:
+        """A call: TwiML connecting a Media Stream (or a busy answer when not taking calls)."""
         try:
-            params = await twilio_request(request, s.voice_path)
+            params = await self.twilio_request(request, self.s.voice_path)
         except _Rejected as e:
-            return refused(request, e)
+            return self.refused(request, e)
         call_sid = params.get("CallSid", "")
-        extra = {"call_id": call_sid}
         if not call_sid:
-            return refused(request, _Rejected(400, "no CallSid"))
-        direction = params.get("Direction", "inbound")
-        host = transport.host
+            return self.refused(request, _Rejected(400, "no CallSid"))
+        host = self.transport.host
         # Not taking calls at all: the caller gets a busy signal before any stream opens.
         # Capacity is the stream's to check (host.admit): that caller hears the busy message.
-        if not transport.ready() or host is None or not host.accepting:
-            log.warning(
-                "refusing call: not accepting calls (starting or shutting down)", extra=extra
-            )
-            if direction == "inbound":
-                return _xml(twiml.reject("busy"))
-            return _xml(transport.busy_reply(CallInfo(
-                call_id=call_sid, transport="twilio", from_=params.get("From", ""),
-                to=params.get("To", ""), direction=direction,
-                params={k: v for k, v in parse_qsl(request.url.query) if k not in RESERVED},
-            )))
-        stream_params = {k: v for k, v in parse_qsl(request.url.query) if k not in RESERVED}
+        if not self.transport.ready() or host is None or not host.accepting:
+            return self.busy(request, params)
+        return self.connect(request, params)
+
+    def busy(self, request: Request, params: dict[str, str]) -> Response:
+        call_sid = params.get("CallSid", "")
+        direction = params.get("Direction", "inbound")
+        log.warning("refusing call: not accepting calls (starting or shutting down)",
+                    extra={"call_id": call_sid})
+        if direction == "inbound":
+            return _xml(twiml.reject("busy"))
+        return _xml(self.transport.busy_reply(CallInfo(
+            call_id=call_sid, transport="twilio", from_=params.get("From", ""),
+            to=params.get("To", ""), direction=direction, params=_stream_params(request),
+        )))
+
+    def connect(self, request: Request, params: dict[str, str]) -> Response:
+        call_sid = params.get("CallSid", "")
+        direction = params.get("Direction", "inbound")
+        stream_params = _stream_params(request)
         stream_params["from"] = params.get("From", "")
         stream_params["to"] = params.get("To", "")
         stream_params["direction"] = direction
-        stream_params["vc_token"] = transport.tokens.issue(call_sid)
-        base = base_url(request)
-        log.info(
-            "call from %s to %s (%s): connecting a stream",
-            params.get("From", "?"),
-            params.get("To", "?"),
-            direction,
-            extra=extra,
-        )
-        return _xml(twiml.connect_stream(s.stream_url(base), base + s.action_path, stream_params))
+        stream_params["vc_token"] = self.transport.tokens.issue(call_sid)
+        base = self.base_url(request)
+        log.info("call from %s to %s (%s): connecting a stream", params.get("From", "?"),
+                 params.get("To", "?"), direction, extra={"call_id": call_sid})
+        return _xml(twiml.connect_stream(self.s.stream_url(base), base + self.s.action_path,
+                                         stream_params))
 
-    @router.post(s.action_path, include_in_schema=False)
-    async def connect_action(request: Request) -> Response:
+    # -- the Connect action --------------------------------------------------------------------
+
+    async def connect_action(self, request: Request) -> Response:
+        """The stream ended: the pending instruction (a transfer), else hang up."""
         try:
-            params = await twilio_request(request, s.action_path)
+            params = await self.twilio_request(request, self.s.action_path)
         except _Rejected as e:
-            return refused(request, e)
+            return self.refused(request, e)
         call_sid = params.get("CallSid", "")
-        document = transport.actions.pop(call_sid)
-        log.info(
-            "stream ended: answering the Connect action with %s",
-            "the pending instruction" if document else "a hang-up",
-            extra={"call_id": call_sid},
-        )
+        document = self.transport.actions.pop(call_sid)
+        log.info("stream ended: answering the Connect action with %s",
+                 "the pending instruction" if document else "a hang-up",
+                 extra={"call_id": call_sid})
         return _xml(document or twiml.hangup())
 
-    @router.post(s.calls_path, include_in_schema=False)
-    async def create_call(request: Request) -> Response:
+    # -- outbound calls ------------------------------------------------------------------------
+
+    async def create_call(self, request: Request) -> Response:
+        """``POST {"to": ..., "from": ..., "profile": ...}`` with the bearer ``api_token``."""
+        s = self.s
         if not s.api_token:
             return JSONResponse(
                 {"error": "outbound calls are disabled: set [transport.twilio] api_token"},
                 status_code=404,
             )
-        auth = request.headers.get("authorization", "")
-        token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        token = _bearer_token(request)
         if not token or not hmac.compare_digest(token.encode(), s.api_token.encode()):
-            log.warning(
-                "POST %s from %s refused (401): bad or missing bearer token",
-                request.url.path,
-                _peer(request),
-            )
+            log.warning("POST %s from %s refused (401): bad or missing bearer token",
+                        request.url.path, _peer(request))
             return JSONResponse(
                 {"error": "unauthorized"}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
             )
-        body = await request.body()
-        try:
-            data: Any = jsonsafe.loads(body) if len(body) <= MAX_BODY else None
-        except ValueError:
-            data = None
-        if not isinstance(data, dict) or not isinstance(data.get("to"), str):
+        data = await self._call_request(request)
+        if data is None:
             return JSONResponse(
-                {
-                    "error": 'expected a JSON object {"to": "+15551234567", '
-                    '"from": "...", "profile": "..."}'
-                },
+                {"error": 'expected a JSON object {"to": "+15551234567", '
+                          '"from": "...", "profile": "..."}'},
                 status_code=400,
             )
-        if transport.rest is None:
+        if self.transport.rest is None:
             return JSONResponse({"error": "no Twilio REST credentials configured"}, status_code=503)
         try:
-            sid = await place_call(
-                transport.rest,
-                s,
-                data["to"],
-                str(data.get("from") or ""),
-                str(data.get("profile") or ""),
-            )
+            sid = await place_call(self.transport.rest, s, data["to"],
+                                   str(data.get("from") or ""), str(data.get("profile") or ""))
         except CallControlError as e:
             log.warning("outbound call to %s failed: %s", data["to"][:40], e)
             return JSONResponse({"error": str(e)}, status_code=502)
         log.info("outbound call %s to %s placed", sid, data["to"], extra={"call_id": sid})
         return JSONResponse({"call_sid": sid}, status_code=201)
 
-    @router.websocket(s.stream_path)
-    async def stream(ws: WebSocket) -> None:
-        local = transport.refuse_remote(ws.client.host if ws.client else None, ws.headers)
-        if local:
-            log.warning("stream upgrade from %s refused (403): %s", _peer(ws), local)
-            await ws.close(code=POLICY_VIOLATION)
-            return
-        if transport.validating:
-            signature = ws.headers.get("x-twilio-signature")
-            url = s.stream_url() + (f"?{ws.url.query}" if ws.url.query else "")
-            checker = transport.signatures
-            if not signature or checker is None or not checker.valid(url, {}, signature):
-                reason = "missing" if not signature else "invalid"
-                log.warning(
-                    "stream upgrade from %s refused (403): %s X-Twilio-Signature for %s",
-                    _peer(ws),
-                    reason,
-                    url,
-                )
-                await ws.close(code=POLICY_VIOLATION)  # before accept: HTTP 403
-                return
-        if not transport.ready():
-            log.warning("stream upgrade from %s refused: transport not started", _peer(ws))
-            await ws.close(code=POLICY_VIOLATION)
+    @staticmethod
+    async def _call_request(request: Request) -> dict[str, Any] | None:
+        """The outbound call's JSON body, if it is an object with a string ``to``."""
+        body = await request.body()
+        try:
+            data: Any = jsonsafe.loads(body) if len(body) <= MAX_BODY else None
+        except ValueError:
+            data = None
+        if not isinstance(data, dict) or not isinstance(data.get("to"), str):
+            return None
+        return data
+
+    # -- the Media Stream ----------------------------------------------------------------------
+
+    async def stream(self, ws: WebSocket) -> None:
+        """A Media Stream: refused before ``accept`` (HTTP 403) unless it is Twilio's."""
+        reason = self.stream_refusal(ws)
+        if reason:
+            log.warning("stream upgrade from %s refused%s", _peer(ws), reason)
+            await ws.close(code=POLICY_VIOLATION)  # before accept: HTTP 403
             return
         await ws.accept()
-        await StreamHandler(transport, ws).run()
+        await StreamHandler(self.transport, ws).run()
 
-    return router
+    def stream_refusal(self, ws: WebSocket) -> str:
+        """Why a stream upgrade is refused (the end of the log line), or empty to take it."""
+        transport = self.transport
+        local = transport.refuse_remote(ws.client.host if ws.client else None, ws.headers)
+        if local:
+            return f" (403): {local}"
+        if transport.validating:
+            signature = ws.headers.get("x-twilio-signature")
+            url = self.s.stream_url() + (f"?{ws.url.query}" if ws.url.query else "")
+            checker = transport.signatures
+            if not signature or checker is None or not checker.valid(url, {}, signature):
+                return f" (403): {'missing' if not signature else 'invalid'} X-Twilio-Signature for {url}"
+        if not transport.ready():
+            return ": transport not started"
+        return ""

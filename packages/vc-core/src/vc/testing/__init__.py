@@ -5,16 +5,37 @@
   contract.
 * :mod:`vc.testing.calls` - :class:`LoopbackConnection` and :func:`speech` to drive a call.
 * :mod:`vc.testing.fakes` - instant providers (``VC_PLUGIN_MODULES=vc.testing.fakes`` or ``fake_registry()``).
+* :func:`until` - wait for something a call does (the one polling helper of vc's tests).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import tempfile
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 from vc.config import Config, load
 from vc.plugins import Registry, load_plugins
+
+T = TypeVar("T")
+
+
+async def until(check: Callable[[], T], within: float = 20.0, what: str = "condition",
+                *, interval: float = 0.01) -> T:
+    """Poll ``check()`` until it returns something truthy, and return that; AssertionError
+    ``no <what> within <within>s`` if it has not by then. For what a test waits on in a call
+    (audio heard, an event seen, a port released), where there is nothing to await."""
+    deadline = time.monotonic() + within
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"no {what} within {within:g}s")
+        await asyncio.sleep(interval)
 
 
 def fake_registry(env: Mapping[str, str] | None = None, **kwargs) -> Registry:

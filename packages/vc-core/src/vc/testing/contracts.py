@@ -397,7 +397,7 @@ class TransportContract(ProviderContract):
         from vc.engine import Engine
         from vc.hookspecs import hookimpl
         from vc.server import HTTPServer
-        from vc.testing import FAKE_STACK, config_from_ini, fake_registry
+        from vc.testing import FAKE_STACK, config_from_ini, fake_registry, until
         from vc.testing.calls import speech
 
         # Made up front: espeak-ng runs while nothing is timed yet.
@@ -424,15 +424,6 @@ class TransportContract(ProviderContract):
         def events(name: str, after: float = 0.0) -> list[tuple[float, dict[str, Any]]]:
             return [(t, d) for t, _, n, d in seen if n == name and t > after]
 
-        async def until(what: str, check: Any, within: float = 20.0) -> Any:
-            deadline = time.monotonic() + within
-            while time.monotonic() < deadline:
-                value = check()
-                if value:
-                    return value
-                await asyncio.sleep(0.01)
-            raise AssertionError(f"no {what} within {within:.0f}s")
-
         transport = self.make_provider()
         http: HTTPServer | None = None
         caller: ContractCaller | None = None
@@ -455,27 +446,27 @@ class TransportContract(ProviderContract):
             watcher = asyncio.create_task(heard.run())
 
             # 1. The greeting is heard, and its mark reported once it has been.
-            await until("greeting audio", lambda: heard.loud >= 5)
-            session = await until("call in core", lambda: list(engine.sessions.values()))
+            await until(lambda: heard.loud >= 5, what="greeting audio")
+            session = await until(lambda: list(engine.sessions.values()), what="call in core")
             call_id = session[0].info.call_id
-            await until("mark_played for the greeting", lambda: events("mark_played"))
-            await until("the end of the greeting",
-                        lambda: time.monotonic() - heard.last_loud_at > 0.8)
+            await until(lambda: events("mark_played"), what="mark_played for the greeting")
+            await until(lambda: time.monotonic() - heard.last_loud_at > 0.8,
+                        what="the end of the greeting")
 
             # 2. The caller speaks; core transcribes it; the (long) answer is heard.
             before = heard.loud
             asked = time.monotonic()
             caller.send_audio(question)
-            await until("transcript of the caller's speech", lambda: events("transcript", asked))
-            await until("the answer", lambda: heard.loud >= before + 10)
+            await until(lambda: events("transcript", asked), what="transcript of the caller's speech")
+            await until(lambda: heard.loud >= before + 10, what="the answer")
 
             # 3. Talking over the answer: the bot's audio stops, and nothing stale follows.
             await asyncio.sleep(0.6)
             interrupted = time.monotonic()
             caller.send_audio(interruption)
-            (barge_at, _), *_ = await until("barge_in", lambda: events("barge_in", interrupted))
+            (barge_at, _), *_ = await until(lambda: events("barge_in", interrupted), what="barge_in")
             (turn_at, _), *_ = await until(
-                "the interruption's transcript", lambda: events("transcript", barge_at)
+                lambda: events("transcript", barge_at), what="the interruption's transcript"
             )
             stopped_by = barge_at + self.max_clear_seconds
             if turn_at > stopped_by:
@@ -488,8 +479,8 @@ class TransportContract(ProviderContract):
 
             # 4. The caller hangs up: the call ends in core.
             await caller.hangup()
-            await until("the end of the call in core", lambda: call_id not in engine.sessions,
-                        within=10)
+            await until(lambda: call_id not in engine.sessions, within=10,
+                        what="the end of the call in core")
             assert transport.alive()
         finally:
             if watcher is not None:

@@ -60,9 +60,12 @@ async def _place(settings: Any, to: str, from_: str, profile: str) -> str:
 @click.option("--answer-timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
               help="seconds after the end of speech before a turn counts as unanswered")
 @click.option("-v", "--verbose", is_flag=True, help="show the server's log")
+@click.option("--language", type=click.Choice(["en", "tr"]), default="en", show_default=True,
+              help="tr: a Turkish call on the Turkish stack of docs/turkish.md (Whisper base, "
+                   "Qwen2.5-Coder-1.5B, espeak-ng Turkish), the caller speaking Turkish")
 def demo_command(wavs: tuple[str, ...], texts: tuple[str, ...], out_dir: str,
                  config_file: str | None, no_interrupt: bool, no_plot: bool,
-                 answer_timeout: float, verbose: bool) -> None:
+                 answer_timeout: float, verbose: bool, language: str = "en") -> None:
     """Call vc's embedded default stack as Twilio would and show where the time goes.
 
     Starts vc, places a simulated Twilio call into it, speaks a short conversation (the last
@@ -70,7 +73,10 @@ def demo_command(wavs: tuple[str, ...], texts: tuple[str, ...], out_dir: str,
     and the latency of each stage; writes a stereo WAV, a timeline plot and a JSON summary.
     Exits with status 1 if a turn went unanswered.
     """
-    from vc_transport_twilio.demo import main
+    if language == "tr":
+        from vc_transport_twilio.demo_tr import main
+    else:
+        from vc_transport_twilio.demo import main
 
     sys.exit(main(wavs, texts, out_dir, config_file, not no_interrupt, not no_plot, verbose,
                   answer_timeout))

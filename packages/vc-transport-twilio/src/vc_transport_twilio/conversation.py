@@ -239,6 +239,8 @@ async def speak(call: SimulatedCall, utterance: Utterance) -> tuple[float, float
         bounds = speech_bounds(call, before)
         if bounds is not None and not call._pending:
             return bounds
+        if call.closed_at is not None:  # the call ended while speaking: nothing more leaves
+            return bounds or (call.closed_at, call.closed_at)
         await asyncio.sleep(FRAME_S)
 
 

@@ -49,6 +49,8 @@ CONVERSATION = (
     "Sorry to interrupt, that is all for today, thank you and goodbye!",
 )
 ANSWER_TIMEOUT = 30.0
+#: What the header says the server runs (``vc demo --language tr`` names its own).
+DEFAULT_STACK = "Silero VAD, faster-whisper tiny.en, SmolLM2 on llama.cpp, Piper joe-medium"
 #: Seconds of the bot's answer the caller lets play before talking over it.
 INTERRUPT_AFTER = 1.5
 
@@ -100,6 +102,8 @@ async def converse(
     """Speak each utterance after the bot's previous answer; the last one over the answer."""
     turns: list[Turn] = []
     for i, utterance in enumerate(utterances):
+        if call.closed_at is not None:  # the bot hung up early: the rest goes unsaid
+            break
         over_bot = interrupt and i == len(utterances) - 1 and i > 0
         if over_bot and turns[-1].first_audio is not None:
             await asyncio.sleep(max(0.0, turns[-1].first_audio + interrupt_after - time.monotonic()))
@@ -276,10 +280,11 @@ async def run_demo(
     log: Any = None,
     log_path: Path | None = None,
     answer_timeout: float = ANSWER_TIMEOUT,
+    what: str = "vc's embedded default stack",
+    stack: str = DEFAULT_STACK,
 ) -> int:
-    p.line("vc demo: a simulated Twilio phone call into vc's embedded default stack")
-    p.line(f"  (Silero VAD, faster-whisper tiny.en, SmolLM2 on llama.cpp, Piper joe-medium; "
-           f"{os.cpu_count()} CPU cores, no GPU used)")
+    p.line(f"vc demo: a simulated Twilio phone call into {what}")
+    p.line(f"  ({stack + '; ' if stack else ''}{os.cpu_count()} CPU cores, no GPU used)")
     p.line()
     p.line("starting vc (models load once; nothing is downloaded):")
     shown: set[str] = set()

@@ -34,10 +34,11 @@ from test_call_matrix import (
     registry_for,
     transcribe,
     vc_ini,
-    wait_for,
     whisper,
     words,
 )
+
+from vc.testing import until
 
 pytestmark = pytest.mark.e2e
 
@@ -88,19 +89,19 @@ async def test_llm_child_crash_mid_reply_costs_one_apology() -> None:
 
         a = await side.call()
         b = await side.call()
-        await wait_for(lambda: len(log.marks("greeting")) >= 2, 60, "both greetings heard")
+        await until(lambda: len(log.marks("greeting")) >= 2, 60, "both greetings heard")
 
         # Call A asks for a long answer; the LLM child dies while generating it.
         asked_at = time.monotonic()
         a.say(speech(FOLLOW_UP, 8000, "en-us") + bytes(1600))
         killed = await kill_mid_reply(worker)
-        apology_start = await wait_for(lambda: a.loud(killed - 0.5), 120, "audio after the crash")
+        apology_start = await until(lambda: a.loud(killed - 0.5), 120, "audio after the crash")
         last = await answer_heard(a, log, apology_start[0])
         heard = await transcribe(a.audio(asked_at, last + 0.1))
         print(f"call A heard after the crash: {heard!r}")
         assert {"sorry", "problem"} & words(heard), f"call A did not hear the apology: {heard!r}"
 
-        await wait_for(lambda: worker.ready and worker.pid != first_pid, 60, "the LLM child back")
+        await until(lambda: worker.ready and worker.pid != first_pid, 60, "the LLM child back")
         async with httpx.AsyncClient() as client:
             assert (await client.get(http.url + "/readyz", timeout=10)).status_code == 200
         values = await metrics(http.url)
@@ -123,5 +124,5 @@ async def test_llm_child_crash_mid_reply_costs_one_apology() -> None:
 
         await a.hang_up()
         await b.hang_up()
-        await wait_for(lambda: not app.engine.sessions, 30, "both sessions to end")
+        await until(lambda: not app.engine.sessions, 30, "both sessions to end")
         assert len(log.ended) == 2 and all(o != "error" for _, o in log.ended), log.ended

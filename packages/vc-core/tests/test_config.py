@@ -65,15 +65,25 @@ def test_missing_provider_says_which_distribution_to_install() -> None:
     assert "observer provider 'diary' is not installed (pip install vc-diary)" in str(errors)
 
 
-def test_without_a_declared_default_stack_every_provider_must_be_named() -> None:
-    cfg, errors = load(None, registry(), {})
+def test_without_a_declared_default_stack_the_only_installed_provider_runs() -> None:
+    """``pip install vc-core vc-transport-twilio vc-llm-ollama``: one provider of a kind
+    installed and no plugin declaring a default, that one is used; with two, or none, the
+    configuration must name one."""
+    cfg, errors = load(None, registry("legacy_stubs", fakes=False), {"VC_LLAMA_WS__URL": "x"})
+    assert not [e for e in errors if e.key in ("provider", "transports")], messages(errors)
+    cfg, errors = load(None, registry("legacy_stubs"), {})
     assert cfg is None
+    installed = {"stt": "fake, vosk-websocket", "llm": "fake, llama-ws",
+                 "tts": "fake, piper-websocket"}
     assert messages(errors) == [
         f"[{kind}] provider: no {kind} provider is configured and no installed plugin declares "
-        f"a default one (set [{kind}] provider); installed {kind} providers: fake"
+        f"a default one (set [{kind}] provider); installed {kind} providers: {installed[kind]}"
         for kind in ("stt", "llm", "tts")
-    ] + ["[vc] transports: no transport provider is configured and no installed plugin "
-         "declares a default one (set [vc] transports); installed transport providers: none"]
+    ]
+    _, errors = load(None, registry(), {})  # the fakes: one of each, and no transport
+    assert messages(errors) == [
+        "[vc] transports: no transport provider is configured and no installed plugin "
+        "declares a default one (set [vc] transports); installed transport providers: none"]
     _, errors = load(None, registry("known_stack", fakes=False),
                      {"VC_STT__PROVIDER": "nope", "VC_VC__TRANSPORTS": ""})
     assert "stt provider 'nope' is not installed (install the plugin that provides it)" in str(errors)

@@ -145,6 +145,8 @@ provider = my-llm
 provider = my-tts
 [stt.my-stt]
 script = please use the lookup_order tool
+[turn]
+end = silence
 [profile.default]
 tools = end_call, lookup_order
 """

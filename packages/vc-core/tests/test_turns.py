@@ -52,7 +52,7 @@ def test_operators_add_words_and_other_languages_have_none() -> None:
 
 
 def turn_stack(script: list[str], extra: str = "") -> str:
-    return FAKE_STACK + f"\n[stt.fake]\nscript = {', '.join(script)}\n" + extra
+    return FAKE_STACK + "[turn]\nend = adaptive\n" + f"\n[stt.fake]\nscript = {', '.join(script)}\n" + extra
 
 
 async def caller_pauses_mid_sentence(make_engine, config: str) -> tuple[list[str], list[str]]:

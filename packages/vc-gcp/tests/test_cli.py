@@ -135,6 +135,8 @@ drain_timeout = 5
 provider = fake
 [stt.fake]
 script = what are your opening hours
+[turn]
+end = silence
 [llm]
 provider = fake
 [tts]

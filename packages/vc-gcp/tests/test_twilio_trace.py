@@ -35,6 +35,8 @@ observers = event-log, gcp-logging
 provider = fake
 [stt.fake]
 script = what are your opening hours
+[turn]
+end = silence
 [llm]
 provider = fake
 [tts]

@@ -109,7 +109,7 @@ async def test_callers_goodbye_ends_a_real_call(vc_engine_factory) -> None:
     """VAD -> (scripted) STT -> llama-cpp -> TTS over a loopback call; end_call hangs up."""
     engine = await vc_engine_factory(
         "[vc]\ntransports =\n"
-        "[stt]\nprovider = fake\nscript = Thank you that is all. Goodbye!\n"
+        "[stt]\nprovider = fake\nscript = Thank you that is all. Goodbye!\n[turn]\nend = silence\n"
         "[llm]\nprovider = llama-cpp\nseed = 1\n"
         "[tts]\nprovider = fake\nms_per_char = 10\n"
     )

@@ -298,7 +298,7 @@ async def test_model_asks_to_end_a_real_call(vc_engine_factory, fake_ollama: Fak
     fake_ollama.tool_call_word = "goodbye"
     engine = await vc_engine_factory(
         "[vc]\ntransports =\n"
-        "[stt]\nprovider = fake\nscript = ok goodbye then\n"
+        "[stt]\nprovider = fake\nscript = ok goodbye then\n[turn]\nend = silence\n"
         f"[llm]\nprovider = ollama\nhost = {fake_ollama.host}\nmodel = smollm2\n"
         "[tts]\nprovider = fake\nms_per_char = 10\n"
     )

@@ -28,6 +28,8 @@ script = {", ".join(script)}
 provider = fake
 [tts]
 {tts}
+[turn]
+end = silence
 [profile.default]
 language = en
 greeting = {GREETING}

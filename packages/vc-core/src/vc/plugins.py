@@ -131,12 +131,21 @@ class Registry:
         return next((k.install for k, _ in self.known if (k.kind, k.name) == (kind, name)), None)
 
     def default_provider(self, kind: str) -> str | None:
-        """The default stack's ``kind`` provider (the first one declared), None if none is."""
-        return next((k.name for k, _ in self.known if k.default and k.kind == kind), None)
+        """The default stack's ``kind`` provider (the first one declared); where no plugin
+        declares one, the only installed ``kind`` provider; otherwise None."""
+        declared = next((k.name for k, _ in self.known if k.default and k.kind == kind), None)
+        return declared or self._only_installed(kind)
 
     def default_transports(self) -> list[str]:
-        """The default stack's transports (every one declared, in load order, once)."""
-        return list(dict.fromkeys(k.name for k, _ in self.known if k.default and k.kind == "transport"))
+        """The default stack's transports (every one declared, in load order, once); where no
+        plugin declares any, the only installed transport."""
+        declared = [k.name for k, _ in self.known if k.default and k.kind == "transport"]
+        only = self._only_installed("transport")
+        return list(dict.fromkeys(declared)) or ([only] if only else [])
+
+    def _only_installed(self, kind: str) -> str | None:
+        installed = list(self.providers.get(kind, {}))
+        return installed[0] if len(installed) == 1 else None
 
     def errors(self) -> list[PluginRecord]:
         return [p for p in self.plugins if p.status != "ok"]

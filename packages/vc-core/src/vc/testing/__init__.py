@@ -67,4 +67,8 @@ provider = fake
 provider = fake
 [tts]
 provider = fake
+[turn]
+# The fake STT hears one script line per utterance it is given, so the turn ends at the
+# first silence (the adaptive turn would hand it each piece of a sentence separately).
+end = silence
 """

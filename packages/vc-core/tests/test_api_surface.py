@@ -34,11 +34,12 @@ PUBLIC: dict[str, tuple[str, ...]] = {
     ),
     "vc.call": (
         "CallInfo", "CallConnection", "CallEvents", "PlayoutBuffer", "PlayoutPacer", "Mark",
-        "CallControlError",
+        "CallControlError", "MediaQuality",
     ),
     "vc.events": (
         "TRANSCRIPT", "TURN", "BARGE_IN", "BOT_PAUSED", "BOT_RESUMED", "MARK_PLAYED", "DTMF",
-        "TOOL_CALL", "CALL_STARTED", "CALL_ENDED", "CATALOGUE", "OPTIONAL_KEYS", "LATENCY_STAGES",
+        "TOOL_CALL", "MEDIA_QUALITY", "CALL_STARTED", "CALL_ENDED", "CATALOGUE", "OPTIONAL_KEYS",
+        "LATENCY_STAGES",
     ),
     "vc.settings": ("setting", "ConfigError", "describe", "FieldInfo", "convert", "resolve_reference"),
     "vc.llm": ("StreamingLLMService", "ToolCallRequest", "LLMProviderError"),
@@ -97,7 +98,7 @@ MEMBERS: dict[str, tuple[str, ...]] = {
     "vc.providers.ModelCatalog": ("name", "list", "prepare", "verify"),
     "vc.call.CallConnection": (
         "sample_rate", "attach", "playout", "events", "clear", "hangup", "transfer", "send_dtmf",
-        "pause", "resume",
+        "pause", "resume", "media_quality",
     ),
     "vc.call.CallEvents": ("audio", "dtmf", "mark_played", "hangup"),
     "vc.call.PlayoutPacer": (

@@ -153,10 +153,13 @@ def test_a_slow_observer_method_is_reported(caplog) -> None:
 def test_the_catalogue_documents_every_event() -> None:
     assert set(events.CATALOGUE) == {
         events.TRANSCRIPT, events.TURN, events.BARGE_IN, events.BOT_PAUSED, events.BOT_RESUMED,
-        events.MARK_PLAYED, events.DTMF, events.TOOL_CALL,
+        events.MARK_PLAYED, events.DTMF, events.TOOL_CALL, events.MEDIA_QUALITY,
     }
     for name, keys in events.CATALOGUE.items():
         assert set(keys) <= set(SAMPLE_EVENTS[name])
+    from vc.call import MediaQuality
+
+    assert set(MediaQuality().as_event()) == set(events.CATALOGUE[events.MEDIA_QUALITY])
     assert set(events.OPTIONAL_KEYS) <= set(events.CATALOGUE)
 
 

@@ -156,6 +156,9 @@ class RtpPhone(asyncio.DatagramProtocol):
         self.ts = secrets.randbits(32)
         self.ssrc = secrets.randbits(32)
         self.sending = True
+        #: A lossy network: every ``lose_every``-th audio packet is not sent (0: none lost).
+        self.lose_every = 0
+        self.lost: list[int] = []  # sequence numbers of the packets "the network" lost
 
     async def start(self) -> RtpPhone:
         loop = asyncio.get_running_loop()
@@ -241,9 +244,13 @@ class RtpPhone(asyncio.DatagramProtocol):
                 self.ts += 160
                 continue
             frame = self._queue.pop(0) if self._queue else silence
-            self.transport.sendto(
-                rtp.build(self.pt, self.seq, self.ts, self.ssrc, self.encode(frame)), self.remote
-            )
+            if self.lose_every and self.seq % self.lose_every == 0:
+                self.lost.append(self.seq)
+            else:
+                self.transport.sendto(
+                    rtp.build(self.pt, self.seq, self.ts, self.ssrc, self.encode(frame)),
+                    self.remote,
+                )
             self.seq += 1
             self.ts += 160
 

@@ -1,4 +1,4 @@
-"""vc's transport contract, for proxy mode (B2B mode needs OpenSIPS to be ready; see test_b2b)."""
+"""vc's transport contract, for proxy mode (B2B mode: test_real_opensips_contract.py)."""
 
 from __future__ import annotations
 

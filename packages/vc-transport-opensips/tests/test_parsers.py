@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from vc_transport_opensips import rtp, sipmsg
 from vc_transport_opensips.jitter import JitterBuffer
 from vc_transport_opensips.media import RtpStream
+from vc_transport_opensips.quality import ReceptionStats
 from vc_transport_opensips.sdp import SdpError, SdpSession, negotiate, parse_offer
 
 from vc.call import PlayoutBuffer
@@ -508,3 +509,38 @@ def test_rtp_stream_survives_any_datagram(data: bytes, dtmf_pt: int) -> None:
     stream.datagram_received(data, ("192.0.2.1", 40000))
     stream.datagram_received(rtp.build(dtmf_pt, 1, 160, 7, data[:8]), ("192.0.2.1", 40000))
     assert "error" not in stream.drops
+
+
+# -- receiver statistics (RFC 3550) ---------------------------------------------------------
+
+
+def test_interarrival_jitter_follows_rfc3550() -> None:
+    """6.4.1: J += (|D| - J) / 16, D in timestamp units; on-time packets leave J at 0."""
+    stats = ReceptionStats(8000)
+    ts = 0xFFFFFF00  # the timestamp wraps at 2^32 on the way: no spurious jitter
+    for i in range(10):
+        stats.packet(100 + i, (ts + 160 * i) & 0xFFFFFFFF, i * 0.02)
+    assert stats.jitter == pytest.approx(0.0, abs=1e-6)
+    stats.packet(110, (ts + 1600) & 0xFFFFFFFF, 0.2 + 0.010)  # 10 ms late: D = 80
+    assert stats.jitter == pytest.approx(80 / 16)
+    stats.packet(111, (ts + 1760) & 0xFFFFFFFF, 0.22)  # back on time: D = 80 again
+    assert stats.jitter == pytest.approx(80 / 16 + (80 - 80 / 16) / 16)
+    assert stats.max_jitter == stats.jitter
+
+
+def test_loss_is_the_span_of_sequence_numbers_not_received() -> None:
+    """A.3: expected = highest - first + 1; a DTMF packet counts, a resync starts a new span."""
+    stats = ReceptionStats(8000)
+    for seq in (1, 2, 4, 5, 8):  # 3, 6 and 7 lost
+        stats.packet(seq, seq * 160, seq * 0.02)
+    stats.packet(9, None, 0.18)  # RFC 4733: same sequence space, timestamp not in time
+    buffer = JitterBuffer().stats
+    quality = stats.quality(buffer)
+    assert (quality.expected, quality.received, quality.lost) == (9, 6, 3)
+    assert quality.loss_ratio == 3 / 9
+    stats.packet(9 + 10_000, 0, 0.2)  # a new stream: not 10,000 lost packets
+    stats.packet(9 + 10_002, 320, 0.24)
+    assert stats.quality(buffer).expected == 9 + 3 and stats.quality(buffer).lost == 3 + 1
+    stats.new_source()  # an SSRC change keeps the totals
+    stats.packet(5, 0, 0.3)
+    assert stats.quality(buffer).expected == 13

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from itertools import pairwise
 
+import pytest
 from opensips_kit import (
     VC,
     RtpPhone,
@@ -116,3 +117,34 @@ async def test_the_whole_goodbye_is_sent_before_the_bye(phone: RtpPhone, caller:
         assert len(goodbye) * 0.02 >= 0.6, f"only {len(goodbye) * 0.02:.2f}s of the goodbye was sent"
         assert goodbye[-1] <= bye_at
         await until(lambda: vc.recorder.ended, what="call end")
+
+
+async def test_packet_loss_is_measured_per_call(phone: RtpPhone, caller: SipCaller) -> None:
+    """The caller's network loses every 10th packet for a while: the call's end reports
+    exactly those as lost and concealed (RFC 3550 A.3), in the media_quality event and in
+    the vc_rtp_* metrics."""
+    async with VC() as vc:
+        await place_call(vc, phone, caller)
+        await until(lambda: phone.loud(), what="greeting audio")
+        phone.lose_every = 10
+        await until(lambda: len(phone.lost) >= 5, what="five lost packets")
+        phone.lose_every = 0
+        sent_after = phone.seq
+        await until(lambda: phone.seq >= sent_after + 10, what="ten packets after the loss")
+        caller.send(caller.in_dialog("BYE", vc.sip_addr), vc.sip_addr)
+        await caller.expect("BYE", 200)
+        await until(lambda: vc.recorder.named("media_quality"), what="media quality event")
+        [quality] = vc.recorder.named("media_quality")
+        lost = len(phone.lost)
+        assert quality["lost"] == lost and quality["late"] == 0 and quality["duplicate"] == 0
+        assert quality["expected"] == quality["received"] + lost
+        assert quality["concealed_seconds"] == pytest.approx(lost * 0.02)
+        assert quality["loss_ratio"] == round(lost / quality["expected"], 6)
+        assert 0 <= quality["jitter_seconds"] <= quality["max_jitter_seconds"]
+        metric = vc.app.engine.metrics.registry.get_sample_value
+        labels = {"transport": "opensips"}
+        assert metric("vc_rtp_packets_total", {**labels, "outcome": "lost"}) == lost
+        assert metric("vc_rtp_packets_total", {**labels, "outcome": "received"}) == (
+            quality["received"])
+        assert metric("vc_rtp_loss_ratio_count", labels) == 1
+        assert metric("vc_rtp_concealed_seconds_total", labels) == pytest.approx(lost * 0.02)

@@ -81,6 +81,10 @@ async def test_sipp_caller_asks_a_question(tmp_path: Path, codec: str, pt: str) 
         # vc heard the question (a VAD segment reached the STT) and answered it.
         assert vc.recorder.named("transcript") or vc.recorder.named("turn"), vc.recorder.events
         assert not vc.transport.media.pool.in_use
+        # SIPp's rtp_stream paced every packet of the file over loopback: none lost or late.
+        [quality] = vc.recorder.named("media_quality")
+        assert quality["expected"] == quality["received"] >= len(pcm) // 320 - 1, quality
+        assert quality["lost"] == quality["late"] == quality["concealed_seconds"] == 0, quality
         assert "200 OK" in out or rc == 0
 
 

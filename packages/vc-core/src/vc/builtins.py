@@ -69,11 +69,13 @@ TRANSFER_CALL = Tool(
 
 
 #: Events the event log writes at INFO (the others at DEBUG).
-_INFO_EVENTS = frozenset({events.TRANSCRIPT, events.TURN, events.BARGE_IN, events.TOOL_CALL})
+_INFO_EVENTS = frozenset({events.TRANSCRIPT, events.TURN, events.BARGE_IN, events.TOOL_CALL,
+                          events.MEDIA_QUALITY})
 
 
 class EventLog(Observer):
-    """Logs call events (transcripts, turns, barge-ins, tool calls) as structured lines."""
+    """Logs call events (transcripts, turns, barge-ins, tool calls, media quality) as structured
+    lines."""
 
     name = "event-log"
     description = "call starts, ends and events as structured log lines (logger vc.events)"

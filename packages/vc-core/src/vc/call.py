@@ -203,6 +203,35 @@ class CallEvents(ABC):
         """The call is over on the transport side; core stops the pipeline at once."""
 
 
+@attrs.frozen
+class MediaQuality:
+    """What the caller's audio went through on the network during one call (RTP transports).
+
+    ``expected`` is the packets the sender's sequence numbers span (RFC 3550 A.3); ``lost``
+    the ones that never arrived; ``late`` arrived after their slot was concealed (dropped);
+    ``concealed_seconds`` the audio filled in for lost and late packets; ``jitter_seconds``
+    the interarrival jitter at the end of the call (RFC 3550 6.4.1) and ``max_jitter_seconds``
+    the highest it reached.
+    """
+
+    expected: int = 0
+    received: int = 0
+    lost: int = 0
+    late: int = 0
+    duplicate: int = 0
+    concealed_seconds: float = 0.0
+    jitter_seconds: float = 0.0
+    max_jitter_seconds: float = 0.0
+
+    @property
+    def loss_ratio(self) -> float:
+        return self.lost / self.expected if self.expected else 0.0
+
+    def as_event(self) -> dict[str, float]:
+        """The :data:`vc.events.MEDIA_QUALITY` payload."""
+        return {**attrs.asdict(self), "loss_ratio": round(self.loss_ratio, 6)}
+
+
 class CallConnection(ABC):
     """One live call on a transport. Subclassed by transport plugins."""
 
@@ -251,6 +280,12 @@ class CallConnection(ABC):
     async def send_dtmf(self, digits: str) -> None:
         """Send DTMF digits to the caller's side."""
         raise CallControlError(f"{self.info.transport} calls cannot send DTMF")
+
+    def media_quality(self) -> MediaQuality | None:
+        """The caller's audio's network statistics so far; None where the transport has none
+        (Twilio's WebSocket carries no packet loss). Core reads it once, when the call ends,
+        for the ``vc_rtp_*`` metrics and the :data:`vc.events.MEDIA_QUALITY` event."""
+        return None
 
 
 class UnconnectedCall(CallConnection):

@@ -20,7 +20,7 @@ from pipecat.audio.vad.vad_analyzer import VADParams
 
 from vc import events
 from vc.audio import resample
-from vc.call import CallConnection, CallInfo
+from vc.call import CallConnection, CallInfo, MediaQuality
 from vc.capabilities import capability_errors, create_provider
 from vc.config import Config
 from vc.llm import DEFAULT_APOLOGY, apology_for
@@ -476,6 +476,16 @@ class Engine(CallHost):
         self.metrics.calls.labels(info.transport, outcome).inc()
         self.metrics.call_duration.labels(info.transport).observe(duration)
         self._notify("call_ended", info, outcome, duration)
+
+    def media_quality(self, info: CallInfo, quality: MediaQuality) -> None:
+        """A call's network statistics, as it ends: metrics, and the observers' event."""
+        m, transport = self.metrics, info.transport
+        for outcome in ("received", "lost", "late", "duplicate"):
+            m.rtp_packets.labels(transport, outcome).inc(getattr(quality, outcome))
+        m.rtp_concealed.labels(transport).inc(quality.concealed_seconds)
+        m.rtp_jitter.labels(transport).observe(quality.max_jitter_seconds)
+        m.rtp_loss.labels(transport).observe(quality.loss_ratio)
+        self._notify("event", info, events.MEDIA_QUALITY, quality.as_event())
 
     def latency(self, info: CallInfo, stage: str, seconds: float) -> None:
         self.metrics.stage_latency.labels(stage).observe(seconds)

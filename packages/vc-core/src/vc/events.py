@@ -40,6 +40,9 @@ TOOL_CALL: Final = "tool_call"
 #: ``call_started`` gets ``(info, profile)``; ``call_ended`` ``(info, outcome, duration)``.
 CALL_STARTED: Final = "call_started"
 CALL_ENDED: Final = "call_ended"
+#: Once, as a call ends, where its transport measures the network (RTP): the fields of
+#: :class:`vc.call.MediaQuality` and ``loss_ratio``.
+MEDIA_QUALITY: Final = "media_quality"
 
 #: event name -> payload keys it always carries
 CATALOGUE: Final[dict[str, tuple[str, ...]]] = {
@@ -51,6 +54,8 @@ CATALOGUE: Final[dict[str, tuple[str, ...]]] = {
     MARK_PLAYED: ("name",),
     DTMF: ("digit",),
     TOOL_CALL: ("name", "arguments"),
+    MEDIA_QUALITY: ("expected", "received", "lost", "late", "duplicate", "concealed_seconds",
+                    "jitter_seconds", "max_jitter_seconds", "loss_ratio"),
 }
 
 #: event name -> payload keys it may also carry
@@ -63,5 +68,6 @@ LATENCY_STAGES: Final = ("vad_stop", "stt", "llm_first_token", "tts_first_audio"
 
 __all__ = [
     "BARGE_IN", "BOT_PAUSED", "BOT_RESUMED", "CALL_ENDED", "CALL_STARTED", "CATALOGUE", "DTMF",
-    "LATENCY_STAGES", "MARK_PLAYED", "OPTIONAL_KEYS", "TOOL_CALL", "TRANSCRIPT", "TURN",
+    "LATENCY_STAGES", "MARK_PLAYED", "MEDIA_QUALITY", "OPTIONAL_KEYS", "TOOL_CALL", "TRANSCRIPT",
+    "TURN",
 ]

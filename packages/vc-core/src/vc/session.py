@@ -424,9 +424,19 @@ class CallSession(CallEvents):
             if not self.ended_by:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self.connection.hangup())
+            self._report_media_quality()
             self.engine.call_ended(self.info, self.outcome, time.monotonic() - started)
             current_call_id.reset(call_token)
         return self.outcome
+
+    def _report_media_quality(self) -> None:
+        try:
+            quality = self.connection.media_quality()
+        except Exception as e:  # a transport's statistics never fail the call's end
+            self.log.warning("media statistics unavailable: %s: %s", type(e).__name__, e)
+            return
+        if quality is not None:
+            self.engine.media_quality(self.info, quality)
 
     async def _time_limit(self, seconds: float) -> None:
         await asyncio.sleep(seconds)

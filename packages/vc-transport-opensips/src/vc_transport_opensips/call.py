@@ -10,7 +10,7 @@ import logging
 from abc import ABC, abstractmethod
 from typing import Any
 
-from vc.call import CallConnection, CallInfo
+from vc.call import CallConnection, CallInfo, MediaQuality
 from vc_transport_opensips.media import RtpStream
 
 
@@ -87,3 +87,6 @@ class SipCall(CallConnection):
 
     async def transfer(self, target: str) -> None:
         await self.signalling.transfer(target)
+
+    def media_quality(self) -> MediaQuality:
+        return self.stream.quality()

@@ -34,6 +34,7 @@ class JitterStats:
     duplicate: int = 0
     reordered: int = 0
     concealed_packets: int = 0
+    concealed_samples: int = 0
     resyncs: int = 0
 
 
@@ -130,6 +131,7 @@ class JitterBuffer:
             if 0 < diff <= missing * self.samples_per_frame * 4:
                 samples = diff
         self.stats.concealed_packets += missing
+        self.stats.concealed_samples += samples
         self._next = first
         self._gap_since = None
         return [Frame(gap=samples), *self._drain(now)]

@@ -26,9 +26,10 @@ from collections.abc import Callable
 from typing import Any
 
 from vc.audio import alaw_to_pcm, pcm_to_alaw, pcm_to_ulaw, ulaw_to_pcm
-from vc.call import Mark, PlayoutBuffer, PlayoutPacer
+from vc.call import Mark, MediaQuality, PlayoutBuffer, PlayoutPacer
 from vc_transport_opensips import rtp
 from vc_transport_opensips.jitter import Frame, JitterBuffer
+from vc_transport_opensips.quality import ReceptionStats
 from vc_transport_opensips.sdp import Negotiated
 
 DECODERS: dict[str, Callable[[bytes], bytes]] = {"PCMU": ulaw_to_pcm, "PCMA": alaw_to_pcm}
@@ -60,6 +61,7 @@ class RtpStream(asyncio.DatagramProtocol):
         self.jitter = JitterBuffer(
             jitter_min_ms / 1000, jitter_max_ms / 1000, neg.samples_per_frame
         )
+        self.reception = ReceptionStats(neg.clock_rate)
         self.on_audio: Callable[[bytes], None] = lambda pcm: None
         self.on_dtmf: Callable[[str], None] = lambda digit: None
         self.latched: tuple[str, int] | None = None
@@ -149,12 +151,18 @@ class RtpStream(asyncio.DatagramProtocol):
             self._remote_ssrc = pkt.ssrc
             self.jitter.reset()
             self._ext.reset()
+            self.reception.new_source()
         seq = self._ext.extend(pkt.sequence)
+        self.reception.packet(seq, None if dtmf else pkt.timestamp, now)
         if dtmf:
             self._telephone_event(pkt)
             self._deliver(self.jitter.push(seq, pkt.timestamp, b"", now))
         else:
             self._deliver(self.jitter.push(seq, pkt.timestamp, pkt.payload, now))
+
+    def quality(self) -> MediaQuality:
+        """The caller's packets so far: loss, lateness, concealment and jitter."""
+        return self.reception.quality(self.jitter.stats)
 
     def _telephone_event(self, pkt: rtp.RtpPacket) -> None:
         try:

@@ -507,6 +507,9 @@ SAMPLE_EVENTS: dict[str, dict[str, Any]] = {
     "mark_played": {"name": "contract-mark"},
     "dtmf": {"digit": "5"},
     "tool_call": {"name": "end_call", "arguments": {}},
+    "media_quality": {"expected": 500, "received": 495, "lost": 5, "late": 1, "duplicate": 0,
+                      "concealed_seconds": 0.12, "jitter_seconds": 0.004,
+                      "max_jitter_seconds": 0.011, "loss_ratio": 0.01},
 }
 
 

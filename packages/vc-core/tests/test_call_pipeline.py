@@ -94,6 +94,12 @@ async def test_barge_in_stops_bot_audio_and_context_keeps_only_what_was_heard(ma
     await conn.wait_for_bot_silence()
     session = engine.sessions[conn.info.call_id]
     assert session.barge_ins >= 1
+    # The barge-in's latency (speech onset as vc heard it -> bot audio paused or cleared) is
+    # measured: within the span from the caller's first sample to the transport's clear.
+    sample = engine.metrics.registry.get_sample_value
+    assert sample("vc_stage_latency_seconds_count", {"stage": "barge_in"}) == session.barge_ins
+    latency = sample("vc_stage_latency_seconds_sum", {"stage": "barge_in"})
+    assert 0 < latency <= clear_at - interrupted_at + 0.05, (latency, clear_at - interrupted_at)
     said = [m["content"] for m in session.context.get_messages() if m["role"] == "assistant"]
     full = "You said: tell me everything. Here is more. And there is even more to say about it. That is all."
     interrupted = said[1]

@@ -63,8 +63,11 @@ OPTIONAL_KEYS: Final[dict[str, tuple[str, ...]]] = {
     TURN: ("vad_stop", "stt", "llm_first_token", "tts_first_audio"),
 }
 
-#: Stage names :meth:`~vc.providers.Observer.latency` reports (seconds; see :mod:`vc.monitor`).
-LATENCY_STAGES: Final = ("vad_stop", "stt", "llm_first_token", "tts_first_audio", "voice_to_voice")
+#: Stage names :meth:`~vc.providers.Observer.latency` reports (seconds; see :mod:`vc.monitor`):
+#: each turn's stages, and ``barge_in`` for each barge-in: from the onset of the caller's
+#: speech over the bot (as vc heard it) to the bot's audio stopping (paused or cleared).
+LATENCY_STAGES: Final = ("vad_stop", "stt", "llm_first_token", "tts_first_audio", "voice_to_voice",
+                         "barge_in")
 
 __all__ = [
     "BARGE_IN", "BOT_PAUSED", "BOT_RESUMED", "CALL_ENDED", "CALL_STARTED", "CATALOGUE", "DTMF",

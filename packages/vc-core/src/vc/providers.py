@@ -271,7 +271,8 @@ class Observer:
         """A call ended: ``outcome`` (``completed``, ``error``...), ``duration`` in seconds."""
 
     def latency(self, info: CallInfo, stage: str, seconds: float) -> None:
-        """One turn's stage latency (``stage`` in :data:`vc.events.LATENCY_STAGES`)."""
+        """A turn's stage latency, or a barge-in's (``stage`` in
+        :data:`vc.events.LATENCY_STAGES`)."""
 
     def event(self, info: CallInfo, name: str, data: dict[str, Any]) -> None:
         """A call event: ``name`` from :mod:`vc.events`, ``data`` with the keys it documents."""

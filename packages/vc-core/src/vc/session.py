@@ -65,6 +65,9 @@ if TYPE_CHECKING:
 AFTER_SPEECH_TIMEOUT = 20.0
 #: Longest the bot stays paused for a sound that never becomes a confirmed turn.
 MAX_PAUSE_S = 2.5
+#: A sound too short to be speech resumes the bot only after this much quiet: words said with
+#: gaps ("stop ... stop") each look like one, and the bot must not play between them.
+RESUME_AFTER_QUIET_S = 0.3
 #: A TTS error this soon after a barge-in belongs to the turn the caller cut off.
 INTERRUPTED_GRACE_S = 1.0
 
@@ -108,6 +111,10 @@ class CallSession(CallEvents):
         self.apologies = 0  # pre-rendered apologies played for failed STT/TTS turns
         self.failures: list[tuple[str, str]] = []  # (kind, reason) of each provider failure
         self._paused = 0  # the pause episode in progress (0: the bot is not paused)
+        self._silenced_at = 0.0  # monotonic time of the last pause
+        self._onsets = 0  # speech onsets so far (vc.vad.CallVADProcessor)
+        self._speech_from: float | None = None  # onset of speech over the bot (see vc.vad)
+        self._vad_processor: CallVADProcessor | None = None
         self.pauses = 0  # times the bot was paused because the caller seemed to talk
 
     # -- CallEvents (called by the transport) ---------------------------------------------
@@ -210,7 +217,7 @@ class CallSession(CallEvents):
             ]
         # Pausing at the first sign of speech only makes sense where any speech interrupts.
         self._pause_on_speech = interruptions and min_words <= 1 and interrupt_cfg.pause_on_speech
-        vad_processor = CallVADProcessor(
+        self._vad_processor = vad_processor = CallVADProcessor(
             vad_analyzer=vad,
             onset_windows=round(interrupt_cfg.pause_after_ms / 32) or 1,
             on_onset=self._on_speech_onset,
@@ -429,6 +436,15 @@ class CallSession(CallEvents):
             current_call_id.reset(call_token)
         return self.outcome
 
+    def _report_barge_in_latency(self) -> None:
+        """The caller's speech onset (as vc heard it) to the bot's audio stopping: at the pause
+        when the bot was paused for this speech, else now (the clear)."""
+        if self._speech_from is None:
+            return
+        stopped = self._silenced_at if self._paused else time.monotonic()
+        self.engine.latency(self.info, "barge_in", max(0.0, stopped - self._speech_from))
+        self._speech_from = None
+
     def _report_media_quality(self) -> None:
         try:
             quality = self.connection.media_quality()
@@ -469,18 +485,23 @@ class CallSession(CallEvents):
         self.connection.playout.mark(self._next_mark())
 
     async def _on_speech_onset(self) -> None:
+        self._onsets += 1
         if self.turn_end is not None:
             await self.turn_end.hold()
         transport = self._transport
-        if not self._pause_on_speech or self._paused or transport is None:
+        if transport is None:
             return
         # An answer still being written counts too: a caller who goes on after a pause the
         # turn ended at must not hear its first syllables before the interruption cancels it.
-        if not (transport.output().bot_audio_pending() or self._answer_unheard):
+        talking = transport.output().bot_audio_pending() or self._answer_unheard
+        if talking and not self._paused:  # a barge-in's latency counts from this speech
+            self._speech_from = self._vad_processor.speech_from if self._vad_processor else None
+        if not self._pause_on_speech or self._paused or not talking:
             return
         self.pauses += 1
         self._paused = episode = self.pauses
         await self.connection.pause()
+        self._silenced_at = time.monotonic()
         self.log.debug("the caller may be talking: bot audio paused")
         self.engine.event(self.info, events.BOT_PAUSED, {})
         self._spawn(self._unpause_later(episode))
@@ -490,7 +511,19 @@ class CallSession(CallEvents):
             await self.turn_end.release()
         if self.listening is not None and self.listening.pending:
             return  # its words decide (ListeningTurnStart): _on_not_a_turn or a barge-in
-        await self._resume()
+        if self._vad_processor is not None and self._vad_processor.user_speaking:
+            # The VAD confirmed it as speech, and the gap is one between words ("stop ...
+            # stop"): the turn strategy has it on its way (its frame may still be queued
+            # behind the STT), so a verdict or a barge-in follows. Resuming now would play a
+            # burst of the bot between the caller's words.
+            return
+        if self._paused:
+            self._spawn(self._resume_unless_more(self._onsets))
+
+    async def _resume_unless_more(self, onsets: int) -> None:
+        await asyncio.sleep(RESUME_AFTER_QUIET_S)
+        if self._onsets == onsets:  # no new speech meanwhile: it was a noise
+            await self._resume()
 
     async def _on_not_a_turn(self) -> None:
         """Speech over the bot that was not a turn ("mm-hmm", a cough): play on."""
@@ -511,6 +544,8 @@ class CallSession(CallEvents):
             await self._resume()
 
     def _on_barge_in(self, had_audio: bool) -> None:
+        if had_audio:
+            self._report_barge_in_latency()
         if self._paused and not had_audio:
             # Paused before any audio of the answer was written: nothing to clear, but the
             # connection must play again for the answer to come.

@@ -27,12 +27,19 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADParams
-from pipecat.frames.frames import Frame, InputAudioRawFrame
+from pipecat.frames.frames import (
+    Frame,
+    InputAudioRawFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
 from pipecat.processors.audio.vad_processor import VADProcessor
 from pipecat.processors.frame_processor import FrameDirection
 
 from vc.pipecat_adapter import init_silero_analyzer
 
+#: Silero's analysis window at 16 kHz (512 samples).
+WINDOW_S = 0.032
 #: Consecutive unvoiced windows that end a tentative onset (160 ms: a dip inside a word is shorter).
 QUIET_WINDOWS = 5
 
@@ -93,6 +100,19 @@ class CallVADProcessor(VADProcessor):
         self._voiced = 0
         self._unvoiced = 0
         self.onset_at: float | None = None
+        #: When the voiced windows of the current onset began to arrive (onset_at less them).
+        self.speech_from: float | None = None
+        #: pipecat's VAD confirmed speech (``start_secs`` of it) that has not stopped yet.
+        self.user_speaking = False
+
+    async def push_frame(self, frame: Frame, direction: FrameDirection = FrameDirection.DOWNSTREAM
+                         ) -> None:
+        if direction == FrameDirection.DOWNSTREAM:
+            if isinstance(frame, VADUserStartedSpeakingFrame):
+                self.user_speaking = True
+            elif isinstance(frame, VADUserStoppedSpeakingFrame):
+                self.user_speaking = False
+        await super().push_frame(frame, direction)
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
@@ -111,6 +131,7 @@ class CallVADProcessor(VADProcessor):
                 self._voiced = 0
             if self.onset_at is None and self._voiced >= self._onset_windows:
                 self.onset_at = time.monotonic()
+                self.speech_from = self.onset_at - self._voiced * WINDOW_S
                 await self._on_onset()
             elif self.onset_at is not None and self._unvoiced >= QUIET_WINDOWS:
                 self.onset_at = None

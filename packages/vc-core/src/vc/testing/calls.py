@@ -52,6 +52,7 @@ class LoopbackConnection(CallConnection):
         self.caller_audio = bytearray()
         self.marks: list[tuple[float, str]] = []
         self.clears: list[float] = []
+        self.pauses: list[float] = []  # when core paused the bot (the caller may be talking)
         self.hangups: list[float] = []
         self.transfers: list[str] = []
         self.dtmf_sent: list[str] = []
@@ -64,6 +65,10 @@ class LoopbackConnection(CallConnection):
 
     async def clear(self) -> None:
         self.clears.append(time.monotonic())
+
+    async def pause(self) -> None:
+        self.pauses.append(time.monotonic())
+        await super().pause()
 
     async def hangup(self) -> None:
         self.hangups.append(time.monotonic())

@@ -29,6 +29,7 @@ async def make_engine():
         reg = fake_registry()
         engine = Engine(config_from_ini(ini, reg), reg)
         await engine.start()
+        await engine.apologies_rendered()  # tests of failed turns expect them
         engines.append(engine)
         return engine
 

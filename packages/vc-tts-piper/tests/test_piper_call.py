@@ -154,6 +154,7 @@ async def test_piper_service_killed_mid_call_costs_one_turn_an_apology(transcrib
     cfg = config_from_ini(ini(tts, [QUESTION, "hello again"]), reg)
     engine = Engine(cfg, reg)
     await engine.start()
+    await engine.apologies_rendered()
     conn = LoopbackConnection()
     task = await run_loopback_call(engine, conn)
     try:

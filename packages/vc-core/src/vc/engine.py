@@ -13,6 +13,7 @@ import asyncio
 import importlib
 import logging
 import time
+from collections.abc import Coroutine
 from functools import partial
 from typing import Any
 
@@ -74,6 +75,7 @@ class Engine(CallHost):
         #: profile name -> TTS provider whose greeting waits for it to become ready
         self.greetings_pending: dict[str, str] = {}
         self._later: set[asyncio.Task[None]] = set()
+        self._apologies_rendering: set[asyncio.Task[None]] = set()
         #: hands the memory calls freed back to the OS after they end (vc.memory)
         self.heap_trimmer = HeapTrimmer(config.server.memory_trim_interval)
 
@@ -261,7 +263,21 @@ class Engine(CallHost):
             self.greetings[profile.name] = clip
             self.greetings_pending.pop(profile.name, None)
             log.info("greeting for profile %s ready (%.2fs of audio)", profile.name, clip.duration)
-        await self._render_apologies(tts_name)
+        # The apologies are for failures later on: rendered after the engine is ready, not before
+        # (on 2 cores, 0.6-0.8 CPU-s of Piper that readiness waited for).
+        self._apologies_rendering.add(self._in_background(self._render_apologies(tts_name)))
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(work)
+        self._later.add(task)
+        task.add_done_callback(self._later.discard)
+        return task
+
+    async def apologies_rendered(self) -> None:
+        """Wait until the apologies being pre-rendered (in the background, once their TTS is
+        up) are done; a test's or a tool's way to know they are there."""
+        pending = [t for t in self._apologies_rendering if not t.done()]
+        await asyncio.gather(*pending, return_exceptions=True)
 
     def apology_text(self, profile: Profile) -> str:
         """What the caller hears when a provider fails a turn, the same text the LLM says when
@@ -327,9 +343,7 @@ class Engine(CallHost):
                     log.warning("%s; trying again in %gs", e, delay)
                     await asyncio.sleep(delay)
 
-        task = asyncio.ensure_future(later())
-        self._later.add(task)
-        task.add_done_callback(self._later.discard)
+        self._in_background(later())
 
     def greeting_audio(self, profile: Profile, sample_rate: int) -> bytes:
         clip = self.greetings.get(profile.name)

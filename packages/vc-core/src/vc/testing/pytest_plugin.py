@@ -34,6 +34,7 @@ async def vc_engine_factory() -> AsyncIterator[Callable[..., object]]:
         reg = registry or fake_registry()
         engine = Engine(config_from_ini(ini, reg), reg)
         await engine.start()
+        await engine.apologies_rendered()  # a test of a failed turn expects the apology
         engines.append(engine)
         return engine
 

@@ -27,6 +27,23 @@ from vc_gcp.dispatcher_sync import DispatcherSync, ResolveError
 REPO = Path(__file__).resolve().parents[3]
 SCRIPT = REPO / "scripts" / "build-opensips-dispatcher.sh"
 CFG = REPO / "deploy" / "gke" / "services" / "opensips" / "opensips.cfg"
+DEPLOYMENT = CFG.with_name("deployment.yaml")
+#: What the test's LoadBalancer address is (TEST-NET-1: nothing answers there).
+ADVERTISED_IP = "192.0.2.10"
+
+
+def opensips_args(cfg: Path, advertised_ip: str) -> list[str]:
+    """The OpenSIPS container's own args from the Deployment, with this test's script, and
+    $(SIP_ADVERTISED_IP) expanded as the kubelet expands it from the container's env."""
+    import yaml
+
+    docs = [d for d in yaml.safe_load_all(DEPLOYMENT.read_text()) if d]
+    pod = docs[0]["spec"]["template"]["spec"]
+    (container,) = [c for c in pod["containers"] if c["name"] == "opensips"]
+    names = [e["name"] for e in container["env"]]
+    assert "SIP_ADVERTISED_IP" in names
+    args = [a.replace("$(SIP_ADVERTISED_IP)", advertised_ip) for a in container["args"]]
+    return [str(cfg) if a == "/etc/opensips/opensips.cfg" else a for a in args]
 TARBALL = REPO.parent / "shared" / "peers" / "opensips-3.6.8.tar.xz"
 
 
@@ -158,6 +175,7 @@ class Pod(asyncio.DatagramProtocol):
 
     def __init__(self) -> None:
         self.invites: list[str] = []
+        self.record_routes: list[str] = []
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -167,6 +185,7 @@ class Pod(asyncio.DatagramProtocol):
         if not text.startswith("INVITE "):
             return
         self.invites.append(re.search(r"(?mi)^Call-ID:\s*(\S+)", text).group(1))
+        self.record_routes += re.findall(r"(?mi)^Record-Route:\s*(.+?)\s*$", text)
         self.transport.sendto(_reply(text, "486 Busy Here"), addr)
 
 
@@ -213,7 +232,8 @@ class Caller(asyncio.DatagramProtocol):
 def _script(db: Path, modules: Path, sip_port: int, mi_port: int) -> str:
     text = CFG.read_text()
     for pattern, repl in [
-        (r"(?m)^socket = udp:0\.0\.0\.0:5060$", f"socket = udp:127.0.0.1:{sip_port}\nudp_workers = 2"),
+        (r"(?m)^socket = udp:0\.0\.0\.0:5060 as @SIP_ADVERTISED_IP@:5060$",
+         f"socket = udp:127.0.0.1:{sip_port} as @SIP_ADVERTISED_IP@:5060\nudp_workers = 2"),
         (r'(?m)^mpath = ".*"$', f'mpath = "{modules}/"'),
         (r'"text:///var/lib/opensips/db"', f'"text://{db}"'),
         (r'"udp:127\.0\.0\.1:8888"', f'"udp:127.0.0.1:{mi_port}"'),
@@ -252,7 +272,7 @@ async def test_real_opensips_dispatches_new_calls_to_the_current_set_only(
     cfg.write_text(_script(db, dispatcher_prefix / "lib64" / "opensips" / "modules", sip_port, mi_port))
     log = (tmp_path / "opensips.log").open("w")
     proc = await asyncio.create_subprocess_exec(
-        str(dispatcher_prefix / "sbin" / "opensips"), "-F", "-f", str(cfg),
+        str(dispatcher_prefix / "sbin" / "opensips"), *opensips_args(cfg, ADVERTISED_IP),
         stdout=log, stderr=subprocess.STDOUT)
     proxy = ("127.0.0.1", sip_port)
 
@@ -279,6 +299,9 @@ async def test_real_opensips_dispatches_new_calls_to_the_current_set_only(
         else:
             pytest.fail("OpenSIPS did not answer MI:\n" + logs())
         assert await calls(4) == {"127.0.0.2": 2, "127.0.0.3": 2}, logs()
+        # In-dialog requests come back through the load balancer's address, not the pod's.
+        routes = pods["127.0.0.2"].record_routes
+        assert routes and all(f"sip:{ADVERTISED_IP}:5060;" in r for r in routes), routes
 
         # a pod comes: it gets calls after the next round
         resolver.addresses = frozenset({"127.0.0.2", "127.0.0.3", "127.0.0.4"})

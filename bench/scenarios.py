@@ -283,15 +283,19 @@ async def false_interruptions(server: ServerProcess, trials: int, seed: int = 11
             answered = any(e.get("event") == "turn" or e.get("stage") == "tts_first"
                            for e in server.of(call.call_sid)[heard_before:])
             goes_on = bool(frames) and frames[-1] >= sound_end + 2.0
+            # vc also says when it cut its answer (the baseline does not): "not going on" can
+            # be an answer that was simply over within 2 s of the sound.
+            cut = any(e.get("event") == "barge_in" for e in server.of(call.call_sid)[heard_before:])
             trial = {"sound": sound.text, "interrupted": answered or not goes_on,
-                     "answered_the_sound": answered,
+                     "answered_the_sound": answered, "barge_in_event": cut,
                      "longest_gap": round(max(gaps, default=0.0), 3)}
             done.append(trial)
             log(f"  {sound.text:>14}: {'INTERRUPTED' if trial['interrupted'] else 'played on'}"
                 f"  (longest gap {trial['longest_gap']} s)")
             await wait_quiet(call, within=ANSWER_TIMEOUT * 2)
         await call.hangup()
-    return {"trials": done, "interrupted": sum(t["interrupted"] for t in done)}
+    return {"trials": done, "interrupted": sum(t["interrupted"] for t in done),
+            "cut_by_the_sound": sum(t["answered_the_sound"] or t["barge_in_event"] for t in done)}
 
 
 # -- 4. cold start ----------------------------------------------------------------------------

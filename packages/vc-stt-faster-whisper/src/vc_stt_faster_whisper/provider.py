@@ -130,9 +130,10 @@ class FasterWhisperSTT(STTProvider):
         """Transcribe once (first-use allocations happen now, not in the first call); returns
         how long it took.
 
-        Whisper's encoder always reads a 30 s window, so any 2 s of audio costs what an
-        utterance costs (the first run only ~10% more): one run is enough, and a second one
-        only delayed readiness (measured: 0.33 s of a 3.7 s cold start on 2 cores).
+        The encoder reads the utterance plus ``window_padding`` seconds (10: the short window),
+        so 2 s of audio costs what a short utterance costs (the first run only ~10% more): one
+        run is enough, and a second one only delayed readiness (measured: 0.33 s of a 3.7 s
+        cold start on 2 cores).
         """
         rng = np.random.default_rng(0)
         pcm = (rng.standard_normal(2 * SAMPLE_RATE) * 300).astype("<i2").tobytes()

@@ -28,20 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from models import _context
+from scenarios import cpu_seconds
 from utterances import QUESTIONS, utterance
 
 from vc.audio import pcm_to_ulaw, resample, ulaw_to_pcm
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def process_cpu(pid: int | None = None) -> float:
-    """User + system CPU seconds of a process (this one when ``pid`` is None), all threads."""
-    if pid is None:
-        t = os.times()
-        return t.user + t.system
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 class Stage:
@@ -52,12 +42,12 @@ class Stage:
         self.wall = self.cpu = 0.0
 
     def __enter__(self) -> Stage:
-        self._t0, self._c0 = time.monotonic(), process_cpu(self.pid)
+        self._t0, self._c0 = time.monotonic(), cpu_seconds(self.pid or os.getpid())
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.wall = time.monotonic() - self._t0
-        self.cpu = process_cpu(self.pid) - self._c0
+        self.cpu = cpu_seconds(self.pid or os.getpid()) - self._c0
 
 
 async def whole_answer(model: Any, sampling: Any, messages: list[dict[str, Any]]) -> str:

@@ -29,7 +29,9 @@ class ReceptionStats:
         self._expected_before = 0  # packets the earlier sources' spans held
         self._first: int | None = None
         self._highest = 0
-        self._last: tuple[float, int] | None = None  # (arrival, timestamp) of the last packet
+        # arrival time and RTP timestamp of the last timed packet (no tuple per packet)
+        self._last_arrival: float | None = None
+        self._last_ts = 0
 
     @property
     def expected(self) -> int:
@@ -39,7 +41,7 @@ class ReceptionStats:
     def new_source(self) -> None:
         self._expected_before = self.expected
         self._first = None
-        self._last = None
+        self._last_arrival = None
 
     def packet(self, seq: int, timestamp: int | None, arrival: float) -> None:
         """One packet: ``seq`` extended past 16 bits, ``arrival`` in seconds; ``timestamp``
@@ -52,13 +54,12 @@ class ReceptionStats:
         self.received += 1
         if timestamp is None:
             return
-        if self._last is not None:
-            last_arrival, last_ts = self._last
-            elapsed = (arrival - last_arrival) * self.clock_rate
-            d = abs(elapsed - _signed32(timestamp - last_ts))
+        if self._last_arrival is not None:
+            elapsed = (arrival - self._last_arrival) * self.clock_rate
+            d = abs(elapsed - _signed32(timestamp - self._last_ts))
             self.jitter += (d - self.jitter) / 16
             self.max_jitter = max(self.max_jitter, self.jitter)
-        self._last = (arrival, timestamp)
+        self._last_arrival, self._last_ts = arrival, timestamp
 
     def quality(self, buffer: JitterStats) -> MediaQuality:
         """What the caller's audio went through: these counts and the jitter buffer's."""

@@ -26,8 +26,10 @@ import datetime as dt
 import json
 import os
 import random
+import re
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,9 @@ from vc_transport_twilio.demo_server import ServerProcess
 from vc_transport_twilio.simulator import TwilioCloud
 
 RESULTS = Path(__file__).parent / "results"
+#: Stages in the order a turn passes them (``llm_queue``: waiting for the model).
+STAGE_ORDER = ("vad_stop", "stt", "llm_queue", "llm_first_token", "tts_first_audio",
+               "voice_to_voice", "barge_in")
 #: How long a caller waits for an answer before the question counts as unanswered.
 UNANSWERED_S = 10.0
 
@@ -66,9 +71,38 @@ async def caller(cloud: TwilioCloud, until: float, rng: random.Random,
     return out
 
 
+_STAGE_SAMPLE = re.compile(r'^vc_stage_latency_seconds_(sum|count)\{stage="([a-z_]+)"\} (\S+)$', re.M)
+
+
+def stage_totals(url: str) -> dict[str, tuple[float, float]]:
+    """Each stage's (sum, count) from vc's ``/metrics`` (empty where it cannot be read)."""
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    totals: dict[str, list[float]] = {}
+    for kind, stage, value in _STAGE_SAMPLE.findall(text):
+        totals.setdefault(stage, [0.0, 0.0])[kind == "count"] = float(value)
+    return {stage: (s, c) for stage, (s, c) in totals.items()}
+
+
+def stage_means(before: dict[str, tuple[float, float]],
+                after: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """Mean seconds per stage between two :func:`stage_totals` readings (where it ran)."""
+    out = {}
+    for stage, (s1, c1) in after.items():
+        s0, c0 = before.get(stage, (0.0, 0.0))
+        if c1 > c0:
+            out[stage] = round((s1 - s0) / (c1 - c0), 3)
+    return out
+
+
 async def step(cloud: TwilioCloud, n: int, seconds: float, pid: int,
                think: tuple[float, float], seed: int) -> dict[str, Any]:
-    """``n`` conversations at once for ``seconds``; their turns and the server's CPU use."""
+    """``n`` conversations at once for ``seconds``: their turns, the server's CPU use and the
+    mean of each stage vc reports (``vc_stage_latency_seconds``: where the time went)."""
+    stages0 = await asyncio.to_thread(stage_totals, cloud.local_url)
     cpu0, t0, load0 = tree_cpu_seconds(pid) if pid else 0.0, time.monotonic(), os.getloadavg()
     until = t0 + seconds
     rngs = [random.Random(seed * 1000 + i) for i in range(n)]
@@ -81,6 +115,7 @@ async def step(cloud: TwilioCloud, n: int, seconds: float, pid: int,
     turns = [t for run in runs for t in run]
     answered = [t for t in turns if t is not None]
     cpu = (tree_cpu_seconds(pid) - cpu0) if pid else None
+    stages = stage_means(stages0, await asyncio.to_thread(stage_totals, cloud.local_url))
     return {
         "calls": n, "seconds": round(time.monotonic() - t0, 1), "turns": len(turns),
         "unanswered": len(turns) - len(answered),
@@ -88,6 +123,7 @@ async def step(cloud: TwilioCloud, n: int, seconds: float, pid: int,
         "max": _r(max(answered, default=None)),
         "cpu_seconds_per_turn": _r(cpu / len(answered)) if cpu is not None and answered else None,
         "load_average": [round(x, 2) for x in load0],
+        "stage_means_s": stages,
     }
 
 
@@ -128,6 +164,8 @@ async def ramp(url: str, public_url: str, auth_token: str, steps: list[int], sec
             print(f"{n:3d} calls: {r['turns']:3d} turns, p50 {r['p50']} s, p95 {r['p95']} s, "
                   f"unanswered {r['unanswered']}, CPU/turn {r['cpu_seconds_per_turn']} s "
                   f"-> {'ok' if ok else 'over budget'}", flush=True)
+            print("    stage means: " + ", ".join(f"{k} {v}" for k, v in r["stage_means_s"].items()),
+                  flush=True)
             results.append({**r, "passed": ok})
             if not ok:
                 break
@@ -152,6 +190,13 @@ def write(out: dict[str, Any], label: str) -> Path:
         lines.append(f"| {s['calls']} | {s['turns']} | {s['p50']} | {s['p95']} | {s['max']} | "
                      f"{s['unanswered']} | {s['cpu_seconds_per_turn']} | "
                      f"{' / '.join(map(str, s['load_average']))} | {'yes' if s['passed'] else 'no'} |")
+    stages = [k for k in STAGE_ORDER if any(k in s["stage_means_s"] for s in out["steps"])]
+    if stages:
+        lines += ["", "Mean seconds per stage (vc's `vc_stage_latency_seconds`, this step's turns):",
+                  "", "| calls | " + " | ".join(stages) + " |", "|---" * (len(stages) + 1) + "|"]
+        for s in out["steps"]:
+            lines.append(f"| {s['calls']} | " + " | ".join(
+                str(s["stage_means_s"].get(k, "")) for k in stages) + " |")
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     return stem
 

@@ -64,6 +64,12 @@ class LlamaCppSettings:
         "On 2 shared cores, 2 threads cut the median first token by 40 ms but stalled it "
         "for 1.5-7 s in 1 turn of 15",
     )
+    parallel: int = setting(
+        4, min=1, max=64,
+        help="conversations the model answers at once: parallel llama.cpp sequences decoded in "
+        "one batch, each call's history kept in the cache between its turns (1: one reply at "
+        "a time, in order of arrival, one shared cache)",
+    )
     temperature: float = setting(
         0.2, min=0, max=5,
         help="sampling temperature (a profile's temperature wins)",
@@ -238,7 +244,7 @@ class LlamaCppProvider(LLMProvider):
                 )
                 continue
             specs.append(ModelSpec(key, str(path), s.n_ctx, s.n_threads or embedded_threads(),
-                                   s.n_threads_batch, s.chat_format))
+                                   s.n_threads_batch, s.chat_format, s.parallel))
         return specs
 
     def _warm_prompts(self, specs: list[ModelSpec]) -> dict[str, list[str]]:
@@ -264,6 +270,7 @@ class LlamaCppProvider(LLMProvider):
                 n_threads=spec.n_threads,
                 n_threads_batch=spec.n_threads_batch,
                 chat_format=spec.chat_format,
+                parallel=spec.parallel,
             )
             try:
                 await model.load()

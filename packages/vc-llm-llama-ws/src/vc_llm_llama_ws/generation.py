@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import importlib.util
 import logging
 import os
@@ -33,6 +34,7 @@ from typing import Any
 import attrs
 
 from vc import jsonsafe
+from vc_llm_llama_ws.batched import BatchedDecoder, Request, common_prefix, partial_suffix
 
 log = logging.getLogger("vc.llm.llama_cpp")
 
@@ -113,6 +115,7 @@ class LlamaModel:
         chat_format: str = "",
         n_batch: int = 256,
         n_threads_batch: int = 0,
+        parallel: int = 1,
     ) -> None:
         self.path = Path(path)
         self.name = name or self.path.stem
@@ -122,9 +125,12 @@ class LlamaModel:
         self.n_threads_batch = n_threads_batch or self.n_threads
         self.n_batch = n_batch
         self.chat_format = chat_format
+        #: Conversations generated at once (:mod:`vc_llm_llama_ws.batched`); 1: one at a time.
+        self.parallel = parallel
         self.load_seconds = 0.0
         self.generations = 0
         self._llm: Any = None
+        self._decoder: BatchedDecoder | None = None
         self._formatter: Any = None
         self._executor = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix=f"llama-{self.name}"
@@ -153,27 +159,35 @@ class LlamaModel:
         from llama_cpp import Llama
 
         t0 = time.monotonic()
+        batched = self.parallel > 1
         try:
             self._llm = Llama(
                 model_path=str(self.path),
-                n_ctx=self.n_ctx,
+                # Batched, the Llama object only tokenises: its own context stays small.
+                n_ctx=min(self.n_ctx, 256) if batched else self.n_ctx,
                 n_threads=self.n_threads,
                 n_threads_batch=self.n_threads_batch,
                 n_batch=self.n_batch,
                 verbose=False,
             )
+            if batched:
+                self._decoder = BatchedDecoder(
+                    self._llm, n_seq=self.parallel, n_ctx=self.n_ctx, n_batch=self.n_batch,
+                    n_threads=self.n_threads, n_threads_batch=self.n_threads_batch,
+                    name=self.name)
         except (ValueError, RuntimeError, OSError) as e:
             raise RuntimeError(f"llama.cpp could not load {self.path}: {e}") from e
         self._formatter = self._make_formatter()
         self.load_seconds = time.monotonic() - t0
         log.info(
-            "loaded %s (%s) in %.2fs, n_ctx=%d, threads=%d (prompts: %d)",
+            "loaded %s (%s) in %.2fs, n_ctx=%d, threads=%d (prompts: %d), parallel=%d",
             self.name,
             self.path.name,
             self.load_seconds,
             self.n_ctx,
             self.n_threads,
             self.n_threads_batch,
+            self.parallel,
         )
 
     def _template(self) -> str:
@@ -204,6 +218,9 @@ class LlamaModel:
 
     async def close(self) -> None:
         def free() -> None:
+            if self._decoder is not None:
+                self._decoder.close()
+                self._decoder = None
             if self._llm is not None:
                 with contextlib.suppress(Exception):
                     self._llm.close()
@@ -288,7 +305,12 @@ class LlamaModel:
                 emit("end", None)
 
         self._busy += 1
-        future = loop.run_in_executor(self._executor, work)
+        future = None
+        if self._decoder is not None:
+            prepare = functools.partial(self._prepare, messages, tools, sampling, stats)
+            self._decoder.submit(Request(prepare, sampling, stats, stop, emit, submitted))
+        else:
+            future = loop.run_in_executor(self._executor, work)
         try:
             while True:
                 kind, value = await queue.get()
@@ -301,7 +323,7 @@ class LlamaModel:
         finally:
             stop.set()
             self._busy -= 1
-            if not future.done():
+            if future is not None and not future.done():
                 future.add_done_callback(_consume_exception)
 
     def _fit(
@@ -323,6 +345,21 @@ class LlamaModel:
             del msgs[head]
             dropped += 1
 
+    def _prepare(
+        self,
+        messages: list[dict[str, Any]],
+        tools: Sequence[dict[str, Any]],
+        sampling: Sampling,
+        stats: Generation,
+    ) -> tuple[list[int], list[str], int]:
+        """The prompt's tokens, the stop strings and the reply's token limit."""
+        tokens, template_stops, dropped = self._fit(messages, tools, sampling.max_tokens)
+        stats.dropped_messages = dropped
+        stats.prompt_tokens = len(tokens)
+        self.generations += 1
+        max_tokens = max(1, min(sampling.max_tokens, self.n_ctx - len(tokens) - 1))
+        return tokens, [*template_stops, *sampling.stop], max_tokens
+
     def _generate(
         self,
         messages: list[dict[str, Any]],
@@ -334,22 +371,18 @@ class LlamaModel:
         started: float,
     ) -> None:
         llm = self._llm
-        tokens, template_stops, dropped = self._fit(messages, tools, sampling.max_tokens)
-        stats.dropped_messages = dropped
-        stats.prompt_tokens = len(tokens)
-        stats.cached_tokens = _common_prefix(llm._input_ids[: llm.n_tokens], tokens)
-        max_tokens = max(1, min(sampling.max_tokens, self.n_ctx - len(tokens) - 1))
+        tokens, stops, max_tokens = self._prepare(messages, tools, sampling, stats)
+        stats.cached_tokens = common_prefix(llm._input_ids[: llm.n_tokens], tokens)
         stream = llm.create_completion(
             tokens,
             max_tokens=max_tokens,
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             repeat_penalty=sampling.repeat_penalty,
-            stop=[*template_stops, *sampling.stop] or None,
+            stop=stops or None,
             seed=sampling.seed,
             stream=True,
         )
-        self.generations += 1
         try:
             for chunk in stream:
                 if stop.is_set():
@@ -376,15 +409,6 @@ class LlamaModel:
 def _consume_exception(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled() and fut.exception() is not None:
         log.debug("generation ended with %s after its consumer left", fut.exception())
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def _text(content: Any) -> str:
@@ -469,7 +493,7 @@ class ToolCallParser:
                 self._buf = self._buf[start + len(TOOL_OPEN) :]
                 self._in_call = True
                 continue
-            keep = _partial_suffix(self._buf, TOOL_OPEN)
+            keep = partial_suffix(self._buf, TOOL_OPEN)
             if len(self._buf) > keep:
                 out.append(self._buf[: len(self._buf) - keep])
                 self._buf = self._buf[len(self._buf) - keep :]
@@ -483,13 +507,6 @@ class ToolCallParser:
             call = parse_tool_call(buf)
             return [call] if call is not None else []
         return [buf] if buf else []
-
-
-def _partial_suffix(text: str, tag: str) -> int:
-    for n in range(min(len(tag) - 1, len(text)), 0, -1):
-        if text.endswith(tag[:n]):
-            return n
-    return 0
 
 
 _JSON_OBJECT = re.compile(r"\{.*\}", re.S)

@@ -323,6 +323,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--threads", type=int, default=int(_env("THREADS", "0")), help="CPU threads (0: all)"
     )
+    p.add_argument(
+        "--parallel", type=int, default=int(_env("PARALLEL", "4")),
+        help="requests a model answers at once (batched llama.cpp sequences; 1: in order)",
+    )
     p.add_argument("--temperature", type=float, default=float(_env("TEMPERATURE", "0.2")))
     p.add_argument("--max-tokens", type=int, default=int(_env("MAX_TOKENS", "80")))
     p.add_argument("--top-p", type=float, default=float(_env("TOP_P", "0.95")))
@@ -365,6 +369,7 @@ def build_server(args: argparse.Namespace) -> LlamaWSServer:
                 n_ctx=args.n_ctx,
                 n_threads=args.threads,
                 chat_format=args.chat_format,
+                parallel=args.parallel,
             )
         )
     knowledge = Knowledge.from_file(args.rag_file, args.rag_top_k) if args.rag_file else None

@@ -58,6 +58,7 @@ class ModelSpec:
     n_threads: int
     n_threads_batch: int
     chat_format: str
+    parallel: int = 1
 
 
 class WorkerProcess:

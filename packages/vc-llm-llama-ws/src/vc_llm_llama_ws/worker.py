@@ -10,7 +10,7 @@ child's stdin; the child answers on its stdout (C code printing to stdout is sen
 instead, so it cannot corrupt the stream)::
 
     spec    {"models": [{"key", "path", "n_ctx", "n_threads", "n_threads_batch",
-                         "chat_format"}], "warm": {key: [system prompt, ...]}}
+                         "chat_format", "parallel"}], "warm": {key: [system prompt, ...]}}
     ready   {"ready": {key: {"tools": bool}}, "seconds": {key: load+warm seconds}}
             or {"fatal": "why"} and exit status 1
     stream  {"id": n, "op": "stream", "model": key, "messages": [...], "sampling": {...},
@@ -59,6 +59,7 @@ class Worker:
                 n_threads=m["n_threads"],
                 n_threads_batch=m["n_threads_batch"],
                 chat_format=m["chat_format"],
+                parallel=m.get("parallel", 1),
             )
             await model.load()
             warm = await model.warm(spec.get("warm", {}).get(m["key"], []))

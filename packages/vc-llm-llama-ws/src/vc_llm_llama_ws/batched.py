@@ -1,0 +1,361 @@
+"""Several conversations at once on one llama.cpp model: parallel sequences, batched decoding.
+
+One llama.cpp context holds ``n_seq`` sequences (slots) in a unified KV cache. A single thread
+runs the loop: every step it builds one batch holding the next token of every reply being
+generated and, with the room left, chunks of the prompts waiting to be evaluated, and decodes
+it at once. So a caller's question is not queued behind another call's whole reply (it joins
+the next step), and every conversation keeps its own history in the cache between turns
+(alternating calls no longer evict each other's prompts).
+
+* A request takes the idle slot whose cached tokens share the longest prefix with its prompt
+  (its own call's earlier turns), else the least recently used one. A longer prefix held by any
+  other slot (the system prompt, warmed at startup) is shared into it (``llama_memory_seq_cp``:
+  cells gain a sequence id; nothing is copied or evaluated again).
+* Requests beyond ``n_seq`` wait in order; :attr:`Generation.queued` measures the wait.
+* Sampling per request: repeat penalty, top-p, temperature, seeded (greedy at temperature 0).
+
+This module owns every use of llama-cpp-python's low-level API (``llama_cpp.llama_cpp``).
+"""
+
+from __future__ import annotations
+
+import codecs
+import collections
+import ctypes
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+
+log = logging.getLogger("vc.llm.llama_cpp")
+
+#: Sampling constants as llama-cpp-python's ``create_completion`` uses them by default.
+PENALTY_LAST_N = 64  # reply tokens the repeat penalty looks back over
+TOP_K = 40
+MIN_P = 0.05
+#: A prefix held by another slot is shared only when it is at least this much longer.
+SHARE_MIN_TOKENS = 16
+
+Emit = Callable[[str, Any], None]
+
+
+@attrs.define(eq=False)
+class Request:
+    """One generation: what to evaluate and where its results go (see LlamaModel.stream)."""
+
+    prepare: Callable[[], tuple[list[int], list[str], int]]  # -> tokens, stop strings, max_tokens
+    sampling: Any  # generation.Sampling
+    stats: Any  # generation.Generation
+    cancel: threading.Event
+    emit: Emit
+    submitted: float
+    started: float = 0.0
+    pending: list[int] = attrs.field(factory=list)  # prompt tokens not evaluated yet
+    stops: list[str] = attrs.field(factory=list)
+    max_tokens: int = 0
+    next_token: int = -1  # sampled, not yet fed to the model
+    held: str = ""  # text that may be the start of a stop string
+    sampler: Any = None
+    decoder: Any = attrs.field(factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
+
+
+@attrs.define(eq=False)
+class Slot:
+    seq: int
+    tokens: list[int] = attrs.field(factory=list)  # what the cache holds for this sequence
+    request: Request | None = None
+    last_used: float = 0.0
+
+
+class BatchedDecoder:
+    """The decoding loop over one context with ``n_seq`` sequences of ``n_ctx`` tokens each."""
+
+    def __init__(self, llm: Any, *, n_seq: int, n_ctx: int, n_batch: int, n_threads: int,
+                 n_threads_batch: int, name: str = "") -> None:
+        from llama_cpp import llama_cpp as C
+
+        self._C = C
+        self._llm = llm
+        self.n_seq = n_seq
+        self.n_batch = n_batch
+        self._vocab = C.llama_model_get_vocab(llm.model)
+        # The Llama object's own settings (flash attention, cache types, RoPE), so a reply is
+        # computed as llama-cpp-python computes it; only the size and the sequences differ.
+        params = C.llama_context_params.from_buffer_copy(llm.context_params)
+        params.n_ctx = n_ctx * n_seq
+        params.n_batch = params.n_ubatch = n_batch
+        params.n_seq_max = n_seq
+        params.kv_unified = True
+        params.n_threads = n_threads
+        params.n_threads_batch = n_threads_batch
+        params.no_perf = True
+        self._ctx = C.llama_init_from_model(llm.model, params)
+        if not self._ctx:
+            raise RuntimeError(f"llama.cpp could not create a context of {n_seq} x {n_ctx} tokens")
+        self._mem = C.llama_get_memory(self._ctx)
+        self._batch = C.llama_batch_init(n_batch, 0, 1)
+        self._slots = [Slot(i) for i in range(n_seq)]
+        self._waiting: collections.deque[Request] = collections.deque()
+        self._wake = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=f"llama-batch-{name}", daemon=True)
+        self._thread.start()
+
+    # -- called from other threads ----------------------------------------------------------
+
+    def submit(self, request: Request) -> None:
+        with self._wake:
+            self._waiting.append(request)
+            self._wake.notify()
+
+    def close(self) -> None:
+        """Stop the loop (requests in flight end as cancelled) and free the context."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join()
+        self._C.llama_batch_free(self._batch)
+        self._C.llama_free(self._ctx)
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._closed and not self._waiting and not self._active():
+                    self._wake.wait()
+                if self._closed:
+                    break
+                arrived = self._admissible()
+            for slot, request in arrived:
+                self._admit(slot, request)
+            if self._active():
+                self._step()
+        for slot in self._active():
+            self._finish(slot, "cancelled")
+        for request in self._waiting:
+            request.stats.cancelled = True
+            request.emit("end", None)
+
+    def _active(self) -> list[Slot]:
+        return [s for s in self._slots if s.request is not None]
+
+    def _admissible(self) -> list[tuple[Slot, Request]]:
+        """Waiting requests paired with idle slots, in arrival order (called under the lock)."""
+        out = []
+        idle = [s for s in self._slots if s.request is None]
+        while self._waiting and idle:
+            request = self._waiting.popleft()
+            slot = self._choose(idle, request)
+            idle.remove(slot)
+            slot.request = request  # reserved; _admit fills the rest
+            out.append((slot, request))
+        return out
+
+    def _choose(self, idle: list[Slot], request: Request) -> Slot:
+        """The idle slot holding this conversation (a prefix no other slot has), else the least
+        recently used one (an empty one first): a prefix every slot shares, such as the system
+        prompt, is shared into it in :meth:`_admit` instead of evicting another call's turns."""
+        lru = min(idle, key=lambda s: s.last_used)
+        tokens = self._prepared(request)
+        if tokens is None:
+            return lru
+        held = {id(s): common_prefix(s.tokens, tokens) for s in self._slots}
+        best = max(idle, key=lambda s: held[id(s)])
+        elsewhere = max((held[id(s)] for s in self._slots if s is not best), default=0)
+        return best if held[id(best)] > elsewhere else lru
+
+    def _prepared(self, request: Request) -> list[int] | None:
+        if request.pending:
+            return request.pending
+        request.started = time.monotonic()
+        try:
+            tokens, stops, max_tokens = request.prepare()
+        except Exception as e:  # reported to the consumer, never lost in the thread
+            request.emit("error", e)
+            return None
+        request.pending, request.stops, request.max_tokens = tokens, stops, max_tokens
+        return tokens
+
+    def _admit(self, slot: Slot, request: Request) -> None:
+        tokens = request.pending
+        if not tokens:  # preparing it failed (already reported)
+            slot.request = None
+            return
+        C, stats = self._C, request.stats
+        stats.queued = request.started - request.submitted
+        if request.cancel.is_set():
+            self._finish(slot, "cancelled")
+            return
+        common = common_prefix(slot.tokens, tokens)
+        donor = max(self._slots, key=lambda s: common_prefix(s.tokens, tokens))
+        shared = common_prefix(donor.tokens, tokens)
+        if donor is not slot and shared >= common + SHARE_MIN_TOKENS:
+            C.llama_memory_seq_rm(self._mem, slot.seq, 0, -1)
+            C.llama_memory_seq_cp(self._mem, donor.seq, slot.seq, 0, shared)
+            slot.tokens, common = donor.tokens[:shared], shared
+        common = min(common, len(tokens) - 1)  # the last prompt token is evaluated for its logits
+        C.llama_memory_seq_rm(self._mem, slot.seq, common, -1)
+        del slot.tokens[common:]
+        stats.prompt_tokens, stats.cached_tokens = len(tokens), common
+        request.pending = tokens[common:]
+        request.sampler = self._sampler(request.sampling)
+
+    def _sampler(self, sampling: Any) -> Any:
+        """The chain llama-cpp-python's ``create_completion`` builds for the same settings (the
+        repeat penalty looks at the reply's tokens only), so both paths answer alike."""
+        C = self._C
+        chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
+        steps = [C.llama_sampler_init_penalties(C.llama_vocab_n_tokens(self._vocab),
+                                                PENALTY_LAST_N, sampling.repeat_penalty, 0.0, 0.0)]
+        if sampling.temperature <= 0:
+            steps.append(C.llama_sampler_init_greedy())
+        else:
+            seed = C.LLAMA_DEFAULT_SEED if sampling.seed is None else sampling.seed & 0xFFFFFFFF
+            steps += [C.llama_sampler_init_top_k(TOP_K), C.llama_sampler_init_top_p(sampling.top_p, 1),
+                      C.llama_sampler_init_min_p(MIN_P, 1), C.llama_sampler_init_temp(sampling.temperature),
+                      C.llama_sampler_init_dist(seed)]
+        for step in steps:
+            C.llama_sampler_chain_add(chain, step)
+        return chain
+
+    def _step(self) -> None:
+        """One batch: every generating slot's next token, then prompt chunks in the room left."""
+        now = time.monotonic()
+        fed: list[tuple[Slot, list[int], int]] = []  # slot, tokens added, logits index or -1
+        n = 0
+        for slot in self._active():
+            request = slot.request
+            assert request is not None
+            limit = request.sampling.time_limit
+            if request.cancel.is_set():
+                self._finish(slot, "cancelled")
+            elif limit is not None and now - request.started > limit:
+                self._finish(slot, "time_limit")
+            elif not request.pending:
+                self._add(slot, [request.next_token], n, logits=True)
+                fed.append((slot, [request.next_token], n))
+                n += 1
+        for slot in self._active():
+            request = slot.request
+            assert request is not None
+            if request.pending and n < self.n_batch:
+                chunk = request.pending[: self.n_batch - n]
+                last = len(chunk) == len(request.pending)
+                self._add(slot, chunk, n, logits=last)
+                fed.append((slot, chunk, n + len(chunk) - 1 if last else -1))
+                n += len(chunk)
+        if not n:
+            return
+        self._batch.n_tokens = n
+        status = self._C.llama_decode(self._ctx, self._batch)
+        if status != 0:
+            self._failed(fed, status)
+            return
+        for slot, tokens, index in fed:
+            self._after_decode(slot, tokens, index)
+
+    def _add(self, slot: Slot, tokens: list[int], at: int, *, logits: bool) -> None:
+        b, pos = self._batch, len(slot.tokens)
+        for i, token in enumerate(tokens):
+            j = at + i
+            b.token[j], b.pos[j], b.n_seq_id[j] = token, pos + i, 1
+            b.seq_id[j][0] = slot.seq
+            b.logits[j] = 1 if logits and i == len(tokens) - 1 else 0
+
+    def _after_decode(self, slot: Slot, tokens: list[int], index: int) -> None:
+        request = slot.request
+        assert request is not None
+        slot.tokens.extend(tokens)
+        if request.pending:
+            del request.pending[: len(tokens)]
+        if index < 0:
+            return
+        token = self._C.llama_sampler_sample(request.sampler, self._ctx, index)
+        if self._C.llama_vocab_is_eog(self._vocab, token):
+            self._finish(slot, "stop")
+            return
+        stats = request.stats
+        if not stats.completion_tokens:
+            stats.prompt_seconds = time.monotonic() - request.started
+        stats.completion_tokens += 1
+        request.next_token = token
+        if self._text(request, request.decoder.decode(self._piece(token))):
+            self._finish(slot, "stop")
+        elif stats.completion_tokens >= request.max_tokens:
+            self._finish(slot, "length")
+
+    def _piece(self, token: int) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = self._C.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self._C.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+        return buf.raw[: max(n, 0)]
+
+    def _text(self, request: Request, text: str) -> bool:
+        """Emit ``text`` up to a stop string (True when one is found); hold back what may be the
+        start of one."""
+        held = request.held + text
+        for stop in request.stops:
+            at = held.find(stop)
+            if at >= 0:
+                request.held = ""
+                if at:
+                    request.emit("text", held[:at])
+                return True
+        keep = max((partial_suffix(held, stop) for stop in request.stops), default=0)
+        ready, request.held = held[: len(held) - keep], held[len(held) - keep :]
+        if ready:
+            request.emit("text", ready)
+        return False
+
+    def _finish(self, slot: Slot, reason: str) -> None:
+        request = slot.request
+        assert request is not None
+        tail = request.held + request.decoder.decode(b"", final=True)
+        if tail and reason != "cancelled":
+            request.emit("text", tail)
+        stats = request.stats
+        stats.finish_reason = reason
+        stats.cancelled = reason == "cancelled"
+        stats.seconds = time.monotonic() - request.started
+        if request.sampler is not None:
+            self._C.llama_sampler_free(request.sampler)
+        slot.request, slot.last_used = None, time.monotonic()
+        request.emit("end", None)
+
+    def _failed(self, fed: list[tuple[Slot, list[int], int]], status: int) -> None:
+        """llama_decode failed: the slots in the batch lose their cache and their requests."""
+        error = RuntimeError(f"llama_decode failed ({status})")
+        for slot, _, _ in fed:
+            if slot.request is None:
+                continue
+            self._C.llama_memory_seq_rm(self._mem, slot.seq, 0, -1)
+            slot.tokens = []
+            request = slot.request
+            if request.sampler is not None:
+                self._C.llama_sampler_free(request.sampler)
+            slot.request, slot.last_used = None, time.monotonic()
+            request.emit("error", error)
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading items ``a`` and ``b`` share."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def partial_suffix(text: str, tag: str) -> int:
+    """The length of the longest end of ``text`` that is a start of ``tag``."""
+    for n in range(min(len(tag) - 1, len(text)), 0, -1):
+        if text.endswith(tag[:n]):
+            return n
+    return 0

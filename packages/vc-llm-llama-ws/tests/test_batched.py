@@ -1,0 +1,155 @@
+"""Parallel sequences (vc_llm_llama_ws.batched) on the real SmolLM2: several conversations
+answered at once, each keeping its own history in the KV cache, replies as the sequential path
+computes them. Order of events is asserted, never speed."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from vc_llm_llama_ws.generation import Generation, LlamaModel, Sampling
+from vc_llm_llama_ws.models import SMOLLM2, resolve_model
+
+from vc.profiles import DEFAULT_SYSTEM_PROMPT
+
+SYSTEM = {"role": "system", "content": DEFAULT_SYSTEM_PROMPT}
+GREEDY = Sampling(max_tokens=24, temperature=0.0)
+LONG = Sampling(max_tokens=150, temperature=0.0, stop=())
+COUNT = [SYSTEM, {"role": "user", "content": "Count from 1 to 100, separated by commas."}]
+
+
+@pytest.fixture(scope="module")
+def batched() -> Iterator[LlamaModel]:
+    """SmolLM2 with two sequences (so a third request must wait) and a small context each."""
+    model = LlamaModel(resolve_model(SMOLLM2), name="batched", n_ctx=1024, parallel=2)
+    model._load()
+    yield model
+    asyncio.run(model.close())
+
+
+def ask(question: str, *history: str) -> list[dict[str, str]]:
+    turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": text}
+             for i, text in enumerate([*history, question])]
+    return [SYSTEM, *turns]
+
+
+async def collect(model: LlamaModel, messages, sampling: Sampling = GREEDY,
+                  stats: Generation | None = None) -> str:
+    return "".join([p async for p in model.stream(messages, sampling, stats=stats)])
+
+
+@pytest.mark.parametrize("question", [
+    "What is the capital of France?",
+    "Türkiye'nin başkenti neresidir? Kısaca söyle.",  # multi-byte letters split over tokens
+])
+async def test_a_reply_is_the_one_the_sequential_path_gives(
+        smollm2: LlamaModel, batched: LlamaModel, question: str) -> None:
+    expected = await collect(smollm2, ask(question))
+    stats = Generation()
+    assert await collect(batched, ask(question), stats=stats) == expected
+    assert stats.finish_reason in ("stop", "length") and stats.completion_tokens > 1
+    assert "\ufffd" not in expected
+
+
+async def test_a_second_caller_is_answered_while_the_first_reply_runs(batched: LlamaModel) -> None:
+    first = batched.stream(COUNT, LONG)
+    received = 0
+    async for _ in first:
+        received += 1
+        if received == 3:
+            break
+    second = asyncio.ensure_future(collect(batched, ask("What do bees make?")))
+    after_second = 0
+    async for _ in first:  # the first reply goes on
+        after_second += second.done()
+    assert await second
+    # one at a time, the second answer would have waited for the whole first reply
+    assert after_second > 0, "the second caller waited for the whole first reply"
+
+
+async def test_each_conversation_keeps_its_history_cached(batched: LlamaModel) -> None:
+    a1, b1, a2 = Generation(), Generation(), Generation()
+    reply_a = await collect(batched, ask("Tell me about your opening hours."), stats=a1)
+    await collect(batched, ask("Which cities do you deliver to?"), stats=b1)
+    await collect(batched, ask("And on Sunday?", "Tell me about your opening hours.", reply_a),
+                  stats=a2)
+    # the other call's turn did not evict this call's: only the new tail was evaluated
+    assert a2.cached_tokens >= a1.prompt_tokens - 1
+    # and the other call found the system prompt shared rather than evaluating it again
+    assert b1.cached_tokens > 30
+
+
+async def test_requests_beyond_the_sequences_wait_in_order(batched: LlamaModel) -> None:
+    running, most = 0, 0
+
+    async def one(question: str, stats: Generation) -> str:
+        nonlocal running, most
+        text = ""
+        async for piece in batched.stream(ask(question), Sampling(max_tokens=16, temperature=0.0),
+                                          stats=stats):
+            if not text:
+                running += 1
+                most = max(most, running)
+            text += piece
+        running -= 1
+        return text
+
+    stats = [Generation() for _ in range(3)]
+    texts = await asyncio.gather(*(one(q, s) for q, s in zip(
+        ["What is rain?", "What is snow?", "What is wind?"], stats, strict=True)))
+    assert all(texts)
+    assert most <= 2  # two sequences: never more than two replies at once
+    assert max(s.queued for s in stats) > 0  # the third waited for a free sequence
+
+
+async def test_closing_the_stream_frees_the_sequence(batched: LlamaModel) -> None:
+    stats, received = Generation(), 0
+    stream = batched.stream(COUNT, LONG, stats=stats)
+    async for _ in stream:
+        received += 1
+        if received == 3:
+            break
+    await stream.aclose()
+    after = await asyncio.gather(*(collect(batched, ask(q)) for q in ("Hi!", "Hello?")))
+    assert all(after)  # both sequences serve again
+    assert stats.cancelled and stats.finish_reason == "cancelled"
+    assert stats.completion_tokens <= received + 1
+
+
+async def test_a_stop_string_ends_the_reply_before_it(batched: LlamaModel) -> None:
+    messages = ask("Describe a sunny day at the beach in two sentences.")
+    full = await collect(batched, messages, Sampling(max_tokens=40, temperature=0.0))
+    words = full.split()
+    assert len(words) > 4
+    stop = words[len(words) // 2]
+    stats = Generation()
+    cut = await collect(batched, messages,
+                        Sampling(max_tokens=40, temperature=0.0, stop=(stop,)), stats)
+    assert cut == full[: full.index(stop)]
+    assert stats.finish_reason == "stop"
+
+
+async def test_a_prompt_too_long_fails_alone(batched: LlamaModel) -> None:
+    huge = ask("word " * 3000)
+    good = asyncio.ensure_future(collect(batched, ask("What is the sun?")))
+    with pytest.raises(ValueError, match="does not fit"):
+        await collect(batched, huge)
+    assert await good
+
+
+async def test_the_time_limit_ends_a_reply(batched: LlamaModel) -> None:
+    stats = Generation()
+    await collect(batched, COUNT, Sampling(max_tokens=150, temperature=0.0, time_limit=0.0), stats)
+    assert stats.finish_reason == "time_limit"
+
+
+async def test_closing_the_model_ends_replies_in_flight(smollm2: LlamaModel) -> None:
+    model = LlamaModel(smollm2.path, name="closing", n_ctx=512, parallel=2)
+    await model.load()
+    stats = Generation()
+    stream: AsyncIterator[str] = model.stream(COUNT, LONG, stats=stats)
+    assert await anext(stream)
+    await model.close()
+    rest = [p async for p in stream]  # the stream ends instead of hanging
+    assert stats.finish_reason == "cancelled" and len(rest) < 150

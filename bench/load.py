@@ -154,7 +154,8 @@ def passed(result: dict[str, Any], budget: float) -> bool:
 
 
 async def ramp(url: str, public_url: str, auth_token: str, steps: list[int], seconds: float,
-               budget: float, pid: int, think: tuple[float, float]) -> dict[str, Any]:
+               budget: float, pid: int, think: tuple[float, float],
+               all_steps: bool = False) -> dict[str, Any]:
     results: list[dict[str, Any]] = []
     knee = 0
     async with TwilioCloud(url, public_url=public_url, auth_token=auth_token) as cloud:
@@ -167,9 +168,10 @@ async def ramp(url: str, public_url: str, auth_token: str, steps: list[int], sec
             print("    stage means: " + ", ".join(f"{k} {v}" for k, v in r["stage_means_s"].items()),
                   flush=True)
             results.append({**r, "passed": ok})
-            if not ok:
+            if not ok and not all_steps:
                 break
-            knee = n
+            if ok and knee == (steps[i - 1] if i else 0):
+                knee = n
             await asyncio.sleep(2)
     return {"steps": results, "knee": knee, "budget_p95_s": budget}
 
@@ -207,12 +209,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     common = {"step_seconds": args.step_seconds, "think_s": list(think)}
     if args.url:
         out = await ramp(args.url, args.public_url or args.url, args.auth_token, steps,
-                         args.step_seconds, args.budget, 0, think)
+                         args.step_seconds, args.budget, 0, think, args.all_steps)
         return {**out, **common, "target": args.url}
     async with ServerProcess(args.vc_config, log=sys.stderr if args.verbose else None) as server:
         await server.ready(600)
         out = await ramp(server.url, server.url, "", steps, args.step_seconds, args.budget,
-                         server.pid, think)
+                         server.pid, think, args.all_steps)
     return {**out, **common, "target": f"local vc ({args.vc_config or 'embedded default stack'})"}
 
 
@@ -228,6 +230,8 @@ def cli() -> None:
     p.add_argument("--auth-token", default=os.environ.get("TWILIO_AUTH_TOKEN", ""),
                    help="the Twilio auth token the deployed vc validates signatures with")
     p.add_argument("--vc-config", default=None, help="configuration of the local vc")
+    p.add_argument("--all-steps", action="store_true",
+                   help="run every step even past the knee (to compare two configurations)")
     p.add_argument("--label", default="")
     p.add_argument("--verbose", action="store_true", help="the local server's log on stderr")
     args = p.parse_args()

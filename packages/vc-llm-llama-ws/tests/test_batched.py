@@ -35,8 +35,9 @@ def ask(question: str, *history: str) -> list[dict[str, str]]:
 
 
 async def collect(model: LlamaModel, messages, sampling: Sampling = GREEDY,
-                  stats: Generation | None = None) -> str:
-    return "".join([p async for p in model.stream(messages, sampling, stats=stats)])
+                  stats: Generation | None = None, conversation: str = "") -> str:
+    return "".join([p async for p in model.stream(messages, sampling, stats=stats,
+                                                  conversation=conversation)])
 
 
 @pytest.mark.parametrize("question", [
@@ -68,16 +69,40 @@ async def test_a_second_caller_is_answered_while_the_first_reply_runs(batched: L
     assert after_second > 0, "the second caller waited for the whole first reply"
 
 
-async def test_each_conversation_keeps_its_history_cached(batched: LlamaModel) -> None:
-    a1, b1, a2 = Generation(), Generation(), Generation()
-    reply_a = await collect(batched, ask("Tell me about your opening hours."), stats=a1)
-    await collect(batched, ask("Which cities do you deliver to?"), stats=b1)
-    await collect(batched, ask("And on Sunday?", "Tell me about your opening hours.", reply_a),
-                  stats=a2)
-    # the other call's turn did not evict this call's: only the new tail was evaluated
-    assert a2.cached_tokens >= a1.prompt_tokens - 1
-    # and the other call found the system prompt shared rather than evaluating it again
-    assert b1.cached_tokens > 30
+async def test_each_call_keeps_its_history_cached(batched: LlamaModel) -> None:
+    await batched.warm([DEFAULT_SYSTEM_PROMPT])
+    greeting = "Hello! How can I help you today?"
+    first = {call: Generation() for call in "ab"}
+    replies = {}
+    for call, question in (("a", "Tell me about your opening hours."),
+                           ("b", "Which cities do you deliver to?")):
+        # both calls begin alike (system prompt, greeting): only the call id tells them apart
+        replies[call] = await collect(batched, [SYSTEM, {"role": "assistant", "content": greeting},
+                                                {"role": "user", "content": question}],
+                                      stats=first[call], conversation=call)
+    assert first["b"].cached_tokens > 30  # the system prompt was shared, not evaluated again
+    for call, question in (("a", "Tell me about your opening hours."),
+                           ("b", "Which cities do you deliver to?")):
+        second = Generation()
+        await collect(batched, [SYSTEM, {"role": "assistant", "content": greeting},
+                                {"role": "user", "content": question},
+                                {"role": "assistant", "content": replies[call]},
+                                {"role": "user", "content": "And on Sunday?"}],
+                      stats=second, conversation=call)
+        # the other call's turn did not evict this one's: only the new tail was evaluated
+        assert second.cached_tokens >= first[call].prompt_tokens, call
+
+
+async def test_a_one_off_request_does_not_evict_a_call(batched: LlamaModel) -> None:
+    chat = ask("What is the capital of Italy?")
+    first = Generation()
+    reply = await collect(batched, chat, stats=first, conversation="call")
+    await collect(batched, ask("Say hello."))  # no conversation: the least recently used slot
+    again = Generation()
+    await collect(batched, [*chat, {"role": "assistant", "content": reply},
+                            {"role": "user", "content": "And of Spain?"}],
+                  stats=again, conversation="call")
+    assert again.cached_tokens >= first.prompt_tokens
 
 
 async def test_requests_beyond_the_sequences_wait_in_order(batched: LlamaModel) -> None:

@@ -7,10 +7,13 @@ it at once. So a caller's question is not queued behind another call's whole rep
 the next step), and every conversation keeps its own history in the cache between turns
 (alternating calls no longer evict each other's prompts).
 
-* A request takes the idle slot whose cached tokens share the longest prefix with its prompt
-  (its own call's earlier turns), else the least recently used one. A longer prefix held by any
-  other slot (the system prompt, warmed at startup) is shared into it (``llama_memory_seq_cp``:
-  cells gain a sequence id; nothing is copied or evaluated again).
+* A request names its conversation (the call). It takes the idle slot that served that
+  conversation before (its earlier turns are still cached), else a slot whose content is all a
+  prefix of its prompt (an empty one: nothing is lost), else the least recently used one. The
+  longest prefix any slot holds (the system prompt, warmed at startup) is shared into the chosen
+  slot (``llama_memory_seq_cp``: cells gain a sequence id; nothing is copied or evaluated).
+  Prefixes alone cannot tell whose a slot is: every call starts with the same system prompt and
+  greeting, so a second call would take the first call's slot and evict its history.
 * Requests beyond ``n_seq`` wait in order; :attr:`Generation.queued` measures the wait.
 * Sampling per request: repeat penalty, top-p, temperature, seeded (greedy at temperature 0).
 
@@ -52,6 +55,7 @@ class Request:
     cancel: threading.Event
     emit: Emit
     submitted: float
+    conversation: str = ""  # the call; "" for one-off requests
     started: float = 0.0
     pending: list[int] = attrs.field(factory=list)  # prompt tokens not evaluated yet
     stops: list[str] = attrs.field(factory=list)
@@ -66,6 +70,7 @@ class Request:
 class Slot:
     seq: int
     tokens: list[int] = attrs.field(factory=list)  # what the cache holds for this sequence
+    conversation: str = ""  # whose turns those are
     request: Request | None = None
     last_used: float = 0.0
 
@@ -156,17 +161,19 @@ class BatchedDecoder:
         return out
 
     def _choose(self, idle: list[Slot], request: Request) -> Slot:
-        """The idle slot holding this conversation (a prefix no other slot has), else the least
-        recently used one (an empty one first): a prefix every slot shares, such as the system
-        prompt, is shared into it in :meth:`_admit` instead of evicting another call's turns."""
+        """The idle slot that served this conversation, else one that loses nothing (all it
+        holds is a prefix of the prompt: an empty one), else the least recently used."""
         lru = min(idle, key=lambda s: s.last_used)
         tokens = self._prepared(request)
         if tokens is None:
             return lru
-        held = {id(s): common_prefix(s.tokens, tokens) for s in self._slots}
-        best = max(idle, key=lambda s: held[id(s)])
-        elsewhere = max((held[id(s)] for s in self._slots if s is not best), default=0)
-        return best if held[id(best)] > elsewhere else lru
+        if request.conversation:
+            own = [s for s in idle if s.conversation == request.conversation]
+            if own:
+                return own[0]
+        held = {id(s): common_prefix(s.tokens, tokens) for s in idle}
+        lossless = [s for s in idle if held[id(s)] == len(s.tokens)]
+        return max(lossless, key=lambda s: held[id(s)]) if lossless else lru
 
     def _prepared(self, request: Request) -> list[int] | None:
         if request.pending:
@@ -187,6 +194,7 @@ class BatchedDecoder:
             return
         C, stats = self._C, request.stats
         stats.queued = request.started - request.submitted
+        slot.conversation = request.conversation
         if request.cancel.is_set():
             self._finish(slot, "cancelled")
             return

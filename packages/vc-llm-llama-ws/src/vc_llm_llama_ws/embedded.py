@@ -154,7 +154,8 @@ class LlamaCppService(StreamingLLMService):
         parser = ToolCallParser() if native else None
         reply: list[str] = []
         pieces = self._model.stream(
-            messages, self._sampling(), tools=tools if native else (), stats=stats
+            messages, self._sampling(), tools=tools if native else (), stats=stats,
+            conversation=self._call.call_id,
         )
         try:
             async for piece in pieces:

@@ -276,8 +276,11 @@ class LlamaModel:
         sampling: Sampling,
         tools: Sequence[dict[str, Any]] = (),
         stats: Generation | None = None,
+        conversation: str = "",
     ) -> AsyncGenerator[str, None]:
-        """Stream the reply's text pieces. Closing the iterator stops generation within a token."""
+        """Stream the reply's text pieces. Closing the iterator stops generation within a token.
+
+        ``conversation`` (the call) lets a batched model keep each call's turns cached."""
         if self._llm is None:
             raise RuntimeError(f"model {self.name} is not loaded")
         loop = asyncio.get_running_loop()
@@ -308,7 +311,8 @@ class LlamaModel:
         future = None
         if self._decoder is not None:
             prepare = functools.partial(self._prepare, messages, tools, sampling, stats)
-            self._decoder.submit(Request(prepare, sampling, stats, stop, emit, submitted))
+            self._decoder.submit(
+                Request(prepare, sampling, stats, stop, emit, submitted, conversation))
         else:
             future = loop.run_in_executor(self._executor, work)
         try:

@@ -224,7 +224,8 @@ class LlamaWSServer:
         )
         stats = Generation()
         self.recent = [*self.recent[-19:], stats]
-        pieces = self._model(request).stream(messages, sampling, stats=stats)
+        pieces = self._model(request).stream(messages, sampling, stats=stats,
+                                             conversation=str(ws.id))
         text: list[str] = []
         try:
             async for piece in pieces:

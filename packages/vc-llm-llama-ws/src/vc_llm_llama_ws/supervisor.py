@@ -188,6 +188,7 @@ class WorkerProcess:
         tools: Sequence[dict[str, Any]],
         stats: Generation,
         wait: float,
+        conversation: str = "",
     ) -> AsyncGenerator[str, None]:
         """One generation in the child; closing the iterator cancels it there."""
         submitted = time.monotonic()
@@ -198,7 +199,8 @@ class WorkerProcess:
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._pending[rid] = queue
         request = {"id": rid, "op": "stream", "model": key, "messages": messages,
-                   "sampling": attrs.asdict(sampling), "tools": list(tools)}
+                   "sampling": attrs.asdict(sampling), "tools": list(tools),
+                   "conversation": conversation}
         ended = False
         pieces = 0
         try:
@@ -274,9 +276,10 @@ class RemoteModel:
         sampling: Sampling,
         tools: Sequence[dict[str, Any]] = (),
         stats: Generation | None = None,
+        conversation: str = "",
     ) -> AsyncGenerator[str, None]:
         return self.worker.stream(
-            self.name, messages, sampling, tools, stats or Generation(), self.wait
+            self.name, messages, sampling, tools, stats or Generation(), self.wait, conversation
         )
 
     async def close(self) -> None:

@@ -14,7 +14,7 @@ instead, so it cannot corrupt the stream)::
     ready   {"ready": {key: {"tools": bool}}, "seconds": {key: load+warm seconds}}
             or {"fatal": "why"} and exit status 1
     stream  {"id": n, "op": "stream", "model": key, "messages": [...], "sampling": {...},
-             "tools": [...]}
+             "tools": [...], "conversation": "call id"}
             -> {"id": n, "text": ".."} ... then {"id": n, "end": {Generation fields}}
                or {"id": n, "error": "why"}
     cancel  {"id": n, "op": "cancel"}   stop generation n within a token (it still ends)
@@ -84,7 +84,8 @@ class Worker:
         try:
             model = self.models[request["model"]]
             sampling = Sampling(**{**request["sampling"], "stop": tuple(request["sampling"]["stop"])})
-            pieces = model.stream(request["messages"], sampling, request.get("tools") or (), stats)
+            pieces = model.stream(request["messages"], sampling, request.get("tools") or (), stats,
+                                  str(request.get("conversation") or ""))
             try:
                 async for text in pieces:
                     self.send({"id": rid, "text": text})

@@ -288,6 +288,7 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
             p = r["pauses"]
             totals = [t["total"] for t in p["trials"] if t["total"] is not None]
             s["pauses"] = {"trials": len(p["trials"]), "premature": p["premature"],
+                           "cut_inside": p.get("cut_inside"),
                            "unanswered": p["unanswered"],
                            "premature_by_pause_ms": {
                                str(ms): sum(t["premature"] for t in p["trials"] if t["pause_ms"] == ms)

@@ -162,9 +162,21 @@ async def compare(servers: dict[str, ServerProcess], turns: int, block: int = 4
 # -- 2. pauses inside a sentence ----------------------------------------------------------------
 
 
+def answer_ready_times(server: ServerProcess, call_id: str) -> list[float]:
+    """When the server had a turn's first answer audio for the transport (vc's ``turn`` event,
+    the baseline's ``tts_first`` stage), on the machine's monotonic clock."""
+    return [e["t"] if e["event"] == "turn" else e.get("at", e["t"]) for e in server.events
+            if e.get("call_id") == call_id and (e["event"] == "turn" or (
+                e["event"] == "stage" and e.get("stage") == "tts_first"))]
+
+
 async def pauses(server: ServerProcess, repeats: int = 1) -> dict[str, Any]:
     """Every PAUSED sentence with every PAUSE_MS pause inside, ``repeats`` times: is the bot
-    heard before the sentence ended (a premature answer), and how soon after its end."""
+    heard before the sentence ended (a premature answer), and how soon after its end.
+
+    ``cut_inside``: the server had an answer's audio ready between the pause and the sentence's
+    end (its own events), even if the caller never heard it because speech resumed and paused
+    the bot: the turn was ended at the pause and the rest of the sentence became a new turn."""
     trials: list[dict[str, Any]] = []
     async with TwilioCloud(server.url, public_url=server.url) as cloud:
         for _ in range(repeats):
@@ -179,10 +191,12 @@ async def pauses(server: ServerProcess, repeats: int = 1) -> dict[str, Any]:
                 with contextlib.suppress(TimeoutError):
                     answer = await call.wait_for_bot_speech(after=first_end, within=ANSWER_TIMEOUT)
                 early = answer is not None and answer < end
+                cut = any(first_end < t < end for t in answer_ready_times(server, call.call_sid))
                 trials.append({"said": f"{first} | {second}", "pause_ms": ms, "premature": early,
+                               "cut_inside": cut,
                                "answered": answer is not None,
                                "total": None if answer is None or early else answer - end})
-                verdict = "PREMATURE" if early else (
+                verdict = "PREMATURE" if early else "CUT AT THE PAUSE (not heard)" if cut else (
                     f"{answer - end:.3f} s" if answer is not None else "UNANSWERED")
                 log(f"  pause {ms} ms: {verdict}  {first} | {second}")
             await wait_quiet(call, within=ANSWER_TIMEOUT)
@@ -191,6 +205,7 @@ async def pauses(server: ServerProcess, repeats: int = 1) -> dict[str, Any]:
                 await call.wait_closed(within=10)
     return {"trials": trials,
             "premature": sum(t["premature"] for t in trials),
+            "cut_inside": sum(t["cut_inside"] for t in trials),
             "unanswered": sum(not t["answered"] for t in trials)}
 
 

@@ -26,12 +26,13 @@ import datetime as dt
 import json
 import os
 import random
-import re
 import sys
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).parent))
 from scenarios import ANSWER_TIMEOUT, cpu_seconds
@@ -71,9 +72,6 @@ async def caller(cloud: TwilioCloud, until: float, rng: random.Random,
     return out
 
 
-_STAGE_SAMPLE = re.compile(r'^vc_stage_latency_seconds_(sum|count)\{stage="([a-z_]+)"\} (\S+)$', re.M)
-
-
 def stage_totals(url: str) -> dict[str, tuple[float, float]]:
     """Each stage's (sum, count) from vc's ``/metrics`` (empty where it cannot be read)."""
     try:
@@ -82,8 +80,13 @@ def stage_totals(url: str) -> dict[str, tuple[float, float]]:
     except OSError:
         return {}
     totals: dict[str, list[float]] = {}
-    for kind, stage, value in _STAGE_SAMPLE.findall(text):
-        totals.setdefault(stage, [0.0, 0.0])[kind == "count"] = float(value)
+    for family in text_string_to_metric_families(text):
+        if family.name != "vc_stage_latency_seconds":
+            continue
+        for sample in family.samples:
+            kind = sample.name.rsplit("_", 1)[-1]
+            if kind in ("sum", "count"):
+                totals.setdefault(sample.labels["stage"], [0.0, 0.0])[kind == "count"] = sample.value
     return {stage: (s, c) for stage, (s, c) in totals.items()}
 
 

@@ -83,7 +83,6 @@ class BatchedDecoder:
         from llama_cpp import llama_cpp as C
 
         self._C = C
-        self._llm = llm
         self.n_seq = n_seq
         self.n_batch = n_batch
         self._vocab = C.llama_model_get_vocab(llm.model)
@@ -134,9 +133,11 @@ class BatchedDecoder:
                     self._wake.wait()
                 if self._closed:
                     break
-                arrived = self._admissible()
-            for slot, request in arrived:
-                self._admit(slot, request)
+                arrived = self._arrived()
+            # Templates and tokenising run here, outside the lock submit() takes on the loop.
+            for request in arrived:
+                if self._prepared(request):
+                    self._admit(self._choose(request), request)
             if self._active():
                 self._step()
         for slot in self._active():
@@ -148,50 +149,38 @@ class BatchedDecoder:
     def _active(self) -> list[Slot]:
         return [s for s in self._slots if s.request is not None]
 
-    def _admissible(self) -> list[tuple[Slot, Request]]:
-        """Waiting requests paired with idle slots, in arrival order (called under the lock)."""
-        out = []
-        idle = [s for s in self._slots if s.request is None]
-        while self._waiting and idle:
-            request = self._waiting.popleft()
-            slot = self._choose(idle, request)
-            idle.remove(slot)
-            slot.request = request  # reserved; _admit fills the rest
-            out.append((slot, request))
-        return out
+    def _arrived(self) -> list[Request]:
+        """As many waiting requests as there are idle slots, in arrival order (under the lock)."""
+        idle = sum(s.request is None for s in self._slots)
+        return [self._waiting.popleft() for _ in range(min(idle, len(self._waiting)))]
 
-    def _choose(self, idle: list[Slot], request: Request) -> Slot:
+    def _prepared(self, request: Request) -> bool:
+        """Render and tokenise the prompt; a failure goes to the consumer, never lost here."""
+        request.started = time.monotonic()
+        try:
+            request.pending, request.stops, request.max_tokens = request.prepare()
+        except Exception as e:
+            request.emit("error", e)
+            return False
+        return True
+
+    def _choose(self, request: Request) -> Slot:
         """The idle slot that served this conversation, else one that loses nothing (all it
         holds is a prefix of the prompt: an empty one), else the least recently used."""
-        lru = min(idle, key=lambda s: s.last_used)
-        tokens = self._prepared(request)
-        if tokens is None:
-            return lru
+        idle = [s for s in self._slots if s.request is None]
         if request.conversation:
             own = [s for s in idle if s.conversation == request.conversation]
             if own:
                 return own[0]
-        held = {id(s): common_prefix(s.tokens, tokens) for s in idle}
+        held = {id(s): common_prefix(s.tokens, request.pending) for s in idle}
         lossless = [s for s in idle if held[id(s)] == len(s.tokens)]
-        return max(lossless, key=lambda s: held[id(s)]) if lossless else lru
-
-    def _prepared(self, request: Request) -> list[int] | None:
-        if request.pending:
-            return request.pending
-        request.started = time.monotonic()
-        try:
-            tokens, stops, max_tokens = request.prepare()
-        except Exception as e:  # reported to the consumer, never lost in the thread
-            request.emit("error", e)
-            return None
-        request.pending, request.stops, request.max_tokens = tokens, stops, max_tokens
-        return tokens
+        if lossless:
+            return max(lossless, key=lambda s: held[id(s)])
+        return min(idle, key=lambda s: s.last_used)
 
     def _admit(self, slot: Slot, request: Request) -> None:
         tokens = request.pending
-        if not tokens:  # preparing it failed (already reported)
-            slot.request = None
-            return
+        slot.request = request
         C, stats = self._C, request.stats
         stats.queued = request.started - request.submitted
         slot.conversation = request.conversation
@@ -199,12 +188,11 @@ class BatchedDecoder:
             self._finish(slot, "cancelled")
             return
         common = common_prefix(slot.tokens, tokens)
-        donor = max(self._slots, key=lambda s: common_prefix(s.tokens, tokens))
-        shared = common_prefix(donor.tokens, tokens)
-        if donor is not slot and shared >= common + SHARE_MIN_TOKENS:
+        shared, donor = max((common_prefix(s.tokens, tokens), s.seq) for s in self._slots)
+        if donor != slot.seq and shared >= common + SHARE_MIN_TOKENS:
             C.llama_memory_seq_rm(self._mem, slot.seq, 0, -1)
-            C.llama_memory_seq_cp(self._mem, donor.seq, slot.seq, 0, shared)
-            slot.tokens, common = donor.tokens[:shared], shared
+            C.llama_memory_seq_cp(self._mem, donor, slot.seq, 0, shared)
+            slot.tokens, common = tokens[:shared], shared
         common = min(common, len(tokens) - 1)  # the last prompt token is evaluated for its logits
         C.llama_memory_seq_rm(self._mem, slot.seq, common, -1)
         del slot.tokens[common:]

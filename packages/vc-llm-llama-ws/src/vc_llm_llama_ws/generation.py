@@ -2,9 +2,10 @@
 
 Shared by the embedded ``llama-cpp`` provider and the ``vc-llama-ws-server``.
 
-* One :class:`LlamaModel` per GGUF file, loaded once. llama.cpp's context is not thread-safe,
-  so every generation runs on the model's single worker thread: requests queue in FIFO order
-  (the queue wait is measured in :attr:`Generation.queued`).
+* One :class:`LlamaModel` per GGUF file, loaded once. With ``parallel`` > 1 several
+  conversations are generated at once by :mod:`vc_llm_llama_ws.batched`; with 1, llama.cpp's
+  context (not thread-safe) serves one generation at a time on the model's worker thread, in
+  FIFO order. The wait is measured in :attr:`Generation.queued` either way.
 * Tokens travel to the event loop through an asyncio queue as they are sampled; closing or
   cancelling the consuming generator sets a flag the worker checks after every token, so an
   interrupted reply stops within one token and frees the model for the next request.
@@ -103,7 +104,7 @@ def default_threads() -> int:
 
 
 class LlamaModel:
-    """One GGUF model loaded by llama.cpp, serving one generation at a time."""
+    """One GGUF model loaded by llama.cpp, serving ``parallel`` generations at a time."""
 
     def __init__(
         self,

@@ -143,7 +143,7 @@ def markdown(results: dict[str, Any]) -> str:
                            ("last_bot_frame", "barge-in: onset -> last bot frame")):
             for q in ("p50", "p95"):
                 b = bbi[key][q] if bbi else None
-                target = "≤ 200 ms" if key == "clear" and q == "p95" else ""
+                target = "≤ 150 ms" if key == "clear" and q == "p95" else ""
                 rows.append(f"| {label} {q} | {_s(bi[key][q], 'ms')} | {_s(b, 'ms')} | "
                             f"{_ratio(bi[key][q], b)} | {target} |")
     cold, bcold = vc.get("cold_start"), base.get("cold_start")

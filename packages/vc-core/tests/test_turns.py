@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import numpy as np
 import pytest
 
 from vc.testing import FAKE_STACK
@@ -129,9 +130,10 @@ def test_turkish_listener_words() -> None:
 LONG = "please tell me a long story about the dragons and knights of the old castle by the sea"
 
 
-async def talk_over_the_answer(make_engine, over: str, script_reply: str):
-    """The bot answers at length; 0.8 s into its answer the caller says ``over`` (the fake STT
-    hears ``script_reply``). Returns the session and the bot's audio after the question."""
+async def talk_over_the_answer(make_engine, over: str | bytes, script_reply: str):
+    """The bot answers at length; 0.8 s into its answer the caller says ``over`` (text, or
+    8 kHz audio; the fake STT hears ``script_reply``). Returns the session and the bot's audio
+    after the question."""
     engine = await make_engine(turn_stack([LONG, script_reply]))
     conn = LoopbackConnection()
     task = await run_loopback_call(engine, conn)
@@ -140,7 +142,7 @@ async def talk_over_the_answer(make_engine, over: str, script_reply: str):
     end = conn.say(speech("tell me a story", 8000))
     answer_at = await conn.wait_for_bot_audio(end - 0.5, timeout=15)
     await asyncio.sleep(max(0.0, answer_at + 0.8 - time.monotonic()))
-    conn.say(speech(over, 8000))
+    conn.say(speech(over, 8000) if isinstance(over, str) else over)
     await conn.wait_for_bot_silence(quiet=1.5, timeout=30)
     session = engine.sessions[conn.info.call_id]
     frames = [f for t, f in conn.bot_frames if t >= answer_at]
@@ -158,6 +160,24 @@ async def test_a_backchannel_over_the_bot_pauses_it_and_it_plays_on(make_engine)
     assert [m["content"] for m in messages if m["role"] == "user"] == [LONG]
     assert [m["content"] for m in messages if m["role"] == "assistant"][-1] == answer
     # Nothing of the answer was lost: the caller heard all of it (30 ms of tone per character).
+    assert len(heard) / 2 / 8000 == pytest.approx(len(answer) * 0.03, abs=0.1)
+
+
+def cough_8k(seconds: float = 0.25) -> bytes:
+    """A burst of low-passed noise that rises fast and decays: loud, and no speech."""
+    n = int(8000 * seconds)
+    noise = np.convolve(np.random.default_rng(1).standard_normal(n), np.ones(4) / 4, "same")
+    envelope = np.minimum(np.arange(n) / 80, 1.0) * np.exp(-np.arange(n) / (n / 3))
+    return (noise * envelope / np.abs(noise).max() * 0.5 * 32767).astype("<i2").tobytes()
+
+
+async def test_a_cough_over_the_bot_pauses_it_at_once_and_it_plays_on(make_engine) -> None:
+    session, heard, messages = await talk_over_the_answer(make_engine, cough_8k(), "")
+    answer = f"You said: {LONG}."
+    # The sudden sound paused the bot (pause_on_level_db) before any VAD verdict; it was no
+    # speech, so the bot played on and nothing of the answer was lost.
+    assert session.pauses == 1 and session.barge_ins == 0
+    assert [m["content"] for m in messages if m["role"] == "user"] == [LONG]
     assert len(heard) / 2 / 8000 == pytest.approx(len(answer) * 0.03, abs=0.1)
 
 

@@ -116,3 +116,93 @@ async def test_concurrent_calls_on_the_shared_session_hear_what_separate_ones_do
     alone = [await speaking_at(vad(), pcm) for pcm in pcms]
     together = await asyncio.gather(*(speaking_at(vad(), pcm) for pcm in pcms))
     assert list(together) == alone and None not in alone
+
+
+# -- sudden sounds: the level sign of speech --------------------------------------------------
+
+FLOOR_DBFS = -70.0  # a quiet phone line's hiss
+
+
+def hiss(seconds: float, dbfs: float = FLOOR_DBFS, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal(int(RATE * seconds))
+    return x / np.sqrt((x**2).mean()) * 32768 * 10 ** (dbfs / 20)
+
+
+def cough(seconds: float = 0.25, seed: int = 1) -> np.ndarray:
+    """A burst of low-passed noise that rises fast and decays (not speech), at about -12 dBFS."""
+    n = int(RATE * seconds)
+    noise = np.convolve(np.random.default_rng(seed).standard_normal(n), np.ones(4) / 4, "same")
+    envelope = np.minimum(np.arange(n) / 160, 1.0) * np.exp(-np.arange(n) / (n / 3))
+    return noise * envelope / np.abs(noise).max() * 0.5 * 32767
+
+
+def on_line(*parts: np.ndarray) -> bytes:
+    """``parts`` one after the other, over the line's hiss."""
+    x = np.concatenate(parts)
+    return np.clip(x + hiss(len(x) / RATE, seed=9), -32768, 32767).astype("<i2").tobytes()
+
+
+async def onsets(pcm: bytes, margin_db: float) -> tuple[list[tuple[str, float]], CallVADProcessor]:
+    """(event, audio time) of the onsets and quiets a processor reports for ``pcm``."""
+    calls: list[tuple[str, float]] = []
+    fed = 0.0
+
+    async def onset() -> None:
+        calls.append(("onset", fed))
+
+    async def quiet() -> None:
+        calls.append(("quiet", fed))
+
+    vad = CallVAD(sample_rate=RATE)
+    vad.configure(PARAMS)
+    proc = CallVADProcessor(vad_analyzer=vad, onset_windows=1, on_onset=onset, on_quiet=quiet,
+                            level_margin_db=margin_db)
+    vad.set_sample_rate(RATE)
+    step = RATE // 50 * 2
+    for i in range(0, len(pcm) - step + 1, step):
+        fed = (i + step) / 2 / RATE
+        await vad.analyze_audio(pcm[i : i + step])
+        await proc._watch()
+    return calls, proc
+
+
+def spoken(text: str) -> np.ndarray:
+    return np.frombuffer(speech(text, RATE), dtype="<i2").astype(np.float64)
+
+
+async def test_a_word_starting_with_s_is_noticed_before_silero_hears_its_vowel() -> None:
+    words = spoken("Sorry, hold on a second.")
+    pcm = on_line(np.zeros(RATE), words, np.zeros(RATE))
+    start = 1.0 + float(np.argmax(np.abs(words) > 300)) / RATE
+    by_vad, _ = await onsets(pcm, 0)
+    by_level, proc = await onsets(pcm, 25)
+    assert [e for e, _ in by_vad][:1] == ["onset"] and [e for e, _ in by_level][:1] == ["onset"]
+    assert by_level[0][1] - start < 0.07  # two 20 ms frames and the window they complete
+    assert by_vad[0][1] - by_level[0][1] >= 0.06, (by_vad[0][1] - start, by_level[0][1] - start)
+    # The "s" kept the onset open until Silero heard the vowel: the same word, no quiet between.
+    assert by_level[1][0] == "quiet" and by_level[1][1] >= by_vad[1][1] - 0.001
+    assert not proc.noise_only and proc.level.unconfirmed == 0
+
+
+async def test_a_cough_pauses_briefly_and_three_in_a_row_end_the_level_sign() -> None:
+    gap = np.zeros(RATE)
+    pcm = on_line(gap, cough(), gap, cough(seed=2), gap, cough(seed=3), gap, cough(seed=4), gap)
+    calls, proc = await onsets(pcm, 25)
+    coughs_at = [1.0, 2.25, 3.5]
+    assert [e for e, _ in calls] == ["onset", "quiet"] * 3  # the fourth cough: none
+    for (_, opened), (_, quiet), at in zip(calls[::2], calls[1::2], coughs_at, strict=True):
+        assert 0 <= opened - at < 0.07
+        assert quiet - at < 0.25 + 0.2  # the cough, its decay and 96 ms of quiet
+    assert proc.level.unconfirmed == 3 and not proc.level.enabled
+    assert (await onsets(pcm, 0))[0] == []  # Silero alone never took a cough for speech
+
+
+async def test_the_lines_own_noise_is_its_floor_and_a_new_noise_becomes_it() -> None:
+    # A steady hiss 30 dB over the line's from the start: the floor, never a sudden sound.
+    steady = on_line(hiss(4.0, FLOOR_DBFS + 30, seed=5))
+    assert (await onsets(steady, 25))[0] == []
+    # The same hiss starting mid-call is sudden once, then the floor starts again from it.
+    calls, proc = await onsets(on_line(np.zeros(RATE), hiss(4.0, FLOOR_DBFS + 30, seed=5)), 25)
+    assert [e for e, _ in calls] == ["onset", "quiet"]
+    assert calls[1][1] - calls[0][1] < 0.4 + 0.05
+    assert proc.level.unconfirmed == 1

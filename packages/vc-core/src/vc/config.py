@@ -155,6 +155,12 @@ class InterruptionSettings:
         30, min=0, max=10000, help="voiced audio that pauses the bot (pause_on_speech; 32 ms VAD "
         "windows: 30 is one window)"
     )
+    pause_on_level_db: float = setting(
+        25.0, min=0, max=100,
+        help="pause_on_speech: a sound this many dB above the line's noise floor pauses the bot "
+        "too, before the VAD hears speech in it (a word starting with s or f: ~100 ms sooner); "
+        "0: the VAD alone. A call loses it after 3 such sounds in a row that were not speech",
+    )
     backchannels: bool = setting(
         True,
         help="speech over the bot interrupts it only once it says more than listener words "

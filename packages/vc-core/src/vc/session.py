@@ -222,6 +222,7 @@ class CallSession(CallEvents):
             onset_windows=round(interrupt_cfg.pause_after_ms / 32) or 1,
             on_onset=self._on_speech_onset,
             on_quiet=self._on_speech_quiet,
+            level_margin_db=interrupt_cfg.pause_on_level_db if self._pause_on_speech else 0.0,
         )
         user_agg, assistant_agg = LLMContextAggregatorPair(
             context,
@@ -517,7 +518,9 @@ class CallSession(CallEvents):
             # behind the STT), so a verdict or a barge-in follows. Resuming now would play a
             # burst of the bot between the caller's words.
             return
-        if self._paused:
+        if self._paused and self._vad_processor is not None and self._vad_processor.noise_only:
+            await self._resume()  # a cough, a click: no speech to wait for more of
+        elif self._paused:
             self._spawn(self._resume_unless_more(self._onsets))
 
     async def _resume_unless_more(self, onsets: int) -> None:

@@ -8,7 +8,11 @@ rise, so every turn start and every barge-in waited for it on top of ``start_sec
 
 :class:`CallVADProcessor` also watches the windows for the first sign of speech (a few
 voiced windows in a row, long before ``start_secs`` confirms a turn) and for the quiet after
-it, so core can pause the bot's audio at once and resume it if it was only a noise.
+it, so core can pause the bot's audio at once and resume it if it was only a noise. With a
+``level_margin_db``, a window that much louder than the line's noise floor is such a sign
+too (:class:`LevelOnset`): Silero hears a word that starts with a fricative ("sorry", "so")
+only at its vowel, ~100 ms after the caller started it. A call whose sudden sounds keep not
+turning out to be speech (a noisy line, an echo of the bot) loses the level sign.
 
 Every :class:`CallVAD` runs on one shared ONNX Runtime session
 (:func:`vc.pipecat_adapter.shared_silero_model`): a session
@@ -42,6 +46,16 @@ from vc.pipecat_adapter import init_silero_analyzer
 WINDOW_S = 0.032
 #: Consecutive unvoiced windows that end a tentative onset (160 ms: a dip inside a word is shorter).
 QUIET_WINDOWS = 5
+#: ... and those that end one that was only a sudden sound, with no speech in it (96 ms).
+NOISE_QUIET_WINDOWS = 3
+#: The longest a sudden sound with no speech in it keeps an onset open (384 ms: a cough);
+#: a longer one is the line's new noise, and the floor starts again from it.
+NOISE_MAX_WINDOWS = 12
+#: Recent windows the line's noise floor is taken from (3 s), and how many it needs first.
+FLOOR_WINDOWS = 94
+FLOOR_MIN_WINDOWS = 16
+#: Level onsets in a row that were never speech, after which a call has no more of them.
+UNCONFIRMED_LIMIT = 3
 
 
 def window_level(pcm: bytes) -> float:
@@ -80,6 +94,42 @@ class CallVAD(SileroVADAnalyzer):
         return confidence if level >= self.min_level else 0.0
 
 
+class LevelOnset:
+    """Whether a window is a sudden sound: ``margin_db`` above the line's noise floor (the
+    10th percentile of the last 3 s) and above ``min_level``. Off after UNCONFIRMED_LIMIT
+    of them in a row were not speech."""
+
+    def __init__(self, margin_db: float, min_level: float) -> None:
+        self.margin = margin_db / 100  # the level scale has 100 dB
+        self.min_level = min_level
+        self.levels: deque[float] = deque(maxlen=FLOOR_WINDOWS)
+        self.unconfirmed = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.margin > 0 and self.unconfirmed < UNCONFIRMED_LIMIT
+
+    def floor(self) -> float | None:
+        if len(self.levels) < FLOOR_MIN_WINDOWS:
+            return None
+        return sorted(self.levels)[len(self.levels) // 10]
+
+    def loud(self, level: float) -> bool:
+        """Whether ``level`` is a sudden sound (and remember it for the floor)."""
+        floor = self.floor()
+        self.levels.append(level)
+        return (self.enabled and floor is not None and level >= self.min_level
+                and level >= floor + self.margin)
+
+    def settled(self, speech: bool) -> None:
+        """A level onset ended: it was ``speech`` (Silero heard some) or not."""
+        self.unconfirmed = 0 if speech else self.unconfirmed + 1
+
+    def restart_floor(self) -> None:
+        """The line got louder for good (a new noise): measure its floor again."""
+        self.levels.clear()
+
+
 class CallVADProcessor(VADProcessor):
     """pipecat's VAD processor, also reporting a tentative speech onset and the quiet after it."""
 
@@ -90,11 +140,16 @@ class CallVADProcessor(VADProcessor):
         onset_windows: int,
         on_onset: Callable[[], Awaitable[None]],
         on_quiet: Callable[[], Awaitable[None]],
+        level_margin_db: float = 0.0,
         **kwargs,
     ) -> None:
         super().__init__(vad_analyzer=vad_analyzer, **kwargs)
         self._vad = vad_analyzer
         self._onset_windows = max(1, onset_windows)
+        self.level = LevelOnset(level_margin_db, vad_analyzer.min_level)
+        self._by_level = False  # the open onset came from a sudden sound...
+        self._heard_speech = False  # ...and Silero has heard speech in it since
+        self._open_windows = 0
         self._on_onset = on_onset
         self._on_quiet = on_quiet
         self._voiced = 0
@@ -122,17 +177,48 @@ class CallVADProcessor(VADProcessor):
     async def _watch(self) -> None:
         windows = self._vad.windows
         while windows:
-            _, _, passed = windows.popleft()
-            if passed:
-                self._voiced += 1
-                self._unvoiced = 0
-            else:
-                self._unvoiced += 1
-                self._voiced = 0
-            if self.onset_at is None and self._voiced >= self._onset_windows:
-                self.onset_at = time.monotonic()
-                self.speech_from = self.onset_at - self._voiced * WINDOW_S
-                await self._on_onset()
-            elif self.onset_at is not None and self._unvoiced >= QUIET_WINDOWS:
-                self.onset_at = None
-                await self._on_quiet()
+            _, level, passed = windows.popleft()
+            loud = self.level.loud(level)
+            self._count(passed, loud)
+            if self.onset_at is None and (self._voiced >= self._onset_windows or loud):
+                await self._open(by_level=self._voiced < self._onset_windows)
+            elif self.onset_at is not None:
+                self._open_windows += 1
+                if self.noise_only and self._open_windows >= NOISE_MAX_WINDOWS:
+                    self.level.restart_floor()
+                    await self._close()
+                elif self._unvoiced >= self._quiet_windows():
+                    await self._close()
+
+    @property
+    def noise_only(self) -> bool:
+        """The onset (open, or the one that just closed) is a sudden sound with no speech in it."""
+        return self._by_level and not self._heard_speech
+
+    def _quiet_windows(self) -> int:
+        return NOISE_QUIET_WINDOWS if self.noise_only else QUIET_WINDOWS
+
+    def _count(self, passed: bool, loud: bool) -> None:
+        if passed:
+            self._voiced += 1
+            self._unvoiced = 0
+            self._heard_speech = True
+        elif loud and (self.onset_at is None or self.noise_only):
+            # a sudden sound Silero does not call speech (yet: "s..."): the onset stays open
+            self._voiced = self._unvoiced = 0
+        else:
+            self._unvoiced += 1
+            self._voiced = 0
+
+    async def _open(self, *, by_level: bool) -> None:
+        self.onset_at = time.monotonic()
+        self.speech_from = self.onset_at - max(self._voiced, 1) * WINDOW_S
+        self._by_level, self._heard_speech = by_level, not by_level
+        self._open_windows = 0
+        await self._on_onset()
+
+    async def _close(self) -> None:
+        if self._by_level:
+            self.level.settled(self._heard_speech)
+        self.onset_at = None
+        await self._on_quiet()

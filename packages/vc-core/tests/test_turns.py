@@ -116,7 +116,9 @@ async def test_a_finished_sentence_ends_the_turn_after_the_usual_silence(make_en
 @pytest.mark.parametrize(("text", "backchannel"), [
     ("Mm-hmm.", True), ("Uh-huh", True), ("Yeah, okay.", True), ("(coughs)", True), ("", True),
     ("*cough*", True), ("Wait, stop please.", False), ("Yeah, but what about Friday?", False),
-    ("No.", False),
+    ("No.", False), ("Mm-mm.", True), ("Uh-uh", True), ("Mm-mm, that's wrong.", False),
+    ("X-ray", False), ("mmm", True), ("Hmmm.", True), ("Mhm", True), ("Mmhmm, right.", True),
+    ("Ham", False), ("Mom", False),
 ])
 def test_listener_words_do_not_take_the_turn(text: str, backchannel: bool) -> None:
     assert is_backchannel(text, "en") is backchannel

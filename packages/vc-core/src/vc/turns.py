@@ -80,13 +80,23 @@ BACKCHANNELS: dict[str, frozenset[str]] = {
 }
 
 
+#: A hum, however it is spelled ("mmm", "hmm", "mhm", "mmhmm"): a listener sound in any language.
+HUM = re.compile(r"[hm]*m[hm]*")
+
+
 def is_backchannel(text: str, language: str) -> bool:
     """Whether ``text`` says nothing that takes the turn: only listener words ("mm-hmm",
-    "yeah", "okay"), sounds Whisper writes in brackets ("(coughs)"), or nothing at all."""
+    "yeah", "okay", a hum), sounds Whisper writes in brackets ("(coughs)"), or nothing at all.
+
+    Hyphenated sounds count as their parts, as they would written with a space: "mm-mm" and
+    "uh-uh" are listener sounds like "mm mm". They can mean "no", but only their pitch tells
+    them from "mm-hmm" and "uh-huh", and an STT writes one for the other (tiny.en wrote
+    espeak-ng's "Mm-hmm" as "Mm-mm" and "Uh-huh" as "Uh-uh"); a caller who disagrees goes on
+    to say more, and that interrupts."""
     words = BACKCHANNELS.get(primary(language), frozenset())
-    spoken = re.sub(r"[\(\[\*][^)\]\*]*[\)\]\*]", " ", text)
+    spoken = re.sub(r"[\(\[\*][^)\]\*]*[\)\]\*]", " ", text).replace("-", " ")
     said = [w for w in (fold(t, language).strip(".,!?;:…\"'") for t in spoken.split()) if w]
-    return all(w in words for w in said)
+    return all(w in words or HUM.fullmatch(w) for w in said)
 
 
 def continuation_words(language: str, extra: Iterable[str] = ()) -> frozenset[str]:

@@ -32,6 +32,7 @@ from pipecat.services.llm_service import FunctionCallFromLLM, LLMService
 from pipecat.services.settings import LLMSettings
 from pipecat.utils.types import is_given
 
+from vc.chat_adapter import ChatAdapter
 from vc.phrases import ENGLISH
 from vc.pipecat_adapter import push_llm_text
 
@@ -64,6 +65,8 @@ class LLMProviderError(Exception):
 
 class StreamingLLMService(LLMService):
     """Subclass and implement :meth:`stream`."""
+
+    adapter_class = ChatAdapter  # OpenAI-style messages without importing the openai SDK
 
     def __init__(
         self,

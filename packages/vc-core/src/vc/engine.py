@@ -83,7 +83,6 @@ class Engine(CallHost):
 
     async def start(self) -> None:
         """Start every configured provider concurrently; raise with all failures listed."""
-        import vc.session  # noqa: F401 - import the call path now, not during the first call
         ctx = ProviderContext(profiles=self.config.profiles, log=logging.getLogger("vc.provider"),
                               observe=self._observe_value)
         await self._start_observers()
@@ -134,13 +133,12 @@ class Engine(CallHost):
                     return str(e)
             return None
 
+        starts = [asyncio.create_task(start_one(*j)) for j in jobs]  # first: a child to spawn
         vad_job = asyncio.create_task(self._fill_vad_pool(VAD_POOL))
         # The call path's modules import in a thread while the models load (mostly outside
         # the GIL): a first pipeline build then takes milliseconds instead of ~0.6 s.
         imports = asyncio.create_task(asyncio.to_thread(_import_call_path))
-        failures = construction_failures + [
-            f for f in await asyncio.gather(*(start_one(*j) for j in jobs)) if f
-        ]
+        failures = construction_failures + [f for f in await asyncio.gather(*starts) if f]
         await vad_job
         await imports
         if failures:
@@ -511,9 +509,10 @@ class Engine(CallHost):
         self._notify("event", info, name, data)
 
 
-#: Imported before the first call: core's call path and pipecat's default LLM adapter (which
-#: pulls in the openai package) - the bulk of a first pipeline build.
-CALL_PATH_MODULES = ("vc.session", "pipecat.adapters.llm.services.open_ai_adapter")
+#: Imported before the first call, while the models load: core's call path, the bulk of a first
+#: pipeline build. (vc's LLM services use vc.chat_adapter, not pipecat's OpenAI adapter and the
+#: openai SDK it imports; a plugin's own LLMService that does imports it in the warm-up build.)
+CALL_PATH_MODULES = ("vc.session",)
 
 
 def _import_call_path() -> None:

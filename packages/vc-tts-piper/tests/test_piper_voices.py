@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from piper_helpers import SENTENCES
 from vc_tts_piper import voices as voices_module
@@ -42,6 +43,24 @@ def test_one_voice_is_safe_to_share_between_threads() -> None:
         for _ in range(2):
             concurrent = list(pool.map(lambda t: voice.synthesize_piece(t, quiet), texts))
             assert concurrent == sequential
+
+
+def test_the_quickly_loaded_session_speaks_as_the_fully_optimised_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Voices load with onnxruntime's basic graph optimisation (half the load time); the
+    extended passes must not have been what made the voice sound right."""
+    quiet = Synthesis(noise_scale=0.0, noise_w=0.0)
+    basic = LoadedVoice(resolve(""), threads=1)
+    options = basic.voice.session.get_session_options()
+    assert options.graph_optimization_level.name == voices_module.GRAPH_OPTIMIZATION
+    monkeypatch.setattr(voices_module, "GRAPH_OPTIMIZATION", "ORT_ENABLE_ALL")
+    full = LoadedVoice(resolve(""), threads=1)
+    for text in SENTENCES[:3]:
+        a = np.frombuffer(basic.synthesize_piece(text, quiet), "<i2").astype(float)
+        b = np.frombuffer(full.synthesize_piece(text, quiet), "<i2").astype(float)
+        assert len(a) == len(b) > 0
+        assert np.corrcoef(a, b)[0, 1] > 0.999
 
 
 def test_installed_voices_come_from_packages_and_folders(tmp_path: Path) -> None:

@@ -89,6 +89,24 @@ async def test_a_model_that_cannot_load_is_a_clear_provider_error(tmp_path: Path
     await w.close()
 
 
+async def test_a_system_prompt_that_cannot_be_warmed_leaves_the_child_serving() -> None:
+    """Prompts are warmed after the child says ready; one that fails (here: longer than the
+    context) is logged in the child and the first request is still answered."""
+    too_long = "Remember this. " * 1000  # ~3000 tokens, n_ctx is 2048
+    w = WorkerProcess([spec()], {SMOLLM2: [too_long]})
+    await w.start()
+    try:
+        assert w.ready
+        assert (await reply(w)).strip()
+        for _ in range(250):  # its stderr is read beside the replies
+            if any("warming smollm2 failed" in line for line in w._stderr):
+                break
+            await asyncio.sleep(0.02)
+        assert any("warming smollm2 failed" in line for line in w._stderr), w._stderr
+    finally:
+        await w.close()
+
+
 async def test_close_ends_the_child(worker) -> None:
     proc = worker.proc
     await worker.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fw_helpers import (
@@ -26,8 +27,8 @@ from pipecat.frames.frames import (
 from pipecat.metrics.metrics import ProcessingMetricsData
 from vc_stt_faster_whisper.languages import WHISPER_LANGUAGES, whisper_language
 from vc_stt_faster_whisper.models import resolve_model
-from vc_stt_faster_whisper.provider import FasterWhisperSTT
-from vc_stt_faster_whisper.transcriber import Transcript
+from vc_stt_faster_whisper.provider import MIN_TTFS, TTFS_FACTOR, FasterWhisperSTT
+from vc_stt_faster_whisper.transcriber import Transcriber, Transcript
 
 from vc.audio import resample
 from vc.providers import ProviderError
@@ -213,3 +214,33 @@ async def test_a_failing_transcription_does_not_end_the_call(started) -> None:
         await h.wait_for(lambda: bool(h.errors), 30)
         await h.end()
     assert "transcription failed" in h.errors[0].error and not h.errors[0].fatal
+
+
+async def until(check: Any, seconds: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+async def test_the_warm_up_follows_start_and_sets_the_transcript_timeout(started) -> None:
+    """vc is ready once the model is loaded; the warm-up transcription runs after it (a call's
+    first utterance comes after its greeting) and measures the model on this machine."""
+    p = await started()
+    assert p.ready() and p.not_ready_reason() == ""
+    await until(lambda: p.warmup_seconds > 0)
+    assert p.ttfs_p99_latency == round(max(MIN_TTFS, TTFS_FACTOR * p.warmup_seconds), 2)
+    assert p.ready()
+
+
+async def test_a_model_that_cannot_transcribe_makes_the_provider_not_ready(
+    started, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def broken(self: Transcriber, pcm: bytes, language: str | None) -> Transcript:
+        raise RuntimeError("ctranslate2 failed")
+
+    monkeypatch.setattr(Transcriber, "transcribe", broken)
+    p = await started()
+    await until(lambda: not p.ready())
+    assert "warm-up transcription failed" in p.not_ready_reason()
+    assert "ctranslate2 failed" in p.not_ready_reason()

@@ -11,8 +11,9 @@ instead, so it cannot corrupt the stream)::
 
     spec    {"models": [{"key", "path", "n_ctx", "n_threads", "n_threads_batch",
                          "chat_format", "parallel"}], "warm": {key: [system prompt, ...]}}
-    ready   {"ready": {key: {"tools": bool}}, "seconds": {key: load+warm seconds}}
-            or {"fatal": "why"} and exit status 1
+    ready   {"ready": {key: {"tools": bool}}, "seconds": {key: load seconds}}
+            or {"fatal": "why"} and exit status 1; then the system prompts in "warm" are
+            evaluated before the first request is read
     stream  {"id": n, "op": "stream", "model": key, "messages": [...], "sampling": {...},
              "tools": [...], "conversation": "call id"}
             -> {"id": n, "text": ".."} ... then {"id": n, "end": {Generation fields}}
@@ -62,11 +63,21 @@ class Worker:
                 parallel=m.get("parallel", 1),
             )
             await model.load()
-            warm = await model.warm(spec.get("warm", {}).get(m["key"], []))
-            seconds[m["key"]] = model.load_seconds + warm
+            seconds[m["key"]] = model.load_seconds
             self.models[m["key"]] = model
         ready = {k: {"tools": m.template_supports_tools} for k, m in self.models.items()}
         self.send({"ready": ready, "seconds": seconds})
+
+    async def warm(self, spec: dict[str, Any]) -> None:
+        """Evaluate the system prompts after ``ready``: vc does not wait for it, and requests
+        are read only afterwards, so the first finds its prompt cached. A failure is logged."""
+        for key, model in self.models.items():
+            try:
+                took = await model.warm(spec.get("warm", {}).get(key, []))
+            except Exception as e:
+                log.error("warming %s failed: %s: %s", key, type(e).__name__, e)
+                continue
+            log.info("%s warm: system prompts evaluated in %.2fs", key, took)
 
     def handle(self, request: dict[str, Any]) -> None:
         rid = int(request["id"])
@@ -102,10 +113,12 @@ class Worker:
 async def serve(spec_line: bytes, lines: asyncio.StreamReader, out: IO[bytes]) -> int:
     worker = Worker(out)
     try:
-        await worker.load(json.loads(spec_line))
+        spec = json.loads(spec_line)
+        await worker.load(spec)
     except Exception as e:
         worker.send({"fatal": f"{type(e).__name__}: {e}"})
         return 1
+    await worker.warm(spec)
     while line := await lines.readline():
         try:
             worker.handle(json.loads(line))

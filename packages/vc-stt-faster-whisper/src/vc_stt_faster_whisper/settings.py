@@ -90,5 +90,5 @@ class FasterWhisperSettings:
     ttfs_p99_latency: float | None = setting(
         None, min=0, max=60,
         help="p99 seconds from end of speech to transcript, told to pipecat's turn logic "
-        "(empty: measured at startup)",
+        "(empty: measured by the warm-up transcription right after startup)",
     )

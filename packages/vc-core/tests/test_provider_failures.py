@@ -86,6 +86,9 @@ async def test_failed_turn_plays_the_pre_rendered_apology_and_the_next_turn_work
     assert said[-1] == "You said: hello again."
     assert session.apologies == 1
     kind = "tts" if failing.startswith("tts") else "stt"
+    # The context holds what the caller heard: the apology where the unspoken reply was (vc.heard).
+    failed_turn = [DEFAULT_APOLOGY] if kind == "tts" else []
+    assert said[1:] == [*failed_turn, "You said: hello again."], said
     assert f'vc_provider_failures_total{{kind="{kind}",provider="fake"}} 1.0' in metric(
         engine, "vc_provider_failures_total")
     assert f'vc_apologies_total{{kind="{kind}"}} 1.0' in metric(engine, "vc_apologies_total")
@@ -164,6 +167,32 @@ async def test_no_apology_over_a_caller_who_barged_in(make_engine) -> None:
     clip = engine.apology_audio(conn.profile, conn.sample_rate)
     assert session.apologies == 1
     assert len(heard(conn, started)) < len(clip) / 2
+    conn.caller_hangs_up()
+    await asyncio.wait_for(task, 10)
+    await conn.stop()
+
+
+async def test_a_reply_the_tts_could_not_speak_is_replaced_by_the_apology(make_engine) -> None:
+    """A reply the TTS reports as failed (a voice given text it cannot speak) reaches the
+    context through pipecat's aggregator all the same; the caller heard the apology, and the
+    context says so - left there, the unheard reply is what a small model copies next turn."""
+    engine = await make_engine(stack(["tts-fail please", "hello again"]))
+    conn = LoopbackConnection()
+    task = await run_loopback_call(engine, conn)
+    await conn.wait_for_bot_audio(0, timeout=5)
+    await conn.wait_for_bot_silence()
+    question = speech("tell me the opening hours", 8000)
+    started = conn.say(question) - len(question) / 2 / 8000
+    await conn.wait_for_bot_audio(started, timeout=15)
+    await conn.wait_for_bot_silence()
+    second = conn.say(speech("hello again", 8000))
+    await conn.wait_for_bot_audio(second, timeout=15)
+    await conn.wait_for_bot_silence()
+    session = engine.sessions[conn.info.call_id]
+    messages = [(m["role"], m["content"]) for m in session.context.get_messages()]
+    assert messages[1:] == [("user", "tts-fail please"), ("assistant", DEFAULT_APOLOGY),
+                            ("user", "hello again"), ("assistant", "You said: hello again.")]
+    assert session.apologies == 1
     conn.caller_hangs_up()
     await asyncio.wait_for(task, 10)
     await conn.stop()

@@ -42,6 +42,7 @@ from pipecat.utils.types import NOT_GIVEN
 from vc import events
 from vc.call import CallConnection, CallEvents
 from vc.capabilities import tools_unavailable
+from vc.heard import UnheardReply
 from vc.llm import StreamingLLMService, tools_schema
 from vc.logs import current_call_id
 from vc.media import CallTransport, SpeechWrittenFrame
@@ -103,6 +104,7 @@ class CallSession(CallEvents):
         self.turn_end: AdaptiveTurnEnd | None = None
         self.listening: ListeningTurnStart | None = None
         self.context: LLMContext | None = None
+        self._unheard: UnheardReply | None = None  # the reply an apology replaced (vc.heard)
         self.barge_ins = 0
         self._pause_on_speech = False
         self._apology_until = 0.0  # monotonic time the apology now playing ends
@@ -192,6 +194,7 @@ class CallSession(CallEvents):
         self.context = context = LLMContext(
             messages=cast(Any, messages), tools=tools_schema(tools) if tools else NOT_GIVEN
         )
+        self._unheard = UnheardReply(context)
         for tool in tools:
             llm.register_function(tool.name, self._tool_handler(tool))
 
@@ -239,6 +242,7 @@ class CallSession(CallEvents):
             llm.on_failure = lambda reason: self._provider_failed("llm", reason)
         self._watch_errors("stt", stt)
         self._watch_errors("tts", tts)
+        self._watch_replies(assistant_agg)
 
         pipeline = Pipeline(
             [
@@ -339,12 +343,24 @@ class CallSession(CallEvents):
             if isinstance(frame, LLMFullResponseStartFrame):
                 self._llm_busy, self._spoke_this_turn = True, False
                 self._answer_unheard = True
+                if self._unheard is not None:
+                    self._unheard.answer_started()
             elif isinstance(frame, LLMTextFrame) and frame.text.strip():
                 self._spoke_this_turn = True
             elif isinstance(frame, LLMFullResponseEndFrame):
                 self._llm_busy = False
 
         llm.add_event_handler("on_before_push_frame", watch)
+
+    def _watch_replies(self, assistant_agg: Any) -> None:
+        """A reply committed to the context after its speech failed is replaced by the apology
+        (pipecat's public ``on_assistant_turn_stopped`` event; vc.heard)."""
+
+        async def committed(_aggregator: Any, _message: Any) -> None:
+            if self._unheard is not None:
+                self._unheard.committed()
+
+        assistant_agg.add_event_handler("on_assistant_turn_stopped", committed)
 
     def _watch_errors(self, kind: str, service: Any) -> None:
         """Every error pipecat reports for ``service`` (an exception in ``run_stt``/``run_tts``,
@@ -391,6 +407,9 @@ class CallSession(CallEvents):
             return
         self.apologies += 1
         self.engine.apologised(self.info, kind)
+        if kind == "tts" and self._unheard is not None:
+            # The caller hears the apology, not the reply: the context says so too.
+            self._unheard.failed(self.engine.apology_text(self.profile))
         playout = self.connection.playout
         step = playout.frame_bytes
         interruptions = self._interruptions

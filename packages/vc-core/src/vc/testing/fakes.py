@@ -3,8 +3,10 @@
 * ``fake`` STT: a segmented STT that answers each VAD segment with the next line of its
   script (so tests can speak real audio and know what was "heard").
 * ``fake`` LLM: streams "You said: <text>." word by word; says goodbye and calls ``end_call``
-  when the caller says goodbye; fails on demand ("fail" in the text).
-* ``fake`` TTS: a 440 Hz tone, ``ms_per_char`` long per character, in 20 ms chunks.
+  when the caller says goodbye; fails on demand ("fail" in the text, but not "tts-fail").
+* ``fake`` TTS: a 440 Hz tone, ``ms_per_char`` long per character, in 20 ms chunks; fails a
+  text with "tts-fail" in it (an ErrorFrame, as a service that cannot speak it) or "tts-raise"
+  (the service raises, as one that went away).
 
 They are real pipecat services and exercise the same frame protocol as real providers.
 """
@@ -106,7 +108,7 @@ class FakeLLMService(StreamingLLMService):
         try:
             if self._s.first_token_delay:
                 await asyncio.sleep(self._s.first_token_delay)
-            if "fail" in text.lower():
+            if "fail" in text.lower() and "tts-fail" not in text.lower():
                 raise ConnectionError("the fake model failed as asked")
             names = {t["function"]["name"] for t in tools}
             wanted = re.search(r"use the (\w+) tool", text.lower())

@@ -391,3 +391,28 @@ async def test_a_tts_that_never_finishes_cannot_keep_the_call_open(make_engine, 
     assert conn.hangups[0] - end < 1.5 + 3.0  # the turn (VAD, STT, LLM) plus the bound
     assert any("not synthesised within" in r.getMessage() for r in caplog.records)
     await conn.stop()
+
+
+async def test_the_model_sees_its_earlier_replies_as_it_wrote_them(make_engine) -> None:
+    """pipecat's context keeps a reply as the TTS spoke it, its pieces joined with single
+    spaces; the next request shows the model the reply as generated (vc.llm), so a prompt
+    cache that matches the conversation token by token (llama.cpp, Ollama) still matches."""
+    engine = await make_engine(stack(["answer in paragraphs please", "thanks"]))
+    conn, task = await start_call(engine)
+    await conn.wait_for_bot_audio(0, timeout=5)
+    await conn.wait_for_bot_silence()
+    for words in ("answer in paragraphs please", "thanks"):
+        end = conn.say(speech(words, 8000))
+        await conn.wait_for_bot_audio(end, timeout=15)
+        await conn.wait_for_bot_silence()
+    generated = ("You said: answer in paragraphs please.\n\nHere is a second paragraph.\n\n"
+                 "  And a third one.")
+    session = engine.sessions[conn.info.call_id]
+    kept = [m["content"] for m in session.context.get_messages() if m["role"] == "assistant"]
+    assert kept[1] != generated and kept[1].split() == generated.split(), kept
+    llm = engine.providers["llm"]["fake"]
+    second = llm.services[-1].requests[-1]
+    assert [m["content"] for m in second if m["role"] == "assistant"][1] == generated
+    assert [m["content"] for m in second if m["role"] == "user"] == [
+        "answer in paragraphs please", "thanks"]
+    await finish(conn, task)

@@ -6,6 +6,13 @@ into pipecat's frames, measures time to first token, enforces timeouts, runs too
 through pipecat's function-calling machinery, and apologises out loud when the provider
 fails, so a call never hangs waiting for a token. On barge-in pipecat cancels the task
 running ``stream``; the generator's ``finally`` is where a provider tells its server.
+
+Each request shows the model its earlier replies as it wrote them. pipecat's context keeps a
+reply as the TTS spoke it, its pieces joined again with single spaces ("Sure.\n\nPour ..."
+becomes "Sure. Pour ..."); a local model's prompt cache (llama.cpp, Ollama) matches the
+conversation token by token, so from that reply on every later turn was evaluated again (36 of
+a reply's 50 tokens, 0.5 s on 2 cores). A reply that differs from what was generated only in
+its whitespace goes back as generated; one cut short by a barge-in stays as it was heard.
 """
 
 from __future__ import annotations
@@ -102,6 +109,8 @@ class StreamingLLMService(LLMService):
         self.on_failure: Callable[[str], None] | None = None
         #: seconds from request to first token, for each response (read by tests and benches)
         self.ttft: list[float] = []
+        #: this call's replies as generated, by their text with whitespace squashed
+        self._generated: dict[str, str] = {}
 
     def can_generate_metrics(self) -> bool:
         return True
@@ -129,7 +138,16 @@ class StreamingLLMService(LLMService):
             convert_developer_to_user=True,
         )
         tools = params.get("tools")
-        return list(params["messages"]), list(tools) if isinstance(tools, list) else []
+        messages = [self._as_generated(m) for m in params["messages"]]
+        return messages, list(tools) if isinstance(tools, list) else []
+
+    def _as_generated(self, message: dict[str, Any]) -> dict[str, Any]:
+        """``message`` with the text the model generated, where the context holds it respaced."""
+        content = message.get("content")
+        if message.get("role") != "assistant" or not isinstance(content, str):
+            return message
+        generated = self._generated.get(squash(content))
+        return {**message, "content": generated} if generated and generated != content else message
 
     async def _respond(self, context: LLMContext) -> None:
         messages, tools = await self._messages(context)
@@ -137,6 +155,7 @@ class StreamingLLMService(LLMService):
         await self.start_processing_metrics()
         await self.start_ttfb_metrics()
         calls: list[ToolCallRequest] = []
+        reply: list[str] = []
         spoke = False
         started = time.monotonic()
         gen = self.stream(messages, tools).__aiter__()
@@ -156,6 +175,7 @@ class StreamingLLMService(LLMService):
                     calls.append(item)
                 elif item:
                     spoke = True
+                    reply.append(item)
                     await push_llm_text(self, item)
         except TimeoutError:
             what = "first token" if not spoke and not calls else "next token"
@@ -166,6 +186,7 @@ class StreamingLLMService(LLMService):
             await self._model_failed(f"model request failed: {type(e).__name__}: {e}", spoke)
         finally:
             await _close(gen)
+        self._remember("".join(reply))
         await self.stop_processing_metrics()
         await self.push_frame(LLMFullResponseEndFrame())
         calls = self._offered_calls(calls, tools)
@@ -181,6 +202,10 @@ class StreamingLLMService(LLMService):
                     for i, c in enumerate(calls)
                 ]
             )
+
+    def _remember(self, reply: str) -> None:
+        if reply.strip():
+            self._generated[squash(reply)] = reply
 
     def _offered_calls(
         self, calls: list[ToolCallRequest], tools: list[dict[str, Any]]
@@ -211,6 +236,11 @@ class StreamingLLMService(LLMService):
     async def _apologise(self, spoke: bool) -> None:
         """The caller hears the apology, also after half an answer the failure cut off."""
         await push_llm_text(self, (" " if spoke else "") + self.apology)
+
+
+def squash(text: str) -> str:
+    """``text`` with every run of whitespace one space, and none at either end."""
+    return " ".join(text.split())
 
 
 async def _close(gen: AsyncIterator[Any]) -> None:

@@ -2,7 +2,8 @@
 
 * ``fake`` STT: a segmented STT that answers each VAD segment with the next line of its
   script (so tests can speak real audio and know what was "heard").
-* ``fake`` LLM: streams "You said: <text>." word by word; says goodbye and calls ``end_call``
+* ``fake`` LLM: streams "You said: <text>." word by word (more sentences for "everything",
+  paragraphs for "paragraphs"); says goodbye and calls ``end_call``
   when the caller says goodbye; fails on demand ("fail" in the text, but not "tts-fail").
 * ``fake`` TTS: a 440 Hz tone, ``ms_per_char`` long per character, in 20 ms chunks; fails a
   text with "tts-fail" in it (an ErrorFrame, as a service that cannot speak it) or "tts-raise"
@@ -14,6 +15,7 @@ They are real pipecat services and exercise the same frame protocol as real prov
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import re
 import time
@@ -122,6 +124,8 @@ class FakeLLMService(StreamingLLMService):
             reply = f"You said: {text.strip().rstrip('.')}."
             if "everything" in text.lower():
                 reply += " Here is more. And there is even more to say about it. That is all."
+            if "paragraphs" in text.lower():  # as models write lists: the TTS respaces them
+                reply += "\n\nHere is a second paragraph.\n\n  And a third one."
             words = reply.split(" ")
             for i, word in enumerate(words):
                 if i and self._s.token_delay:
@@ -139,8 +143,15 @@ class FakeLLM(LLMProvider):
     description = "echoes the caller (tests)"
 
     def create_service(self, call: CallContext) -> FakeLLMService:
-        return FakeLLMService(self.settings, system_prompt=call.profile.system_prompt,
-                              apology=apology_for(call.profile, DEFAULT_APOLOGY))
+        service = FakeLLMService(self.settings, system_prompt=call.profile.system_prompt,
+                                 apology=apology_for(call.profile, DEFAULT_APOLOGY))
+        self.services.append(service)
+        return service
+
+    @functools.cached_property
+    def services(self) -> list[FakeLLMService]:
+        """The services this provider created, one per call (tests read their requests)."""
+        return []
 
 
 @attrs.define

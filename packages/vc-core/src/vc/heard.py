@@ -50,8 +50,8 @@ class UnheardReply:
     ``failed(text)``: the turn's speech failed and ``text`` was played instead; the reply is
     replaced now if the aggregator has committed it, else when it does (``committed``). Where
     the reply never reaches the context (a TTS that raised before any text was spoken), the
-    apology is put where the reply would have been when the next answer starts
-    (``answer_started``), so the context still says what the caller heard.
+    apology is put where the reply would have been before the next request is built from the
+    context (``answer_started``), so the context still says what the caller heard.
     """
 
     def __init__(self, context: Any) -> None:

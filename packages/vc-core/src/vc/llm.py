@@ -146,7 +146,7 @@ class StreamingLLMService(LLMService):
         content = message.get("content")
         if message.get("role") != "assistant" or not isinstance(content, str):
             return message
-        generated = self._generated.get(squash(content))
+        generated = self._generated.get(_squash(content))
         return {**message, "content": generated} if generated and generated != content else message
 
     async def _respond(self, context: LLMContext) -> None:
@@ -205,7 +205,7 @@ class StreamingLLMService(LLMService):
 
     def _remember(self, reply: str) -> None:
         if reply.strip():
-            self._generated[squash(reply)] = reply
+            self._generated[_squash(reply)] = reply
 
     def _offered_calls(
         self, calls: list[ToolCallRequest], tools: list[dict[str, Any]]
@@ -238,7 +238,7 @@ class StreamingLLMService(LLMService):
         await push_llm_text(self, (" " if spoke else "") + self.apology)
 
 
-def squash(text: str) -> str:
+def _squash(text: str) -> str:
     """``text`` with every run of whitespace one space, and none at either end."""
     return " ".join(text.split())
 

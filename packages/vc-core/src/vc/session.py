@@ -337,20 +337,30 @@ class CallSession(CallEvents):
     def _watch_llm(self, llm: Any) -> None:
         """Whether the LLM is answering and has said anything this turn (pipecat's public
         ``on_before_push_frame`` event of the LLM service)."""
-        from pipecat.frames.frames import LLMFullResponseEndFrame, LLMFullResponseStartFrame, LLMTextFrame
+        from pipecat.frames.frames import (
+            LLMContextFrame,
+            LLMFullResponseEndFrame,
+            LLMFullResponseStartFrame,
+            LLMTextFrame,
+        )
 
         async def watch(_service: Any, frame: Any) -> None:
             if isinstance(frame, LLMFullResponseStartFrame):
                 self._llm_busy, self._spoke_this_turn = True, False
                 self._answer_unheard = True
-                if self._unheard is not None:
-                    self._unheard.answer_started()
             elif isinstance(frame, LLMTextFrame) and frame.text.strip():
                 self._spoke_this_turn = True
             elif isinstance(frame, LLMFullResponseEndFrame):
                 self._llm_busy = False
 
+        async def asked(_service: Any, frame: Any) -> None:
+            # A request is about to be built from the context: an apology still waiting for
+            # its place goes in first, so this request already sees it (vc.heard).
+            if isinstance(frame, LLMContextFrame) and self._unheard is not None:
+                self._unheard.answer_started()
+
         llm.add_event_handler("on_before_push_frame", watch)
+        llm.add_event_handler("on_before_process_frame", asked)
 
     def _watch_replies(self, assistant_agg: Any) -> None:
         """A reply committed to the context after its speech failed is replaced by the apology

@@ -34,6 +34,32 @@ def metric(engine: Engine, name: str) -> str:
     return "\n".join(line for line in text.splitlines() if line.startswith(name))
 
 
+async def answered_call(engine: Engine) -> tuple[LoopbackConnection, asyncio.Task[str]]:
+    """A loopback call whose greeting has been heard to its end."""
+    conn = LoopbackConnection()
+    task = await run_loopback_call(engine, conn)
+    await conn.wait_for_bot_audio(0, timeout=5)
+    await conn.wait_for_bot_silence()
+    return conn, task
+
+
+async def ask(conn: LoopbackConnection, words: str) -> tuple[float, float]:
+    """Say ``words``; returns when the speech started and when the bot's reply (or apology)
+    was first heard, after waiting for it to end. From the speech's start: an apology may
+    begin inside the clip's trailing silence."""
+    pcm = speech(words, 8000)
+    started = conn.say(pcm) - len(pcm) / 2 / 8000
+    answered = await conn.wait_for_bot_audio(started, timeout=15)
+    await conn.wait_for_bot_silence()
+    return started, answered
+
+
+async def hang_up(conn: LoopbackConnection, task: asyncio.Task[str]) -> None:
+    conn.caller_hangs_up()
+    await asyncio.wait_for(task, 10)
+    await conn.stop()
+
+
 async def test_apology_is_pre_rendered_per_profile(make_engine) -> None:
     engine = await make_engine(stack(["x"], "\n[profile.other]\nmatch.to = +2*\n"))
     assert set(engine.apologies) == {p.name for p in engine.config.profiles}
@@ -62,15 +88,8 @@ async def test_failed_turn_plays_the_pre_rendered_apology_and_the_next_turn_work
     make_engine, failing: str
 ) -> None:
     engine = await make_engine(stack([failing, "hello again"]))
-    conn = LoopbackConnection()
-    task = await run_loopback_call(engine, conn)
-    await conn.wait_for_bot_audio(0, timeout=5)
-    await conn.wait_for_bot_silence()
-    question = speech("tell me the opening hours", 8000)
-    # From the question's start: the apology may begin inside the clip's trailing silence.
-    started = conn.say(question) - len(question) / 2 / 8000
-    apology_at = await conn.wait_for_bot_audio(started, timeout=15)
-    await conn.wait_for_bot_silence()
+    conn, task = await answered_call(engine)
+    _, apology_at = await ask(conn, "tell me the opening hours")
     second = conn.say(speech("hello again", 8000))
     apology = heard(conn, apology_at, second)
     clip = engine.apology_audio(conn.profile, conn.sample_rate)
@@ -95,9 +114,7 @@ async def test_failed_turn_plays_the_pre_rendered_apology_and_the_next_turn_work
     assert f'vc_provider_failures_total{{kind="{kind}",provider="fake"}} 1.0' in metric(
         engine, "vc_provider_failures_total")
     assert f'vc_apologies_total{{kind="{kind}"}} 1.0' in metric(engine, "vc_apologies_total")
-    conn.caller_hangs_up()
-    await asyncio.wait_for(task, 10)
-    await conn.stop()
+    await hang_up(conn, task)
 
 
 class _Records(logging.Handler):
@@ -180,22 +197,12 @@ async def test_a_reply_the_tts_could_not_speak_is_replaced_by_the_apology(make_e
     context through pipecat's aggregator all the same; the caller heard the apology, and the
     context says so - left there, the unheard reply is what a small model copies next turn."""
     engine = await make_engine(stack(["tts-fail please", "hello again"]))
-    conn = LoopbackConnection()
-    task = await run_loopback_call(engine, conn)
-    await conn.wait_for_bot_audio(0, timeout=5)
-    await conn.wait_for_bot_silence()
-    question = speech("tell me the opening hours", 8000)
-    started = conn.say(question) - len(question) / 2 / 8000
-    await conn.wait_for_bot_audio(started, timeout=15)
-    await conn.wait_for_bot_silence()
-    second = conn.say(speech("hello again", 8000))
-    await conn.wait_for_bot_audio(second, timeout=15)
-    await conn.wait_for_bot_silence()
+    conn, task = await answered_call(engine)
+    await ask(conn, "tell me the opening hours")
+    await ask(conn, "hello again")
     session = engine.sessions[conn.info.call_id]
     messages = [(m["role"], m["content"]) for m in session.context.get_messages()]
     assert messages[1:] == [("user", "tts-fail please"), ("assistant", DEFAULT_APOLOGY),
                             ("user", "hello again"), ("assistant", "You said: hello again.")]
     assert session.apologies == 1
-    conn.caller_hangs_up()
-    await asyncio.wait_for(task, 10)
-    await conn.stop()
+    await hang_up(conn, task)

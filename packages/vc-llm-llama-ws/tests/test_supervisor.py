@@ -148,3 +148,40 @@ async def test_thread_isolation_keeps_the_model_in_process() -> None:
         assert provider.worker is None and provider.ready()
     finally:
         await provider.stop()
+
+
+def child_environment(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc")
+@pytest.mark.parametrize("wait", ["sleep", "spin"])
+async def test_the_child_threads_sleep_when_idle_and_then_prompts_use_every_core(
+    wait: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr("vc_llm_llama_ws.embedded.default_threads", lambda: 6)
+    settings = LlamaCppSettings(thread_wait=wait, n_threads=1)  # type: ignore[arg-type]
+    provider = LlamaCppProvider(settings, provider_context())
+    await provider.start()
+    try:
+        assert provider.worker is not None and provider.worker.pid is not None
+        env = child_environment(provider.worker.pid)
+        (model,) = provider.worker.spec["models"]
+        if wait == "sleep":
+            assert env.get("OMP_WAIT_POLICY") == "passive"
+            assert (model["n_threads"], model["n_threads_batch"]) == (1, 6)
+        else:
+            assert "OMP_WAIT_POLICY" not in env
+            assert (model["n_threads"], model["n_threads_batch"]) == (1, 1)
+        assert "PATH" in env  # vc's own environment is passed on
+    finally:
+        await provider.stop()
+
+
+def test_prompt_threads_set_by_hand_win_and_thread_isolation_keeps_n_threads() -> None:
+    from vc_llm_llama_ws.embedded import prompt_threads
+
+    assert prompt_threads(LlamaCppSettings(n_threads_batch=3)) == 3
+    assert prompt_threads(LlamaCppSettings(isolation="thread", n_threads=1)) == 1

@@ -33,6 +33,7 @@ from vc_llm_llama_ws.supervisor import ModelSpec, RemoteModel, WorkerProcess
 
 ToolMode = Literal["farewell", "native", "off"]
 Isolation = Literal["process", "thread"]
+ThreadWait = Literal["sleep", "spin"]
 
 
 def embedded_threads() -> int:
@@ -60,9 +61,14 @@ class LlamaCppSettings:
     )
     n_threads_batch: int = setting(
         0, min=0, max=1024,
-        help="CPU threads evaluating a turn's prompt before the first token (0: n_threads). "
-        "On 2 shared cores, 2 threads cut the median first token by 40 ms but stalled it "
-        "for 1.5-7 s in 1 turn of 15",
+        help="CPU threads evaluating a turn's prompt before the first token (0: every core "
+        "this process may use when thread_wait = sleep and isolation = process, else n_threads)",
+    )
+    thread_wait: ThreadWait = setting(
+        "sleep",
+        help="how llama.cpp's idle threads wait between steps (isolation = process): sleep "
+        "(OMP_WAIT_POLICY=passive in the child) leaves the core to the STT and the TTS; spin "
+        "keeps OpenMP's own default (spin a while, then sleep)",
     )
     parallel: int = setting(
         4, min=1, max=64,
@@ -116,6 +122,25 @@ class LlamaCppSettings:
     first_token_timeout: float = first_token_timeout_setting(20.0)
     token_timeout: float = token_timeout_setting(10.0)
     apology: str = apology_setting()
+
+
+def prompt_threads(s: LlamaCppSettings) -> int:
+    """Threads evaluating prompts: every usable core where the threads sleep when idle.
+
+    Spinning threads of a prompt on both of 2 shared cores stalled 1 turn in 15 for 1.5-7 s
+    while Whisper and Piper ran; sleeping ones did not, and took the first token from ~300 to
+    ~200 ms (bench/README.md, 2026-12-06).
+    """
+    if s.n_threads_batch:
+        return s.n_threads_batch
+    if s.isolation == "process" and s.thread_wait == "sleep":
+        return default_threads()
+    return s.n_threads or embedded_threads()
+
+
+def worker_env(s: LlamaCppSettings) -> dict[str, str]:
+    """The child's OpenMP settings: libgomp reads them once, when llama.cpp loads."""
+    return {"OMP_WAIT_POLICY": "passive"} if s.thread_wait == "sleep" else {}
 
 
 class LlamaCppService(StreamingLLMService):
@@ -211,7 +236,8 @@ class LlamaCppProvider(LLMProvider):
         specs = await self._resolve()
         warm = self._warm_prompts(specs) if s.warm else {}
         if s.isolation == "process":
-            self.worker = WorkerProcess(specs, warm, on_death=self._worker_died)
+            self.worker = WorkerProcess(specs, warm, on_death=self._worker_died,
+                                        env=worker_env(s))
             await self.worker.start()
             wait = s.first_token_timeout
             self.models = {m.key: RemoteModel(self.worker, m.key, wait) for m in specs}
@@ -246,7 +272,7 @@ class LlamaCppProvider(LLMProvider):
                 )
                 continue
             specs.append(ModelSpec(key, str(path), s.n_ctx, s.n_threads or embedded_threads(),
-                                   s.n_threads_batch, s.chat_format, s.parallel))
+                                   prompt_threads(s), s.chat_format, s.parallel))
         return specs
 
     def _warm_prompts(self, specs: list[ModelSpec]) -> dict[str, list[str]]:

@@ -17,10 +17,11 @@ import contextlib
 import itertools
 import json
 import logging
+import os
 import signal
 import sys
 import time
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -71,8 +72,11 @@ class WorkerProcess:
         *,
         on_death: Callable[[str], None] = lambda reason: None,
         python: str = sys.executable,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.spec = {"models": [attrs.asdict(m) for m in models], "warm": warm}
+        #: variables set for the child on top of vc's own environment (OMP_WAIT_POLICY)
+        self.env = dict(env or {})
         self.on_death = on_death
         self.python = python
         self.tools: dict[str, bool] = {}
@@ -103,6 +107,7 @@ class WorkerProcess:
             self.python, "-m", "vc_llm_llama_ws.worker",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, limit=64 * 1024 * 1024,
+            env={**os.environ, **self.env},
         )
         self.proc = proc
         self._spawn_task(self._read_stderr(proc))

@@ -170,6 +170,20 @@ async def test_a_replys_first_piece_ends_before_a_break_word_once_it_is_long_eno
         "One two three four five six", "and seven."]
 
 
+async def test_a_long_first_piece_with_no_phrase_break_is_cut_before_a_late_break() -> None:
+    agg = ClauseAggregator(min_words=4, first_words=5, first_breaks=frozenset({"and"}),
+                           late_words=7, late_breaks=frozenset({"to", "the"}))
+    tokens = ["The store is ", "open from 9 AM ", "to 5 PM ", "and closes ", "early on ", "Sunday."]
+    assert await aggregate(agg, tokens) == [
+        "The store is open from 9 AM",  # 7 words: cut before "to"
+        "to 5 PM and closes early on Sunday."]  # later pieces end at punctuation only
+    # Under late_words a late break does not cut; a phrase break still does after first_words.
+    assert await aggregate(agg, ["Go to the ", "shop and ", "buy bread ", "and milk."]) == [
+        "Go to the shop and buy bread", "and milk."]
+    assert await aggregate(agg, ["Yes. ", "It opens ", "at nine in the morning ", "to the public."]) == [
+        "Yes.", "It opens at nine in the morning to the public."]  # not the reply's first piece
+
+
 async def test_without_first_words_the_first_piece_is_the_first_clause() -> None:
     agg = ClauseAggregator(min_words=4, first_breaks=frozenset({"is"}))
     assert await aggregate(agg, ["The best way to make tea is ", "to boil water."]) == [

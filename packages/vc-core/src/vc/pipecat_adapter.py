@@ -97,7 +97,8 @@ def init_silero_analyzer(
 
 
 def use_clause_aggregator(service: TTSService, min_words: int, first_words: int = 0,
-                          first_breaks: frozenset[str] = frozenset()) -> None:
+                          first_breaks: frozenset[str] = frozenset(), *, late_words: int = 0,
+                          late_breaks: frozenset[str] = frozenset()) -> None:
     """Make ``service`` cut its text into clauses (:class:`ClauseAggregator`), keeping its
     aggregation mode and language. pipecat's TTS service takes no aggregator argument since
     1.x (only ``text_aggregation_mode``); its aggregator is ``_text_aggregator``."""
@@ -107,6 +108,8 @@ def use_clause_aggregator(service: TTSService, min_words: int, first_words: int 
         min_words=min_words,
         first_words=first_words,
         first_breaks=first_breaks,
+        late_words=late_words,
+        late_breaks=late_breaks,
     )
 
 
@@ -129,7 +132,8 @@ class ClauseAggregator(SimpleTextAggregator):
     """
 
     def __init__(self, *, min_words: int = 4, max_words: int = 40, first_words: int = 0,
-                 first_breaks: frozenset[str] = frozenset(), **kwargs: Any) -> None:
+                 first_breaks: frozenset[str] = frozenset(), late_words: int = 0,
+                 late_breaks: frozenset[str] = frozenset(), **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.min_words = min_words
         self.max_words = max_words
@@ -137,6 +141,10 @@ class ClauseAggregator(SimpleTextAggregator):
         #: "because") once it has ``first_words`` words: its first audio comes sooner.
         self.first_words = first_words
         self.first_breaks = first_breaks
+        #: ... and before a word of ``late_breaks`` ("to", "of", "the") once it has
+        #: ``late_words`` words: a long first sentence with no phrase break is not waited for.
+        self.late_words = late_words
+        self.late_breaks = late_breaks
         self._first = True
 
     async def flush(self) -> Aggregation | None:
@@ -169,10 +177,13 @@ class ClauseAggregator(SimpleTextAggregator):
                 yield clause
 
     def _check_first_piece(self, char: str) -> Aggregation | None:
-        if not (self._first and self.first_words and char.isspace()) or self._sentence_pending():
+        if not (self._first and char.isspace()) or self._sentence_pending():
             return None
         words = self._text.split()
-        if len(words) <= self.first_words or words[-1].lower() not in self.first_breaks:
+        before, word = len(words) - 1, words[-1].lower() if words else ""
+        cut_here = (self.first_words and before >= self.first_words and word in self.first_breaks
+                    ) or (self.late_words and before >= self.late_words and word in self.late_breaks)
+        if not cut_here:
             return None
         cut = self._text.rstrip().rfind(words[-1])
         piece, self._text = self._text[:cut], self._text[cut:]

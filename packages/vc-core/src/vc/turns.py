@@ -68,6 +68,24 @@ def phrase_breaks(language: str) -> frozenset[str]:
     return PHRASE_BREAKS.get(primary(language), frozenset())
 
 
+#: Words a *long* first piece may also be cut before (``late_breaks``): prepositions,
+#: articles, "to", "that". The cut is audible as a short pause inside the phrase, a price paid
+#: only where the first sentence has gone on for ``late_words`` words without a phrase break
+#: (its audio would otherwise wait for all of it). None for Turkish: its postpositions and
+#: suffixes close a phrase rather than open one.
+LATE_BREAKS: dict[str, frozenset[str]] = {
+    "en": frozenset("""
+        to of in on at from about into onto over under after before until since during
+        than that the a an as like
+    """.split()),
+}
+
+
+def late_breaks(language: str) -> frozenset[str]:
+    """The words a long first piece in ``language`` may be cut before."""
+    return LATE_BREAKS.get(primary(language), frozenset())
+
+
 #: What a listener says while the bot talks without taking the turn, per primary language.
 BACKCHANNELS: dict[str, frozenset[str]] = {
     "en": frozenset("""

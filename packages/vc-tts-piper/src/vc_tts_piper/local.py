@@ -86,6 +86,10 @@ class PiperSettings:
         5, min=0, max=100,
         help="a reply's first piece is also cut before a word such as and, for, because once it "
         "has this many words, so its first audio comes sooner (0: first clause or sentence)")
+    first_piece_late_words: int = setting(
+        7, min=0, max=100,
+        help="a first piece with no such word yet is also cut before to, of, the, that (and "
+        "other prepositions and articles) once it has this many words (0: never)")
     max_piece_words: int = setting(
         16, min=1, max=1000, validator=_positive,
         help="longest piece synthesised in one go (bounds how late barge-in stops synthesis)")
@@ -105,6 +109,7 @@ class PiperTTSService(ClauseStreamingTTSService):
             model=str(voice.file.model),
             min_clause_words=s.min_clause_words,
             first_piece_words=s.first_piece_words,
+            first_piece_late_words=s.first_piece_late_words,
             normalize_text=s.normalize,
             speakable=voice.speakable,
             **kwargs,

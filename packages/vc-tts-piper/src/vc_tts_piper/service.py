@@ -21,7 +21,7 @@ from pipecat.services.tts_service import TTSService
 
 from vc.audio import StreamResampler
 from vc.pipecat_adapter import use_clause_aggregator
-from vc.turns import phrase_breaks
+from vc.turns import late_breaks, phrase_breaks
 from vc_tts_piper.normalize import normalize
 
 
@@ -36,6 +36,7 @@ class ClauseStreamingTTSService(TTSService):
         model: str | None = None,
         min_clause_words: int = 4,
         first_piece_words: int = 0,
+        first_piece_late_words: int = 0,
         normalize_text: bool = True,
         speakable: Callable[[str], str] | None = None,
         **kwargs: Any,
@@ -56,7 +57,9 @@ class ClauseStreamingTTSService(TTSService):
         self._normalize_text = normalize_text
         self._speakable = speakable
         use_clause_aggregator(self, min_clause_words, first_piece_words,
-                              phrase_breaks(language) if first_piece_words else frozenset())
+                              phrase_breaks(language) if first_piece_words else frozenset(),
+                              late_words=first_piece_late_words,
+                              late_breaks=late_breaks(language))
         #: What was actually sent to the synthesiser, request by request (diagnostics, tests).
         self.spoken: list[str] = []
 

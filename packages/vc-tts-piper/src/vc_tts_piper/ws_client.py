@@ -105,6 +105,10 @@ class PiperWebSocketSettings:
         5, min=0, max=100,
         help="a reply's first piece is also cut before a word such as and, for, because once it "
         "has this many words, so its first audio comes sooner (0: first clause or sentence)")
+    first_piece_late_words: int = setting(
+        7, min=0, max=100,
+        help="a first piece with no such word yet is also cut before to, of, the, that (and "
+        "other prepositions and articles) once it has this many words (0: never)")
     normalize: bool = setting(
         True, help="spell out numbers, currency, times, URLs; drop markdown and emoji")
 
@@ -375,7 +379,9 @@ class PiperWebSocketTTSService(ClauseStreamingTTSService):
         s: PiperWebSocketSettings = provider.settings
         super().__init__(voice=voice, language=language, model=None,
                          min_clause_words=s.min_clause_words,
-                         first_piece_words=s.first_piece_words, normalize_text=s.normalize,
+                         first_piece_words=s.first_piece_words,
+                         first_piece_late_words=s.first_piece_late_words,
+                         normalize_text=s.normalize,
                          **kwargs)
         self._provider = provider
         self.client = PiperClient(provider.pool, s, voice)

@@ -178,3 +178,41 @@ async def test_closing_the_model_ends_replies_in_flight(smollm2: LlamaModel) -> 
     await model.close()
     rest = [p async for p in stream]  # the stream ends instead of hanging
     assert stats.finish_reason == "cancelled" and len(rest) < 150
+
+
+async def test_a_prompt_uses_the_batch_threads_only_while_its_call_is_alone() -> None:
+    """n_threads_batch for a lone prompt of the only call up; n_threads for a prompt while
+    other calls are up and for batches of several sequences (the context really switches)."""
+    from llama_cpp import llama_cpp as C
+
+    model = LlamaModel(resolve_model(SMOLLM2), name="threads", n_ctx=512, parallel=2,
+                       n_threads=1, n_threads_batch=2)
+    model._load()
+    decoder = model._decoder
+    assert decoder is not None
+    steps: list[tuple[int, int, int]] = []  # sequences fed, tokens fed, batch threads after
+
+    def spy(fed):  # type: ignore[no-untyped-def]
+        n = real(fed)
+        steps.append((len(fed), sum(len(tokens) for _, tokens, _ in fed), n))
+        return n
+
+    real, decoder._threads_for = decoder._threads_for, spy  # type: ignore[method-assign]
+    try:
+        async def reply(question: str, alone: bool, sampling: Sampling = GREEDY) -> str:
+            pieces = model.stream(ask(question), sampling, conversation=question, alone=alone)
+            return "".join([p async for p in pieces])
+
+        await reply("What is the capital of France?", alone=True)
+        assert any(seqs == 1 and tokens > 1 and n == 2 for seqs, tokens, n in steps), steps
+        steps.clear()
+        await reply("What is the capital of Italy?", alone=False)
+        prompt = [n for seqs, tokens, n in steps if tokens > 1]
+        assert prompt and set(prompt) == {1}, steps
+        assert C.llama_n_threads_batch(decoder._ctx) == 1
+        steps.clear()
+        await asyncio.gather(reply("Count to twenty.", True, LONG), reply("Name ten fruits.", True, LONG))
+        assert any(seqs == 2 for seqs, _, _ in steps)
+        assert all(n == 1 for seqs, _, n in steps if seqs == 2), steps
+    finally:
+        await model.close()

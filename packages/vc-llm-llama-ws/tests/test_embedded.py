@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from pipecat.frames.frames import InterruptionFrame
@@ -136,3 +137,31 @@ async def test_callers_goodbye_ends_a_real_call(vc_engine_factory) -> None:
     assert outcome == "completed"
     assert ("tool_call", {"name": "end_call", "arguments": {}}) in events
     assert not engine.sessions  # the call is gone from the engine
+
+
+async def test_a_calls_prompt_may_use_every_core_only_while_no_other_call_is_up() -> None:
+    provider = LlamaCppProvider(LlamaCppSettings(isolation="thread", max_tokens=4),
+                                provider_context())
+    await provider.start()
+    try:
+        model = provider.default
+        assert model is not None
+        seen: list[bool] = []
+        real = model.stream
+
+        def spy(*args: Any, **kwargs: Any) -> Any:
+            seen.append(kwargs["alone"])
+            return real(*args, **kwargs)
+
+        model.stream = spy  # type: ignore[method-assign]
+        first = provider.create_service(call_context())
+        await drive(first, turn(user("Hi")))  # the call's pipeline ends: its service is down
+        assert provider.calls_up() == 0
+        second = provider.create_service(call_context())
+        third = provider.create_service(call_context())
+        assert provider.calls_up() == 2
+        await drive(second, turn(user("Hi")))
+        await drive(third, turn(user("Hi")))
+        assert seen == [True, False, True]
+    finally:
+        await provider.stop()

@@ -56,6 +56,7 @@ class Request:
     emit: Emit
     submitted: float
     conversation: str = ""  # the call; "" for one-off requests
+    alone: bool = True  # no other call is using the CPU (see BatchedDecoder._threads_for)
     started: float = 0.0
     pending: list[int] = attrs.field(factory=list)  # prompt tokens not evaluated yet
     stops: list[str] = attrs.field(factory=list)
@@ -96,6 +97,8 @@ class BatchedDecoder:
         params.n_threads = n_threads
         params.n_threads_batch = n_threads_batch
         params.no_perf = True
+        self.n_threads, self.n_threads_batch = n_threads, n_threads_batch
+        self._batch_threads = n_threads_batch  # what the context uses for batches now
         self._ctx = C.llama_init_from_model(llm.model, params)
         if not self._ctx:
             raise RuntimeError(f"llama.cpp could not create a context of {n_seq} x {n_ctx} tokens")
@@ -247,12 +250,28 @@ class BatchedDecoder:
         if not n:
             return
         self._batch.n_tokens = n
+        self._use_batch_threads(self._threads_for(fed))
         status = self._C.llama_decode(self._ctx, self._batch)
         if status != 0:
             self._failed(fed, status)
             return
         for slot, tokens, index in fed:
             self._after_decode(slot, tokens, index)
+
+    def _threads_for(self, fed: list[tuple[Slot, list[int], int]]) -> int:
+        """``n_threads_batch`` for a lone prompt of a call with the CPU to itself, else
+        ``n_threads``: llama.cpp's threads spin at every layer waiting for each other, and
+        one the OS gave to another call's STT or TTS stalls the rest (bench/README.md)."""
+        if len(fed) == 1:
+            slot, tokens, _ = fed[0]
+            if len(tokens) > 1 and slot.request is not None and slot.request.alone:
+                return self.n_threads_batch
+        return self.n_threads
+
+    def _use_batch_threads(self, n: int) -> None:
+        if n != self._batch_threads:
+            self._C.llama_set_n_threads(self._ctx, self.n_threads, n)
+            self._batch_threads = n
 
     def _add(self, slot: Slot, tokens: list[int], at: int, *, logits: bool) -> None:
         b, pos = self._batch, len(slot.tokens)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Literal
@@ -61,8 +62,9 @@ class LlamaCppSettings:
     )
     n_threads_batch: int = setting(
         0, min=0, max=1024,
-        help="CPU threads evaluating a turn's prompt before the first token (0: every core "
-        "this process may use when thread_wait = sleep and isolation = process, else n_threads)",
+        help="CPU threads evaluating a turn's prompt while its call is the only one (0: every "
+        "core this process may use where thread_wait = sleep, isolation = process and "
+        "parallel > 1, else n_threads); other batches use n_threads",
     )
     thread_wait: ThreadWait = setting(
         "sleep",
@@ -125,15 +127,16 @@ class LlamaCppSettings:
 
 
 def prompt_threads(s: LlamaCppSettings) -> int:
-    """Threads evaluating prompts: every usable core where the threads sleep when idle.
+    """Threads evaluating a prompt while its call is the only one up (vc_llm_llama_ws.batched
+    uses n_threads for everything else): every usable core where idle threads sleep.
 
-    Spinning threads of a prompt on both of 2 shared cores stalled 1 turn in 15 for 1.5-7 s
-    while Whisper and Piper ran; sleeping ones did not, and took the first token from ~300 to
-    ~200 ms (bench/README.md, 2026-12-06).
+    On 2 Intel cores (bench/README.md, 2026-12-06) this took the first token from ~300 to
+    ~210 ms; with spinning threads, or with every batch on both cores while other calls' STT
+    and TTS ran, turns stalled.
     """
     if s.n_threads_batch:
         return s.n_threads_batch
-    if s.isolation == "process" and s.thread_wait == "sleep":
+    if s.isolation == "process" and s.thread_wait == "sleep" and s.parallel > 1:
         return default_threads()
     return s.n_threads or embedded_threads()
 
@@ -181,7 +184,7 @@ class LlamaCppService(StreamingLLMService):
         reply: list[str] = []
         pieces = self._model.stream(
             messages, self._sampling(), tools=tools if native else (), stats=stats,
-            conversation=self._call.call_id,
+            conversation=self._call.call_id, alone=self._provider.calls_up() <= 1,
         )
         try:
             async for piece in pieces:
@@ -204,6 +207,10 @@ class LlamaCppService(StreamingLLMService):
             await pieces.aclose()
             self._provider.record(stats, self._call)
 
+    async def cleanup(self) -> None:
+        await super().cleanup()
+        self._provider.call_ended(self)
+
 
 def _item(item: str | ToolCallText) -> str | ToolCallRequest:
     if isinstance(item, ToolCallText):
@@ -224,6 +231,8 @@ class LlamaCppProvider(LLMProvider):
         self.models: dict[str, LlamaModel | RemoteModel] = {}
         self.default: LlamaModel | RemoteModel | None = None
         self.worker: WorkerProcess | None = None
+        #: the calls' services until their pipelines end (weak: a call that never ran goes too)
+        self._services: weakref.WeakSet[LlamaCppService] = weakref.WeakSet()
         self.tool_mode: ToolMode = settings.tool_calls
         self.supports_tools = settings.tool_calls != "off"
 
@@ -349,7 +358,16 @@ class LlamaCppProvider(LLMProvider):
         return self.models.get(canonical(wanted), self.default) if wanted else self.default
 
     def create_service(self, call: CallContext) -> LlamaCppService:
-        return LlamaCppService(self, self.model_for(call), call)
+        service = LlamaCppService(self, self.model_for(call), call)
+        self._services.add(service)
+        return service
+
+    def call_ended(self, service: LlamaCppService) -> None:
+        self._services.discard(service)
+
+    def calls_up(self) -> int:
+        """Calls whose LLM service is up: with one, its prompts may use every core."""
+        return len(self._services)
 
     def record(self, stats: Generation, call: CallContext) -> None:
         """Log and publish one reply's numbers (tokens/s, cache reuse, queue wait)."""

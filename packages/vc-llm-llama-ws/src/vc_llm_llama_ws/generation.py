@@ -278,10 +278,12 @@ class LlamaModel:
         tools: Sequence[dict[str, Any]] = (),
         stats: Generation | None = None,
         conversation: str = "",
+        alone: bool = True,
     ) -> AsyncGenerator[str, None]:
         """Stream the reply's text pieces. Closing the iterator stops generation within a token.
 
-        ``conversation`` (the call) lets a batched model keep each call's turns cached."""
+        ``conversation`` (the call) lets a batched model keep each call's turns cached;
+        ``alone`` (no other call is up) lets it evaluate the prompt on ``n_threads_batch``."""
         if self._llm is None:
             raise RuntimeError(f"model {self.name} is not loaded")
         loop = asyncio.get_running_loop()
@@ -313,7 +315,7 @@ class LlamaModel:
         if self._decoder is not None:
             prepare = functools.partial(self._prepare, messages, tools, sampling, stats)
             self._decoder.submit(
-                Request(prepare, sampling, stats, stop, emit, submitted, conversation))
+                Request(prepare, sampling, stats, stop, emit, submitted, conversation, alone))
         else:
             future = loop.run_in_executor(self._executor, work)
         try:

@@ -194,6 +194,7 @@ class WorkerProcess:
         stats: Generation,
         wait: float,
         conversation: str = "",
+        alone: bool = True,
     ) -> AsyncGenerator[str, None]:
         """One generation in the child; closing the iterator cancels it there."""
         submitted = time.monotonic()
@@ -205,7 +206,7 @@ class WorkerProcess:
         self._pending[rid] = queue
         request = {"id": rid, "op": "stream", "model": key, "messages": messages,
                    "sampling": attrs.asdict(sampling), "tools": list(tools),
-                   "conversation": conversation}
+                   "conversation": conversation, "alone": alone}
         ended = False
         pieces = 0
         try:
@@ -282,9 +283,11 @@ class RemoteModel:
         tools: Sequence[dict[str, Any]] = (),
         stats: Generation | None = None,
         conversation: str = "",
+        alone: bool = True,
     ) -> AsyncGenerator[str, None]:
         return self.worker.stream(
-            self.name, messages, sampling, tools, stats or Generation(), self.wait, conversation
+            self.name, messages, sampling, tools, stats or Generation(), self.wait, conversation,
+            alone,
         )
 
     async def close(self) -> None:

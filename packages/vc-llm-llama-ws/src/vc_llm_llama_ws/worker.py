@@ -15,7 +15,7 @@ instead, so it cannot corrupt the stream)::
             or {"fatal": "why"} and exit status 1; then the system prompts in "warm" are
             evaluated before the first request is read
     stream  {"id": n, "op": "stream", "model": key, "messages": [...], "sampling": {...},
-             "tools": [...], "conversation": "call id"}
+             "tools": [...], "conversation": "call id", "alone": bool (no other call is up)}
             -> {"id": n, "text": ".."} ... then {"id": n, "end": {Generation fields}}
                or {"id": n, "error": "why"}
     cancel  {"id": n, "op": "cancel"}   stop generation n within a token (it still ends)
@@ -96,7 +96,8 @@ class Worker:
             model = self.models[request["model"]]
             sampling = Sampling(**{**request["sampling"], "stop": tuple(request["sampling"]["stop"])})
             pieces = model.stream(request["messages"], sampling, request.get("tools") or (), stats,
-                                  str(request.get("conversation") or ""))
+                                  str(request.get("conversation") or ""),
+                                  bool(request.get("alone", True)))
             try:
                 async for text in pieces:
                     self.send({"id": rid, "text": text})

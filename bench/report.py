@@ -245,32 +245,9 @@ def plots(results: dict[str, Any], stem: Path) -> list[str]:
         plt.close(fig)
         out.append(path.name)
 
-    if any(r.get("latency") for _, r in sides):
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 4.5))
-        for name, r in sides:
-            if r.get("latency"):
-                cdf(a1, [t["total"] for t in r["latency"]["turns"] if t["total"] is not None],
-                    name, colors[name])
-        a1.axvline(1.5, color="gray", ls="--", lw=0.8)
-        a1.axvline(2.0, color="gray", ls=":", lw=0.8)
-        a1.set_xlabel("end of speech -> first bot audio at the caller (s)")
-        a1.set_ylabel("fraction of turns")
-        a1.set_title("voice-to-voice latency")
-        a1.legend()
-        names = [n for n, r in sides if r.get("latency")]
-        bottom = np.zeros(len(names))
-        for st in STAGES:
-            vals = []
-            for n in names:
-                turns = results[n]["latency"]["turns"]
-                v = [t["stages"][st] for t in turns if t["stages"].get(st) is not None]
-                vals.append(float(np.median(v)) if v else 0.0)
-            a2.bar(names, vals, bottom=bottom, label=STAGE_NAMES[st])
-            bottom += np.array(vals)
-        a2.set_ylabel("seconds (median per stage)")
-        a2.set_title("where the time goes")
-        a2.legend(fontsize=7)
-        save(fig, "latency")
+    latency = {n: r["latency"]["turns"] for n, r in sides if r.get("latency")}
+    if latency:
+        save(latency_figure(plt, latency, colors), "latency")
     if any(r.get("barge_in") for _, r in sides):
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for name, r in sides:
@@ -307,6 +284,55 @@ def plots(results: dict[str, Any], stem: Path) -> list[str]:
         a2.legend()
         save(fig, "capacity")
     return out
+
+
+def latency_figure(plt: Any, runs: dict[str, list[dict[str, Any]]],
+                   colors: dict[str, str] | None = None) -> Any:
+    """Voice-to-voice CDF per run and the median of each stage, side by side."""
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 4.5))
+    for name, turns in runs.items():
+        v = np.sort([t["total"] for t in turns if t["total"] is not None])
+        if len(v):
+            a1.step(v, np.arange(1, len(v) + 1) / len(v), where="post", label=name,
+                    color=(colors or {}).get(name))
+    a1.axvline(0.9, color="gray", ls="--", lw=0.8)
+    a1.axvline(1.2, color="gray", ls=":", lw=0.8)
+    a1.set_xlabel("end of speech -> first bot audio at the caller (s)")
+    a1.set_ylabel("fraction of turns")
+    a1.set_title("voice-to-voice latency (targets p50 0.9 s, p95 1.2 s)")
+    a1.legend()
+    names = list(runs)
+    bottom = np.zeros(len(names))
+    for st in STAGES:
+        vals = []
+        for n in names:
+            v = [t["stages"][st] for t in runs[n] if t["stages"].get(st) is not None]
+            vals.append(float(np.median(v)) if v else 0.0)
+        a2.bar(names, vals, bottom=bottom, label=STAGE_NAMES[st])
+        bottom += np.array(vals)
+    a2.set_ylabel("seconds (median per stage)")
+    a2.set_title("where the time goes")
+    a2.legend(fontsize=7)
+    return fig
+
+
+def compare_plots(results: dict[str, Any], stem: Path) -> list[str]:
+    """``<stem>-latency.png`` for a ``--compare`` run: one CDF and stage bar per configuration."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    runs = {k: v["run"]["turns"] for k, v in results.get("compare", {}).items()}
+    if not runs:
+        return []
+    path = stem.with_name(f"{stem.name}-latency.png")
+    fig = latency_figure(plt, runs)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return [path.name]
 
 
 def compare_markdown(results: dict[str, Any]) -> str:

@@ -357,6 +357,7 @@ def cli() -> None:
     stem.parent.mkdir(parents=True, exist_ok=True)
     if args.compare:
         stem = stem.parent / (stem.name + "-compare")
+        results["plots"] = report.compare_plots(results, stem)
         md = report.compare_markdown(results)
     else:
         results["plots"] = report.plots(results, stem)

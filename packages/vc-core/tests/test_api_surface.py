@@ -57,6 +57,7 @@ PUBLIC: dict[str, tuple[str, ...]] = {
         "stt_user_id", "push_llm_text", "use_clause_aggregator", "queue_input_audio",
         "shared_silero_model",
     ),
+    "vc.turns": ("phrase_breaks", "late_breaks"),
     "vc.textnorm": ("normalize", "cardinal", "ordinal", "digits", "year_en", "primary", "lower", "upper"),
     "vc.profiles": ("Profile", "ProfileSettings"),
     "vc.config": ("Config",),

@@ -24,7 +24,6 @@ import contextlib
 import functools
 import importlib.util
 import logging
-import os
 import re
 import threading
 import time
@@ -35,6 +34,7 @@ from typing import Any
 import attrs
 
 from vc import jsonsafe
+from vc.cpu import usable_cores
 from vc_llm_llama_ws.batched import BatchedDecoder, Request, common_prefix, partial_suffix
 
 log = logging.getLogger("vc.llm.llama_cpp")
@@ -97,10 +97,8 @@ class ToolCallText:
 
 
 def default_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+    """The cores this process may use, a container's CPU limit included (vc.cpu)."""
+    return usable_cores()
 
 
 class LlamaModel:

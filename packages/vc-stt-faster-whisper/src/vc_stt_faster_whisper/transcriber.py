@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import attrs
 import numpy as np
 
+from vc.cpu import usable_cores
 from vc.providers import ProviderError
 from vc_stt_faster_whisper.models import ResolvedModel
 from vc_stt_faster_whisper.settings import FasterWhisperSettings
@@ -77,8 +77,7 @@ class Transcriber:
         self.device = device if device != "auto" else ("cuda" if cuda_available() else "cpu")
         ct = settings.compute_type.strip().lower()
         self.compute_type = ct if ct != "auto" else ("float16" if self.device == "cuda" else "int8")
-        cores = os.cpu_count() or 1
-        self.cpu_threads = settings.cpu_threads or min(4, cores)
+        self.cpu_threads = settings.cpu_threads or min(4, usable_cores())
         self._model: Any = None
         self._pool = ThreadPoolExecutor(settings.num_workers, thread_name_prefix="whisper")
         self._token_budget = MAX_LENGTH - 8

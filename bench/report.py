@@ -232,13 +232,6 @@ def plots(results: dict[str, Any], stem: Path) -> list[str]:
     sides = [(name, results.get(name, {})) for name in ("vc", "baseline")]
     colors = {"vc": "#1f77b4", "baseline": "#d62728"}
 
-    def cdf(ax: Any, values: list[float], label: str, color: str, ls: str = "-") -> None:
-        if not values:
-            return
-        v = np.sort(values)
-        ax.step(v, np.arange(1, len(v) + 1) / len(v), where="post", label=label, color=color,
-                ls=ls)
-
     def save(fig: Any, what: str) -> None:
         path = stem.with_name(f"{stem.name}-{what}.png")
         fig.savefig(path, dpi=100, bbox_inches="tight")
@@ -252,11 +245,11 @@ def plots(results: dict[str, Any], stem: Path) -> list[str]:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for name, r in sides:
             if r.get("barge_in"):
-                cdf(ax, [t["clear"] for t in r["barge_in"]["trials"] if t["clear"] is not None],
-                    f"{name}: clear", colors[name])
-                cdf(ax, [t["last_bot_frame"] for t in r["barge_in"]["trials"]
+                _cdf(ax, [t["clear"] for t in r["barge_in"]["trials"] if t["clear"] is not None],
+                     f"{name}: clear", colors[name])
+                _cdf(ax, [t["last_bot_frame"] for t in r["barge_in"]["trials"]
                          if t["last_bot_frame"] is not None],
-                    f"{name}: last bot frame", colors[name], ls="--")
+                     f"{name}: last bot frame", colors[name], ls="--")
         ax.axvline(0.2, color="gray", ls="--", lw=0.8)
         ax.set_xlabel("caller speech onset -> (s)")
         ax.set_ylabel("fraction of trials")
@@ -286,15 +279,20 @@ def plots(results: dict[str, Any], stem: Path) -> list[str]:
     return out
 
 
+def _cdf(ax: Any, values: list[float], label: str, color: str | None, ls: str = "-") -> None:
+    if not values:
+        return
+    v = np.sort(values)
+    ax.step(v, np.arange(1, len(v) + 1) / len(v), where="post", label=label, color=color, ls=ls)
+
+
 def latency_figure(plt: Any, runs: dict[str, list[dict[str, Any]]],
                    colors: dict[str, str] | None = None) -> Any:
     """Voice-to-voice CDF per run and the median of each stage, side by side."""
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 4.5))
     for name, turns in runs.items():
-        v = np.sort([t["total"] for t in turns if t["total"] is not None])
-        if len(v):
-            a1.step(v, np.arange(1, len(v) + 1) / len(v), where="post", label=name,
-                    color=(colors or {}).get(name))
+        _cdf(a1, [t["total"] for t in turns if t["total"] is not None], name,
+             (colors or {}).get(name))
     a1.axvline(0.9, color="gray", ls="--", lw=0.8)
     a1.axvline(1.2, color="gray", ls=":", lw=0.8)
     a1.set_xlabel("end of speech -> first bot audio at the caller (s)")

@@ -180,14 +180,17 @@ class ClauseAggregator(SimpleTextAggregator):
         if not (self._first and char.isspace()) or self._sentence_pending():
             return None
         words = self._text.split()
-        before, word = len(words) - 1, words[-1].lower() if words else ""
-        cut_here = (self.first_words and before >= self.first_words and word in self.first_breaks
-                    ) or (self.late_words and before >= self.late_words and word in self.late_breaks)
-        if not cut_here:
+        if not words or not self._cuts_before(words[-1].lower(), len(words) - 1):
             return None
         cut = self._text.rstrip().rfind(words[-1])
         piece, self._text = self._text[:cut], self._text[cut:]
         return Aggregation(text=piece.strip(), type=TextType.SENTENCE)
+
+    def _cuts_before(self, word: str, words_before: int) -> bool:
+        """Whether the first piece ends before ``word``, ``words_before`` words into it."""
+        if self.first_words and words_before >= self.first_words and word in self.first_breaks:
+            return True
+        return bool(self.late_words) and words_before >= self.late_words and word in self.late_breaks
 
     def _sentence_pending(self) -> bool:
         # A sentence-ending candidate waits for its lookahead; don't cut under it.

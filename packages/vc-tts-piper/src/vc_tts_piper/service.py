@@ -56,8 +56,7 @@ class ClauseStreamingTTSService(TTSService):
         self._language = language
         self._normalize_text = normalize_text
         self._speakable = speakable
-        use_clause_aggregator(self, min_clause_words, first_piece_words,
-                              phrase_breaks(language) if first_piece_words else frozenset(),
+        use_clause_aggregator(self, min_clause_words, first_piece_words, phrase_breaks(language),
                               late_words=first_piece_late_words,
                               late_breaks=late_breaks(language))
         #: What was actually sent to the synthesiser, request by request (diagnostics, tests).

@@ -45,7 +45,7 @@ from vc.capabilities import tools_unavailable
 from vc.heard import UnheardReply
 from vc.llm import StreamingLLMService, tools_schema
 from vc.logs import current_call_id
-from vc.media import CallTransport, SpeechWrittenFrame
+from vc.media import CallerAudioEnd, CallTransport, SpeechWrittenFrame
 from vc.monitor import MonotonicClock, TurnMonitor
 from vc.providers import CallContext, Tool, ToolCall
 from vc.tools import redact, run_tool
@@ -249,6 +249,7 @@ class CallSession(CallEvents):
                 transport.input(),
                 vad_processor,
                 stt,
+                CallerAudioEnd(),
                 DTMFAggregator(prefix=self.profile.dtmf_prefix),
                 user_agg,
                 llm,

@@ -32,6 +32,13 @@ from piper_helpers import (
 )
 from vc_tts_piper.clauses import split_for_synthesis
 from vc_tts_piper.local import PiperProvider, PiperSettings
+from vc_tts_piper.service import (
+    MAX_TRIM_S,
+    ONSET_MARGIN_S,
+    ONSET_PEAK,
+    from_first_sound,
+    without_leading_silence,
+)
 
 from vc.audio import resample
 from vc.providers import ProviderError
@@ -211,9 +218,50 @@ async def test_streaming_resampling_matches_whole_clip_resampling() -> None:
         await provider.stop()
     streamed = np.frombuffer(h.audio(), dtype="<i2").astype(np.int32)
     expected = np.frombuffer(resample(whole, 22050, 8000), dtype="<i2").astype(np.int32)
+    # The stream starts at the first sound (its leading silence dropped): align, then compare.
+    skip = min(range(len(expected) - len(streamed) - 8, len(expected) - len(streamed) + 9),
+               key=lambda k: np.max(np.abs(streamed[:4000] - expected[k:k + 4000])))
+    expected = expected[skip:]
     n = min(len(streamed), len(expected))
-    assert abs(len(streamed) - len(expected)) <= 8
+    assert 0 < skip <= 0.2 * 8000 and abs(len(streamed) - len(expected)) <= 8
     assert np.max(np.abs(streamed[:n] - expected[:n])) <= 64  # a few LSBs of soxr rounding
+
+
+def _first_sound_s(pcm: bytes, rate: int) -> float:
+    x = np.abs(np.frombuffer(pcm, dtype="<i2").astype(np.int32))
+    return int(np.flatnonzero(x > ONSET_PEAK)[0]) / rate
+
+
+async def test_a_reply_and_the_greeting_start_at_their_first_sound(piper) -> None:
+    """Piper opens each utterance with tens of ms of near-silence; the caller must not wait
+    through it before the first word (nor before the greeting's)."""
+    text = "The capital of France is Paris."
+    raw = await piper.synthesize_piece(piper.voice_for(profile()), text)
+    assert _first_sound_s(raw, 22050) >= 0.02  # what there is to drop
+    async with Harness(piper.create_service(call_context(8000)), 8000) as h:
+        await h.send(TTSSpeakFrame(text))
+        await h.wait(lambda: h.first(TTSStartedFrame))
+        await h.quiet()
+    assert _first_sound_s(h.audio(), 8000) == pytest.approx(ONSET_MARGIN_S, abs=0.002)
+    greeting = await piper.synthesize("Hello! How can I help you today?", profile())
+    assert _first_sound_s(greeting.pcm, 22050) == pytest.approx(ONSET_MARGIN_S, abs=0.002)
+    assert greeting.duration > 1.0
+
+
+async def _chunks(*parts: bytes):
+    for p in parts:
+        yield p
+
+
+async def test_leading_silence_is_dropped_across_chunks_and_never_more_than_the_limit() -> None:
+    rate, quiet, word = 8000, bytes(2 * 80), (np.ones(400) * 3000).astype("<i2").tobytes()
+    margin = 2 * int(ONSET_MARGIN_S * rate)
+    got = [c async for c in from_first_sound(_chunks(quiet, quiet + word, quiet, word), rate)]
+    assert b"".join(got) == bytes(margin) + word + quiet + word  # only the leading silence goes
+    long_silence = bytes(2 * int(0.5 * rate))
+    got = b"".join([c async for c in from_first_sound(_chunks(long_silence, word), rate)])
+    assert len(got) == len(long_silence) + len(word) - 2 * int(MAX_TRIM_S * rate)
+    assert without_leading_silence(bytes(2 * 100) + word, rate) == bytes(margin) + word
 
 
 # -- bad input ----------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from vc.providers import AudioClip, CallContext, ProviderError, TTSProvider
 from vc.settings import setting
 from vc_tts_piper.clauses import split_for_synthesis
 from vc_tts_piper.normalize import normalize
-from vc_tts_piper.service import ClauseStreamingTTSService
+from vc_tts_piper.service import ClauseStreamingTTSService, without_leading_silence
 from vc_tts_piper.voices import DEFAULT_VOICE, LoadedVoice, Synthesis, resolve, voice_language
 
 WARM_TEXT = "Hello."
@@ -217,4 +217,4 @@ class PiperProvider(TTSProvider):
         pcm = b"".join([await self.synthesize_piece(voice, piece)
                         for piece in split_for_synthesis(voice.speakable(text),
                                                          self.settings.max_piece_words)])
-        return AudioClip(pcm, voice.sample_rate)
+        return AudioClip(without_leading_silence(pcm, voice.sample_rate), voice.sample_rate)

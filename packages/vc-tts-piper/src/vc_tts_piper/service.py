@@ -8,6 +8,10 @@ Each ``run_tts`` request gets its own streaming soxr resampler (:class:`vc.audio
 its filter state runs across the request's chunks (no clicks at chunk boundaries) and is
 flushed at the end of the request, so no request's tail is lost and none leaks into the next
 one, interrupted or not.
+
+Each request's audio starts at its first sound: Piper voices open every utterance with 20-65 ms
+of near-silence, which the caller waited through before the first word of every reply
+(:func:`sound_onset`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
+import numpy as np
 from pipecat.frames.frames import Frame, TTSAudioRawFrame
 from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TTSService
@@ -23,6 +28,41 @@ from vc.audio import StreamResampler
 from vc.pipecat_adapter import use_clause_aggregator
 from vc.turns import late_breaks, phrase_breaks
 from vc_tts_piper.normalize import normalize
+
+#: A sample louder than this (-54 dBFS) is sound; quieter ones at the start are dropped.
+ONSET_PEAK = 64
+#: What is kept before the first sound (its soft beginning).
+ONSET_MARGIN_S = 0.01
+#: The most leading silence dropped: a longer one is meant (and the voice is not Piper's usual).
+MAX_TRIM_S = 0.2
+
+
+def sound_onset(pcm: bytes, rate: int) -> int | None:
+    """Byte offset ``ONSET_MARGIN_S`` before the first sound in PCM16 ``pcm``; None if silent."""
+    x = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2")
+    loud = np.flatnonzero(np.abs(x.astype(np.int32)) > ONSET_PEAK)
+    if not len(loud):
+        return None
+    return 2 * max(0, int(loud[0]) - int(ONSET_MARGIN_S * rate))
+
+
+def without_leading_silence(pcm: bytes, rate: int) -> bytes:
+    """A whole clip (the greeting) from its first sound (dropping at most ``MAX_TRIM_S``)."""
+    start = sound_onset(pcm, rate) or 0
+    return pcm[min(start, 2 * int(MAX_TRIM_S * rate)):]
+
+
+async def from_first_sound(chunks: AsyncIterator[bytes], rate: int) -> AsyncIterator[bytes]:
+    """``chunks`` without the silence before their first sound (at most ``MAX_TRIM_S``)."""
+    budget = 2 * int(MAX_TRIM_S * rate)
+    async for chunk in chunks:
+        if budget > 0:
+            start = sound_onset(chunk, rate)
+            cut = min(len(chunk) if start is None else start, budget)
+            budget = 0 if start is not None else budget - cut
+            chunk = chunk[cut:]
+        if chunk:
+            yield chunk
 
 
 class ClauseStreamingTTSService(TTSService):
@@ -98,6 +138,6 @@ class ClauseStreamingTTSService(TTSService):
             if tail:
                 yield tail
 
-        async for audio in resampled():
+        async for audio in from_first_sound(resampled(), self.sample_rate):
             await self.stop_ttfb_metrics()
             yield TTSAudioRawFrame(audio, self.sample_rate, 1, context_id=context_id)

@@ -50,7 +50,7 @@ from vc_tts_piper.idtoken import (
     default_audience,
 )
 from vc_tts_piper.normalize import normalize
-from vc_tts_piper.service import ClauseStreamingTTSService
+from vc_tts_piper.service import ClauseStreamingTTSService, without_leading_silence
 from vc_tts_piper.voices import voice_language
 
 
@@ -469,4 +469,5 @@ class PiperWebSocketProvider(RemoteProvider, TTSProvider):
             pcm = b"".join([chunk async for chunk in client.speak(text)]) if text else b""
         finally:
             client.close()
-        return AudioClip(pcm[: len(pcm) & ~1], self.settings.sample_rate)
+        rate = self.settings.sample_rate
+        return AudioClip(without_leading_silence(pcm[: len(pcm) & ~1], rate), rate)

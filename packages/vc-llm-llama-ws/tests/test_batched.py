@@ -93,6 +93,63 @@ async def test_each_call_keeps_its_history_cached(batched: LlamaModel) -> None:
         assert second.cached_tokens >= first[call].prompt_tokens, call
 
 
+def opening_tokens(model: LlamaModel, greeting: str) -> int:
+    """Tokens of a call's first prompt before the caller's words: system prompt, greeting,
+    and the template's user header."""
+    prompt, _ = model.render([SYSTEM, {"role": "assistant", "content": greeting},
+                              {"role": "user", "content": "QUESTION"}])
+    return len(model.tokenize(prompt[: prompt.index("QUESTION")]))
+
+
+async def test_a_calls_first_prompt_finds_its_greeting_warm() -> None:
+    """warm([system prompt, greeting]) evaluates how every call opens, so a call's first
+    question is all that is left to evaluate; a greeting that was not warmed is evaluated."""
+    def first_turn(greeting: str, question: str) -> list[dict[str, str]]:
+        return [SYSTEM, {"role": "assistant", "content": greeting},
+                {"role": "user", "content": question}]
+
+    model = LlamaModel(resolve_model(SMOLLM2), name="fresh", n_ctx=1024, parallel=2)
+    model._load()
+    try:
+        warm, cold = "Good evening, this is the bakery.", "Good morning, this is the flower shop."
+        await model.warm([[DEFAULT_SYSTEM_PROMPT, warm]])
+        stats = Generation()
+        await collect(model, first_turn(warm, "Do you have bread?"), stats=stats, conversation="y")
+        assert stats.cached_tokens >= opening_tokens(model, warm) - 1
+        stats = Generation()
+        await collect(model, first_turn(cold, "Do you have roses?"), stats=stats, conversation="z")
+        assert stats.cached_tokens < opening_tokens(model, cold) - 5
+    finally:
+        await model.close()
+
+
+def test_what_follows_a_reply_is_read_from_the_template(batched: LlamaModel) -> None:
+    between = batched._llm.detokenize(batched.next_turn_tokens(), special=True)
+    assert between == b"<|im_end|>\n<|im_start|>user\n"
+
+
+async def test_a_calls_next_prompt_finds_the_template_after_the_reply_cached(
+        batched: LlamaModel) -> None:
+    """While the caller listens to a reply, its slot evaluates what the template writes after
+    it: the next turn evaluates only the caller's words and the assistant header."""
+    history = [SYSTEM, {"role": "user", "content": "What is the capital of France?"}]
+    first = Generation()
+    reply = await collect(batched, history, stats=first, conversation="prefill")
+    assert first.finish_reason == "stop"
+    decoder = batched._decoder
+    for _ in range(200):
+        if not decoder._prefilling():
+            break
+        await asyncio.sleep(0.01)
+    history += [{"role": "assistant", "content": reply}]
+    prompt, _ = batched.render([*history, {"role": "user", "content": "QUESTION"}])
+    before_words = len(batched.tokenize(prompt[: prompt.index("QUESTION")]))
+    second = Generation()
+    await collect(batched, [*history, {"role": "user", "content": "And of Spain?"}],
+                  stats=second, conversation="prefill")
+    assert second.cached_tokens >= before_words - 1
+
+
 async def test_a_one_off_request_does_not_evict_a_call(batched: LlamaModel) -> None:
     chat = ask("What is the capital of Italy?")
     first = Generation()

@@ -14,6 +14,10 @@ the next step), and every conversation keeps its own history in the cache betwee
   slot (``llama_memory_seq_cp``: cells gain a sequence id; nothing is copied or evaluated).
   Prefixes alone cannot tell whose a slot is: every call starts with the same system prompt and
   greeting, so a second call would take the first call's slot and evict its history.
+* A finished reply's slot goes on to evaluate what the template writes after it
+  (:attr:`BatchedDecoder.next_turn`: ``<|im_end|>\n<|im_start|>user\n``) while the caller
+  listens, so the call's next prompt starts with those tokens cached; a request that arrives
+  first simply takes over the slot.
 * Requests beyond ``n_seq`` wait in order; :attr:`Generation.queued` measures the wait.
 * Sampling per request: repeat penalty, top-p, temperature, seeded (greedy at temperature 0).
 
@@ -74,6 +78,7 @@ class Slot:
     conversation: str = ""  # whose turns those are
     request: Request | None = None
     last_used: float = 0.0
+    prefill: list[int] = attrs.field(factory=list)  # next_turn tokens still to evaluate, idle
 
 
 class BatchedDecoder:
@@ -98,6 +103,8 @@ class BatchedDecoder:
         params.n_threads_batch = n_threads_batch
         params.no_perf = True
         self.n_threads, self.n_threads_batch = n_threads, n_threads_batch
+        #: Tokens between a reply and the next user message, evaluated after each reply.
+        self.next_turn: list[int] = []
         self._batch_threads = n_threads_batch  # what the context uses for batches now
         self._ctx = C.llama_init_from_model(llm.model, params)
         if not self._ctx:
@@ -132,7 +139,8 @@ class BatchedDecoder:
     def _run(self) -> None:
         while True:
             with self._wake:
-                while not self._closed and not self._waiting and not self._active():
+                while (not self._closed and not self._waiting and not self._active()
+                       and not self._prefilling()):
                     self._wake.wait()
                 if self._closed:
                     break
@@ -141,7 +149,7 @@ class BatchedDecoder:
             for request in arrived:
                 if self._prepared(request):
                     self._admit(self._choose(request), request)
-            if self._active():
+            if self._active() or self._prefilling():
                 self._step()
         for slot in self._active():
             self._finish(slot, "cancelled")
@@ -151,6 +159,9 @@ class BatchedDecoder:
 
     def _active(self) -> list[Slot]:
         return [s for s in self._slots if s.request is not None]
+
+    def _prefilling(self) -> list[Slot]:
+        return [s for s in self._slots if s.request is None and s.prefill]
 
     def _arrived(self) -> list[Request]:
         """As many waiting requests as there are idle slots, in arrival order (under the lock)."""
@@ -183,7 +194,7 @@ class BatchedDecoder:
 
     def _admit(self, slot: Slot, request: Request) -> None:
         tokens = request.pending
-        slot.request = request
+        slot.request, slot.prefill = request, []
         C, stats = self._C, request.stats
         stats.queued = request.started - request.submitted
         slot.conversation = request.conversation
@@ -247,6 +258,12 @@ class BatchedDecoder:
                 self._add(slot, chunk, n, logits=last)
                 fed.append((slot, chunk, n + len(chunk) - 1 if last else -1))
                 n += len(chunk)
+        for slot in self._prefilling():
+            if n < self.n_batch:
+                chunk = slot.prefill[: self.n_batch - n]
+                self._add(slot, chunk, n, logits=False)
+                fed.append((slot, chunk, -1))
+                n += len(chunk)
         if not n:
             return
         self._batch.n_tokens = n
@@ -283,8 +300,10 @@ class BatchedDecoder:
 
     def _after_decode(self, slot: Slot, tokens: list[int], index: int) -> None:
         request = slot.request
-        assert request is not None
         slot.tokens.extend(tokens)
+        if request is None:  # a prefill
+            del slot.prefill[: len(tokens)]
+            return
         if request.pending:
             del request.pending[: len(tokens)]
         if index < 0:
@@ -292,6 +311,8 @@ class BatchedDecoder:
         token = self._C.llama_sampler_sample(request.sampler, self._ctx, index)
         if self._C.llama_vocab_is_eog(self._vocab, token):
             self._finish(slot, "stop")
+            if request.conversation:  # the whole reply is cached: the call's next prompt
+                slot.prefill = list(self.next_turn)  # goes on with these tokens
             return
         stats = request.stats
         if not stats.completion_tokens:
@@ -347,11 +368,11 @@ class BatchedDecoder:
         """llama_decode failed: the slots in the batch lose their cache and their requests."""
         error = RuntimeError(f"llama_decode failed ({status})")
         for slot, _, _ in fed:
-            if slot.request is None:
-                continue
             self._C.llama_memory_seq_rm(self._mem, slot.seq, 0, -1)
-            slot.tokens = []
+            slot.tokens, slot.prefill = [], []
             request = slot.request
+            if request is None:
+                continue
             if request.sampler is not None:
                 self._C.llama_sampler_free(request.sampler)
             slot.request, slot.last_used = None, time.monotonic()

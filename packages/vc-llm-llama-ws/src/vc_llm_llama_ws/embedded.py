@@ -284,21 +284,22 @@ class LlamaCppProvider(LLMProvider):
                                    prompt_threads(s), s.chat_format, s.parallel))
         return specs
 
-    def _warm_prompts(self, specs: list[ModelSpec]) -> dict[str, list[str]]:
-        """Each model's system prompts to evaluate at startup, the default profile's last (its
-        prefix is the one left in the KV cache)."""
+    def _warm_prompts(self, specs: list[ModelSpec]) -> dict[str, list[list[str]]]:
+        """How each model's calls open ([system prompt, greeting] per profile) to evaluate at
+        startup, the default profile's last (its prefix is the one left in the KV cache)."""
         out = {}
         for spec in specs:
-            prompts = [
-                p.system_prompt
+            openings = [
+                (p.system_prompt, p.greeting or "")
                 for p in self.context.profiles
                 if canonical(p.llm_model or self.settings.model) == spec.key and p.system_prompt
             ]
-            prompts.sort(key=lambda text: text == self._default_prompt())
-            out[spec.key] = list(dict.fromkeys(prompts))
+            openings.sort(key=lambda opening: opening[0] == self._default_prompt())
+            out[spec.key] = [list(o) for o in dict.fromkeys(openings)]
         return out
 
-    async def _load_in_process(self, specs: list[ModelSpec], warm: dict[str, list[str]]) -> None:
+    async def _load_in_process(self, specs: list[ModelSpec],
+                               warm: dict[str, list[list[str]]]) -> None:
         for spec in specs:
             model = LlamaModel(
                 Path(spec.path),
@@ -316,7 +317,7 @@ class LlamaCppProvider(LLMProvider):
             self.models[spec.key] = model
             if spec.key in warm:
                 seconds = await model.warm(warm[spec.key])
-                self.log.info("model %s warmed in %.2fs (%d system prompts)",
+                self.log.info("model %s warmed in %.2fs (%d call openings)",
                               spec.key, seconds, len(warm[spec.key]))
 
     def _worker_died(self, reason: str) -> None:

@@ -177,6 +177,8 @@ class LlamaModel:
         except (ValueError, RuntimeError, OSError) as e:
             raise RuntimeError(f"llama.cpp could not load {self.path}: {e}") from e
         self._formatter = self._make_formatter()
+        if self._decoder is not None:
+            self._decoder.next_turn = self.next_turn_tokens()
         self.load_seconds = time.monotonic() - t0
         log.info(
             "loaded %s (%s) in %.2fs, n_ctx=%d, threads=%d (prompts: %d), parallel=%d",
@@ -244,6 +246,21 @@ class LlamaModel:
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         return result.prompt, stops
 
+    def next_turn_tokens(self) -> list[int]:
+        """What the template writes between a reply and the caller's next words (ChatML:
+        ``<|im_end|>\n<|im_start|>user\n``); [] if it cannot be told."""
+        try:
+            prompt, _ = self.render([{"role": "user", "content": "A"},
+                                     {"role": "assistant", "content": "REPLY"},
+                                     {"role": "user", "content": "NEXT"}])
+        except Exception:  # a template that cannot render this: no prefill
+            return []
+        start, end = prompt.find("REPLY"), prompt.find("NEXT")
+        if start < 0 or end <= start:
+            return []
+        between = prompt[start + len("REPLY"):end].encode("utf-8")
+        return list(self._llm.tokenize(between, add_bos=False, special=True))
+
     def tokenize(self, prompt: str) -> list[int]:
         # Chat templates write the BOS token themselves where the model wants one.
         text = prompt.encode("utf-8")
@@ -257,14 +274,17 @@ class LlamaModel:
         """Requests queued or running now."""
         return self._busy
 
-    async def warm(self, system_prompts: Sequence[str]) -> float:
-        """Evaluate each system prompt (the last one stays cached); returns the seconds spent."""
+    async def warm(self, openings: Sequence[str | Sequence[str]]) -> float:
+        """Evaluate how calls open: each a system prompt, or a ``[system prompt, greeting]``
+        pair (every call's first prompt then finds its greeting cached too, not only the
+        system prompt). The last one stays cached; returns the seconds spent."""
         t0 = time.monotonic()
-        for prompt in system_prompts:
-            messages = [
-                {"role": "system", "content": prompt},
-                {"role": "user", "content": "Hello."},
-            ]
+        for opening in openings:
+            prompt, greeting = (opening, "") if isinstance(opening, str) else (*opening, "")[:2]
+            messages = [{"role": "system", "content": prompt}]
+            if greeting:
+                messages.append({"role": "assistant", "content": greeting})
+            messages.append({"role": "user", "content": "Hello."})
             async for _ in self.stream(messages, Sampling(max_tokens=1, temperature=0.0)):
                 pass
         return time.monotonic() - t0

@@ -68,7 +68,7 @@ class WorkerProcess:
     def __init__(
         self,
         models: Sequence[ModelSpec],
-        warm: dict[str, list[str]],
+        warm: Mapping[str, Sequence[str | Sequence[str]]],
         *,
         on_death: Callable[[str], None] = lambda reason: None,
         python: str = sys.executable,

@@ -10,9 +10,10 @@ child's stdin; the child answers on its stdout (C code printing to stdout is sen
 instead, so it cannot corrupt the stream)::
 
     spec    {"models": [{"key", "path", "n_ctx", "n_threads", "n_threads_batch",
-                         "chat_format", "parallel"}], "warm": {key: [system prompt, ...]}}
+                         "chat_format", "parallel"}],
+             "warm": {key: [[system prompt, greeting], ...]}}
     ready   {"ready": {key: {"tools": bool}}, "seconds": {key: load seconds}}
-            or {"fatal": "why"} and exit status 1; then the system prompts in "warm" are
+            or {"fatal": "why"} and exit status 1; then the call openings in "warm" are
             evaluated before the first request is read
     stream  {"id": n, "op": "stream", "model": key, "messages": [...], "sampling": {...},
              "tools": [...], "conversation": "call id", "alone": bool (no other call is up)}
@@ -69,7 +70,7 @@ class Worker:
         self.send({"ready": ready, "seconds": seconds})
 
     async def warm(self, spec: dict[str, Any]) -> None:
-        """Evaluate the system prompts after ``ready``: vc does not wait for it, and requests
+        """Evaluate the call openings after ``ready``: vc does not wait for it, and requests
         are read only afterwards, so the first finds its prompt cached. A failure is logged."""
         for key, model in self.models.items():
             try:
@@ -77,7 +78,7 @@ class Worker:
             except Exception as e:
                 log.error("warming %s failed: %s: %s", key, type(e).__name__, e)
                 continue
-            log.info("%s warm: system prompts evaluated in %.2fs", key, took)
+            log.info("%s warm: call openings evaluated in %.2fs", key, took)
 
     def handle(self, request: dict[str, Any]) -> None:
         rid = int(request["id"])

@@ -112,7 +112,7 @@ class LlamaCppSettings:
         False, help="farewell mode: hang up only if the model's reply says goodbye too"
     )
     warm: bool = setting(
-        True, help="evaluate the profiles' system prompts at startup (hot KV cache); "
+        True, help="evaluate the profiles' system prompts and greetings at startup (hot KV cache); "
         "isolation = process: after the child reports ready, before it reads the first request"
     )
     isolation: Isolation = setting(

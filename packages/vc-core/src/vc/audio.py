@@ -137,16 +137,16 @@ class FirResampler:
         y = self._filter(x)
         if last:
             y = np.concatenate([y, self._filter(np.zeros(self._delay))])
-        # y[i] is the high-rate signal at (start + i - delay): keep what lies on the output grid.
+        # y[i] is the high-rate signal at time start + i: keep the samples on the output grid,
+        # from time 0 (before it is the filter's lead-in) to the input's end (on the last call).
         start = self._produced - self._delay
         self._produced += len(y)
-        idx = np.arange(len(y)) + start
-        keep = (idx >= 0) & (idx % self.down == 0)
+        first = max(0, -start)
+        first += -(start + first) % self.down
+        end = min(len(y), self._consumed * self.up - start) if last else len(y)
         if last:
-            keep &= idx < self._consumed * self.up
             self.reset()
-        out = np.clip(np.rint(y[keep]), -32768, 32767).astype("<i2")
-        return out.tobytes()
+        return np.clip(np.rint(y[first:end:self.down]), -32768, 32767).astype("<i2").tobytes()
 
 
 class StreamResampler:

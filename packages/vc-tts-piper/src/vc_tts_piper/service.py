@@ -4,7 +4,7 @@ Text reaches ``run_tts`` already prepared (:meth:`ClauseStreamingTTSService.prep
 installed as a pipecat text transform): normalised for the call's language and stripped of
 what the voice cannot say.
 
-Each ``run_tts`` request gets its own streaming soxr resampler (:class:`vc.audio.StreamResampler`):
+Each ``run_tts`` request gets its own streaming resampler (:class:`vc.audio.StreamResampler`):
 its filter state runs across the request's chunks (no clicks at chunk boundaries) and is
 flushed at the end of the request, so no request's tail is lost and none leaks into the next
 one, interrupted or not.

@@ -185,7 +185,7 @@ async def test_barge_in_stops_synthesis_and_audio(piper, transcribe) -> None:
 
 
 async def test_two_calls_at_once(piper, transcribe) -> None:
-    texts = [SENTENCES[2], SENTENCES[4]]
+    texts = [SENTENCES[5], SENTENCES[4]]
     services = [piper.create_service(call_context(8000)) for _ in texts]
     async with Harness(services[0], 8000) as a, Harness(services[1], 8000) as b:
         await asyncio.gather(a.send(TTSSpeakFrame(texts[0])), b.send(TTSSpeakFrame(texts[1])))

@@ -4,18 +4,22 @@ Every voice the configuration can need (``[tts] voice`` and each profile's ``voi
 loaded and warmed once in ``start()``; one loaded voice serves every call. Synthesis runs in
 the provider's thread pool, one short piece at a time, so the event loop never blocks and a
 cancelled request (barge-in) stops after the piece in flight instead of finishing its text.
+Waiting pieces start in the order their audio is needed (:mod:`vc_tts_piper.schedule`): a
+reply's first piece before other calls' later ones.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import attrs
-from pipecat.frames.frames import ErrorFrame, Frame
+from pipecat.frames.frames import ErrorFrame, Frame, InterruptionFrame, TTSAudioRawFrame
+from pipecat.processors.frame_processor import FrameDirection
 
 from vc.cpu import usable_cores
 from vc.profiles import Profile
@@ -23,6 +27,7 @@ from vc.providers import AudioClip, CallContext, ProviderError, TTSProvider
 from vc.settings import setting
 from vc_tts_piper.clauses import split_for_synthesis
 from vc_tts_piper.normalize import normalize
+from vc_tts_piper.schedule import DeadlineGate, Playout
 from vc_tts_piper.service import ClauseStreamingTTSService, without_leading_silence
 from vc_tts_piper.voices import DEFAULT_VOICE, LoadedVoice, Synthesis, resolve, voice_language
 
@@ -112,6 +117,12 @@ class PiperTTSService(ClauseStreamingTTSService):
         )
         self._provider = provider
         self._voice = voice
+        self._playout = Playout()
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        if isinstance(frame, InterruptionFrame):
+            self._playout.reset()
+        await super().process_frame(frame, direction)
 
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame, None]:
         if not self.sayable(text):
@@ -122,10 +133,13 @@ class PiperTTSService(ClauseStreamingTTSService):
 
         async def pcm() -> AsyncIterator[bytes]:
             for piece in pieces:
-                yield await self._provider.synthesize_piece(self._voice, piece)
+                needed_at = self._playout.needed_at(context_id)
+                yield await self._provider.synthesize_piece(self._voice, piece, needed_at)
 
         try:
             async for frame in self.stream_pcm(pcm(), self._voice.sample_rate, context_id):
+                if isinstance(frame, TTSAudioRawFrame):
+                    self._playout.sent(context_id, len(frame.audio) / (2 * frame.sample_rate))
                 yield frame
         except (ProviderError, RuntimeError, ValueError, OSError) as e:
             yield ErrorFrame(error=f"Piper could not speak {text[:60]!r}: {e}")
@@ -146,6 +160,7 @@ class PiperProvider(TTSProvider):
             sentence_silence=settings.sentence_silence)
         self._configs: dict[str, Any] = {}
         self._executor: ThreadPoolExecutor | None = None
+        self._gate: DeadlineGate | None = None
 
     def _specs(self) -> list[str]:
         specs = [self.settings.voice]
@@ -156,6 +171,7 @@ class PiperProvider(TTSProvider):
 
     async def start(self) -> None:
         self._executor = ThreadPoolExecutor(self.settings.parallel, thread_name_prefix="piper")
+        self._gate = DeadlineGate(self._executor, self.settings.parallel)
         loop = asyncio.get_running_loop()
         for spec in self._specs():
             # resolving checks a packaged voice's files (sha256 on a verification-cache miss)
@@ -175,7 +191,7 @@ class PiperProvider(TTSProvider):
     async def stop(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+            self._executor = self._gate = None
         self.voices.clear()
 
     def ready(self) -> bool:
@@ -197,14 +213,24 @@ class PiperProvider(TTSProvider):
             raise ProviderError("the piper provider was not started")
         return voice
 
-    async def synthesize_piece(self, voice: LoadedVoice, text: str) -> bytes:
-        """Synthesise one short piece in the pool (the caller may be cancelled meanwhile)."""
-        if self._executor is None:
+    async def synthesize_piece(self, voice: LoadedVoice, text: str,
+                               needed_at: float | None = None) -> bytes:
+        """Synthesise one short piece in the pool (the caller may be cancelled meanwhile);
+        pieces waiting for the pool start in order of ``needed_at`` (default: now). How long
+        a piece needed at once waited for the pool is published as stage ``tts_queue``."""
+        if self._gate is None:
             raise ProviderError("the piper provider is stopped")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor, voice.synthesize_piece, text, self.synthesis,
-            self._configs.get(voice.name))
+        asked = time.monotonic()
+        urgent = needed_at is None or needed_at <= asked
+
+        def started() -> None:
+            if urgent:
+                waited = time.monotonic() - asked
+                self.context.observe("tts_queue_seconds", waited, {"stage": "tts_queue"})
+
+        return await self._gate.run(asked if needed_at is None else needed_at,
+                                    voice.synthesize_piece, text, self.synthesis,
+                                    self._configs.get(voice.name), on_start=started)
 
     def create_service(self, call: CallContext) -> PiperTTSService:
         return PiperTTSService(self, self.voice_for(call.profile), call.language,

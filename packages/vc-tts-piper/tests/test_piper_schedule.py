@@ -31,6 +31,12 @@ class Jobs:
         self.ran.append(name)
         return name
 
+    async def occupy(self, gate: DeadlineGate) -> asyncio.Task[str]:
+        """The blocker, running in one of ``gate``'s slots until ``hold`` is set."""
+        task = asyncio.create_task(gate.run(0.0, self.blocker))
+        await asyncio.to_thread(self.started.wait, 10)
+        return task
+
 
 async def queued(gate: DeadlineGate, count: int) -> None:
     while gate.waiting < count:
@@ -41,8 +47,7 @@ async def test_waiting_jobs_start_earliest_deadline_first() -> None:
     jobs = Jobs()
     with ThreadPoolExecutor(1) as pool:
         gate = DeadlineGate(pool, 1)
-        running = asyncio.create_task(gate.run(0.0, jobs.blocker))
-        await asyncio.to_thread(jobs.started.wait, 10)
+        running = await jobs.occupy(gate)
         tasks = []
         for name, deadline in (("later", 30.0), ("first piece", 10.0), ("next", 20.0),
                                ("also first", 10.0)):
@@ -59,8 +64,7 @@ async def test_a_free_slot_is_used_at_once_whatever_the_deadline() -> None:
     jobs = Jobs()
     with ThreadPoolExecutor(2) as pool:
         gate = DeadlineGate(pool, 2)
-        a = asyncio.create_task(gate.run(0.0, jobs.blocker))
-        await asyncio.to_thread(jobs.started.wait, 10)
+        a = await jobs.occupy(gate)
         assert await gate.run(1e9, jobs.job, "far off") == "far off"  # the second slot
         jobs.hold.set()
         await a
@@ -70,8 +74,7 @@ async def test_a_cancelled_waiter_gives_up_its_place_and_no_slot_is_lost() -> No
     jobs = Jobs()
     with ThreadPoolExecutor(1) as pool:
         gate = DeadlineGate(pool, 1)
-        running = asyncio.create_task(gate.run(0.0, jobs.blocker))
-        await asyncio.to_thread(jobs.started.wait, 10)
+        running = await jobs.occupy(gate)
         gone = asyncio.create_task(gate.run(1.0, jobs.job, "barged in"))
         await queued(gate, 1)
         kept = asyncio.create_task(gate.run(2.0, jobs.job, "kept"))
@@ -91,8 +94,7 @@ async def test_a_slot_is_held_until_the_thread_finishes_even_if_nobody_waits() -
     jobs = Jobs()
     with ThreadPoolExecutor(2) as pool:
         gate = DeadlineGate(pool, 1)
-        abandoned = asyncio.create_task(gate.run(0.0, jobs.blocker))
-        await asyncio.to_thread(jobs.started.wait, 10)
+        abandoned = await jobs.occupy(gate)
         abandoned.cancel()  # barge-in: the caller stops waiting, the thread runs on
         nxt = asyncio.create_task(gate.run(0.0, jobs.job, "next"))
         await queued(gate, 1)

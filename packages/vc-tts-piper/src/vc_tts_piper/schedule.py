@@ -57,7 +57,7 @@ class DeadlineGate:
         return await asyncio.wrap_future(job)
 
     async def _acquire(self, deadline: float, loop: asyncio.AbstractEventLoop) -> None:
-        if self._free > 0 and not self.waiting:
+        if self._free > 0:  # (a slot is only ever free while nobody waits: see _release)
             self._free -= 1
             return
         granted: asyncio.Future[None] = loop.create_future()

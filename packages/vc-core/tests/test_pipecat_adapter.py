@@ -22,8 +22,10 @@ from pipecat.frames.frames import (
     TranscriptionFrame,
     TTSAudioRawFrame,
     UserAudioRawFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
 )
-from pipecat.services.stt_service import STTService
+from pipecat.services.stt_service import SegmentedSTTService, STTService
 from pipecat.services.tts_service import TTSService
 from pipecat.transports.base_input import BaseInputTransport
 from pipecat.transports.base_transport import TransportParams
@@ -35,6 +37,7 @@ from vc.pipecat_adapter import (
     init_silero_analyzer,
     push_llm_text,
     queue_input_audio,
+    segment_so_far,
     shared_silero_model,
     stt_user_id,
     use_clause_aggregator,
@@ -67,6 +70,39 @@ async def test_stt_user_id_is_the_user_of_the_audio_being_transcribed() -> None:
         await h.task.queue_frame(InputAudioRawFrame(audio=chunk(), sample_rate=RATE, num_channels=1))
         await h.wait_for(lambda: len(of(h.down, TranscriptionFrame)) >= 2, 10)
         assert [f.user_id for f in of(h.down, TranscriptionFrame)][:2] == ["caller-7", ""]
+
+
+class SegmentSTT(SegmentedSTTService):
+    """Remembers each segment it is asked to transcribe (raw PCM)."""
+
+    def __init__(self) -> None:
+        super().__init__(trailing_silence_secs=0.0)
+        self.segments: list[bytes] = []
+
+    @property
+    def wants_wav_segments(self) -> bool:
+        return False
+
+    async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame, None]:
+        self.segments.append(audio)
+        yield TranscriptionFrame("heard", "", time_now_iso8601())
+
+
+async def test_segment_so_far_is_what_the_segment_would_be_if_it_ended_now() -> None:
+    stt = SegmentSTT()
+    before, during, after = (np.full(1600, v, dtype="<i2").tobytes() for v in (1, 2, 3))
+    async with ServiceHarness(stt, RATE) as h:
+        await h.task.queue_frame(InputAudioRawFrame(before, RATE, 1))  # before the VAD's start
+        await h.task.queue_frame(VADUserStartedSpeakingFrame(start_secs=0.2))
+        await h.task.queue_frame(InputAudioRawFrame(during, RATE, 1))
+        await h.wait_for(lambda: segment_so_far(stt).endswith(during), 10)
+        so_far = segment_so_far(stt)
+        await h.task.queue_frame(InputAudioRawFrame(after, RATE, 1))
+        await h.task.queue_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+        await h.wait_for(lambda: stt.segments, 10)
+    # pipecat keeps audio from before the VAD's start in the segment (the VAD lags the speech)
+    assert so_far == before + during
+    assert stt.segments == [so_far + after]
 
 
 class QuietLLM(StreamingLLMService):

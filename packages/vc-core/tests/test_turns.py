@@ -56,11 +56,15 @@ def turn_stack(script: list[str], extra: str = "") -> str:
     return FAKE_STACK + "[turn]\nend = adaptive\n" + f"\n[stt.fake]\nscript = {', '.join(script)}\n" + extra
 
 
-async def caller_pauses_mid_sentence(make_engine, config: str) -> tuple[list[str], list[str]]:
+async def caller_pauses_mid_sentence(
+    make_engine, config: str, engines: list | None = None,
+) -> tuple[list[str], list[str]]:
     """The caller says "... a table for", pauses, says "two people"; returns what the LLM was
     asked and what the bot answered. The pause is 0.6 s: 0.2 s of silence between the clips
     and the silence espeak leaves at their ends."""
     engine = await make_engine(config)
+    if engines is not None:
+        engines.append(engine)
     conn = LoopbackConnection()
     task = await run_loopback_call(engine, conn)
     await conn.wait_for_bot_audio(0, timeout=5)
@@ -86,6 +90,51 @@ async def test_a_pause_after_an_unfinished_phrase_is_not_answered(make_engine) -
     assert said == ["You said: I would like a table for two people."]
 
 
+async def test_a_reply_started_during_a_pause_is_dropped_unheard(make_engine) -> None:
+    """The reply to "... a table for" is started while the pause is waited out (speculation)
+    and withdrawn when the caller goes on: nothing of it is heard or kept in the context."""
+    engines: list = []
+    asked, said = await caller_pauses_mid_sentence(
+        make_engine, turn_stack(["I would like a table for", "two people"],
+                                "\n[llm.fake]\nfirst_token_delay = 1.0\n"), engines)
+    assert asked == ["I would like a table for two people"]
+    assert said == ["You said: I would like a table for two people."]
+    llm = engines[0].providers["llm"]["fake"].services[-1]
+    early = [r[-1]["content"] for r in llm.requests]
+    assert early == ["I would like a table for", "I would like a table for two people"]
+    assert llm.cancelled == 1  # the first reply was stopped, not finished and thrown away
+
+
+async def test_a_reply_wanting_a_tool_waits_for_the_turns_end(make_engine) -> None:
+    """Tools act at once (end_call hangs up), so a reply started early that calls one is
+    withdrawn by pipecat; the turn's end asks again, and only then is the call ended."""
+    engine = await make_engine(turn_stack(["goodbye"]))
+    conn = LoopbackConnection(mark_delay=0.3)
+    task = await run_loopback_call(engine, conn)
+    await conn.wait_for_bot_audio(0, timeout=5)
+    await conn.wait_for_bot_silence()
+    session = engine.sessions[conn.info.call_id]
+    end = conn.say(speech("goodbye", 8000))
+    assert await asyncio.wait_for(task, 20) == "completed"
+    await conn.stop()
+    assert conn.bot_audio_after(end), "no goodbye was spoken"
+    llm = engine.providers["llm"]["fake"].services[-1]
+    assert [r[-1]["content"] for r in llm.requests] == ["goodbye", "goodbye"]
+    assert session.turn_end is not None
+    assert (session.turn_end.speculations, session.turn_end.kept) == (1, 0)
+
+
+async def test_without_speculation_the_model_is_asked_once_the_turn_ends(make_engine) -> None:
+    """The control: ``speculate = false`` asks the model only for the whole sentence."""
+    engines: list = []
+    _, said = await caller_pauses_mid_sentence(
+        make_engine, turn_stack(["I would like a table for", "two people"],
+                                "\n[turn]\nspeculate = false\n"), engines)
+    assert said == ["You said: I would like a table for two people."]
+    llm = engines[0].providers["llm"]["fake"].services[-1]
+    assert [r[-1]["content"] for r in llm.requests] == ["I would like a table for two people"]
+
+
 async def test_with_the_fixed_silence_the_same_pause_is_answered_too_soon(make_engine) -> None:
     """The control: what the adaptive end of turn changes."""
     asked, said = await caller_pauses_mid_sentence(
@@ -108,6 +157,9 @@ async def test_a_finished_sentence_ends_the_turn_after_the_usual_silence(make_en
     assert session.turn_end is not None and session.turn_end.deferred == 0
     said = [m["content"] for m in session.context.get_messages() if m["role"] == "assistant"]
     assert said[-1] == "You said: What time is it?."
+    # The reply was started before the silence was over, kept, and not asked for again.
+    assert (session.turn_end.speculations, session.turn_end.kept) == (1, 1)
+    assert len(engine.providers["llm"]["fake"].services[-1].requests) == 1
     conn.caller_hangs_up()
     await asyncio.wait_for(task, 10)
     await conn.stop()

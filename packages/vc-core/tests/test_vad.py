@@ -190,3 +190,36 @@ async def test_the_lines_own_noise_is_its_floor_and_a_new_noise_becomes_it() -> 
     assert [e for e, _ in calls] == ["onset", "quiet"]
     assert calls[1][1] - calls[0][1] < 0.4 + 0.05
     assert proc.level.unconfirmed == 1
+
+
+async def pause_events(pcm: bytes, pause_windows: int) -> list[str]:
+    """The speech and pause frames a processor pushes for ``pcm`` (segments end after 0.6 s)."""
+    from pipecat.frames.frames import VADUserStartedSpeakingFrame, VADUserStoppedSpeakingFrame
+
+    from vc.testing.services import ServiceHarness
+    from vc.turns import SpeechPausedFrame, SpeechResumedFrame
+
+    async def nothing() -> None:
+        pass
+
+    vad = CallVAD(sample_rate=RATE)
+    vad.configure(VADParams(confidence=0.7, start_secs=0.15, stop_secs=0.6, min_volume=0.5))
+    proc = CallVADProcessor(vad_analyzer=vad, onset_windows=1, on_onset=nothing,
+                            on_quiet=nothing, pause_windows=pause_windows)
+    names = {VADUserStartedSpeakingFrame: "started", VADUserStoppedSpeakingFrame: "stopped",
+             SpeechPausedFrame: "paused", SpeechResumedFrame: "resumed"}
+    async with ServiceHarness(proc, RATE) as h:
+        await h.audio(pcm)
+        await h.wait_for(lambda: any(isinstance(f, VADUserStoppedSpeakingFrame)
+                                     for _, f in h.down.frames), 30)
+    return [names[type(f)] for _, f in h.down.frames if type(f) in names]
+
+
+async def test_a_pause_inside_a_segment_is_told_and_so_is_the_speech_after_it() -> None:
+    """0.33 s of silence inside a sentence (espeak-ng's after "table"; shorter than the
+    segment's 0.6 s): the STT hears that the speech paused, then that it went on, then that it
+    paused again before the segment ended."""
+    pcm = np.concatenate([np.zeros(RATE), spoken("I would like a table"),
+                          spoken("for two people"), np.zeros(RATE)]).astype("<i2").tobytes()
+    assert await pause_events(pcm, 3) == ["started", "paused", "resumed", "paused", "stopped"]
+    assert await pause_events(pcm, 0) == ["started", "stopped"]  # off

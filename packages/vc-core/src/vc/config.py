@@ -137,6 +137,18 @@ class TurnSettings:
     continuation_words: str = setting(
         "", help="adaptive: more words after which a turn is not over, space separated",
     )
+    early_transcript_secs: float = setting(
+        0.1, min=0, max=10,
+        help="silence after which the STT starts transcribing the speech so far, before the "
+        "segment ends; used if the silence lasts, wasted CPU if the caller goes on (segmented "
+        "STTs; 0: off)",
+    )
+    speculate: bool = setting(
+        True,
+        help="adaptive: start the reply as soon as the caller's words are transcribed, while "
+        "the turn's silence is still waited out; it is held until the turn ends and dropped "
+        "unheard if the caller goes on (vc.turns)",
+    )
 
 
 @attrs.define

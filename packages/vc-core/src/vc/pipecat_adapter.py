@@ -18,7 +18,7 @@ from pipecat.audio.vad.silero import SileroOnnxModel, SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams
 from pipecat.frames.frames import InputAudioRawFrame
 from pipecat.services.llm_service import LLMService
-from pipecat.services.stt_service import STTService
+from pipecat.services.stt_service import SegmentedSTTService, STTService
 from pipecat.services.tts_service import TTSService
 from pipecat.transports.base_input import BaseInputTransport
 from pipecat.utils.text.base_text_aggregator import Aggregation, TextType
@@ -36,6 +36,13 @@ def stt_user_id(service: STTService) -> str:
 
 
 # -- LLM --------------------------------------------------------------------------------------
+
+
+def segment_so_far(service: SegmentedSTTService) -> bytes:
+    """The audio a segmented STT has buffered for the segment being spoken (pipecat has no
+    accessor for ``_audio_buffer``): what it will transcribe if the segment ended now, less
+    its trailing silence."""
+    return bytes(service._audio_buffer)
 
 
 async def push_llm_text(service: LLMService, text: str) -> None:

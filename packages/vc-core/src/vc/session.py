@@ -56,7 +56,7 @@ from vc.turns import (
     is_backchannel,
     sounds_unfinished,
 )
-from vc.vad import CallVADProcessor
+from vc.vad import WINDOW_S, CallVADProcessor
 
 if TYPE_CHECKING:
     from vc.engine import Engine
@@ -226,6 +226,7 @@ class CallSession(CallEvents):
             on_onset=self._on_speech_onset,
             on_quiet=self._on_speech_quiet,
             level_margin_db=interrupt_cfg.pause_on_level_db if self._pause_on_speech else 0.0,
+            pause_windows=round(engine.config.turn.early_transcript_secs / WINDOW_S),
         )
         user_agg, assistant_agg = LLMContextAggregatorPair(
             context,
@@ -290,6 +291,7 @@ class CallSession(CallEvents):
             complete_secs=complete_secs,
             incomplete_secs=cfg.incomplete_secs,
             unfinished=lambda text: sounds_unfinished(text, language, words),
+            speculate=cfg.speculate,
         )
         return self.turn_end
 

@@ -13,6 +13,13 @@ Speech that resumes before then continues the same turn: the next segment's tran
 added to it. The check is on words, per language (:data:`CONTINUATIONS`), so it works the same
 on any voice; it does not catch a pause after words that could end a sentence ("I want to
 change my flight ... to Tuesday"), which waits ``complete_secs`` as before.
+
+With ``speculate``, the reply is started as soon as a transcript arrives, while the silence is
+still being waited out (pipecat's speculative inference: the LLM answers a provisional copy of
+the context, and its :class:`~pipecat.turns.speculation_gate.SpeculationGate` holds the reply
+until the turn ends). When the turn ends on the same words the held reply is released, so the
+model's prompt and first words were done during the wait; when the caller goes on, the reply
+is withdrawn and never heard (its CPU is the price).
 """
 
 from __future__ import annotations
@@ -21,20 +28,37 @@ import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from dataclasses import dataclass
 
 from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
+    EagerEndOfTurnCancelFrame,
     Frame,
+    SystemFrame,
     TranscriptionFrame,
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
-from pipecat.turns.types import ProcessFrameResult
+from pipecat.turns.types import ProcessFrameResult, UserTurnSpeculation
 from pipecat.turns.user_start import BaseUserTurnStartStrategy
 from pipecat.turns.user_stop import BaseUserTurnStopStrategy
 
 from vc.phrases import fold, primary
+
+
+@dataclass
+class SpeechPausedFrame(SystemFrame):
+    """Core's VAD: the caller's speech paused (``[turn] early_transcript_secs`` of silence)
+    inside a segment. The audio so far is the whole segment if no :class:`SpeechResumedFrame`
+    comes before pipecat's ``VADUserStoppedSpeakingFrame``: a segmented STT may transcribe it
+    now."""
+
+
+@dataclass
+class SpeechResumedFrame(SystemFrame):
+    """Core's VAD: speech again after a :class:`SpeechPausedFrame`, in the same segment."""
+
 
 #: Words after which a sentence is not over, per primary language: conjunctions,
 #: prepositions, articles, possessives, auxiliaries, fillers.
@@ -144,9 +168,11 @@ class AdaptiveTurnEnd(BaseUserTurnStopStrategy):
         complete_secs: float,
         incomplete_secs: float,
         unfinished: Callable[[str], bool],
+        speculate: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__()
+        self.speculate = speculate
         self.complete_secs = complete_secs
         self.incomplete_secs = max(incomplete_secs, complete_secs)
         self._unfinished = unfinished
@@ -157,8 +183,15 @@ class AdaptiveTurnEnd(BaseUserTurnStopStrategy):
         self._timer: asyncio.Task[None] | None = None
         #: The VAD hears something that may be speech (before it confirms a start).
         self._held = False
+        #: The reply started on the words so far, held until the turn ends (``speculate``).
+        self._speculation: UserTurnSpeculation | None = None
+        #: The words are all the caller said: no speech since the last transcript.
+        self._heard_all = False
         #: Turns whose end was put off because the words sounded unfinished (for tests, logs).
         self.deferred = 0
+        #: Replies started before the turn ended, and those of them the turn's end kept.
+        self.speculations = 0
+        self.kept = 0
 
     async def handle_user_turn_started(self) -> None:
         await self._reset()
@@ -173,13 +206,20 @@ class AdaptiveTurnEnd(BaseUserTurnStopStrategy):
     async def process_frame(self, frame: Frame) -> ProcessFrameResult:
         if isinstance(frame, VADUserStartedSpeakingFrame):
             self._speaking, self._held, self._silent_since = True, False, None
+            self._heard_all = False
             await self._cancel()
+            await self._withdraw()
         elif isinstance(frame, VADUserStoppedSpeakingFrame):
             self._speaking = False
             self._silent_since = self._clock() - frame.stop_secs
             await self._schedule()
+        elif isinstance(frame, EagerEndOfTurnCancelFrame):
+            # The LLM withdrew the reply itself (it wanted a tool: tools do not wait for the
+            # turn's end); the turn's end asks again.
+            self._speculation = None
         elif isinstance(frame, TranscriptionFrame) and frame.text.strip():
             self._text = f"{self._text} {frame.text.strip()}".strip()
+            self._heard_all = True
             if not self._speaking and self._silent_since is None:
                 self._silent_since = self._clock()  # a transcript without speech: DTMF
             await self._schedule()
@@ -209,15 +249,44 @@ class AdaptiveTurnEnd(BaseUserTurnStopStrategy):
             self.deferred += 1
         remaining = self._silent_since + wait - self._clock()
         if remaining <= 0:
-            await self.trigger_user_turn_stopped()
+            await self._end()
             return
         self._timer = self.task_manager.create_task(self._end_after(remaining),
                                                     f"{self}::end_after")
+        await self._speculate()
 
     async def _end_after(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
         self._timer = None
+        await self._end()
+
+    async def _end(self) -> None:
+        """End the turn: with the reply already started on these words, or a new one."""
+        speculation, self._speculation = self._speculation, None
+        if speculation is not None and speculation.text == self._text:
+            self.kept += 1
+            await self.trigger_user_turn_finalized(confirms_speculation=True)
+            return
+        if speculation is not None:
+            await self.trigger_user_turn_speculation_cancelled()
         await self.trigger_user_turn_stopped()
+
+    async def _speculate(self) -> None:
+        """Start the reply to the words so far, unless it is already started on them or
+        speech since has not been transcribed yet."""
+        if not self.speculate or not self._heard_all or (
+                self._speculation and self._speculation.text == self._text):
+            return
+        await self._withdraw()
+        self._speculation = UserTurnSpeculation(text=self._text)
+        self.speculations += 1
+        await self.trigger_user_turn_inference_triggered(speculation=self._speculation)
+
+    async def _withdraw(self) -> None:
+        """The caller went on: the reply started early is dropped (never heard)."""
+        if self._speculation is not None:
+            self._speculation = None
+            await self.trigger_user_turn_speculation_cancelled()
 
     async def _cancel(self) -> None:
         if self._timer is not None:
@@ -226,9 +295,10 @@ class AdaptiveTurnEnd(BaseUserTurnStopStrategy):
 
     async def _reset(self) -> None:
         self._text = ""
-        self._held = False
+        self._held = self._heard_all = False
         self._silent_since = None
         await self._cancel()
+        await self._withdraw()
 
 
 class ListeningTurnStart(BaseUserTurnStartStrategy):

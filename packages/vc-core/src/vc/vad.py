@@ -14,6 +14,12 @@ too (:class:`LevelOnset`): Silero hears a word that starts with a fricative ("so
 only at its vowel, ~100 ms after the caller started it. A call whose sudden sounds keep not
 turning out to be speech (a noisy line, an echo of the bot) loses the level sign.
 
+With ``pause_windows``, it also tells the STT when the caller's speech pauses
+(:class:`vc.turns.SpeechPausedFrame`: that many unvoiced windows while pipecat's VAD still counts the
+caller as speaking) and when it goes on before the VAD stopped (``SpeechResumedFrame``),
+so a segmented STT can transcribe the speech so far while the rest of the segment's silence is
+waited out, and use that transcript when the segment ends with no more speech in it.
+
 Every :class:`CallVAD` runs on one shared ONNX Runtime session
 (:func:`vc.pipecat_adapter.shared_silero_model`): a session
 costs ~10 MiB and loading one per call churned that much native memory per call (issue 12). The
@@ -41,6 +47,7 @@ from pipecat.processors.audio.vad_processor import VADProcessor
 from pipecat.processors.frame_processor import FrameDirection
 
 from vc.pipecat_adapter import init_silero_analyzer
+from vc.turns import SpeechPausedFrame, SpeechResumedFrame
 
 #: Silero's analysis window at 16 kHz (512 samples).
 WINDOW_S = 0.032
@@ -141,9 +148,13 @@ class CallVADProcessor(VADProcessor):
         on_onset: Callable[[], Awaitable[None]],
         on_quiet: Callable[[], Awaitable[None]],
         level_margin_db: float = 0.0,
+        pause_windows: int = 0,
         **kwargs,
     ) -> None:
         super().__init__(vad_analyzer=vad_analyzer, **kwargs)
+        #: Unvoiced windows of a segment after which SpeechPausedFrame is pushed (0: never).
+        self.pause_windows = pause_windows
+        self._paused = False
         self._vad = vad_analyzer
         self._onset_windows = max(1, onset_windows)
         self.level = LevelOnset(level_margin_db, vad_analyzer.min_level)
@@ -166,7 +177,7 @@ class CallVADProcessor(VADProcessor):
             if isinstance(frame, VADUserStartedSpeakingFrame):
                 self.user_speaking = True
             elif isinstance(frame, VADUserStoppedSpeakingFrame):
-                self.user_speaking = False
+                self.user_speaking = self._paused = False
         await super().push_frame(frame, direction)
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
@@ -180,6 +191,7 @@ class CallVADProcessor(VADProcessor):
             _, level, passed = windows.popleft()
             loud = self.level.loud(level)
             self._count(passed, loud)
+            await self._tell_pause(passed)
             if self.onset_at is None and (self._voiced >= self._onset_windows or loud):
                 await self._open(by_level=self._voiced < self._onset_windows)
             elif self.onset_at is not None:
@@ -189,6 +201,18 @@ class CallVADProcessor(VADProcessor):
                     await self._close()
                 elif self._unvoiced >= self._quiet_windows():
                     await self._close()
+
+    async def _tell_pause(self, passed: bool) -> None:
+        """SpeechPausedFrame after ``pause_windows`` unvoiced windows of a segment,
+        SpeechResumedFrame at the next voiced one."""
+        if not self.pause_windows or not self.user_speaking:
+            return
+        if passed and self._paused:
+            self._paused = False
+            await self.push_frame(SpeechResumedFrame())
+        elif not passed and not self._paused and self._unvoiced >= self.pause_windows:
+            self._paused = True
+            await self.push_frame(SpeechPausedFrame())
 
     @property
     def noise_only(self) -> bool:

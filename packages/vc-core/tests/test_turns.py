@@ -184,11 +184,12 @@ def test_turkish_listener_words() -> None:
 LONG = "please tell me a long story about the dragons and knights of the old castle by the sea"
 
 
-async def talk_over_the_answer(make_engine, over: str | bytes, script_reply: str):
+async def talk_over_the_answer(make_engine, over: str | bytes, script_reply: str, extra: str = "",
+                               question: str = LONG):
     """The bot answers at length; 0.8 s into its answer the caller says ``over`` (text, or
     8 kHz audio; the fake STT hears ``script_reply``). Returns the session and the bot's audio
     after the question."""
-    engine = await make_engine(turn_stack([LONG, script_reply]))
+    engine = await make_engine(turn_stack([question, script_reply], extra))
     conn = LoopbackConnection()
     task = await run_loopback_call(engine, conn)
     await conn.wait_for_bot_audio(0, timeout=5)
@@ -215,6 +216,18 @@ async def test_a_backchannel_over_the_bot_pauses_it_and_it_plays_on(make_engine)
     assert [m["content"] for m in messages if m["role"] == "assistant"][-1] == answer
     # Nothing of the answer was lost: the caller heard all of it (30 ms of tone per character).
     assert len(heard) / 2 / 8000 == pytest.approx(len(answer) * 0.03, abs=0.1)
+
+
+async def test_a_backchannel_while_the_reply_is_still_written_is_no_turn(make_engine) -> None:
+    """The model is still writing the answer (four sentences, 0.15 s a word) when "mm-hmm" is
+    transcribed: its next words answer the question, not the backchannel, so no turn is
+    reported for it."""
+    question = "tell me everything about the dragons"
+    session, _, messages = await talk_over_the_answer(
+        make_engine, "mm hmm", "Mm-hmm.", "\n[llm.fake]\ntoken_delay = 0.15\n", question)
+    assert session.barge_ins == 0
+    assert [m["content"] for m in messages if m["role"] == "user"] == [question]
+    assert len(session.monitor.turns) == 1  # the question's; none for "Mm-hmm."
 
 
 def cough_8k(seconds: float = 0.25) -> bytes:

@@ -5,7 +5,7 @@ minus the VAD's stop delay):
 
 * ``vad_stop``        - end of speech -> VAD decides the caller stopped
 * ``stt``             - VAD stop -> transcript
-* ``llm_first_token`` - transcript -> first LLM text
+* ``llm_first_token`` - transcript -> first LLM text of a reply started after it
 * ``tts_first_audio`` - first LLM text -> first synthesised audio
 * ``voice_to_voice``  - end of speech -> first bot audio handed to the transport
 """
@@ -19,6 +19,7 @@ from typing import Any
 from pipecat.clocks.system_clock import SystemClock
 from pipecat.frames.frames import (
     InterimTranscriptionFrame,
+    LLMFullResponseStartFrame,
     LLMTextFrame,
     TranscriptionFrame,
     TTSAudioRawFrame,
@@ -43,7 +44,8 @@ class MonotonicClock(SystemClock):
 
 class Turn:
     __slots__ = (
-        "first_audio", "llm_first", "speech_end", "started", "text", "transcript", "tts_first", "vad_stop",
+        "answering", "first_audio", "llm_first", "speech_end", "started", "text", "transcript",
+        "tts_first", "vad_stop",
     )
 
     def __init__(self, started: float) -> None:
@@ -52,6 +54,9 @@ class Turn:
         self.vad_stop: float | None = None
         self.transcript: float | None = None
         self.text = ""
+        #: A reply was started after the transcript (text of an older reply still streaming
+        #: while the caller says "mm-hmm" over it answers nothing).
+        self.answering = False
         self.llm_first: float | None = None
         self.tts_first: float | None = None
         self.first_audio: float | None = None
@@ -86,8 +91,11 @@ class TurnMonitor(BaseObserver):
                 self.turn.transcript = now
                 self.turn.text = frame.text
             self._event(events.TRANSCRIPT, {"text": frame.text})
+        elif isinstance(frame, LLMFullResponseStartFrame):
+            if self.turn and self.turn.transcript is not None:
+                self.turn.answering = True
         elif isinstance(frame, LLMTextFrame):
-            if self.turn and self.turn.transcript is not None and self.turn.llm_first is None:
+            if self.turn and self.turn.answering and self.turn.llm_first is None:
                 self.turn.llm_first = now
         elif isinstance(frame, TTSAudioRawFrame):
             if self.turn and self.turn.llm_first is not None and self.turn.tts_first is None:

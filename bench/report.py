@@ -118,7 +118,8 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"{meta['cpu']}, {meta['cores']} cores, **CPU only (no GPU on this machine)**; "
         f"shared with other work: load average {meta['load_before']} before, "
-        f"{meta['load_after']} after (per phase in the JSON). vc {meta['versions'].get('vc-core')}, "
+        f"{meta['load_after']} after (per phase in the JSON). vc {meta['versions'].get('vc-core')}"
+        f"{' at ' + meta['commit'] if meta.get('commit') else ''}, "
         f"pipecat {meta['versions'].get('pipecat-ai')}. Configuration: {meta['vc_config']}.",
         "",
     ]

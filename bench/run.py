@@ -24,6 +24,7 @@ import platform
 import re
 import socket
 import statistics
+import subprocess
 import sys
 import time
 from importlib import metadata
@@ -65,8 +66,25 @@ def machine() -> dict[str, Any]:
                  "piper-tts", "onnxruntime"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[dist] = metadata.version(dist)
+    # An editable install keeps the version it was installed with: the source's is what runs.
+    import vc
+
+    versions["vc-core"] = vc.__version__
     return {"cpu": cpu, "cores": os.cpu_count(), "host": socket.gethostname(),
-            "python": platform.python_version(), "versions": versions}
+            "python": platform.python_version(), "versions": versions, "commit": commit()}
+
+
+def commit() -> str:
+    """The checkout's commit (with ``+`` when it has uncommitted changes), or ""."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True,
+                              capture_output=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               text=True, capture_output=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return head + ("+" if head and dirty else "")
 
 
 def load() -> list[float]:

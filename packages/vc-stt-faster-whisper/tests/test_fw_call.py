@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from fw_helpers import ENGLISH, piper, wer
 
@@ -42,6 +43,20 @@ async def wait_until(cond, within: float) -> None:
         await asyncio.sleep(0.05)
 
 
+def created_services(engine: Engine) -> list[Any]:
+    """The per-call STT services the provider creates from now on."""
+    provider = engine.provider("stt")
+    create = provider.create_service
+    services: list[Any] = []
+
+    def recorded(call: Any) -> Any:
+        services.append(create(call))
+        return services[-1]
+
+    provider.create_service = recorded  # type: ignore[method-assign]
+    return services
+
+
 def said(engine: Engine, conn: LoopbackConnection) -> list[str]:
     session = engine.sessions[conn.info.call_id]
     return [m["content"] for m in session.context.get_messages() if m["role"] == "user"]
@@ -50,6 +65,7 @@ def said(engine: Engine, conn: LoopbackConnection) -> list[str]:
 async def test_a_call_is_heard_and_answered() -> None:
     engine = await start_engine()
     assert engine.provider("stt").ready()
+    services = created_services(engine)
     conn = LoopbackConnection()  # 8 kHz, as a phone line
     task = await run_loopback_call(engine, conn)
     try:
@@ -65,6 +81,8 @@ async def test_a_call_is_heard_and_answered() -> None:
         count = engine.metrics.registry.get_sample_value(
             "vc_stage_latency_seconds_count", {"stage": "stt_transcription"})
         assert count == 1  # the provider's per-utterance time reached /metrics
+        # Core's VAD told the STT when the speech paused: the transcript was begun then.
+        assert services[0].early_used == len(services[0].transcripts) == 1
     finally:
         conn.caller_hangs_up()
         await asyncio.wait_for(task, 30)

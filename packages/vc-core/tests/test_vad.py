@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADParams, VADState
+from pipecat.frames.frames import VADUserStartedSpeakingFrame, VADUserStoppedSpeakingFrame
 
 from vc.testing.calls import speech
+from vc.testing.services import ServiceHarness
+from vc.turns import SpeechPausedFrame, SpeechResumedFrame
 from vc.vad import CallVAD, CallVADProcessor, window_level
 
 RATE = 16000
@@ -194,10 +197,6 @@ async def test_the_lines_own_noise_is_its_floor_and_a_new_noise_becomes_it() -> 
 
 async def pause_events(pcm: bytes, pause_windows: int) -> list[str]:
     """The speech and pause frames a processor pushes for ``pcm`` (segments end after 0.6 s)."""
-    from pipecat.frames.frames import VADUserStartedSpeakingFrame, VADUserStoppedSpeakingFrame
-
-    from vc.testing.services import ServiceHarness
-    from vc.turns import SpeechPausedFrame, SpeechResumedFrame
 
     async def nothing() -> None:
         pass

@@ -37,6 +37,7 @@ sys.path.insert(0, str(HERE))
 import report  # noqa: E402
 import scenarios  # noqa: E402
 from scenarios import log  # noqa: E402
+from utterances import QUESTION_SETS  # noqa: E402
 
 ALL = ("models", "cold-start", "latency", "pauses", "barge-in", "false-interruptions", "capacity")
 CAPACITY_STEPS = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96]
@@ -172,7 +173,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         """The latency and barge-in benchmarks asked for, against one running server."""
         if "latency" in only:
             name = phase(f"{side}: voice-to-voice latency, {turns} turns")
-            results[side]["latency"] = await scenarios.latency(server, turns)
+            results[side]["latency"] = await scenarios.latency(
+                server, turns, asked=QUESTION_SETS[args.questions])
             phase_done(name)
         if "pauses" in only:
             name = phase(f"{side}: pauses inside sentences")
@@ -286,7 +288,8 @@ async def compare(args: argparse.Namespace) -> dict[str, Any]:
             servers[label] = server
             log(f"  {label}: ready ({config or 'built-in defaults'})")
         results["load"].append(load())
-        runs = await scenarios.compare(servers, turns, args.block)
+        runs = await scenarios.compare(servers, turns, args.block,
+                                       asked=QUESTION_SETS[args.questions])
         results["load"].append(load())
     for label, run in runs.items():
         results["compare"][label] = {"run": run, "summary": report.summarise_latency(run)}
@@ -354,6 +357,9 @@ def cli() -> None:
     parser.add_argument("--compare", default="",
                         help="comma-separated vc configurations (INI paths relative to bench/, or "
                              "'default') measured side by side, interleaved, for latency only")
+    parser.add_argument("--questions", choices=sorted(QUESTION_SETS), default="reference",
+                        help="the latency questions: the reference set, or questions ending on a "
+                        "word that could go on (the adaptive end of turn waits longer after them)")
     parser.add_argument("--block", type=int, default=4, help="turns per call in --compare")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()

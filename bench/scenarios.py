@@ -124,9 +124,11 @@ async def ask(cloud: TwilioCloud, server: ServerProcess, questions: list[tuple[i
     return greeting, mine
 
 
-async def latency(server: ServerProcess, turns: int, per_call: int = 8) -> dict[str, Any]:
-    """``turns`` reference questions, ``per_call`` per call, each after the previous answer."""
-    questions = [(i + 1, QUESTIONS[i % len(QUESTIONS)]) for i in range(turns)]
+async def latency(server: ServerProcess, turns: int, per_call: int = 8,
+                  asked: tuple[str, ...] = QUESTIONS) -> dict[str, Any]:
+    """``turns`` of the ``asked`` questions, ``per_call`` per call, each after the previous
+    answer."""
+    questions = [(i + 1, asked[i % len(asked)]) for i in range(turns)]
     results: list[Turn] = []
     greetings: list[float | None] = []
     async with TwilioCloud(server.url, public_url=server.url) as cloud:
@@ -137,8 +139,8 @@ async def latency(server: ServerProcess, turns: int, per_call: int = 8) -> dict[
     return {"turns": [t.as_dict() for t in results], "greetings": greetings}
 
 
-async def compare(servers: dict[str, ServerProcess], turns: int, block: int = 4
-                  ) -> dict[str, dict[str, Any]]:
+async def compare(servers: dict[str, ServerProcess], turns: int, block: int = 4,
+                  asked: tuple[str, ...] = QUESTIONS) -> dict[str, dict[str, Any]]:
     """Latency of several vc configurations under the same background load: calls of
     ``block`` turns go to each server in turn (the others idle meanwhile), ``turns`` each."""
     out: dict[str, list[Turn]] = {name: [] for name in servers}
@@ -149,7 +151,7 @@ async def compare(servers: dict[str, ServerProcess], turns: int, block: int = 4
             clouds[name] = await stack.enter_async_context(
                 TwilioCloud(server.url, public_url=server.url))
         for done in range(0, turns, block):
-            questions = [(i + 1, QUESTIONS[i % len(QUESTIONS)])
+            questions = [(i + 1, asked[i % len(asked)])
                          for i in range(done, min(turns, done + block))]
             for name, server in servers.items():
                 greeting, mine = await ask(clouds[name], server, questions, f"{name:>16} ")

@@ -22,6 +22,20 @@ QUESTIONS = (
     "Tell me something interesting about the ocean.",
     "Do you know a good name for a pet dog?",
 )
+#: Questions that end on a word that could go on ("from", "with", "about", "to", "for"): the
+#: adaptive end of turn waits ``[turn] incomplete_secs`` (1.0 s) after them, as after a caller
+#: pausing mid-sentence (``--questions trailing``). Callers ask this way; these are vc's slow
+#: turns, and the reply is written, held, while the turn waits.
+TRAILING = (
+    "Where are you calling from?",
+    "Who am I speaking with?",
+    "What is this call about?",
+    "Which department should I talk to?",
+    "What can I pay with?",
+    "What are these charges for?",
+)
+#: The question sets of the latency benchmark, by ``--questions`` name.
+QUESTION_SETS = {"reference": QUESTIONS, "trailing": TRAILING}
 #: Questions whose answers run long enough to be talked over (barge-in trials).
 LONG_ANSWERS = (
     "Can you tell me a long story about a dragon and a brave knight?",

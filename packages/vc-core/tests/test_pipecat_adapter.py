@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.frames.frames import (
+    EagerEndOfTurnCancelFrame,
     Frame,
     InputAudioRawFrame,
     LLMFullResponseEndFrame,
@@ -22,9 +23,11 @@ from pipecat.frames.frames import (
     TranscriptionFrame,
     TTSAudioRawFrame,
     UserAudioRawFrame,
+    UserStoppedSpeakingFrame,
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
+from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.stt_service import SegmentedSTTService, STTService
 from pipecat.services.tts_service import TTSService
 from pipecat.transports.base_input import BaseInputTransport
@@ -33,7 +36,9 @@ from pipecat.utils.time import time_now_iso8601
 
 from vc.llm import StreamingLLMService
 from vc.pipecat_adapter import (
+    AnnouncingGate,
     ClauseAggregator,
+    announce_held_replies,
     init_silero_analyzer,
     push_llm_text,
     queue_input_audio,
@@ -44,6 +49,7 @@ from vc.pipecat_adapter import (
 )
 from vc.testing.calls import speech
 from vc.testing.services import Recorder, ServiceHarness
+from vc.turns import HeldReplyFrame
 
 RATE = 16000
 
@@ -232,3 +238,70 @@ async def test_the_clause_aggregator_in_token_mode_passes_tokens_through() -> No
     agg = ClauseAggregator(aggregation_type=TextType.TOKEN)
     out = [a.text async for a in agg.aggregate("Well, hello")]
     assert "".join(out) == "Well, hello"
+
+
+async def test_a_fresh_clause_aggregator_cuts_the_same_text_alike() -> None:
+    agg = ClauseAggregator(min_words=4, first_words=5, first_breaks=frozenset({"and"}),
+                           late_words=7, late_breaks=frozenset({"to"}))
+    tokens = ["Sure, I can ", "check that ", "and call ", "you back, ", "it takes ", "a moment."]
+    expected = await aggregate(agg, tokens)
+    assert expected[0] == "Sure, I can check that"
+    assert [a async for a in agg.aggregate("Text still pending")] == []
+    assert await aggregate(agg.fresh(), tokens) == expected
+    assert agg.fresh().language == agg.language and agg.fresh().first_breaks == agg.first_breaks
+
+
+# -- the speculation gate -----------------------------------------------------------------------
+
+
+def through_gate(gate, *frames: Frame) -> list[Frame]:
+    out = []
+    for frame in frames:
+        out += [f for f, _ in gate.process(frame, FrameDirection.DOWNSTREAM)]
+    return out
+
+
+def held_parts(frames: list[Frame]) -> list[tuple[str, bool, bool]]:
+    return [(f.text, f.start, f.end) for f in frames if isinstance(f, HeldReplyFrame)]
+
+
+async def test_the_llm_services_gate_announces_what_it_holds_and_releases_it_whole() -> None:
+    llm = QuietLLM()
+    announce_held_replies(llm)
+    gate = llm._speculation_gate
+    assert isinstance(gate, AnnouncingGate)
+    gate.begin_speculation(True)  # what pipecat does for LLMContextFrame(speculation=True)
+    reply = [LLMFullResponseStartFrame(), LLMTextFrame("Four"), LLMTextFrame("."),
+             LLMFullResponseEndFrame()]
+    out = through_gate(gate, *reply)
+    # Held: only the announcements come out, at once, in order.
+    assert held_parts(out) == [("", True, False), ("Four", False, False), (".", False, False),
+                               ("", False, True)]
+    assert all(isinstance(f, HeldReplyFrame) for f in out)
+    # The turn ends: the reply itself, unchanged, and no announcement more.
+    released = through_gate(gate, UserStoppedSpeakingFrame())
+    assert released[1:] == reply and not held_parts(released)
+    # A reply to a turn that has ended is not held, so not announced.
+    gate.begin_speculation(False)
+    assert through_gate(gate, *reply) == reply
+
+
+async def test_a_withdrawn_reply_was_announced_and_is_dropped() -> None:
+    llm = QuietLLM()
+    announce_held_replies(llm)
+    gate = llm._speculation_gate
+    gate.begin_speculation(True)
+    out = through_gate(gate, LLMFullResponseStartFrame(), LLMTextFrame("You said"))
+    assert held_parts(out) == [("", True, False), ("You said", False, False)]
+    cancel = EagerEndOfTurnCancelFrame()
+    assert through_gate(gate, cancel, LLMTextFrame(": more"), LLMFullResponseEndFrame()) == [cancel]
+
+
+async def test_text_the_tts_skips_is_not_announced() -> None:
+    llm = QuietLLM()
+    announce_held_replies(llm)
+    gate = llm._speculation_gate
+    gate.begin_speculation(True)
+    text = LLMTextFrame("not spoken")
+    text.skip_tts = True
+    assert held_parts(through_gate(gate, LLMFullResponseStartFrame(), text)) == [("", True, False)]

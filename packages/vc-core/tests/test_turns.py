@@ -133,6 +133,7 @@ async def test_without_speculation_the_model_is_asked_once_the_turn_ends(make_en
     assert said == ["You said: I would like a table for two people."]
     llm = engines[0].providers["llm"]["fake"].services[-1]
     assert [r[-1]["content"] for r in llm.requests] == ["I would like a table for two people"]
+    assert engines[0].providers["tts"]["fake"].services[-1].held == []  # nothing was held
 
 
 async def test_with_the_fixed_silence_the_same_pause_is_answered_too_soon(make_engine) -> None:
@@ -160,6 +161,10 @@ async def test_a_finished_sentence_ends_the_turn_after_the_usual_silence(make_en
     # The reply was started before the silence was over, kept, and not asked for again.
     assert (session.turn_end.speculations, session.turn_end.kept) == (1, 1)
     assert len(engine.providers["llm"]["fake"].services[-1].requests) == 1
+    # While it was held, the TTS was told its words (to prepare their audio), once each.
+    held = engine.providers["tts"]["fake"].services[-1].held
+    assert held[0].start and held[-1].end
+    assert "".join(f.text for f in held) == "You said: What time is it?."
     conn.caller_hangs_up()
     await asyncio.wait_for(task, 10)
     await conn.stop()

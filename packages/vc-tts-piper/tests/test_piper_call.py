@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import numpy as np
 from piper_helpers import profile, wer
@@ -63,6 +64,26 @@ async def test_call_with_local_piper(transcribe) -> None:
     await engine.start()
     try:
         await _call(engine, transcribe)
+    finally:
+        await engine.stop()
+
+
+async def test_the_answer_is_synthesised_while_the_turn_is_waited_out(transcribe) -> None:
+    """With the adaptive end of turn the reply is started, and held, before the caller's turn
+    has ended; Piper makes its first piece meanwhile, and that is what the caller hears."""
+    reg = fake_registry()
+    cfg = config_from_ini(ini("provider = piper", [QUESTION]).replace(
+        "end = silence", "end = adaptive\nspeculate = true"), reg)
+    engine = Engine(cfg, reg)
+    await engine.start()
+    provider = engine.provider("tts")
+    create = provider.create_service
+    services: list[Any] = []
+    provider.create_service = lambda call: services.append(create(call)) or services[-1]
+    try:
+        await _call(engine, transcribe)
+        assert len(services) == 1
+        assert services[0].held.started == services[0].held.used == 1
     finally:
         await engine.stop()
 

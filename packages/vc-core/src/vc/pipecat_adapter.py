@@ -16,13 +16,23 @@ from typing import Any
 
 from pipecat.audio.vad.silero import SileroOnnxModel, SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams
-from pipecat.frames.frames import InputAudioRawFrame
+from pipecat.frames.frames import (
+    Frame,
+    InputAudioRawFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    LLMTextFrame,
+)
+from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.llm_service import LLMService
 from pipecat.services.stt_service import SegmentedSTTService, STTService
 from pipecat.services.tts_service import TTSService
 from pipecat.transports.base_input import BaseInputTransport
+from pipecat.turns.speculation_gate import GatedFrame, SpeculationGate, SpeculationState
 from pipecat.utils.text.base_text_aggregator import Aggregation, TextType
 from pipecat.utils.text.simple_text_aggregator import SimpleTextAggregator
+
+from vc.turns import HeldReplyFrame
 
 # -- STT --------------------------------------------------------------------------------------
 
@@ -49,6 +59,43 @@ async def push_llm_text(service: LLMService, text: str) -> None:
     """Push ``text`` as the LLM's output, the way pipecat's own LLM services do
     (``_push_llm_text``: time-to-first-token metrics, turn-completion filtering)."""
     await service._push_llm_text(text)
+
+
+class AnnouncingGate(SpeculationGate):
+    """pipecat's speculation gate that also tells what it holds: each frame of a speculative
+    reply it holds back is announced downstream at once as a :class:`vc.turns.HeldReplyFrame`
+    (a system frame, which passes the gate), so a TTS can prepare the reply's first audio
+    while the caller's turn is still being waited out."""
+
+    def process(self, frame: Frame, direction: FrameDirection) -> list[GatedFrame]:
+        emitted = super().process(frame, direction)
+        held = (direction == FrameDirection.DOWNSTREAM
+                and self.state == SpeculationState.HOLDING
+                and all(f is not frame for f, _ in emitted))
+        announced = held_reply_frame(frame) if held else None
+        if announced is not None:
+            emitted.append((announced, FrameDirection.DOWNSTREAM))
+        return emitted
+
+
+def held_reply_frame(frame: Frame) -> HeldReplyFrame | None:
+    """What a held LLM frame tells a TTS: the start, words or end of the held reply."""
+    if getattr(frame, "skip_tts", None):
+        return None
+    if isinstance(frame, LLMFullResponseStartFrame):
+        return HeldReplyFrame(start=True)
+    if isinstance(frame, LLMTextFrame):
+        return HeldReplyFrame(text=frame.text)
+    if isinstance(frame, LLMFullResponseEndFrame):
+        return HeldReplyFrame(end=True)
+    return None
+
+
+def announce_held_replies(service: LLMService) -> None:
+    """Make ``service`` announce the speculative reply it holds (:class:`AnnouncingGate`).
+    pipecat's LLM service builds its gate, ``_speculation_gate``, itself and has no hook to
+    see what it holds; called before the pipeline starts, while nothing is held."""
+    service._speculation_gate = AnnouncingGate(name=str(service._speculation_gate))
 
 
 # -- input transport ------------------------------------------------------------------------
@@ -105,11 +152,12 @@ def init_silero_analyzer(
 
 def use_clause_aggregator(service: TTSService, min_words: int, first_words: int = 0,
                           first_breaks: frozenset[str] = frozenset(), *, late_words: int = 0,
-                          late_breaks: frozenset[str] = frozenset()) -> None:
+                          late_breaks: frozenset[str] = frozenset()) -> ClauseAggregator:
     """Make ``service`` cut its text into clauses (:class:`ClauseAggregator`), keeping its
-    aggregation mode and language. pipecat's TTS service takes no aggregator argument since
-    1.x (only ``text_aggregation_mode``); its aggregator is ``_text_aggregator``."""
-    service._text_aggregator = ClauseAggregator(
+    aggregation mode and language; returns the aggregator. pipecat's TTS service takes no
+    aggregator argument since 1.x (only ``text_aggregation_mode``); its aggregator is
+    ``_text_aggregator``."""
+    service._text_aggregator = aggregator = ClauseAggregator(
         aggregation_type=service._text_aggregation_mode,
         language=service._text_aggregator.language,
         min_words=min_words,
@@ -118,6 +166,7 @@ def use_clause_aggregator(service: TTSService, min_words: int, first_words: int 
         late_words=late_words,
         late_breaks=late_breaks,
     )
+    return aggregator
 
 
 CLAUSE_PUNCTUATION = ",;:—"
@@ -153,6 +202,15 @@ class ClauseAggregator(SimpleTextAggregator):
         self.late_words = late_words
         self.late_breaks = late_breaks
         self._first = True
+
+    def fresh(self) -> ClauseAggregator:
+        """A new aggregator with the same settings and nothing pending: it cuts the same
+        text into the same pieces."""
+        return ClauseAggregator(
+            aggregation_type=self.aggregation_type, language=self.language,
+            min_words=self.min_words, max_words=self.max_words, first_words=self.first_words,
+            first_breaks=self.first_breaks, late_words=self.late_words,
+            late_breaks=self.late_breaks)
 
     async def flush(self) -> Aggregation | None:
         self._first = True

@@ -28,7 +28,7 @@ from pipecat.processors.aggregators.llm_response_universal import (
     LLMContextAggregatorPair,
     LLMUserAggregatorParams,
 )
-from pipecat.services.llm_service import FunctionCallParams
+from pipecat.services.llm_service import FunctionCallParams, LLMService
 from pipecat.turns.user_start import (
     BaseUserTurnStartStrategy,
     MinWordsUserTurnStartStrategy,
@@ -47,6 +47,7 @@ from vc.llm import StreamingLLMService, tools_schema
 from vc.logs import current_call_id
 from vc.media import CallerAudioEnd, CallTransport, SpeechWrittenFrame
 from vc.monitor import MonotonicClock, TurnMonitor
+from vc.pipecat_adapter import announce_held_replies
 from vc.providers import CallContext, Tool, ToolCall
 from vc.tools import redact, run_tool
 from vc.turns import (
@@ -238,6 +239,8 @@ class CallSession(CallEvents):
             ),
         )
         self._watch_llm(llm)
+        if turn_end is not None and turn_end.speculate and isinstance(llm, LLMService):
+            announce_held_replies(llm)  # the TTS may prepare a held reply's first audio
         if isinstance(llm, StreamingLLMService):
             llm.call_id = self.info.call_id
             llm.on_failure = lambda reason: self._provider_failed("llm", reason)

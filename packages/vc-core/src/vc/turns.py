@@ -60,6 +60,21 @@ class SpeechResumedFrame(SystemFrame):
     """Core's VAD: speech again after a :class:`SpeechPausedFrame`, in the same segment."""
 
 
+@dataclass
+class HeldReplyFrame(SystemFrame):
+    """Core: words of a reply the LLM service holds back (a speculative reply, started
+    before the caller's turn ended), so a TTS may prepare their audio meanwhile.
+
+    ``start`` opens a new held reply (forget any earlier one), ``text`` is its next words as
+    the model wrote them, ``end`` says it is complete. The reply itself follows, as ordinary
+    LLM text, once the turn ends on the words it answers (``UserStoppedSpeakingFrame``); it
+    is dropped unheard on ``EagerEndOfTurnCancelFrame`` or ``InterruptionFrame``."""
+
+    text: str = ""
+    start: bool = False
+    end: bool = False
+
+
 #: Words after which a sentence is not over, per primary language: conjunctions,
 #: prepositions, articles, possessives, auxiliaries, fillers.
 CONTINUATIONS: dict[str, frozenset[str]] = {

@@ -27,6 +27,7 @@ from vc.providers import AudioClip, CallContext, ProviderError, TTSProvider
 from vc.settings import setting
 from vc_tts_piper.clauses import split_for_synthesis
 from vc_tts_piper.normalize import normalize
+from vc_tts_piper.prefetch import FirstPiece
 from vc_tts_piper.schedule import DeadlineGate, Playout
 from vc_tts_piper.service import ClauseStreamingTTSService, without_leading_silence
 from vc_tts_piper.voices import DEFAULT_VOICE, LoadedVoice, Synthesis, resolve, voice_language
@@ -96,6 +97,10 @@ class PiperSettings:
         help="longest piece synthesised in one go (bounds how late barge-in stops synthesis)")
     normalize: bool = setting(
         True, help="spell out numbers, currency, times, URLs; drop markdown and emoji")
+    prefetch: bool = setting(
+        True,
+        help="synthesise the first piece of a reply held back until the caller's turn ends "
+        "([turn] speculate) while the turn is still being waited out")
 
 
 class PiperTTSService(ClauseStreamingTTSService):
@@ -118,11 +123,27 @@ class PiperTTSService(ClauseStreamingTTSService):
         self._provider = provider
         self._voice = voice
         self._playout = Playout()
+        #: The held reply's first piece, made while the turn is waited out (``prefetch``).
+        self.held = FirstPiece(self.clauses.fresh, self._first_piece, self._synthesize_held)
+        self._prefetch = s.prefetch
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         if isinstance(frame, InterruptionFrame):
             self._playout.reset()
+        if self._prefetch:
+            await self.held.observe(frame)
         await super().process_frame(frame, direction)
+
+    def _first_piece(self, text: str) -> str | None:
+        """The first piece ``run_tts`` will synthesise of the aggregated ``text``."""
+        text = self.prepare_text(text.lstrip("\n"))
+        if not self.sayable(text):
+            return None
+        pieces = split_for_synthesis(text, self._provider.settings.max_piece_words)
+        return pieces[0] if pieces else None
+
+    async def _synthesize_held(self, piece: str, needed_at: float) -> bytes:
+        return await self._provider.synthesize_piece(self._voice, piece, needed_at)
 
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame, None]:
         if not self.sayable(text):
@@ -131,8 +152,13 @@ class PiperTTSService(ClauseStreamingTTSService):
         await self.start_tts_usage_metrics(text)
         pieces = split_for_synthesis(text, self._provider.settings.max_piece_words)
 
+        made = self.held.take(pieces[0]) if pieces else None
+
         async def pcm() -> AsyncIterator[bytes]:
-            for piece in pieces:
+            for i, piece in enumerate(pieces):
+                if i == 0 and made is not None:
+                    yield await made  # synthesised while the reply was held
+                    continue
                 needed_at = self._playout.needed_at(context_id)
                 yield await self._provider.synthesize_piece(self._voice, piece, needed_at)
 

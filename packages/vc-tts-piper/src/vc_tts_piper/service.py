@@ -96,9 +96,10 @@ class ClauseStreamingTTSService(TTSService):
         self._language = language
         self._normalize_text = normalize_text
         self._speakable = speakable
-        use_clause_aggregator(self, min_clause_words, first_piece_words, phrase_breaks(language),
-                              late_words=first_piece_late_words,
-                              late_breaks=late_breaks(language))
+        #: The aggregator cutting this service's text (a fresh copy cuts a held reply alike).
+        self.clauses = use_clause_aggregator(
+            self, min_clause_words, first_piece_words, phrase_breaks(language),
+            late_words=first_piece_late_words, late_breaks=late_breaks(language))
         #: What was actually sent to the synthesiser, request by request (diagnostics, tests).
         self.spoken: list[str] = []
 

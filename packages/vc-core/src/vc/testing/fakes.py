@@ -25,6 +25,7 @@ from typing import Any
 import attrs
 import numpy as np
 from pipecat.frames.frames import ErrorFrame, Frame, TranscriptionFrame, TTSAudioRawFrame
+from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.settings import STTSettings, TTSSettings
 from pipecat.services.stt_service import SegmentedSTTService
 from pipecat.services.tts_service import TTSService
@@ -42,6 +43,7 @@ from vc.providers import (
     TTSProvider,
 )
 from vc.settings import setting
+from vc.turns import HeldReplyFrame
 
 
 @attrs.define
@@ -173,9 +175,16 @@ class FakeTTSService(TTSService):
                          settings=TTSSettings(model="fake", voice=None, language=None), **kwargs)
         self._s = settings
         self.spoken: list[str] = []
+        #: The words of held (speculative) replies core announced to this TTS.
+        self.held: list[HeldReplyFrame] = []
 
     def can_generate_metrics(self) -> bool:
         return True
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        if isinstance(frame, HeldReplyFrame):
+            self.held.append(frame)
+        await super().process_frame(frame, direction)
 
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame, None]:
         self.spoken.append(text)
@@ -206,7 +215,14 @@ class FakeTTS(TTSProvider):
     description = "a tone per character (tests)"
 
     def create_service(self, call: CallContext) -> FakeTTSService:
-        return FakeTTSService(self.settings, sample_rate=call.output_sample_rate)
+        service = FakeTTSService(self.settings, sample_rate=call.output_sample_rate)
+        self.services.append(service)
+        return service
+
+    @functools.cached_property
+    def services(self) -> list[FakeTTSService]:
+        """The services this provider created, one per call (tests read what they heard)."""
+        return []
 
     async def synthesize(self, text: str, profile: Any) -> AudioClip:
         return AudioClip(tone(len(text) * self.settings.ms_per_char / 1000, self.settings.sample_rate),

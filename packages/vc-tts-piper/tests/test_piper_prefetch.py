@@ -1,5 +1,6 @@
 """A held (speculative) reply's first piece is synthesised while the reply is held, and the
-released reply speaks from that audio (vc_tts_piper.prefetch), with the real voice."""
+released reply speaks from that audio (vc_tts_piper.prefetch), with the real voice, in-process
+and through the Piper WebSocket service."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from pipecat.frames.frames import (
 )
 from piper_helpers import SENTENCES, Harness, call_context, provider_context, tokens, wer
 from vc_tts_piper.local import PiperProvider, PiperSettings
+from vc_tts_piper.server import PiperWebSocketServer
+from vc_tts_piper.ws_client import PiperWebSocketProvider, PiperWebSocketSettings
 
 from vc.turns import HeldReplyFrame
 
@@ -122,3 +125,32 @@ async def test_prefetch_off_makes_nothing_while_held() -> None:
             assert service.held.started == 0 and voice.pieces_started == before
     finally:
         await provider.stop()
+
+
+async def test_the_websocket_service_is_asked_for_the_held_piece_early(piper, transcribe) -> None:
+    """Through the Piper WebSocket service (the deployment vc replaces): the held reply's first
+    request goes to the service on a connection of its own while the turn is waited out; the
+    call's own connection then asks only for the rest."""
+    voice = piper.voice_for(call_context().profile)
+    server = PiperWebSocketServer({voice.name: voice}, voice.name)
+    port = await server.start("127.0.0.1", 0)
+    provider = PiperWebSocketProvider(PiperWebSocketSettings(
+        url=f"ws://127.0.0.1:{port}/tts", voice=voice.name), provider_context())
+    await provider.start()
+    try:
+        service = provider.create_service(call_context(8000))
+        async with Harness(service, 8000) as h:
+            await h.send(*held(REPLY))
+            await h.wait(lambda: service.held.started == 1)
+            await h.send(*released(REPLY))
+            await h.wait(lambda: len(service.spoken) == 3)
+            await h.quiet()
+        assert service.spoken[0] == "Sure, I can check that"
+        assert service.held.used == 1
+        assert service.client.requests == 2  # the first was answered while held
+        heard = transcribe(h.audio(), 8000)
+        assert wer(REPLY, heard) <= 0.2, heard
+        assert not h.errors()
+    finally:
+        await provider.stop()
+        await server.stop()

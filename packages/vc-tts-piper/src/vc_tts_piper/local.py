@@ -27,7 +27,6 @@ from vc.providers import AudioClip, CallContext, ProviderError, TTSProvider
 from vc.settings import setting
 from vc_tts_piper.clauses import split_for_synthesis
 from vc_tts_piper.normalize import normalize
-from vc_tts_piper.prefetch import FirstPiece
 from vc_tts_piper.schedule import DeadlineGate, Playout
 from vc_tts_piper.service import ClauseStreamingTTSService, without_leading_silence
 from vc_tts_piper.voices import DEFAULT_VOICE, LoadedVoice, Synthesis, resolve, voice_language
@@ -118,31 +117,26 @@ class PiperTTSService(ClauseStreamingTTSService):
             first_piece_late_words=s.first_piece_late_words,
             normalize_text=s.normalize,
             speakable=voice.speakable,
+            prefetch=s.prefetch,
             **kwargs,
         )
         self._provider = provider
         self._voice = voice
         self._playout = Playout()
-        #: The held reply's first piece, made while the turn is waited out (``prefetch``).
-        self.held = FirstPiece(self.clauses.fresh, self._first_piece, self._synthesize_held)
-        self._prefetch = s.prefetch
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         if isinstance(frame, InterruptionFrame):
             self._playout.reset()
-        if self._prefetch:
-            await self.held.observe(frame)
         await super().process_frame(frame, direction)
 
-    def _first_piece(self, text: str) -> str | None:
+    def held_piece(self, text: str) -> str | None:
         """The first piece ``run_tts`` will synthesise of the aggregated ``text``."""
-        text = self.prepare_text(text.lstrip("\n"))
-        if not self.sayable(text):
-            return None
-        pieces = split_for_synthesis(text, self._provider.settings.max_piece_words)
+        request = super().held_piece(text)
+        pieces = split_for_synthesis(request, self._provider.settings.max_piece_words) \
+            if request is not None else []
         return pieces[0] if pieces else None
 
-    async def _synthesize_held(self, piece: str, needed_at: float) -> bytes:
+    async def synthesize_held(self, piece: str, needed_at: float) -> bytes:
         return await self._provider.synthesize_piece(self._voice, piece, needed_at)
 
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame, None]:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 from pipecat.frames.frames import Frame, TTSAudioRawFrame
+from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TTSService
 
@@ -28,6 +29,7 @@ from vc.audio import StreamResampler
 from vc.pipecat_adapter import use_clause_aggregator
 from vc.turns import late_breaks, phrase_breaks
 from vc_tts_piper.normalize import normalize
+from vc_tts_piper.prefetch import FirstPiece
 
 #: A sample louder than this (-54 dBFS) is sound; quieter ones at the start are dropped.
 ONSET_PEAK = 64
@@ -79,6 +81,7 @@ class ClauseStreamingTTSService(TTSService):
         first_piece_late_words: int = 0,
         normalize_text: bool = True,
         speakable: Callable[[str], str] | None = None,
+        prefetch: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -100,11 +103,29 @@ class ClauseStreamingTTSService(TTSService):
         self.clauses = use_clause_aggregator(
             self, min_clause_words, first_piece_words, phrase_breaks(language),
             late_words=first_piece_late_words, late_breaks=late_breaks(language))
+        #: The held reply's first piece, made while the turn is waited out (``prefetch``).
+        self.held = FirstPiece(self.clauses.fresh, self.held_piece, self.synthesize_held)
+        self._prefetch = prefetch
         #: What was actually sent to the synthesiser, request by request (diagnostics, tests).
         self.spoken: list[str] = []
 
     def can_generate_metrics(self) -> bool:
         return True
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        if self._prefetch:
+            await self.held.observe(frame)
+        await super().process_frame(frame, direction)
+
+    def held_piece(self, text: str) -> str | None:
+        """The first request ``run_tts`` will get for the aggregated ``text`` (None: nothing
+        to say). Services that synthesise it in smaller pieces return the first of them."""
+        text = self.prepare_text(text.lstrip("\n"))
+        return text if self.sayable(text) else None
+
+    async def synthesize_held(self, piece: str, needed_at: float) -> bytes:
+        """The audio of ``piece`` (a held reply's first), at the synthesiser's rate."""
+        raise NotImplementedError  # services constructed with prefetch=True implement it
 
     async def _transform(self, text: str, text_type: str) -> str:
         return self.prepare_text(text)

@@ -111,6 +111,10 @@ class PiperWebSocketSettings:
         "other prepositions and articles) once it has this many words (0: never)")
     normalize: bool = setting(
         True, help="spell out numbers, currency, times, URLs; drop markdown and emoji")
+    prefetch: bool = setting(
+        True,
+        help="ask the service for the first piece of a reply held back until the caller's turn "
+        "ends ([turn] speculate) while the turn is still being waited out")
 
 
 _CONNECT_ERRORS = (OSError, TimeoutError, InvalidHandshake, ConnectionClosed)
@@ -382,8 +386,10 @@ class PiperWebSocketTTSService(ClauseStreamingTTSService):
                          first_piece_words=s.first_piece_words,
                          first_piece_late_words=s.first_piece_late_words,
                          normalize_text=s.normalize,
+                         prefetch=s.prefetch,
                          **kwargs)
         self._provider = provider
+        self._voice = voice
         self.client = PiperClient(provider.pool, s, voice)
 
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame, None]:
@@ -391,12 +397,22 @@ class PiperWebSocketTTSService(ClauseStreamingTTSService):
             return
         self.spoken.append(text)
         await self.start_tts_usage_metrics(text)
+        made = self.held.take(text.strip())
+        pcm = _made(made) if made is not None else self.client.speak(text)
         try:
-            async for frame in self.stream_pcm(self.client.speak(text),
-                                               self._provider.settings.sample_rate, context_id):
+            async for frame in self.stream_pcm(pcm, self._provider.settings.sample_rate,
+                                               context_id):
                 yield frame
         except PiperServiceError as e:
             yield ErrorFrame(error=str(e))
+
+    async def synthesize_held(self, piece: str, needed_at: float) -> bytes:
+        """The held piece through a connection of its own (the call's may be speaking)."""
+        client = PiperClient(self._provider.pool, self._provider.settings, self._voice)
+        try:
+            return b"".join([chunk async for chunk in client.speak(piece)])
+        finally:
+            client.close()
 
     async def stop(self, frame: EndFrame) -> None:
         await super().stop(frame)
@@ -405,6 +421,11 @@ class PiperWebSocketTTSService(ClauseStreamingTTSService):
     async def cancel(self, frame: CancelFrame) -> None:
         await super().cancel(frame)
         self.client.close()
+
+
+async def _made(audio: asyncio.Future[bytes]) -> AsyncIterator[bytes]:
+    """Audio made while the reply was held, as the one chunk of its request."""
+    yield await audio
 
 
 class PiperWebSocketProvider(RemoteProvider, TTSProvider):

@@ -43,9 +43,10 @@ from vc_transport_twilio.simulator import TwilioCloud
 
 RESULTS = Path(__file__).parent / "results"
 #: Stages in the order a turn passes them (``llm_queue``: waiting for the model; ``tts_queue``:
-#: a piece needed at once, a reply's first, waiting for a Piper synthesis slot).
-STAGE_ORDER = ("vad_stop", "stt", "llm_queue", "llm_first_token", "tts_queue", "tts_first_audio",
-               "voice_to_voice", "barge_in")
+#: a piece needed at once, a reply's first, waiting for a Piper synthesis slot;
+#: ``tts_held_wait``: a released reply waiting for its first piece, begun while it was held).
+STAGE_ORDER = ("vad_stop", "stt", "llm_queue", "llm_first_token", "tts_queue", "tts_held_wait",
+               "tts_first_audio", "voice_to_voice", "barge_in")
 #: How long a caller waits for an answer before the question counts as unanswered.
 UNANSWERED_S = 10.0
 

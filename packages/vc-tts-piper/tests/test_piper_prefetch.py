@@ -4,6 +4,10 @@ and through the Piper WebSocket service."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
+import pytest
 from pipecat.frames.frames import (
     EagerEndOfTurnCancelFrame,
     Frame,
@@ -13,8 +17,10 @@ from pipecat.frames.frames import (
     LLMTextFrame,
     UserStoppedSpeakingFrame,
 )
+from pipecat.utils.text.simple_text_aggregator import SimpleTextAggregator
 from piper_helpers import SENTENCES, Harness, call_context, provider_context, tokens, wer
 from vc_tts_piper.local import PiperProvider, PiperSettings
+from vc_tts_piper.prefetch import FirstPiece
 from vc_tts_piper.server import PiperWebSocketServer
 from vc_tts_piper.ws_client import PiperWebSocketProvider, PiperWebSocketSettings
 
@@ -36,7 +42,9 @@ def released(text: str) -> list[Frame]:
 
 
 async def test_the_released_reply_starts_with_the_piece_made_while_it_was_held(
-        piper, transcribe) -> None:
+        piper, transcribe, monkeypatch) -> None:
+    observed: list[tuple[str, float, dict[str, str]]] = []
+    monkeypatch.setattr(piper.context, "observe", lambda *a: observed.append(a))
     voice = piper.voice_for(call_context().profile)
     service = piper.create_service(call_context(8000))
     async with Harness(service, 8000) as h:
@@ -55,6 +63,9 @@ async def test_the_released_reply_starts_with_the_piece_made_while_it_was_held(
     heard = transcribe(h.audio(), 8000)
     assert wer(REPLY, heard) <= 0.2, heard
     assert not h.errors()
+    # How long the released reply waited for the held piece is published, once.
+    waits = [(name, labels) for name, _, labels in observed if name == "tts_held_wait_seconds"]
+    assert waits == [("tts_held_wait_seconds", {"stage": "tts_held_wait"})]
 
 
 async def test_a_short_reply_complete_while_held_is_made_from_its_end(piper, transcribe) -> None:
@@ -96,8 +107,10 @@ async def test_an_interruption_forgets_the_held_reply(piper) -> None:
         assert service.held.take("Sure, I can check that") is None
 
 
-async def test_a_different_reply_is_synthesised_as_it_is(piper, transcribe) -> None:
-    """Held words that are not the released reply's (a stale announcement) are not used."""
+async def test_a_different_reply_is_synthesised_as_it_is(piper, transcribe, caplog) -> None:
+    """Held words that are not the released reply's (a stale announcement) are not used: they
+    are dropped, and the log says so."""
+    caplog.set_level(logging.INFO, logger="vc_tts_piper.prefetch")
     service = piper.create_service(call_context(8000))
     async with Harness(service, 8000) as h:
         await h.send(*held(SENTENCES[0]))
@@ -106,6 +119,9 @@ async def test_a_different_reply_is_synthesised_as_it_is(piper, transcribe) -> N
         await h.wait(lambda: h.audio_frames())
         await h.quiet()
     assert service.held.used == 0
+    assert service.held.take(service.spoken[0]) is None  # dropped, not kept for later
+    said = [r.getMessage() for r in caplog.records if "dropped unused" in r.getMessage()]
+    assert len(said) == 1 and "Please call me back" in said[0], said
     heard = transcribe(h.audio(), 8000)
     assert wer(SENTENCES[1], heard) <= 0.15, heard
 
@@ -154,3 +170,42 @@ async def test_the_websocket_service_is_asked_for_the_held_piece_early(piper, tr
     finally:
         await provider.stop()
         await server.stop()
+
+
+async def test_the_wait_for_a_piece_still_being_made_is_told() -> None:
+    """A released reply that asks for its held piece before it is made waits for it; the wait
+    (from the ask to the audio) is what the services publish as stage ``tts_held_wait``."""
+    made = asyncio.Event()
+    waits: list[float] = []
+
+    async def synthesize(piece: str, needed_at: float) -> bytes:
+        await made.wait()
+        return piece.encode()
+
+    first = FirstPiece(SimpleTextAggregator, lambda text: text.strip(), synthesize, waits.append)
+    await first.observe(HeldReplyFrame(start=True))
+    await first.observe(HeldReplyFrame(text="Sure thing. "))
+    await first.observe(HeldReplyFrame(text="More", end=True))
+    audio = first.take("Sure thing.")
+    assert audio is not None and not audio.done() and waits == []
+    await asyncio.sleep(0.05)
+    made.set()
+    assert await audio == b"Sure thing."
+    assert len(waits) == 1 and waits[0] >= 0.05
+
+
+@pytest.mark.parametrize("frame", [EagerEndOfTurnCancelFrame(), InterruptionFrame()])
+async def test_a_withdrawn_piece_reports_no_wait(frame: Frame) -> None:
+    waits: list[float] = []
+
+    async def synthesize(piece: str, needed_at: float) -> bytes:
+        await asyncio.sleep(10)
+        return b""
+
+    first = FirstPiece(SimpleTextAggregator, lambda text: text.strip(), synthesize, waits.append)
+    await first.observe(HeldReplyFrame(start=True))
+    await first.observe(HeldReplyFrame(text="Sure thing. ", end=True))
+    assert first.started == 1
+    await first.observe(frame)
+    await asyncio.sleep(0)
+    assert first.take("Sure thing.") is None and waits == []

@@ -118,6 +118,7 @@ class PiperTTSService(ClauseStreamingTTSService):
             normalize_text=s.normalize,
             speakable=voice.speakable,
             prefetch=s.prefetch,
+            observe=provider.context.observe,
             **kwargs,
         )
         self._provider = provider

@@ -10,11 +10,15 @@ copy of its clause aggregator, the same text preparation, the same synthesis pie
 synthesising the first piece as soon as it is complete. The service's request for the released
 reply takes that audio when its first piece has the same text; otherwise it synthesises as
 before. A withdrawn reply's audio is dropped unheard: its CPU is the price.
+
+How long the released reply's first request still waited for that audio (0 when it was ready)
+is reported to ``waited``: the services publish it as stage ``tts_held_wait``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -30,6 +34,8 @@ from pipecat.utils.text.base_text_aggregator import BaseTextAggregator
 
 from vc.turns import HeldReplyFrame
 
+log = logging.getLogger(__name__)
+
 #: A held reply may yet be withdrawn: a piece another call needs now goes ahead of its
 #: first piece if asked for within this many seconds after it.
 HELD_PIECE_DELAY_S = 0.2
@@ -40,7 +46,8 @@ class FirstPiece:
 
     ``aggregator`` makes a fresh aggregator like the service's, ``first_piece`` turns an
     aggregated text into the first piece the service would synthesise from it (None: nothing
-    to say), ``synthesize(piece, needed_at)`` makes its audio.
+    to say), ``synthesize(piece, needed_at)`` makes its audio, ``waited(seconds)`` is told how
+    long a taken piece's audio was still awaited.
     """
 
     def __init__(
@@ -48,10 +55,12 @@ class FirstPiece:
         aggregator: Callable[[], BaseTextAggregator],
         first_piece: Callable[[str], str | None],
         synthesize: Callable[[str, float], Awaitable[bytes]],
+        waited: Callable[[float], None] = lambda seconds: None,
     ) -> None:
         self._new_aggregator = aggregator
         self._first_piece = first_piece
         self._synthesize = synthesize
+        self._waited = waited
         self._aggregator: BaseTextAggregator | None = None
         self._piece: str | None = None
         self._audio: asyncio.Future[bytes] | None = None
@@ -69,10 +78,18 @@ class FirstPiece:
 
     def take(self, piece: str) -> asyncio.Future[bytes] | None:
         """The audio of ``piece`` if it is the held reply's first piece being made."""
-        if self._audio is None or piece != self._piece:
+        if self._audio is None:
+            return None
+        if piece != self._piece:
+            # Not the held reply's first piece (the released reply is cut alike, so this is
+            # another reply's): the held one is stale. Said, since a caller may wait for it.
+            log.info("held piece %r dropped unused: the next piece asked for is %r",
+                     self._piece, piece)
+            self.drop()
             return None
         audio, self._audio, self._piece = self._audio, None, None
         self.used += 1
+        self._time_wait(audio)
         return audio
 
     def drop(self) -> None:
@@ -95,6 +112,19 @@ class FirstPiece:
             rest = await self._aggregator.flush()
             if rest is not None:
                 self._start(rest.text)
+
+    def _time_wait(self, audio: asyncio.Future[bytes]) -> None:
+        """Tell ``waited`` how long after now ``audio`` is made (0: it is ready)."""
+        asked = time.monotonic()
+
+        def made(future: asyncio.Future[bytes]) -> None:
+            if not future.cancelled():
+                self._waited(time.monotonic() - asked)
+
+        if audio.done():
+            made(audio)
+        else:
+            audio.add_done_callback(made)
 
     def _start(self, text: str) -> None:
         piece = self._first_piece(text)

@@ -82,6 +82,7 @@ class ClauseStreamingTTSService(TTSService):
         normalize_text: bool = True,
         speakable: Callable[[str], str] | None = None,
         prefetch: bool = False,
+        observe: Callable[[str, float, dict[str, str]], None] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -103,8 +104,10 @@ class ClauseStreamingTTSService(TTSService):
         self.clauses = use_clause_aggregator(
             self, min_clause_words, first_piece_words, phrase_breaks(language),
             late_words=first_piece_late_words, late_breaks=late_breaks(language))
+        self._observe = observe
         #: The held reply's first piece, made while the turn is waited out (``prefetch``).
-        self.held = FirstPiece(self.clauses.fresh, self.held_piece, self.synthesize_held)
+        self.held = FirstPiece(self.clauses.fresh, self.held_piece, self.synthesize_held,
+                               self._held_waited)
         self._prefetch = prefetch
         #: What was actually sent to the synthesiser, request by request (diagnostics, tests).
         self.spoken: list[str] = []
@@ -126,6 +129,12 @@ class ClauseStreamingTTSService(TTSService):
     async def synthesize_held(self, piece: str, needed_at: float) -> bytes:
         """The audio of ``piece`` (a held reply's first), at the synthesiser's rate."""
         raise NotImplementedError  # services constructed with prefetch=True implement it
+
+    def _held_waited(self, seconds: float) -> None:
+        """Publish how long a released reply's first request waited for its held piece
+        (stage ``tts_held_wait``: 0 when it was ready; longer when it was still being made)."""
+        if self._observe is not None:
+            self._observe("tts_held_wait_seconds", seconds, {"stage": "tts_held_wait"})
 
     async def _transform(self, text: str, text_type: str) -> str:
         return self.prepare_text(text)

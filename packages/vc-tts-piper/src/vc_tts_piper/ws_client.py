@@ -387,6 +387,7 @@ class PiperWebSocketTTSService(ClauseStreamingTTSService):
                          first_piece_late_words=s.first_piece_late_words,
                          normalize_text=s.normalize,
                          prefetch=s.prefetch,
+                         observe=provider.context.observe,
                          **kwargs)
         self._provider = provider
         self._voice = voice

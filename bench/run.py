@@ -98,6 +98,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def server_stages(url: str) -> dict[str, dict[str, float]]:
+    """vc's own account of the run's stages (``vc_stage_latency_seconds`` from ``/metrics``):
+    each stage's mean and count, providers' queues and waits included."""
+    from load import stage_totals
+
+    return {stage: {"mean_s": round(total / count, 4), "count": int(count)}
+            for stage, (total, count) in sorted(stage_totals(url).items()) if count}
+
+
 async def wait_http(url: str, within: float = 120.0) -> None:
     import aiohttp
 
@@ -222,6 +231,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 phase_done(name)
                 await call_benchmarks("vc", server)
                 results["vc"]["server_events"] = len(server.events)
+                results["vc"]["server_stages"] = await asyncio.to_thread(server_stages, server.url)
 
     call_kinds = {"latency", "pauses", "barge-in", "false-interruptions"}
     if not args.no_baseline and ((call_kinds | {"cold-start"}) & only):
@@ -291,8 +301,11 @@ async def compare(args: argparse.Namespace) -> dict[str, Any]:
         runs = await scenarios.compare(servers, turns, args.block,
                                        asked=QUESTION_SETS[args.questions])
         results["load"].append(load())
+        stages = {label: await asyncio.to_thread(server_stages, server.url)
+                  for label, server in servers.items()}
     for label, run in runs.items():
-        results["compare"][label] = {"run": run, "summary": report.summarise_latency(run)}
+        results["compare"][label] = {"run": run, "summary": report.summarise_latency(run),
+                                     "server_stages": stages[label]}
     return results
 
 

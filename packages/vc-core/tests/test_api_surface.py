@@ -31,6 +31,7 @@ PUBLIC: dict[str, tuple[str, ...]] = {
         "Provider", "STTProvider", "LLMProvider", "TTSProvider", "TransportProvider", "CallHost",
         "Observer", "ProviderError", "ProviderContext", "CallContext", "AudioClip", "Tool",
         "ToolCall", "ModelCatalog", "ModelInfo", "KnownProvider", "package_dir", "cache_dir",
+        "retrieve_failure",
     ),
     "vc.call": (
         "CallInfo", "CallConnection", "CallEvents", "PlayoutBuffer", "PlayoutPacer", "Mark",

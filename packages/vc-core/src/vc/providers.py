@@ -8,6 +8,7 @@ asks it for a pipecat service for each call (``create_service``). Nothing slow m
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import logging
 import os
@@ -379,3 +380,13 @@ def cache_dir() -> Path:
         return Path(os.environ["VC_CACHE_DIR"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base).expanduser() / "vc"
+
+
+def retrieve_failure(future: asyncio.Future[Any]) -> None:
+    """Done callback for work started ahead that may then not be wanted (an early transcript,
+    a withdrawn reply, a held piece): read its failure so that asyncio never logs it as
+    "exception was never retrieved", and log it at debug instead. Whoever still awaits the
+    future gets the failure raised as usual. ``future.add_done_callback(retrieve_failure)``."""
+    if not future.cancelled() and (error := future.exception()) is not None:
+        logging.getLogger(__name__).debug("work nobody awaited ended with %s: %s",
+                                          type(error).__name__, error)

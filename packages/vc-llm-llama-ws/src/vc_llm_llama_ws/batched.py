@@ -310,9 +310,11 @@ class BatchedDecoder:
             return
         token = self._C.llama_sampler_sample(request.sampler, self._ctx, index)
         if self._C.llama_vocab_is_eog(self._vocab, token):
+            # The whole reply is cached: the call's next prompt goes on with these tokens.
+            # Queued before the reply ends, so whoever sees it end sees them queued.
+            if request.conversation:
+                slot.prefill = list(self.next_turn)
             self._finish(slot, "stop")
-            if request.conversation:  # the whole reply is cached: the call's next prompt
-                slot.prefill = list(self.next_turn)  # goes on with these tokens
             return
         stats = request.stats
         if not stats.completion_tokens:

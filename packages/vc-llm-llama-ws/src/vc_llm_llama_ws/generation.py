@@ -35,6 +35,7 @@ import attrs
 
 from vc import jsonsafe
 from vc.cpu import usable_cores
+from vc.providers import retrieve_failure
 from vc_llm_llama_ws.batched import BatchedDecoder, Request, common_prefix, partial_suffix
 
 log = logging.getLogger("vc.llm.llama_cpp")
@@ -349,7 +350,7 @@ class LlamaModel:
             stop.set()
             self._busy -= 1
             if future is not None and not future.done():
-                future.add_done_callback(_consume_exception)
+                future.add_done_callback(retrieve_failure)
 
     def _fit(
         self, messages: list[dict[str, Any]], tools: Sequence[dict[str, Any]], reply_tokens: int
@@ -429,11 +430,6 @@ class LlamaModel:
         finally:
             stream.close()
             stats.seconds = time.monotonic() - started
-
-
-def _consume_exception(fut: asyncio.Future[Any]) -> None:
-    if not fut.cancelled() and fut.exception() is not None:
-        log.debug("generation ended with %s after its consumer left", fut.exception())
 
 
 def _text(content: Any) -> str:

@@ -25,6 +25,7 @@ from pipecat.utils.time import time_now_iso8601
 
 from vc.audio import resample
 from vc.pipecat_adapter import segment_so_far, stt_user_id
+from vc.providers import retrieve_failure
 from vc.turns import SpeechPausedFrame, SpeechResumedFrame
 from vc_stt_faster_whisper.transcriber import SAMPLE_RATE, Transcriber, Transcript
 
@@ -117,7 +118,7 @@ class FasterWhisperSTTService(SegmentedSTTService):
         if is_silent(pcm):
             return
         task = asyncio.ensure_future(self._transcriber.transcribe(pcm, self._language))
-        task.add_done_callback(_consume_exception)
+        task.add_done_callback(retrieve_failure)
         self._early = EarlyTranscript(audio, task)
 
     def _drop_early(self) -> None:
@@ -169,9 +170,3 @@ class FasterWhisperSTTService(SegmentedSTTService):
             result=result,
             finalized=True,
         )
-
-
-def _consume_exception(task: asyncio.Future[Any]) -> None:
-    """A dropped early transcript's failure is nobody's: read it so asyncio does not log it."""
-    if not task.cancelled():
-        task.exception()

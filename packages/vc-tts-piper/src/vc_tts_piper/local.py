@@ -133,8 +133,9 @@ class PiperTTSService(ClauseStreamingTTSService):
     def held_piece(self, text: str) -> str | None:
         """The first piece ``run_tts`` will synthesise of the aggregated ``text``."""
         request = super().held_piece(text)
-        pieces = split_for_synthesis(request, self._provider.settings.max_piece_words) \
-            if request is not None else []
+        if request is None:
+            return None
+        pieces = split_for_synthesis(request, self._provider.settings.max_piece_words)
         return pieces[0] if pieces else None
 
     async def synthesize_held(self, piece: str, needed_at: float) -> bytes:

@@ -21,7 +21,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from pipecat.frames.frames import (
     CancelFrame,
@@ -32,6 +31,7 @@ from pipecat.frames.frames import (
 )
 from pipecat.utils.text.base_text_aggregator import BaseTextAggregator
 
+from vc.providers import retrieve_failure
 from vc.turns import HeldReplyFrame
 
 log = logging.getLogger(__name__)
@@ -133,13 +133,6 @@ class FirstPiece:
         self._piece = piece
         audio = asyncio.ensure_future(
             self._synthesize(piece, time.monotonic() + HELD_PIECE_DELAY_S))
-        audio.add_done_callback(_consume_exception)
+        audio.add_done_callback(retrieve_failure)
         self._audio = audio
         self.started += 1
-
-
-def _consume_exception(future: asyncio.Future[Any]) -> None:
-    """A dropped piece's failure is nobody's (a taken one's is raised where it is awaited):
-    read it so asyncio does not log it."""
-    if not future.cancelled():
-        future.exception()

@@ -5,6 +5,7 @@ computes them. Order of events is asserted, never speed."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -160,6 +161,38 @@ async def test_a_one_off_request_does_not_evict_a_call(batched: LlamaModel) -> N
                             {"role": "user", "content": "And of Spain?"}],
                   stats=again, conversation="call")
     assert again.cached_tokens >= first.prompt_tokens
+
+
+async def test_a_conversation_beyond_the_sequences_evicts_one_and_says_so(caplog) -> None:
+    """Three calls on two sequences: the third takes the least recently used call's sequence;
+    that call's next turn evaluates its history again. Counted and logged (once a minute per
+    model: a fresh one here)."""
+    caplog.set_level(logging.WARNING, logger="vc.llm.llama_cpp")
+    batched = LlamaModel(resolve_model(SMOLLM2), name="evictions", n_ctx=512, parallel=2)
+    batched._load()
+    try:
+        await three_calls_on_two_sequences(batched, caplog)
+    finally:
+        await batched.close()
+
+
+async def three_calls_on_two_sequences(batched: LlamaModel, caplog) -> None:
+    decoder = batched._decoder
+    first, replies = {}, {}
+    for call, question in (("evict-a", "What is rain?"), ("evict-b", "What is wind?")):
+        first[call] = Generation()
+        replies[call] = await collect(batched, ask(question), stats=first[call], conversation=call)
+    before = decoder.evictions
+    await collect(batched, ask("What is snow?"), conversation="evict-c")
+    assert decoder.evictions == before + 1
+    said = [r.getMessage() for r in caplog.records if "more conversations" in r.getMessage()]
+    assert said and "evict-a" in said[-1] and "(parallel)" in said[-1], said
+    again = Generation()
+    await collect(batched, ask("And hail?", "What is rain?", replies["evict-a"]), stats=again,
+                  conversation="evict-a")
+    # Its first question and reply are evaluated again (only the shared system prompt is not).
+    assert again.cached_tokens < first["evict-a"].prompt_tokens
+    assert decoder.evictions == before + 2  # it took evict-b's sequence in turn
 
 
 async def test_requests_beyond_the_sequences_wait_in_order(batched: LlamaModel) -> None:

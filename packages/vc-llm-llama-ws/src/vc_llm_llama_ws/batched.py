@@ -1,6 +1,7 @@
 """Several conversations at once on one llama.cpp model: parallel sequences, batched decoding.
 
-One llama.cpp context holds ``n_seq`` sequences (slots) in a unified KV cache. A single thread
+One llama.cpp context holds ``n_seq`` sequences (slots), each in a KV cache stream of its own
+(a token attends over its own conversation's cells only, not every call's). A single thread
 runs the loop: every step it builds one batch holding the next token of every reply being
 generated and, with the room left, chunks of the prompts waiting to be evaluated, and decodes
 it at once. So a caller's question is not queued behind another call's whole reply (it joins
@@ -11,14 +12,16 @@ the next step), and every conversation keeps its own history in the cache betwee
   conversation before (its earlier turns are still cached), else a slot whose content is all a
   prefix of its prompt (an empty one: nothing is lost), else the least recently used one. The
   longest prefix any slot holds (the system prompt, warmed at startup) is shared into the chosen
-  slot (``llama_memory_seq_cp``: cells gain a sequence id; nothing is copied or evaluated).
+  slot (``llama_memory_seq_cp`` copies the donor's whole stream; nothing is evaluated).
   Prefixes alone cannot tell whose a slot is: every call starts with the same system prompt and
   greeting, so a second call would take the first call's slot and evict its history.
 * A finished reply's slot goes on to evaluate what the template writes after it
   (:attr:`BatchedDecoder.next_turn`: ``<|im_end|>\n<|im_start|>user\n``) while the caller
   listens, so the call's next prompt starts with those tokens cached; a request that arrives
   first simply takes over the slot.
-* Requests beyond ``n_seq`` wait in order; :attr:`Generation.queued` measures the wait.
+* Requests beyond ``n_seq`` wait in order; :attr:`Generation.queued` measures the wait. A
+  conversation whose slot another one took (more calls than ``n_seq``) evaluates its whole
+  history again on its next turn: :attr:`BatchedDecoder.evictions` counts it, and it is logged.
 * Sampling per request: repeat penalty, top-p, temperature, seeded (greedy at temperature 0).
 
 This module owns every use of llama-cpp-python's low-level API (``llama_cpp.llama_cpp``).
@@ -37,6 +40,8 @@ from typing import Any
 
 import attrs
 
+from vc.logs import LogThrottle
+
 log = logging.getLogger("vc.llm.llama_cpp")
 
 #: Sampling constants as llama-cpp-python's ``create_completion`` uses them by default.
@@ -45,6 +50,10 @@ TOP_K = 40
 MIN_P = 0.05
 #: A prefix held by another slot is shared only when it is at least this much longer.
 SHARE_MIN_TOKENS = 16
+#: One cache pool for every sequence (True) or a stream per sequence (False, the default): in
+#: one pool each token attends over every conversation's cells, so a step costs more with
+#: every call up (bench/README.md).
+UNIFIED_CACHE = False
 
 Emit = Callable[[str, Any], None]
 
@@ -98,7 +107,7 @@ class BatchedDecoder:
         params.n_ctx = n_ctx * n_seq
         params.n_batch = params.n_ubatch = n_batch
         params.n_seq_max = n_seq
-        params.kv_unified = True
+        params.kv_unified = UNIFIED_CACHE
         params.n_threads = n_threads
         params.n_threads_batch = n_threads_batch
         params.no_perf = True
@@ -115,6 +124,9 @@ class BatchedDecoder:
         self._waiting: collections.deque[Request] = collections.deque()
         self._wake = threading.Condition()
         self._closed = False
+        #: Conversations whose cached history another conversation's turn took over.
+        self.evictions = 0
+        self._eviction_log = LogThrottle(burst=1, interval=60.0)
         self._thread = threading.Thread(target=self._run, name=f"llama-batch-{name}", daemon=True)
         self._thread.start()
 
@@ -190,7 +202,20 @@ class BatchedDecoder:
         lossless = [s for s in idle if held[id(s)] == len(s.tokens)]
         if lossless:
             return max(lossless, key=lambda s: held[id(s)])
-        return min(idle, key=lambda s: s.last_used)
+        slot = min(idle, key=lambda s: s.last_used)
+        if slot.conversation and request.conversation:
+            self._evicted(slot.conversation)
+        return slot
+
+    def _evicted(self, conversation: str) -> None:
+        """More conversations than sequences: one loses its cached history, and its next turn
+        evaluates all of it again (seconds on a small CPU). Counted, and said."""
+        self.evictions += 1
+        self._eviction_log.log(
+            log, logging.WARNING,
+            "more conversations than the %d kept in the cache (parallel): conversation %s's "
+            "history was evicted and its next turn evaluates it again; raise parallel to the "
+            "number of simultaneous calls", self.n_seq, conversation)
 
     def _admit(self, slot: Slot, request: Request) -> None:
         tokens = request.pending
@@ -204,8 +229,10 @@ class BatchedDecoder:
         common = common_prefix(slot.tokens, tokens)
         shared, donor = max((common_prefix(s.tokens, tokens), s.seq) for s in self._slots)
         if donor != slot.seq and shared >= common + SHARE_MIN_TOKENS:
-            C.llama_memory_seq_rm(self._mem, slot.seq, 0, -1)
-            C.llama_memory_seq_cp(self._mem, donor, slot.seq, 0, shared)
+            # Each sequence has a cache stream of its own, and llama.cpp copies only whole
+            # streams between them: the donor's is copied (before the next decode) and what
+            # follows the shared prefix is removed below.
+            C.llama_memory_seq_cp(self._mem, donor, slot.seq, -1, -1)
             slot.tokens, common = tokens[:shared], shared
         common = min(common, len(tokens) - 1)  # the last prompt token is evaluated for its logits
         C.llama_memory_seq_rm(self._mem, slot.seq, common, -1)

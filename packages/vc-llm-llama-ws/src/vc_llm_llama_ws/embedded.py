@@ -73,10 +73,13 @@ class LlamaCppSettings:
         "keeps OpenMP's own default (spin a while, then sleep)",
     )
     parallel: int = setting(
-        4, min=1, max=64,
+        8, min=1, max=64,
         help="conversations the model answers at once: parallel llama.cpp sequences decoded in "
         "one batch, each call's history kept in the cache between its turns (1: one reply at "
-        "a time, in order of arrival, one shared cache)",
+        "a time, in order of arrival, one shared cache). Keep it at or above the simultaneous "
+        "calls: each call beyond it evicts another's history, which is then evaluated again "
+        "(the KV cache holds parallel x n_ctx tokens: ~23 KB each for SmolLM2, ~28 KB for "
+        "Qwen2.5-1.5B)",
     )
     temperature: float = setting(
         0.2, min=0, max=5,

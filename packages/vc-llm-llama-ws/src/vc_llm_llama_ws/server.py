@@ -325,7 +325,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--threads", type=int, default=int(_env("THREADS", "0")), help="CPU threads (0: all)"
     )
     p.add_argument(
-        "--parallel", type=int, default=int(_env("PARALLEL", "4")),
+        "--parallel", type=int, default=int(_env("PARALLEL", "8")),
         help="requests a model answers at once (batched llama.cpp sequences; 1: in order)",
     )
     p.add_argument("--temperature", type=float, default=float(_env("TEMPERATURE", "0.2")))

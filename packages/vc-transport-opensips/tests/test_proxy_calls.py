@@ -126,6 +126,10 @@ async def test_packet_loss_is_measured_per_call(phone: RtpPhone, caller: SipCall
     async with VC() as vc:
         await place_call(vc, phone, caller)
         await until(lambda: phone.loud(), what="greeting audio")
+        # Loss counts from the first packet vc receives (RFC 3550 A.3): the network starts
+        # losing only once vc hears the phone (the greeting can be heard before that).
+        await until(lambda: any(s.packets_in for s in vc.transport.media.streams),
+                    what="vc receiving the phone's audio")
         phone.lose_every = 10
         await until(lambda: len(phone.lost) >= 5, what="five lost packets")
         phone.lose_every = 0

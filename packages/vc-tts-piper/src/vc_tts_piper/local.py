@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 from pipecat.frames.frames import ErrorFrame, Frame, InterruptionFrame, TTSAudioRawFrame
@@ -29,9 +29,10 @@ from vc_tts_piper.clauses import split_for_synthesis
 from vc_tts_piper.normalize import normalize
 from vc_tts_piper.schedule import DeadlineGate, Playout
 from vc_tts_piper.service import ClauseStreamingTTSService, without_leading_silence
+from vc_tts_piper.voice_parts import prepare_elsewhere
 from vc_tts_piper.voices import DEFAULT_VOICE, LoadedVoice, Synthesis, resolve, voice_language
 
-WARM_TEXT = "Hello."
+T = TypeVar("T")
 
 
 def synthesis_threads() -> int:
@@ -96,6 +97,11 @@ class PiperSettings:
         help="longest piece synthesised in one go (bounds how late barge-in stops synthesis)")
     normalize: bool = setting(
         True, help="spell out numbers, currency, times, URLs; drop markdown and emoji")
+    first_audio_seconds: float = setting(
+        0.3, min=0, max=10, validator=_not_negative,
+        help="a piece the caller is waiting for is decoded this many seconds first and the "
+        "rest while that plays (Piper's decoder run in parts, prepared once per voice in vc's "
+        "cache directory; 0: every piece decoded whole)")
     prefetch: bool = setting(
         True,
         help="synthesise the first piece of a reply held back until the caller's turn ends "
@@ -155,8 +161,13 @@ class PiperTTSService(ClauseStreamingTTSService):
                 if i == 0 and made is not None:
                     yield await made  # synthesised while the reply was held
                     continue
-                needed_at = self._playout.needed_at(context_id)
-                yield await self._provider.synthesize_piece(self._voice, piece, needed_at)
+                now = time.monotonic()
+                needed_at = self._playout.needed_at(context_id, now)
+                if needed_at > now:  # audio of this reply is still playing: no hurry
+                    yield await self._provider.synthesize_piece(self._voice, piece, needed_at)
+                    continue
+                async for audio in self._provider.stream_piece(self._voice, piece):
+                    yield audio
 
         try:
             async for frame in self.stream_pcm(pcm(), self._voice.sample_rate, context_id):
@@ -183,6 +194,7 @@ class PiperProvider(TTSProvider):
         self._configs: dict[str, Any] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._gate: DeadlineGate | None = None
+        self._preparing: set[asyncio.Task[None]] = set()
 
     def _specs(self) -> list[str]:
         specs = [self.settings.voice]
@@ -206,11 +218,30 @@ class PiperProvider(TTSProvider):
                     self.settings.threads or synthesis_threads())
             self._configs[voice.name] = voice.config_for(self.synthesis)  # checks the speaker
             self.voices[spec] = self.voices[voice.name] = voice
-            await self.synthesize_piece(voice, WARM_TEXT)  # first run allocates; do it now
-            self.log.info("piper voice %s loaded from %s (%d Hz)", voice.name, file.source,
-                          voice.sample_rate)
+            self.log.info("piper voice %s loaded from %s (%d Hz%s)", voice.name, file.source,
+                          voice.sample_rate, ", decoded in parts" if voice.parts else "")
+        if self.settings.first_audio_seconds > 0:
+            for voice in {v.name: v for v in self.voices.values()}.values():
+                if voice.parts is None:
+                    task = asyncio.create_task(self._prepare_parts(voice))
+                    self._preparing.add(task)
+                    task.add_done_callback(self._preparing.discard)
+
+    async def _prepare_parts(self, voice: LoadedVoice) -> None:
+        """Cut ``voice`` into its parts in a separate, low-priority process, then use them."""
+        why = await prepare_elsewhere(voice.file.model)
+        loop = asyncio.get_running_loop()
+        if not why and await loop.run_in_executor(self._executor, voice.use_parts):
+            self.log.info("piper voice %s is decoded in parts from now on (a piece's first "
+                          "audio before the rest)", voice.name)
+            return
+        self.log.warning("piper voice %s stays decoded whole: %s", voice.name,
+                         why or "its parts could not be loaded")
 
     async def stop(self) -> None:
+        for task in list(self._preparing):
+            task.cancel()
+        await asyncio.gather(*self._preparing, return_exceptions=True)
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = self._gate = None
@@ -235,11 +266,9 @@ class PiperProvider(TTSProvider):
             raise ProviderError("the piper provider was not started")
         return voice
 
-    async def synthesize_piece(self, voice: LoadedVoice, text: str,
-                               needed_at: float | None = None) -> bytes:
-        """Synthesise one short piece in the pool (the caller may be cancelled meanwhile);
-        pieces waiting for the pool start in order of ``needed_at`` (default: now). How long
-        a piece needed at once waited for the pool is published as stage ``tts_queue``."""
+    async def _run(self, needed_at: float | None, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in the pool, started in order of ``needed_at`` (default: now); how
+        long work needed at once waited for the pool is published as stage ``tts_queue``."""
         if self._gate is None:
             raise ProviderError("the piper provider is stopped")
         asked = time.monotonic()
@@ -250,9 +279,27 @@ class PiperProvider(TTSProvider):
                 waited = time.monotonic() - asked
                 self.context.observe("tts_queue_seconds", waited, {"stage": "tts_queue"})
 
-        return await self._gate.run(asked if needed_at is None else needed_at,
-                                    voice.synthesize_piece, text, self.synthesis,
-                                    self._configs.get(voice.name), on_start=started)
+        return await self._gate.run(asked if needed_at is None else needed_at, fn, *args,
+                                    on_start=started)
+
+    async def synthesize_piece(self, voice: LoadedVoice, text: str,
+                               needed_at: float | None = None) -> bytes:
+        """Synthesise one short piece in the pool (the caller may be cancelled meanwhile);
+        pieces waiting for the pool start in order of ``needed_at`` (default: now)."""
+        return await self._run(needed_at, voice.synthesize_piece, text, self.synthesis,
+                               self._configs.get(voice.name))
+
+    async def stream_piece(self, voice: LoadedVoice, text: str) -> AsyncIterator[bytes]:
+        """A piece needed now, as it is decoded: its first ``first_audio_seconds`` as soon as
+        they are ready, then the rest, scheduled for when they will have played (and never
+        started when the caller stops listening before)."""
+        started = await self._run(None, voice.start_piece, text, self.synthesis,
+                                  self._configs.get(voice.name),
+                                  self.settings.first_audio_seconds)
+        yield started.audio
+        if started.rest is not None:
+            played = time.monotonic() + len(started.audio) / (2 * voice.sample_rate)
+            yield await self._run(played, started.rest)
 
     def create_service(self, call: CallContext) -> PiperTTSService:
         return PiperTTSService(self, self.voice_for(call.profile), call.language,

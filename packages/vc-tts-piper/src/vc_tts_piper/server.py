@@ -45,6 +45,7 @@ from vc.wsauth import token_ok
 from vc_tts_piper import protocol
 from vc_tts_piper.clauses import split_for_synthesis
 from vc_tts_piper.normalize import normalize
+from vc_tts_piper.voice_parts import prepare_elsewhere
 from vc_tts_piper.voices import DEFAULT_VOICE, LoadedVoice, Synthesis, resolve
 
 log = logging.getLogger("vc_tts_piper.server")
@@ -65,7 +66,7 @@ class PiperWebSocketServer:
     def __init__(self, voices: dict[str, LoadedVoice], default_voice: str, *,
                  synthesis: Synthesis | None = None, parallel: int = 2, normalize_text: bool = True,
                  max_piece_words: int = 16, token: str = "", max_text: int = MAX_TEXT,
-                 time_limit: float = TIME_LIMIT) -> None:
+                 time_limit: float = TIME_LIMIT, first_audio_seconds: float = 0.3) -> None:
         if default_voice not in voices:
             raise ProviderError(f"default voice {default_voice!r} is not loaded")
         self.voices = voices
@@ -76,6 +77,8 @@ class PiperWebSocketServer:
         self.token = token
         self.max_text = max_text
         self.time_limit = time_limit
+        self.first_audio_seconds = first_audio_seconds
+        self._preparing: list[asyncio.Task[None]] = []
         self._configs = {name: v.config_for(self.synthesis) for name, v in voices.items()}
         self._executor = ThreadPoolExecutor(max(1, parallel), thread_name_prefix="piper-server")
         self._server: Server | None = None
@@ -95,10 +98,11 @@ class PiperWebSocketServer:
 
     async def start(self, host: str = "127.0.0.1", port: int = 8000) -> int:
         """Listen; returns the port (pass 0 for an ephemeral one)."""
-        loop = asyncio.get_running_loop()
-        for name, voice in self.voices.items():  # warm every voice before taking requests
-            await loop.run_in_executor(self._executor, voice.synthesize_piece, "Hello.",
-                                       self.synthesis, self._configs[name])
+        # (every voice was warmed when it was loaded: LoadedVoice.calibrate)
+        if self.first_audio_seconds > 0:
+            self._preparing = [asyncio.create_task(self._prepare_parts(v))
+                               for v in {v.name: v for v in self.voices.values()}.values()
+                               if v.parts is None]
         self._server = await serve(self._handle, host, port, process_request=self._http,
                                    max_size=2**20, compression=None, ping_interval=20)
         bound = self._server.sockets[0].getsockname()[1]
@@ -106,7 +110,18 @@ class PiperWebSocketServer:
                  ", ".join(self.voices))
         return int(bound)
 
+    async def _prepare_parts(self, voice: LoadedVoice) -> None:
+        why = await prepare_elsewhere(voice.file.model)
+        if not why and await asyncio.to_thread(voice.use_parts):
+            log.info("voice %s is decoded in parts from now on", voice.name)
+        else:
+            log.warning("voice %s stays decoded whole: %s", voice.name,
+                        why or "its parts could not be loaded")
+
     async def stop(self) -> None:
+        for task in self._preparing:
+            task.cancel()
+        await asyncio.gather(*self._preparing, return_exceptions=True)
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -191,12 +206,22 @@ class PiperWebSocketServer:
         loop = asyncio.get_running_loop()
         resampler = StreamResampler(voice.sample_rate, rate)
         started = loop.time()
-        for piece in split_for_synthesis(text, self.max_piece_words):
+        for i, piece in enumerate(split_for_synthesis(text, self.max_piece_words)):
             if self.time_limit and loop.time() - started > self.time_limit:
                 raise TimeLimitError(f"synthesis time limit of {self.time_limit:g}s reached; "
                                      "the audio is incomplete")
-            pcm = await loop.run_in_executor(self._executor, voice.synthesize_piece, piece,
-                                             self.synthesis, self._configs[voice.name])
+            config = self._configs[voice.name]
+            if i == 0:  # the client waits for it: its first part first
+                head = await loop.run_in_executor(self._executor, voice.start_piece, piece,
+                                                  self.synthesis, config,
+                                                  self.first_audio_seconds)
+                await self._send_audio(ws, resampler.process(head.audio))
+                if head.rest is None:
+                    continue
+                pcm = await loop.run_in_executor(self._executor, head.rest)
+            else:
+                pcm = await loop.run_in_executor(self._executor, voice.synthesize_piece, piece,
+                                                 self.synthesis, config)
             await self._send_audio(ws, resampler.process(pcm))
         await self._send_audio(ws, resampler.process(b"", last=True))
 
@@ -259,6 +284,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="folder of NAME.onnx + NAME.onnx.json voices; repeat for more")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime threads per synthesis")
     p.add_argument("--parallel", type=int, default=2, help="syntheses at once (all connections)")
+    p.add_argument("--first-audio-seconds", type=float,
+                   default=float(_env("FIRST_AUDIO_SECONDS", "0.3")),
+                   help="a request's first piece is decoded this many seconds first and sent "
+                   "before the rest (0: whole; env VC_PIPER_WS_FIRST_AUDIO_SECONDS)")
     p.add_argument("--speaker", default="", help="speaker name or id (multi-speaker voices)")
     p.add_argument("--length-scale", type=float, default=None, help="<1 faster, >1 slower")
     p.add_argument("--noise-scale", type=float, default=None)
@@ -282,7 +311,8 @@ async def _serve(args: argparse.Namespace) -> None:
     server = await asyncio.to_thread(
         PiperWebSocketServer.load, args.voice, args.voices_dir, threads=args.threads,
         synthesis=synthesis, parallel=args.parallel, normalize_text=not args.no_normalize,
-        token=args.token, max_text=args.max_text, time_limit=args.time_limit)
+        token=args.token, max_text=args.max_text, time_limit=args.time_limit,
+        first_audio_seconds=args.first_audio_seconds)
     port = await server.start(args.host, args.port)
     # One line on stdout for supervisors and tests (the port is the real one with --port 0).
     print(f"vc-piper-ws-server listening on ws://{args.host}:{port}/tts", flush=True)
@@ -296,6 +326,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not (math.isfinite(args.time_limit) and args.time_limit >= 0):
         parser.error(f"--time-limit must be a finite number of seconds >= 0, got {args.time_limit}")
+    if not (math.isfinite(args.first_audio_seconds) and args.first_audio_seconds >= 0):
+        parser.error("--first-audio-seconds must be a finite number of seconds >= 0")
     if args.max_text < 1:
         parser.error("--max-text must be at least 1")
     logging.basicConfig(level=args.log_level.upper(),

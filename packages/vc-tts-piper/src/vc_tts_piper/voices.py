@@ -16,10 +16,11 @@ equal sequential ones).
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
@@ -30,9 +31,12 @@ import numpy as np
 
 from vc.providers import ProviderError
 from vc.verify import FileHash, Progress, verify_files
+from vc_tts_piper.voice_parts import CONTEXT_FRAMES, SplitError, VoiceParts, load_parts
 
 if TYPE_CHECKING:
     from piper import PiperVoice
+
+log = logging.getLogger("vc.tts.piper")
 
 DEFAULT_VOICE = "en_US-joe-medium"
 #: Voices we know how to get, for error messages and ``vc models``.
@@ -49,6 +53,14 @@ INSTALL_LOCAL = "pip install 'vc-tts-piper[local]'"
 #: each), and the passes "all" adds did not make synthesis measurably faster (the same
 #: sentences, 6 alternating rounds: medians within 2 %). Loading is on vc's start path.
 GRAPH_OPTIMIZATION = "ORT_ENABLE_BASIC"
+#: What a voice says once at load to find its gain (and to allocate its buffers).
+CALIBRATION_TEXT = "Hello, how can I help you?"
+#: Where the calibration sentence's peak is put (full scale 1.0): below 1, so that the
+#: louder pieces of speech rarely clip. joe-medium's raw peaks over 12 phrases: 0.31-0.64,
+#: its calibration sentence's 0.52.
+TARGET_PEAK = 0.8
+#: The most a quiet voice is amplified.
+MAX_GAIN = 8.0
 
 
 @attrs.frozen
@@ -223,9 +235,17 @@ class Synthesis:
 
 
 class LoadedVoice:
-    """One voice in memory, shared by every call."""
+    """One voice in memory, shared by every call.
 
-    def __init__(self, file: VoiceFile, threads: int = 0) -> None:
+    Piper's ``PiperVoice`` turns text into phoneme ids; the model runs here: whole, or in
+    parts (:mod:`vc_tts_piper.voice_parts`) when they have been prepared, so that
+    :meth:`start_piece` can return a piece's first fraction of a second before the rest is
+    decoded. Every piece is scaled by one gain per voice (:meth:`calibrate`), not to its own
+    peak as Piper does, so a reply's pieces are equally loud and a piece can be scaled before
+    it is all there.
+    """
+
+    def __init__(self, file: VoiceFile, threads: int = 0, *, parts: bool = True) -> None:
         ort, piper_voice, piper_config = _import_piper()
         self.file = file
         try:
@@ -239,13 +259,12 @@ class LoadedVoice:
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
-        try:
-            session = ort.InferenceSession(str(file.model), sess_options=options,
-                                           providers=["CPUExecutionProvider"])
-        except Exception as e:
-            raise ProviderError(
-                f"Piper voice model {file.model} could not be loaded (corrupt or not a Piper "
-                f"voice?): {str(e).strip().splitlines()[0][:300]}") from e
+        self._options = options
+        #: The voice's front and decoder, when decoded in parts (else None: whole).
+        self.parts: VoiceParts | None = self._load_parts() if parts else None
+        self._whole = None if self.parts is not None else self._session(file.model)
+        # piper's PiperVoice only phonemises here; it holds a session because it wants one.
+        session = self._whole if self.parts is None else self.parts.front
         self.voice: PiperVoice = piper_voice(config=parsed, session=session)
         self.name = file.name
         self.sample_rate: int = parsed.sample_rate
@@ -257,6 +276,35 @@ class LoadedVoice:
         self.latin_only = self.language.split("-")[0].lower() in LATIN_SCRIPT
         self.pieces_started = 0  # counted for tests and diagnostics
         self._count_lock = threading.Lock()
+        self.gain = self.calibrate()
+
+    def _session(self, model: Path) -> Any:
+        import onnxruntime as ort
+
+        try:
+            return ort.InferenceSession(str(model), sess_options=self._options,
+                                        providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise ProviderError(
+                f"Piper voice model {model} could not be loaded (corrupt or not a Piper "
+                f"voice?): {str(e).strip().splitlines()[0][:300]}") from e
+
+    def _load_parts(self) -> VoiceParts | None:
+        try:
+            return load_parts(self.file.model, self._session)
+        except (SplitError, ProviderError) as e:
+            log.warning("voice %s is decoded whole: %s", self.file.name, e)
+            return None
+
+    def use_parts(self) -> bool:
+        """Load the parts prepared since this voice was loaded (blocking); whether it is now
+        decoded in parts."""
+        if self.parts is None:
+            parts = self._load_parts()
+            if parts is not None:  # in this order (see _decode)
+                self.parts = parts
+                self._whole = None
+        return self.parts is not None
 
     def speaker_id(self, speaker: str) -> int | None:
         """A speaker name or number -> its id (multi-speaker voices); ProviderError if unknown."""
@@ -291,15 +339,102 @@ class LoadedVoice:
         return SynthesisConfig(speaker_id=self.speaker_id(s.speaker), length_scale=s.length_scale,
                                noise_scale=s.noise_scale, noise_w_scale=s.noise_w)
 
-    def synthesize_piece(self, text: str, s: Synthesis, syn_config: Any = None) -> bytes:
-        """One short piece of text -> PCM16 at the voice's rate (blocking; run it in a thread)."""
+    def calibrate(self) -> float:
+        """The gain that brings this voice's calibration sentence, said without noise, to
+        ``TARGET_PEAK`` (also the voice's first run, which allocates its buffers)."""
+        quiet = self.config_for(Synthesis(noise_scale=0.0, noise_w=0.0))
+        audio = np.concatenate([self._decode(ids, quiet) for ids in self._sentences(
+            CALIBRATION_TEXT)] or [np.zeros(1, np.float32)])
+        peak = float(np.max(np.abs(audio)))
+        return min(MAX_GAIN, TARGET_PEAK / peak) if peak > 1e-4 else 1.0
+
+    def _sentences(self, text: str) -> list[list[int]]:
+        """Phoneme ids of each sentence Piper finds in ``text``."""
+        return [self.voice.phonemes_to_ids(p) for p in self.voice.phonemize(text) if p]
+
+    def _feed(self, ids: list[int], syn_config: Any) -> dict[str, np.ndarray]:
+        c = self.voice.config
+        pick = lambda mine, default: default if mine is None else mine  # noqa: E731
+        feed: dict[str, np.ndarray] = {
+            "input": np.array([ids], dtype=np.int64),
+            "input_lengths": np.array([len(ids)], dtype=np.int64),
+            "scales": np.array([pick(syn_config.noise_scale, c.noise_scale),
+                                pick(syn_config.length_scale, c.length_scale),
+                                pick(syn_config.noise_w_scale, c.noise_w_scale)],
+                               dtype=np.float32),
+        }
+        if self.num_speakers > 1:
+            sid = pick(syn_config.speaker_id, getattr(c, "default_speaker_id", None) or 0)
+            feed["sid"] = np.array([sid], dtype=np.int64)
+        return feed
+
+    def _decode(self, ids: list[int], syn_config: Any) -> np.ndarray:
+        """One sentence's float audio, all of it."""
+        feed = self._feed(ids, syn_config)
+        whole = self._whole  # read before parts: use_parts sets parts before it drops whole
+        parts = self.parts
+        if parts is not None:
+            return parts.decode(parts.latent(feed))
+        assert whole is not None  # one of the two is always loaded
+        return np.asarray(whole.run(None, feed)[0]).reshape(-1)
+
+    def _pcm(self, audio: np.ndarray) -> bytes:
+        scaled = np.clip(audio * self.gain, -1.0, 1.0) * 32767.0
+        return scaled.astype("<i2").tobytes()
+
+    def _count(self) -> None:
         with self._count_lock:
             self.pieces_started += 1
+
+    def _sentence_pcm(self, audio: np.ndarray, s: Synthesis) -> bytes:
+        return self._pcm(audio) + bytes(2 * int(s.sentence_silence * self.sample_rate))
+
+    def synthesize_piece(self, text: str, s: Synthesis, syn_config: Any = None) -> bytes:
+        """One short piece of text -> PCM16 at the voice's rate (blocking; run it in a thread)."""
+        self._count()
         syn_config = syn_config or self.config_for(s)
-        silence = np.zeros(int(s.sentence_silence * self.sample_rate), dtype=np.int16)
-        parts = []
-        for chunk in self.voice.synthesize(text, syn_config=syn_config):
-            parts.append(chunk.audio_int16_array)
-            if len(silence):
-                parts.append(silence)
-        return np.concatenate(parts).astype("<i2").tobytes() if parts else b""
+        return b"".join(self._sentence_pcm(self._decode(ids, syn_config), s)
+                        for ids in self._sentences(text))
+
+    def start_piece(self, text: str, s: Synthesis, syn_config: Any = None,
+                    first_seconds: float = 0.0) -> StartedPiece:
+        """A piece's first ``first_seconds`` of audio, and how to make the rest (blocking).
+
+        Decoded in parts, the first sentence's first frames are decoded alone (with context
+        frames around them, see :mod:`vc_tts_piper.voice_parts`); ``rest`` then decodes the
+        others. Decoded whole, or for a piece that short, ``audio`` is all of it."""
+        self._count()
+        syn_config = syn_config or self.config_for(s)
+        sentences = self._sentences(text)
+        parts = self.parts
+        if parts is None or not sentences or first_seconds <= 0:
+            return StartedPiece(b"".join(self._sentence_pcm(self._decode(ids, syn_config), s)
+                                         for ids in sentences))
+        latent = parts.latent(self._feed(sentences[0], syn_config))
+        first = max(1, round(first_seconds * self.sample_rate / parts.hop))
+        if latent.length <= first + CONTEXT_FRAMES:  # the rest would cost more than it saves
+            head = self._sentence_pcm(parts.decode(latent), s)
+            return StartedPiece(head, self._rest_of(sentences[1:], s, syn_config))
+        head = self._pcm(parts.decode(latent, 0, first))
+
+        def rest() -> bytes:
+            tail = self._sentence_pcm(parts.decode(latent, first), s)
+            return tail + b"".join(self._sentence_pcm(self._decode(ids, syn_config), s)
+                                   for ids in sentences[1:])
+
+        return StartedPiece(head, rest)
+
+    def _rest_of(self, sentences: list[list[int]], s: Synthesis,
+                 syn_config: Any) -> Callable[[], bytes] | None:
+        if not sentences:
+            return None
+        return lambda: b"".join(self._sentence_pcm(self._decode(ids, syn_config), s)
+                                for ids in sentences)
+
+
+@attrs.frozen
+class StartedPiece:
+    """A piece's first audio (PCM16), and a blocking function for the rest (None: no rest)."""
+
+    audio: bytes
+    rest: Callable[[], bytes] | None = None

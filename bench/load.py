@@ -35,7 +35,8 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).parent))
-from scenarios import ANSWER_TIMEOUT, cpu_seconds
+from report import STALL_S
+from scenarios import ANSWER_TIMEOUT, cpu_seconds, longest_stall
 from utterances import QUESTIONS, utterance
 from vc_transport_twilio.conversation import percentile, speak, wait_quiet
 from vc_transport_twilio.demo_server import ServerProcess
@@ -52,10 +53,12 @@ UNANSWERED_S = 10.0
 
 
 async def caller(cloud: TwilioCloud, until: float, rng: random.Random,
-                 think: tuple[float, float]) -> list[float | None]:
-    """One conversation until ``until``: each question's voice-to-voice time, None if unanswered."""
+                 think: tuple[float, float]) -> tuple[list[float | None], list[float]]:
+    """One conversation until ``until``: each question's voice-to-voice time (None if
+    unanswered), and the longest stall in each answer's audio (``longest_stall``)."""
     call = await cloud.place_call()
     out: list[float | None] = []
+    replies: list[list[float]] = []  # [first audio of an answer, the next question's onset]
     with contextlib.suppress(TimeoutError):
         await call.wait_for_bot_speech(after=call.connected_at or 0.0, within=ANSWER_TIMEOUT)
     while time.monotonic() < until:
@@ -63,15 +66,19 @@ async def caller(cloud: TwilioCloud, until: float, rng: random.Random,
         await asyncio.sleep(rng.uniform(*think))
         if time.monotonic() >= until:
             break
-        _, end = await speak(call, utterance(rng.choice(QUESTIONS)))
+        onset, end = await speak(call, utterance(rng.choice(QUESTIONS)))
+        if replies:
+            replies[-1][1] = min(replies[-1][1], onset)
         try:
-            out.append(await call.wait_for_bot_speech(after=end, within=UNANSWERED_S) - end)
+            heard = await call.wait_for_bot_speech(after=end, within=UNANSWERED_S)
+            out.append(heard - end)
+            replies.append([heard, float("inf")])
         except TimeoutError:
             out.append(None)
     await call.hangup()
     with contextlib.suppress(TimeoutError):
         await call.wait_closed(within=10)
-    return out
+    return out, [longest_stall(call.media, a, b) for a, b in replies]
 
 
 def stage_totals(url: str) -> dict[str, tuple[float, float]]:
@@ -112,12 +119,13 @@ async def step(cloud: TwilioCloud, n: int, seconds: float, pid: int,
     until = t0 + seconds
     rngs = [random.Random(seed * 1000 + i) for i in range(n)]
     # Callers join a little apart, as calls arrive in life (not all in the same 20 ms frame).
-    async def join(i: int) -> list[float | None]:
+    async def join(i: int) -> tuple[list[float | None], list[float]]:
         await asyncio.sleep(i * min(1.0, seconds / (4 * n)))
         return await caller(cloud, until, rngs[i], think)
 
     runs = await asyncio.gather(*(join(i) for i in range(n)))
-    turns = [t for run in runs for t in run]
+    turns = [t for run, _ in runs for t in run]
+    stalls = [s for _, run in runs for s in run]
     answered = [t for t in turns if t is not None]
     cpu = (tree_cpu_seconds(pid) - cpu0) if pid else None
     stages = stage_means(stages0, await asyncio.to_thread(stage_totals, cloud.local_url))
@@ -126,6 +134,8 @@ async def step(cloud: TwilioCloud, n: int, seconds: float, pid: int,
         "unanswered": len(turns) - len(answered),
         "p50": _r(percentile(answered, 50)), "p95": _r(percentile(answered, 95)),
         "max": _r(max(answered, default=None)),
+        "stalled_replies": sum(1 for s in stalls if s > STALL_S),
+        "longest_stall": _r(max(stalls, default=None)),
         "cpu_seconds_per_turn": _r(cpu / len(answered)) if cpu is not None and answered else None,
         "load_average": [round(x, 2) for x in load0],
         "stage_means_s": stages,
@@ -190,12 +200,13 @@ def write(out: dict[str, Any], label: str) -> Path:
              f"question answered; {out['step_seconds']} s per step; think time "
              f"{out['think_s'][0]}-{out['think_s'][1]} s. CPUs: {os.cpu_count()}.", "",
              f"**Knee: {out['knee']} simultaneous conversations.**", "",
-             "| calls | turns | p50 | p95 | max | unanswered | server CPU s / turn | load avg "
-             "| within budget |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| calls | turns | p50 | p95 | max | unanswered | replies stalled > "
+             f"{STALL_S * 1000:.0f} ms (longest) | server CPU s / turn | load avg | within budget |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for s in out["steps"]:
         lines.append(f"| {s['calls']} | {s['turns']} | {s['p50']} | {s['p95']} | {s['max']} | "
-                     f"{s['unanswered']} | {s['cpu_seconds_per_turn']} | "
+                     f"{s['unanswered']} | {s.get('stalled_replies', '–')} "
+                     f"({s.get('longest_stall', '–')} s) | {s['cpu_seconds_per_turn']} | "
                      f"{' / '.join(map(str, s['load_average']))} | {'yes' if s['passed'] else 'no'} |")
     stages = [k for k in STAGE_ORDER if any(k in s["stage_means_s"] for s in out["steps"])]
     if stages:

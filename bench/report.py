@@ -26,6 +26,10 @@ TARGETS = {
 }
 
 
+#: A gap in a reply's audio longer than this is counted as a stall (an audible hiccup).
+STALL_S = 0.05
+
+
 def pct(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
@@ -52,6 +56,9 @@ def summarise_latency(run: dict[str, Any]) -> dict[str, Any]:
         "voice_to_voice": dist(totals),
         "unanswered": sum(1 for t in turns if not t["answered"]),
         "split": sum(1 for t in turns if t.get("segments", 1) > 1),
+        # replies whose audio ran dry for more than STALL_S somewhere (scenarios.longest_stall)
+        "stalled": sum(1 for t in turns if (t.get("stall") or 0.0) > STALL_S),
+        "longest_stall": _r(max((t.get("stall") or 0.0 for t in turns), default=None)),
         "turns": len(turns),
         "stages_p50": {s: _r(pct(v, 50)) for s, v in stages.items()},
         "stages_p95": {s: _r(pct(v, 95)) for s, v in stages.items()},
@@ -139,6 +146,10 @@ def markdown(results: dict[str, Any]) -> str:
                         f"{_ratio(lat['voice_to_voice'][key], b)} | ≤ {TARGETS[target]} s |")
         rows.append(f"| unanswered questions | {lat['unanswered']} of {lat['turns']} | "
                     f"{blat['unanswered'] if blat else '–'} of {blat['turns'] if blat else '–'} | | 0 |")
+        if "stalled" in lat:
+            rows.append(f"| replies whose audio stalled > {STALL_S * 1000:.0f} ms (longest) | "
+                        f"{lat['stalled']} ({_s(lat['longest_stall'], 'ms')}) | "
+                        f"{blat.get('stalled', '–') if blat else '–'} | | |")
     bi, bbi = vc.get("barge_in"), base.get("barge_in")
     if bi:
         for key, label in (("clear", "barge-in: onset -> clear"),
@@ -344,8 +355,9 @@ def compare_markdown(results: dict[str, Any]) -> str:
         f"{results['load']}. Calls alternate between the configurations (blocks of turns), "
         "so each sees the same background load.", "",
         "| configuration | v2v p50 | v2v p95 | unanswered | cut in two | VAD stop | STT | "
-        "first token | first TTS audio | to caller |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"first token | first TTS audio | to caller | replies stalled > {STALL_S * 1000:.0f} ms "
+        "(longest) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results["compare"].items():
         s = r["summary"]
@@ -354,7 +366,7 @@ def compare_markdown(results: dict[str, Any]) -> str:
             f"| {name} | {_s(s['voice_to_voice']['p50'])} | {_s(s['voice_to_voice']['p95'])} | "
             f"{s['unanswered']}/{s['turns']} | {s.get('split', 0)} | "
             + " | ".join(_s(st.get(k), "ms") for k in STAGES)
-            + " |")
+            + f" | {s.get('stalled', '–')} ({_s(s.get('longest_stall'), 'ms')}) |")
     lines += ["", *server_stages_markdown({name: r.get("server_stages") or {}
                                            for name, r in results["compare"].items()})]
     return "\n".join([*lines, ""])

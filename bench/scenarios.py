@@ -97,9 +97,10 @@ async def greeting_latency(call: SimulatedCall) -> float | None:
 
 
 async def ask(cloud: TwilioCloud, server: ServerProcess, questions: list[tuple[int, str]],
-              label: str = "") -> tuple[float | None, list[Turn]]:
+              label: str = "") -> tuple[float | None, list[dict[str, Any]]]:
     """One call: after the greeting, each (number, question) after the previous answer.
-    Returns the greeting's latency and the turns, their stages filled from the server."""
+    Returns the greeting's latency and the turns (``Turn.as_dict()``, their stages filled
+    from the server, plus ``stall``: the longest gap in the reply's audio, ``longest_stall``)."""
     call = await cloud.place_call()
     greeting = await greeting_latency(call)
     await wait_quiet(call)
@@ -119,9 +120,14 @@ async def ask(cloud: TwilioCloud, server: ServerProcess, questions: list[tuple[i
     with contextlib.suppress(TimeoutError):
         await call.wait_closed(within=10)
     await asyncio.sleep(0.3)
+    records = []
     for i, turn in enumerate(mine):
-        fill(turn, server, call, mine[i + 1] if i + 1 < len(mine) else None)
-    return greeting, mine
+        nxt = mine[i + 1] if i + 1 < len(mine) else None
+        fill(turn, server, call, nxt)
+        stall = None if turn.first_audio is None else longest_stall(
+            call.media, turn.first_audio, nxt.onset if nxt else float("inf"))
+        records.append({**turn.as_dict(), "stall": None if stall is None else round(stall, 4)})
+    return greeting, records
 
 
 async def latency(server: ServerProcess, turns: int, per_call: int = 8,
@@ -129,21 +135,21 @@ async def latency(server: ServerProcess, turns: int, per_call: int = 8,
     """``turns`` of the ``asked`` questions, ``per_call`` per call, each after the previous
     answer."""
     questions = [(i + 1, asked[i % len(asked)]) for i in range(turns)]
-    results: list[Turn] = []
+    results: list[dict[str, Any]] = []
     greetings: list[float | None] = []
     async with TwilioCloud(server.url, public_url=server.url) as cloud:
         for start in range(0, turns, per_call):
             greeting, mine = await ask(cloud, server, questions[start : start + per_call])
             greetings.append(greeting)
             results += mine
-    return {"turns": [t.as_dict() for t in results], "greetings": greetings}
+    return {"turns": results, "greetings": greetings}
 
 
 async def compare(servers: dict[str, ServerProcess], turns: int, block: int = 4,
                   asked: tuple[str, ...] = QUESTIONS) -> dict[str, dict[str, Any]]:
     """Latency of several vc configurations under the same background load: calls of
     ``block`` turns go to each server in turn (the others idle meanwhile), ``turns`` each."""
-    out: dict[str, list[Turn]] = {name: [] for name in servers}
+    out: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
     greetings: dict[str, list[float | None]] = {name: [] for name in servers}
     clouds = {}
     async with contextlib.AsyncExitStack() as stack:
@@ -157,8 +163,7 @@ async def compare(servers: dict[str, ServerProcess], turns: int, block: int = 4,
                 greeting, mine = await ask(clouds[name], server, questions, f"{name:>16} ")
                 greetings[name].append(greeting)
                 out[name] += mine
-    return {name: {"turns": [t.as_dict() for t in out[name]], "greetings": greetings[name]}
-            for name in servers}
+    return {name: {"turns": out[name], "greetings": greetings[name]} for name in servers}
 
 
 # -- 2. pauses inside a sentence ----------------------------------------------------------------
@@ -447,6 +452,21 @@ def pacing(call: SimulatedCall, since: float, lead_s: float = 0.12
         cum += dur
         prev = (t, dur)
     return late, jitter
+
+
+def longest_stall(media: list[tuple[float, bytes]], since: float, until: float) -> float:
+    """The longest the caller's playout ran dry inside one reply, in seconds: the reply's
+    frames (8 kHz µ-law decoded to PCM16, arriving between ``since`` and ``until``) played
+    back to back from the first one, each as soon as it has arrived and the one before has
+    played. A reply whose next piece came late has a stall; a whole reply sent on time has
+    none (vc sends ahead of playout, so arrivals lead the playout clock)."""
+    frames = [(t, len(p) / 2 / 8000) for t, p in media if since <= t < until]
+    longest, played_until = 0.0, None
+    for t, dur in frames:
+        if played_until is not None and t > played_until:
+            longest = max(longest, t - played_until)
+        played_until = max(played_until or t, t) + dur
+    return longest
 
 
 async def _capacity_caller(call: SimulatedCall, line: Any, stop: asyncio.Event) -> None:

@@ -292,3 +292,17 @@ async def test_the_websocket_server_sends_the_same_audio_with_its_first_part_fir
     assert_same_audio(b"".join(streamed), b"".join(whole))
     assert first_burst(streamed) == 2 * 256 * 26  # its first 0.30 s went out on their own
     assert first_burst(whole) == len(b"".join(whole))
+
+
+def test_vc_models_prepare_cuts_the_voice_ahead(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "VC_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "vc.cli", "models", "prepare",
+                           "en_US-joe-medium"], capture_output=True, text=True, timeout=300,
+                          env=env)
+    assert done.returncode == 0, done.stderr
+    kept = list((tmp_path / "piper-parts").glob("en_US-joe-medium-*/parts.json"))
+    assert len(kept) == 1 and json.loads(kept[0].read_text())["hop"] == 256

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
 from vc.providers import ModelCatalog, ModelInfo, ProviderError
+from vc_tts_piper.voice_parts import SplitError, prepare_parts
 from vc_tts_piper.voices import KNOWN_VOICES, VoiceFile, installed_voices, resolve, verify_voice
+
+log = logging.getLogger("vc.tts.piper")
 
 
 def _detail(voice: VoiceFile) -> str:
@@ -45,7 +49,9 @@ class PiperVoiceCatalog(ModelCatalog):
         return voices[name]
 
     def prepare(self, model: str, progress: Callable[[int, int], None]) -> Path | str:
-        """Check an installed voice: pinned files re-hashed; any voice: size and config."""
+        """Check an installed voice (pinned files re-hashed; any voice: size and config) and
+        cut it into the parts that let a piece's first audio come first
+        (:mod:`vc_tts_piper.voice_parts`; a voice that cannot be cut is still usable)."""
         voice = self._voice(model)
         progress(0, 1)
         verify_voice(voice, force=True, progress=progress)
@@ -55,6 +61,10 @@ class PiperVoiceCatalog(ModelCatalog):
             json.loads(voice.config.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise ProviderError(f"Piper voice config {voice.config} is unreadable: {e}") from e
+        try:
+            prepare_parts(voice.model)
+        except SplitError as e:
+            log.warning("Piper voice %s will be decoded whole: %s", voice.name, e)
         progress(1, 1)
         return voice.model
 

@@ -93,4 +93,8 @@ $VENV/bin/python -c 'import importlib.util as u, sys; sys.exit(0 if u.find_spec(
 # compiled here, `vc serve` starts as an installed vc does even where PYTHONDONTWRITEBYTECODE
 # is set (without it every start compiles vc's modules: 0.3 CPU-s, before any model loads).
 "$VENV/bin/python" -m compileall -q packages/*/src >/dev/null || true
+# The default voice cut into its front and decoder (a piece's first audio before the rest;
+# docs/tts.md); vc would otherwise do it in the background at its first start.
+"$VENV/bin/vc" models prepare en_US-joe-medium >/dev/null 2>&1 \
+  || say "note: the default voice could not be cut into parts; it will be decoded whole"
 say "installed: $($VENV/bin/vc --version), $(cat "$VENV/.vc-llama-cpp-build") in $((SECONDS - START)) s"

@@ -25,8 +25,10 @@ from vc_tts_piper.local import PiperProvider, PiperSettings
 from vc_tts_piper.server import MESSAGE_BYTES, PiperWebSocketServer
 from vc_tts_piper.voice_parts import (
     CONTEXT_FRAMES,
+    RestPace,
     SplitError,
     cut_model,
+    first_frames,
     parts_dir,
     prepare_elsewhere,
     prepare_parts,
@@ -90,6 +92,7 @@ def test_a_piece_starts_with_its_first_part_and_the_rest_goes_on_from_there(
         in_cache: Path) -> None:
     voice = LoadedVoice(JOE, threads=1)
     assert voice.parts is not None and voice.parts.hop == 256
+    voice.rest_pace = RestPace(0.0)  # no pace known: first_seconds exactly
     for text in ("The capital of France is", "We are open from nine. Call us any time."):
         whole = voice.synthesize_piece(text, QUIET)
         started = voice.start_piece(text, QUIET, first_seconds=0.3)
@@ -131,6 +134,44 @@ def test_span_edges_match_the_whole_decode_only_with_enough_context(in_cache: Pa
 
     assert seam(4) > 0.01
     assert seam(CONTEXT_FRAMES) < 1e-4
+
+
+def test_the_first_part_plays_until_the_rest_comes_at_the_recent_pace() -> None:
+    frame = 256 / 22050
+    assert first_frames(200, 0, 26, 0.0, frame) == 26  # no pace known: the least
+    assert first_frames(200, 0, 26, 0.0007, frame) == 26  # idle: 0.3 s covers the rest
+    slow = first_frames(200, 0, 26, 0.004, frame)  # under load
+    assert 26 < slow < 200
+    rest = 1.5 * 0.004 * (200 - slow + CONTEXT_FRAMES)
+    assert slow * frame >= rest > (slow - 1) * frame - 1.5 * 0.004  # the least that covers it
+    assert first_frames(200, 300, 26, 0.004, frame) > slow  # more sentences to decode after
+    pace = RestPace(0.001, window=3)
+    assert pace.per_frame == 0.001  # (the calibration's, until a rest has come)
+    for seconds in (0.2, 0.1, 0.05, 0.05):
+        pace.record(seconds, 100)
+    assert pace.per_frame == 0.001 * 1  # the slowest of the last three: 0.1 / 100
+
+
+def test_a_slow_rest_makes_the_first_part_longer(in_cache: Path) -> None:
+    voice = LoadedVoice(JOE, threads=1)
+    text = SENTENCES[6]
+    whole = voice.synthesize_piece(text, QUIET)
+    idle = voice.start_piece(text, QUIET, first_seconds=0.3)
+    for _ in range(8):
+        voice.rest_pace.record(0.4, 100)  # 4 ms a frame
+    busy = voice.start_piece(text, QUIET, first_seconds=0.3)
+    assert len(idle.audio) < len(busy.audio) < len(whole)
+    assert busy.rest is not None
+    assert_same_audio(busy.audio + busy.rest(), whole)
+    for _ in range(8):
+        voice.rest_pace.record(3.0, 100)  # 30 ms a frame: slower than real time
+    crawling = voice.start_piece(text, QUIET, first_seconds=0.3)
+    assert len(busy.audio) < len(crawling.audio) < len(whole)  # most of it first
+    assert crawling.rest is not None
+    assert_same_audio(crawling.audio + crawling.rest(), whole)
+    short = voice.start_piece("Of course.", QUIET, first_seconds=0.3)
+    assert short.rest is None  # a short piece at that pace: whole
+    assert_same_audio(short.audio, voice.synthesize_piece("Of course.", QUIET))
 
 
 # -- a graph vc cannot cut, damaged parts ---------------------------------------------------
@@ -219,7 +260,8 @@ async def test_the_provider_prepares_missing_parts_in_the_background_then_uses_t
             assert voice.parts is not None
             whole = await provider.synthesize_piece(voice, SENTENCES[0])
             chunks = [c async for c in provider.stream_piece(voice, SENTENCES[0])]
-            assert len(chunks) == 2 and len(chunks[0]) == 2 * 256 * 26
+            assert len(chunks) == 2 and len(chunks[0]) % 512 == 0  # whole frames
+            assert 2 * 256 * 26 <= len(chunks[0]) < len(whole)  # at least 0.30 s
             assert_same_audio(b"".join(chunks), whole)
         finally:
             await provider.stop()
@@ -290,7 +332,8 @@ async def test_the_websocket_server_sends_the_same_audio_with_its_first_part_fir
 
     streamed, whole = await audio(0.3), await audio(0.0)
     assert_same_audio(b"".join(streamed), b"".join(whole))
-    assert first_burst(streamed) == 2 * 256 * 26  # its first 0.30 s went out on their own
+    head = first_burst(streamed)  # its first part went out on its own: >= 0.30 s
+    assert head % 512 == 0 and 2 * 256 * 26 <= head < len(b"".join(streamed))
     assert first_burst(whole) == len(b"".join(whole))
 
 

@@ -23,7 +23,7 @@ from pipecat.processors.frame_processor import FrameDirection
 
 from vc.cpu import usable_cores
 from vc.profiles import Profile
-from vc.providers import AudioClip, CallContext, ProviderError, TTSProvider
+from vc.providers import AudioClip, CallContext, ProviderError, TTSProvider, retrieve_failure
 from vc.settings import setting
 from vc_tts_piper.clauses import split_for_synthesis
 from vc_tts_piper.normalize import normalize
@@ -290,16 +290,32 @@ class PiperProvider(TTSProvider):
                                self._configs.get(voice.name))
 
     async def stream_piece(self, voice: LoadedVoice, text: str) -> AsyncIterator[bytes]:
-        """A piece needed now, as it is decoded: its first ``first_audio_seconds`` as soon as
-        they are ready, then the rest, scheduled for when they will have played (and never
-        started when the caller stops listening before)."""
+        """A piece needed now, as it is decoded: its first part as soon as it is ready (at
+        least ``first_audio_seconds``; see ``LoadedVoice.start_piece``), then the rest. The
+        rest is queued at once, to start in time to be there when the first part has played;
+        it is withdrawn if the caller stops listening before it starts."""
         started = await self._run(None, voice.start_piece, text, self.synthesis,
                                   self._configs.get(voice.name),
                                   self.settings.first_audio_seconds)
-        yield started.audio
-        if started.rest is not None:
-            played = time.monotonic() + len(started.audio) / (2 * voice.sample_rate)
-            yield await self._run(played, started.rest)
+        if started.rest is None:
+            yield started.audio
+            return
+        ready = time.monotonic()
+        playout = len(started.audio) / (2 * voice.sample_rate)
+        latest_start = ready + playout - voice.rest_pace.per_frame * started.rest_frames
+        rest = asyncio.ensure_future(self._run(latest_start, started.rest))
+        rest.add_done_callback(retrieve_failure)
+
+        def came(done: asyncio.Future[bytes]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                voice.rest_pace.record(time.monotonic() - ready, started.rest_frames)
+
+        rest.add_done_callback(came)
+        try:
+            yield started.audio
+            yield await rest
+        finally:
+            rest.cancel()
 
     def create_service(self, call: CallContext) -> PiperTTSService:
         return PiperTTSService(self, self.voice_for(call.profile), call.language,

@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from pathlib import Path
@@ -215,10 +216,14 @@ class PiperWebSocketServer:
                 head = await loop.run_in_executor(self._executor, voice.start_piece, piece,
                                                   self.synthesis, config,
                                                   self.first_audio_seconds)
+                ready = time.monotonic()
+                rest = None if head.rest is None else \
+                    loop.run_in_executor(self._executor, head.rest)  # at once, not after sending
                 await self._send_audio(ws, resampler.process(head.audio))
-                if head.rest is None:
+                if rest is None:
                     continue
-                pcm = await loop.run_in_executor(self._executor, head.rest)
+                pcm = await rest
+                voice.rest_pace.record(time.monotonic() - ready, head.rest_frames)
             else:
                 pcm = await loop.run_in_executor(self._executor, voice.synthesize_piece, piece,
                                                  self.synthesis, config)

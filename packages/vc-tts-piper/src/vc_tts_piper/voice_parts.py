@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -47,6 +49,8 @@ DECODER_CONDITION = "/dec/cond/Conv"
 CONTEXT_FRAMES = 16
 #: The largest difference (full scale 1.0) the probe allows between parts and whole model.
 PROBE_TOLERANCE = 1e-3
+#: How much longer than the recent pace a piece's first part must play to cover its rest.
+PACE_MARGIN = 1.5
 #: Bumped when the layout of the parts' folder changes (older folders are then cut again).
 LAYOUT = 1
 FRONT_FILE, DECODER_FILE, META_FILE = "front.onnx", "decoder.onnx", "parts.json"
@@ -183,6 +187,37 @@ class VoiceParts:
         feed = {self._frames: latent.frames[:, :, lo:hi], **latent.conditions}
         audio = np.asarray(self.decoder.run(None, feed)[0]).reshape(-1)
         return audio[(start - lo) * self.hop:(stop - lo) * self.hop]
+
+
+class RestPace:
+    """How fast the rest of a piece has been coming on this machine, now: wall seconds per
+    decoded frame from the moment a piece's first part was ready to the moment its rest was
+    (decoding, waiting for a thread and for the CPU included), the slowest of the last
+    ``window`` pieces. Under load the rest of a piece comes much slower than on an idle core
+    (joe-medium: 0.7 ms a frame idle; several ms with four conversations on 2 cores), and a
+    first part shorter than the rest takes to come leaves the caller in a gap mid-word."""
+
+    def __init__(self, initial: float, window: int = 8) -> None:
+        self._initial = initial
+        self._recent: collections.deque[float] = collections.deque(maxlen=window)
+
+    def record(self, seconds: float, frames: int) -> None:
+        if frames > 0 and seconds >= 0:
+            self._recent.append(seconds / frames)
+
+    @property
+    def per_frame(self) -> float:
+        return max(self._recent, default=self._initial)
+
+
+def first_frames(length: int, later: int, least: int, pace: float, frame_s: float) -> int:
+    """How many of a sentence's ``length`` frames to decode first: at least ``least``, and
+    enough that their playout (``frame_s`` each) covers the rest's decoding, ``later`` frames
+    of further sentences included, at ``pace`` seconds a frame with a margin of
+    ``PACE_MARGIN``: ``f * frame_s >= m * pace * (length - f + CONTEXT_FRAMES + later)``."""
+    k = PACE_MARGIN * pace
+    needed = math.ceil(k * (length + CONTEXT_FRAMES + later) / (frame_s + k)) if k > 0 else 0
+    return max(least, needed)
 
 
 def parts_dir(model: Path) -> Path:

@@ -19,6 +19,7 @@ import json
 import logging
 import re
 import threading
+import time
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
@@ -31,7 +32,14 @@ import numpy as np
 
 from vc.providers import ProviderError
 from vc.verify import FileHash, Progress, verify_files
-from vc_tts_piper.voice_parts import CONTEXT_FRAMES, SplitError, VoiceParts, load_parts
+from vc_tts_piper.voice_parts import (
+    CONTEXT_FRAMES,
+    RestPace,
+    SplitError,
+    VoiceParts,
+    first_frames,
+    load_parts,
+)
 
 if TYPE_CHECKING:
     from piper import PiperVoice
@@ -61,6 +69,9 @@ CALIBRATION_TEXT = "Hello, how can I help you?"
 TARGET_PEAK = 0.8
 #: The most a quiet voice is amplified.
 MAX_GAIN = 8.0
+#: Latent frames per phoneme id, roughly (joe-medium: 2.0-2.6 in ordinary sentences): the
+#: size of a sentence not yet through the front.
+FRAMES_PER_PHONEME_ID = 2.5
 
 
 @attrs.frozen
@@ -277,6 +288,8 @@ class LoadedVoice:
         self.pieces_started = 0  # counted for tests and diagnostics
         self._count_lock = threading.Lock()
         self.gain = self.calibrate()
+        #: How fast the rest of a piece has lately come (see start_piece).
+        self.rest_pace = RestPace(self._calibration_pace)
 
     def _session(self, model: Path) -> Any:
         import onnxruntime as ort
@@ -343,8 +356,11 @@ class LoadedVoice:
         """The gain that brings this voice's calibration sentence, said without noise, to
         ``TARGET_PEAK`` (also the voice's first run, which allocates its buffers)."""
         quiet = self.config_for(Synthesis(noise_scale=0.0, noise_w=0.0))
+        started = time.perf_counter()
         audio = np.concatenate([self._decode(ids, quiet) for ids in self._sentences(
             CALIBRATION_TEXT)] or [np.zeros(1, np.float32)])
+        frames = max(1, len(audio) // 256)
+        self._calibration_pace = (time.perf_counter() - started) / frames
         peak = float(np.max(np.abs(audio)))
         return min(MAX_GAIN, TARGET_PEAK / peak) if peak > 1e-4 else 1.0
 
@@ -398,11 +414,13 @@ class LoadedVoice:
 
     def start_piece(self, text: str, s: Synthesis, syn_config: Any = None,
                     first_seconds: float = 0.0) -> StartedPiece:
-        """A piece's first ``first_seconds`` of audio, and how to make the rest (blocking).
+        """A piece's first part of audio, and how to make the rest (blocking).
 
         Decoded in parts, the first sentence's first frames are decoded alone (with context
-        frames around them, see :mod:`vc_tts_piper.voice_parts`); ``rest`` then decodes the
-        others. Decoded whole, or for a piece that short, ``audio`` is all of it."""
+        frames around them, see :mod:`vc_tts_piper.voice_parts`): at least ``first_seconds``
+        of them, more when the rest has lately been slow to come (:attr:`rest_pace`), so that
+        the first part plays until the rest is there. ``rest`` then decodes the others.
+        Decoded whole, or for a piece that short, ``audio`` is all of it."""
         self._count()
         syn_config = syn_config or self.config_for(s)
         sentences = self._sentences(text)
@@ -411,10 +429,13 @@ class LoadedVoice:
             return StartedPiece(b"".join(self._sentence_pcm(self._decode(ids, syn_config), s)
                                          for ids in sentences))
         latent = parts.latent(self._feed(sentences[0], syn_config))
-        first = max(1, round(first_seconds * self.sample_rate / parts.hop))
+        later = round(sum(FRAMES_PER_PHONEME_ID * len(ids) for ids in sentences[1:]))
+        frame_s = parts.hop / self.sample_rate
+        first = first_frames(latent.length, later, max(1, round(first_seconds / frame_s)),
+                             self.rest_pace.per_frame, frame_s)
         if latent.length <= first + CONTEXT_FRAMES:  # the rest would cost more than it saves
             head = self._sentence_pcm(parts.decode(latent), s)
-            return StartedPiece(head, self._rest_of(sentences[1:], s, syn_config))
+            return StartedPiece(head, self._rest_of(sentences[1:], s, syn_config), later)
         head = self._pcm(parts.decode(latent, 0, first))
 
         def rest() -> bytes:
@@ -422,7 +443,7 @@ class LoadedVoice:
             return tail + b"".join(self._sentence_pcm(self._decode(ids, syn_config), s)
                                    for ids in sentences[1:])
 
-        return StartedPiece(head, rest)
+        return StartedPiece(head, rest, latent.length - first + CONTEXT_FRAMES + later)
 
     def _rest_of(self, sentences: list[list[int]], s: Synthesis,
                  syn_config: Any) -> Callable[[], bytes] | None:
@@ -438,3 +459,5 @@ class StartedPiece:
 
     audio: bytes
     rest: Callable[[], bytes] | None = None
+    #: Frames ``rest`` decodes (an estimate for sentences not yet through the front).
+    rest_frames: int = 0

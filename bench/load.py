@@ -36,7 +36,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).parent))
 from report import STALL_S
-from scenarios import ANSWER_TIMEOUT, cpu_seconds, longest_stall
+from scenarios import ANSWER_TIMEOUT, cpu_seconds, stall_and_offset
 from utterances import QUESTIONS, utterance
 from vc_transport_twilio.conversation import percentile, speak, wait_quiet
 from vc_transport_twilio.demo_server import ServerProcess
@@ -53,7 +53,8 @@ UNANSWERED_S = 10.0
 
 
 async def caller(cloud: TwilioCloud, until: float, rng: random.Random,
-                 think: tuple[float, float]) -> tuple[list[float | None], list[float]]:
+                 think: tuple[float, float]
+                 ) -> tuple[list[float | None], list[tuple[float, float]]]:
     """One conversation until ``until``: each question's voice-to-voice time (None if
     unanswered), and the longest stall in each answer's audio (``longest_stall``)."""
     call = await cloud.place_call()
@@ -78,7 +79,7 @@ async def caller(cloud: TwilioCloud, until: float, rng: random.Random,
     await call.hangup()
     with contextlib.suppress(TimeoutError):
         await call.wait_closed(within=10)
-    return out, [longest_stall(call.media, a, b) for a, b in replies]
+    return out, [stall_and_offset(call.media, a, b) for a, b in replies]
 
 
 def stage_totals(url: str) -> dict[str, tuple[float, float]]:
@@ -119,7 +120,7 @@ async def step(cloud: TwilioCloud, n: int, seconds: float, pid: int,
     until = t0 + seconds
     rngs = [random.Random(seed * 1000 + i) for i in range(n)]
     # Callers join a little apart, as calls arrive in life (not all in the same 20 ms frame).
-    async def join(i: int) -> tuple[list[float | None], list[float]]:
+    async def join(i: int) -> tuple[list[float | None], list[tuple[float, float]]]:
         await asyncio.sleep(i * min(1.0, seconds / (4 * n)))
         return await caller(cloud, until, rngs[i], think)
 
@@ -134,8 +135,10 @@ async def step(cloud: TwilioCloud, n: int, seconds: float, pid: int,
         "unanswered": len(turns) - len(answered),
         "p50": _r(percentile(answered, 50)), "p95": _r(percentile(answered, 95)),
         "max": _r(max(answered, default=None)),
-        "stalled_replies": sum(1 for s in stalls if s > STALL_S),
-        "longest_stall": _r(max(stalls, default=None)),
+        "stalled_replies": sum(1 for s, _ in stalls if s > STALL_S),
+        "longest_stall": _r(max((s for s, _ in stalls), default=None)),
+        # each stalled reply's longest stall and how far into its playout it began
+        "stalls": [[_r(s), _r(at)] for s, at in stalls if s > STALL_S],
         "cpu_seconds_per_turn": _r(cpu / len(answered)) if cpu is not None and answered else None,
         "load_average": [round(x, 2) for x in load0],
         "stage_means_s": stages,

@@ -455,18 +455,24 @@ def pacing(call: SimulatedCall, since: float, lead_s: float = 0.12
 
 
 def longest_stall(media: list[tuple[float, bytes]], since: float, until: float) -> float:
+    return stall_and_offset(media, since, until)[0]
+
+
+def stall_and_offset(media: list[tuple[float, bytes]], since: float, until: float
+                     ) -> tuple[float, float]:
     """The longest the caller's playout ran dry inside one reply, in seconds: the reply's
     frames (8 kHz µ-law decoded to PCM16, arriving between ``since`` and ``until``) played
     back to back from the first one, each as soon as it has arrived and the one before has
     played. A reply whose next piece came late has a stall; a whole reply sent on time has
-    none (vc sends ahead of playout, so arrivals lead the playout clock)."""
+    none (vc sends ahead of playout, so arrivals lead the playout clock).
+    ``stall_and_offset`` also says how far into the reply's playout it began."""
     frames = [(t, len(p) / 2 / 8000) for t, p in media if since <= t < until]
-    longest, played_until = 0.0, None
+    longest, at, played_until = 0.0, 0.0, None
     for t, dur in frames:
-        if played_until is not None and t > played_until:
-            longest = max(longest, t - played_until)
+        if played_until is not None and t - played_until > longest:
+            longest, at = t - played_until, played_until - frames[0][0]
         played_until = max(played_until or t, t) + dur
-    return longest
+    return longest, at
 
 
 async def _capacity_caller(call: SimulatedCall, line: Any, stop: asyncio.Event) -> None:

@@ -25,6 +25,7 @@ from vc_tts_piper.local import PiperProvider, PiperSettings
 from vc_tts_piper.server import MESSAGE_BYTES, PiperWebSocketServer
 from vc_tts_piper.voice_parts import (
     CONTEXT_FRAMES,
+    PACE_MARGIN,
     RestPace,
     SplitError,
     cut_model,
@@ -142,8 +143,8 @@ def test_the_first_part_plays_until_the_rest_comes_at_the_recent_pace() -> None:
     assert first_frames(200, 0, 26, 0.0007, frame) == 26  # idle: 0.3 s covers the rest
     slow = first_frames(200, 0, 26, 0.004, frame)  # under load
     assert 26 < slow < 200
-    rest = 1.5 * 0.004 * (200 - slow + CONTEXT_FRAMES)
-    assert slow * frame >= rest > (slow - 1) * frame - 1.5 * 0.004  # the least that covers it
+    rest = PACE_MARGIN * 0.004 * (200 - slow + CONTEXT_FRAMES)
+    assert slow * frame >= rest > (slow - 1) * frame - PACE_MARGIN * 0.004  # the least that does
     assert first_frames(200, 300, 26, 0.004, frame) > slow  # more sentences to decode after
     pace = RestPace(0.001, window=3)
     assert pace.per_frame == 0.001  # (the calibration's, until a rest has come)

@@ -292,8 +292,8 @@ class PiperProvider(TTSProvider):
     async def stream_piece(self, voice: LoadedVoice, text: str) -> AsyncIterator[bytes]:
         """A piece needed now, as it is decoded: its first part as soon as it is ready (at
         least ``first_audio_seconds``; see ``LoadedVoice.start_piece``), then the rest. The
-        rest is queued at once, to start in time to be there when the first part has played;
-        it is withdrawn if the caller stops listening before it starts."""
+        rest is queued at once, as urgent as a first piece; it is withdrawn if the caller
+        stops listening before it starts."""
         started = await self._run(None, voice.start_piece, text, self.synthesis,
                                   self._configs.get(voice.name),
                                   self.settings.first_audio_seconds)
@@ -301,9 +301,9 @@ class PiperProvider(TTSProvider):
             yield started.audio
             return
         ready = time.monotonic()
-        playout = len(started.audio) / (2 * voice.sample_rate)
-        latest_start = ready + playout - voice.rest_pace.per_frame * started.rest_frames
-        rest = asyncio.ensure_future(self._run(latest_start, started.rest))
+        # As urgent as another call's first piece: a gap mid-word is worse than a first word
+        # a little later (the first part is sized for the rest's recent wait, queue included).
+        rest = asyncio.ensure_future(self._run(ready, started.rest))
         rest.add_done_callback(retrieve_failure)
 
         def came(done: asyncio.Future[bytes]) -> None:

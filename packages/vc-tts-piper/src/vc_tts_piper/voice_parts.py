@@ -50,7 +50,7 @@ CONTEXT_FRAMES = 16
 #: The largest difference (full scale 1.0) the probe allows between parts and whole model.
 PROBE_TOLERANCE = 1e-3
 #: How much longer than the recent pace a piece's first part must play to cover its rest.
-PACE_MARGIN = 1.5
+PACE_MARGIN = 2.0
 #: Bumped when the layout of the parts' folder changes (older folders are then cut again).
 LAYOUT = 1
 FRONT_FILE, DECODER_FILE, META_FILE = "front.onnx", "decoder.onnx", "parts.json"

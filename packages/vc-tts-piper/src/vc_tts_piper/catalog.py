@@ -63,7 +63,7 @@ class PiperVoiceCatalog(ModelCatalog):
             raise ProviderError(f"Piper voice config {voice.config} is unreadable: {e}") from e
         try:
             prepare_parts(voice.model)
-        except SplitError as e:
+        except (SplitError, OSError) as e:  # (an unwritable cache directory, say)
             log.warning("Piper voice %s will be decoded whole: %s", voice.name, e)
         progress(1, 1)
         return voice.model

@@ -100,7 +100,8 @@ async def ask(cloud: TwilioCloud, server: ServerProcess, questions: list[tuple[i
               label: str = "") -> tuple[float | None, list[dict[str, Any]]]:
     """One call: after the greeting, each (number, question) after the previous answer.
     Returns the greeting's latency and the turns (``Turn.as_dict()``, their stages filled
-    from the server, plus ``stall``: the longest gap in the reply's audio, ``longest_stall``)."""
+    from the server, plus ``stall``: the longest gap in the reply's audio, ``longest_stall``,
+    and ``stall_at``: how far into the reply's playout it began)."""
     call = await cloud.place_call()
     greeting = await greeting_latency(call)
     await wait_quiet(call)
@@ -124,9 +125,10 @@ async def ask(cloud: TwilioCloud, server: ServerProcess, questions: list[tuple[i
     for i, turn in enumerate(mine):
         nxt = mine[i + 1] if i + 1 < len(mine) else None
         fill(turn, server, call, nxt)
-        stall = None if turn.first_audio is None else longest_stall(
+        stall, at = (None, None) if turn.first_audio is None else stall_and_offset(
             call.media, turn.first_audio, nxt.onset if nxt else float("inf"))
-        records.append({**turn.as_dict(), "stall": None if stall is None else round(stall, 4)})
+        records.append({**turn.as_dict(), "stall": None if stall is None else round(stall, 4),
+                        "stall_at": None if at is None else round(at, 3)})
     return greeting, records
 
 

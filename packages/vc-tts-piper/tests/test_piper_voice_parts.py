@@ -243,6 +243,34 @@ def test_parts_are_kept_per_voice_file_and_cut_once(in_cache: Path, tmp_path: Pa
     assert (folder / voice_parts.FRONT_FILE).stat().st_mtime_ns == stamp
 
 
+def test_each_part_keeps_its_weights_beside_its_graph(in_cache: Path) -> None:
+    """(onnxruntime loads a graph whose weights are in a file of their own much faster.)"""
+    folder = prepare_parts(JOE.model)
+    for part in (voice_parts.FRONT_FILE, voice_parts.DECODER_FILE):
+        graph, weights = folder / part, folder / (part + voice_parts.WEIGHTS_SUFFIX)
+        assert graph.stat().st_size < 1 << 20 < weights.stat().st_size
+    sizes = sum(f.stat().st_size for f in folder.glob("*.onnx*"))
+    assert 0.95 < sizes / JOE.model.stat().st_size < 1.05  # the weights once, not twice
+
+
+def test_parts_of_an_older_layout_are_cut_again_and_removed(
+        in_cache: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    copy = tmp_path / "voices"
+    copy.mkdir()
+    model = copy / "en_US-joe-medium.onnx"
+    shutil.copy(JOE.model, model)
+    shutil.copy(JOE.config, copy / "en_US-joe-medium.onnx.json")
+    layout = voice_parts.LAYOUT
+    monkeypatch.setattr(voice_parts, "LAYOUT", layout - 1)
+    older = prepare_parts(model)
+    monkeypatch.setattr(voice_parts, "LAYOUT", layout)
+    newer = prepare_parts(model)
+    assert newer.parent.parent == in_cache
+    assert newer != older and not older.exists()
+    assert (newer / voice_parts.META_FILE).exists()
+    assert parts_dir(JOE.model).exists()  # another voice file's parts are not touched
+
+
 # -- the provider and the server ----------------------------------------------------------------
 
 

@@ -9,7 +9,14 @@ from pathlib import Path
 
 from vc.providers import ModelCatalog, ModelInfo, ProviderError
 from vc_tts_piper.voice_parts import SplitError, prepare_parts
-from vc_tts_piper.voices import KNOWN_VOICES, VoiceFile, installed_voices, resolve, verify_voice
+from vc_tts_piper.voices import (
+    KNOWN_VOICES,
+    LoadedVoice,
+    VoiceFile,
+    installed_voices,
+    resolve,
+    verify_voice,
+)
 
 log = logging.getLogger("vc.tts.piper")
 
@@ -22,6 +29,17 @@ def _detail(voice: VoiceFile) -> str:
     except (OSError, ValueError, KeyError, TypeError):
         return f"{voice.source}; config unreadable"
     return f"{rate} Hz, {lang}, {voice.source}"
+
+
+def _keep_gain(voice: VoiceFile) -> None:
+    """Load the voice once, so that its gain is measured now and kept for the first start
+    (:mod:`vc_tts_piper.voice_cache`); without piper-tts (a WebSocket-only install) there is
+    nothing to keep."""
+    try:
+        LoadedVoice(voice, threads=1)
+    except ProviderError as e:
+        log.warning("Piper voice %s: its gain is measured at the first start instead: %s",
+                    voice.name, e)
 
 
 class PiperVoiceCatalog(ModelCatalog):
@@ -65,6 +83,7 @@ class PiperVoiceCatalog(ModelCatalog):
             prepare_parts(voice.model)
         except (SplitError, OSError) as e:  # (an unwritable cache directory, say)
             log.warning("Piper voice %s will be decoded whole: %s", voice.name, e)
+        _keep_gain(voice)
         progress(1, 1)
         return voice.model
 

@@ -25,6 +25,7 @@ from vc.cpu import usable_cores
 from vc.profiles import Profile
 from vc.providers import AudioClip, CallContext, ProviderError, TTSProvider, retrieve_failure
 from vc.settings import setting
+from vc_tts_piper import __version__
 from vc_tts_piper.clauses import split_for_synthesis
 from vc_tts_piper.normalize import normalize
 from vc_tts_piper.schedule import DeadlineGate, Playout
@@ -322,10 +323,24 @@ class PiperProvider(TTSProvider):
                                sample_rate=call.output_sample_rate)
 
     async def synthesize(self, text: str, profile: Profile) -> AudioClip:
+        """A whole phrase said before a call needs it (a greeting, an apology): kept in the
+        voice's cache (:mod:`vc_tts_piper.voice_cache`), so a later start finds it made."""
         voice = self.voice_for(profile)
         if self.settings.normalize:
             text = normalize(text, profile.language)
-        pcm = b"".join([await self.synthesize_piece(voice, piece)
-                        for piece in split_for_synthesis(voice.speakable(text),
-                                                         self.settings.max_piece_words)])
-        return AudioClip(without_leading_silence(pcm, voice.sample_rate), voice.sample_rate)
+        key = self._phrase_key(voice, text)
+        pcm = voice.cache.phrase(key)
+        if pcm is None:
+            pcm = b"".join([await self.synthesize_piece(voice, piece)
+                            for piece in split_for_synthesis(voice.speakable(text),
+                                                             self.settings.max_piece_words)])
+            pcm = without_leading_silence(pcm, voice.sample_rate)
+            await asyncio.get_running_loop().run_in_executor(
+                self._executor, voice.cache.keep_phrase, key, pcm)
+        return AudioClip(pcm, voice.sample_rate)
+
+    def _phrase_key(self, voice: LoadedVoice, text: str) -> str:
+        """Everything that shapes a phrase's audio: the text, the synthesis settings, how
+        it is split, the voice's gain, and this package's version."""
+        return repr((__version__, text, self._configs.get(voice.name), self.synthesis,
+                     self.settings.max_piece_words, voice.gain, voice.sample_rate))

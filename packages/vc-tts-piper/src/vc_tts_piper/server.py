@@ -99,7 +99,6 @@ class PiperWebSocketServer:
 
     async def start(self, host: str = "127.0.0.1", port: int = 8000) -> int:
         """Listen; returns the port (pass 0 for an ephemeral one)."""
-        # (every voice was warmed when it was loaded: LoadedVoice.calibrate)
         if self.first_audio_seconds > 0:
             self._preparing = [asyncio.create_task(self._prepare_parts(v))
                                for v in {v.name: v for v in self.voices.values()}.values()

@@ -32,6 +32,7 @@ import numpy as np
 
 from vc.providers import ProviderError
 from vc.verify import FileHash, Progress, verify_files
+from vc_tts_piper.voice_cache import VoiceCache
 from vc_tts_piper.voice_parts import (
     CONTEXT_FRAMES,
     RestPace,
@@ -287,9 +288,15 @@ class LoadedVoice:
         self.latin_only = self.language.split("-")[0].lower() in LATIN_SCRIPT
         self.pieces_started = 0  # counted for tests and diagnostics
         self._count_lock = threading.Lock()
-        self.gain = self.calibrate()
+        #: What this voice keeps between starts (its gain; the provider's set phrases).
+        self.cache = VoiceCache(file.model)
+        kept = self.cache.gain()
+        if kept is None:
+            kept = self.calibrate()
+            self.cache.keep_gain(*kept)
+        self.gain = kept[0]
         #: How fast the rest of a piece has lately come (see start_piece).
-        self.rest_pace = RestPace(self._calibration_pace)
+        self.rest_pace = RestPace(kept[1])
 
     def _session(self, model: Path) -> Any:
         import onnxruntime as ort
@@ -352,17 +359,17 @@ class LoadedVoice:
         return SynthesisConfig(speaker_id=self.speaker_id(s.speaker), length_scale=s.length_scale,
                                noise_scale=s.noise_scale, noise_w_scale=s.noise_w)
 
-    def calibrate(self) -> float:
+    def calibrate(self) -> tuple[float, float]:
         """The gain that brings this voice's calibration sentence, said without noise, to
-        ``TARGET_PEAK`` (also the voice's first run, which allocates its buffers)."""
+        ``TARGET_PEAK``, and the seconds per frame that took (the voice's first run, which
+        allocates its buffers: a cautious first guess of the pace of a piece's rest)."""
         quiet = self.config_for(Synthesis(noise_scale=0.0, noise_w=0.0))
         started = time.perf_counter()
         audio = np.concatenate([self._decode(ids, quiet) for ids in self._sentences(
             CALIBRATION_TEXT)] or [np.zeros(1, np.float32)])
-        frames = max(1, len(audio) // 256)
-        self._calibration_pace = (time.perf_counter() - started) / frames
+        pace = (time.perf_counter() - started) / max(1, len(audio) // 256)
         peak = float(np.max(np.abs(audio)))
-        return min(MAX_GAIN, TARGET_PEAK / peak) if peak > 1e-4 else 1.0
+        return (min(MAX_GAIN, TARGET_PEAK / peak) if peak > 1e-4 else 1.0), pace
 
     def _sentences(self, text: str) -> list[list[int]]:
         """Phoneme ids of each sentence Piper finds in ``text``."""

@@ -43,9 +43,11 @@ def test_serve_host_overrides_the_configured_host(tmp_path, monkeypatch) -> None
 
     seen: dict[str, Any] = {}
 
-    async def fake_serve(config, registry, *, port=None, host=None) -> int:
+    async def fake_serve(config, registry, *, port=None, host=None, engine=None,
+                         engine_start=None) -> int:
         seen.update(host=vc.server.listen_host(config, host), port=port,
-                    configured=config.server.host)
+                    configured=config.server.host, loading=engine_start is not None)
+        await vc.server.abandon(engine, engine_start)
         return 0
 
     monkeypatch.setattr(vc.server, "serve", fake_serve)
@@ -54,7 +56,8 @@ def test_serve_host_overrides_the_configured_host(tmp_path, monkeypatch) -> None
     ini.write_text(FAKE_STACK + "[server]\nhost = 127.0.0.1\n")
     result = CliRunner().invoke(cli.cli, ["serve", "-c", str(ini), "--host", "0.0.0.0", "--port", "9"])
     assert result.exit_code == 0, result.output
-    assert seen == {"host": "0.0.0.0", "port": 9, "configured": "127.0.0.1"}
+    # (the models began loading before vc.server was imported: see serve_loading_first)
+    assert seen == {"host": "0.0.0.0", "port": 9, "configured": "127.0.0.1", "loading": True}
     seen.clear()
     result = CliRunner().invoke(cli.cli, ["serve", "-c", str(ini)])
     assert seen["host"] == "127.0.0.1"

@@ -135,3 +135,29 @@ async def test_every_line_of_a_call_carries_its_call_id(fmt) -> None:
             assert json.loads(line)["call_id"] == conn.info.call_id
         else:
             assert f"[{conn.info.call_id}]" in line
+
+
+async def test_an_engine_begun_before_vc_listens_is_stopped_when_it_cannot_listen() -> None:
+    """`vc serve` starts the engine (models loading) before the HTTP server's modules are
+    imported; when the port then turns out taken, that engine is stopped, not left running."""
+    from vc.engine import Engine
+    from vc.server import serve
+
+    reg = fake_registry()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        cfg = config_from_ini(FAKE_STACK + f"[server]\nport = {taken.getsockname()[1]}\n", reg)
+        engine = Engine(cfg, reg)
+        starting = asyncio.ensure_future(engine.start())
+        stopped: list[bool] = []
+        real_stop = engine.stop
+
+        async def stop() -> None:
+            stopped.append(True)
+            await real_stop()
+
+        engine.stop = stop  # type: ignore[method-assign]
+        assert await serve(cfg, reg, engine=engine, engine_start=starting) == 1
+    assert starting.done() and stopped == [True]
+    assert engine.providers == {} and not engine.accepting

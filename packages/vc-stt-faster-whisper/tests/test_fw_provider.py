@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fw_helpers import (
@@ -216,19 +215,15 @@ async def test_a_failing_transcription_does_not_end_the_call(started) -> None:
     assert "transcription failed" in h.errors[0].error and not h.errors[0].fatal
 
 
-async def until(check: Any, seconds: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.02)
-
-
 async def test_the_warm_up_follows_start_and_sets_the_transcript_timeout(started) -> None:
-    """vc is ready once the model is loaded; the warm-up transcription runs after it (a call's
-    first utterance comes after its greeting) and measures the model on this machine."""
+    """vc is ready once the model is loaded; the warm-up transcription runs after it (the
+    engine calls warm() once vc is ready: a call's first utterance comes after its greeting)
+    and measures the model on this machine."""
     p = await started()
     assert p.ready() and p.not_ready_reason() == ""
-    await until(lambda: p.warmup_seconds > 0)
+    assert p.warmup_seconds == 0  # not before warm()
+    await p.warm()
+    assert p.warmup_seconds > 0
     assert p.ttfs_p99_latency == round(max(MIN_TTFS, TTFS_FACTOR * p.warmup_seconds), 2)
     assert p.ready()
 
@@ -241,6 +236,8 @@ async def test_a_model_that_cannot_transcribe_makes_the_provider_not_ready(
 
     monkeypatch.setattr(Transcriber, "transcribe", broken)
     p = await started()
-    await until(lambda: not p.ready())
+    assert p.ready()
+    await p.warm()
+    assert not p.ready()
     assert "warm-up transcription failed" in p.not_ready_reason()
     assert "ctranslate2 failed" in p.not_ready_reason()

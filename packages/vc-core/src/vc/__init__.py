@@ -1,3 +1,3 @@
 """vc, the voice connector: phone calls answered by an AI voice agent."""
 
-__version__ = "0.10.0"
+__version__ = "0.11.0"

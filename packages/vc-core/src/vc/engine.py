@@ -78,6 +78,7 @@ class Engine(CallHost):
         self._apologies_rendering: set[asyncio.Task[None]] = set()
         #: hands the memory calls freed back to the OS after they end (vc.memory)
         self.heap_trimmer = HeapTrimmer(config.server.memory_trim_interval)
+        self.created_at = time.monotonic()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -147,6 +148,20 @@ class Engine(CallHost):
         self._warm_call_path()
         self.started = True
         self.accepting = True
+        for kind, name, provider in jobs:
+            self._in_background(self._warm_provider(kind, name, provider))
+
+    async def _warm_provider(self, kind: str, name: str, provider: Provider) -> None:
+        """``provider.warm()`` once vc is ready (on 2 cores, a warm-up run while the other
+        models still load delays readiness)."""
+        t0 = time.monotonic()
+        try:
+            await provider.warm()
+        except Exception as e:
+            log.warning("%s provider %s failed to warm up: %s: %s", kind, name,
+                        type(e).__name__, e)
+            return
+        log.debug("%s provider %s warmed in %.2fs", kind, name, time.monotonic() - t0)
 
     def _warm_call_path(self) -> None:
         """Build (and throw away) one call's pipeline so the first real call pays no one-time costs."""

@@ -93,6 +93,12 @@ class Provider:
         overrides for type checkers.
         """
 
+    async def warm(self) -> None:
+        """Work that makes a call's first turn faster but need not delay readiness (a first
+        run that allocates a model's buffers), called once vc is ready. It runs in the
+        background: a call may come meanwhile, and a failure is logged, not raised. Default:
+        nothing."""
+
     async def stop(self) -> None:
         """Release everything ``start`` acquired."""
 

@@ -54,10 +54,15 @@ def route_keys(route: BaseRoute) -> list[tuple[str, str]]:
 class App:
     """The running service: engine + transports + HTTP routes."""
 
-    def __init__(self, config: Config, registry: Registry) -> None:
+    def __init__(self, config: Config, registry: Registry, engine: Engine | None = None,
+                 engine_start: asyncio.Future[None] | None = None) -> None:
+        """``engine`` and ``engine_start``: an engine whose start (its models loading) was
+        begun before this module was imported (see ``vc.cli``); by default ``start()`` creates
+        and starts one."""
         self.config = config
         self.registry = registry
-        self.engine = Engine(config, registry)
+        self.engine = engine or Engine(config, registry)
+        self._engine_start = engine_start
         self.transports: dict[str, TransportProvider] = {}
         for name, choice in config.transports.items():
             cls = registry.provider("transport", name)
@@ -66,7 +71,9 @@ class App:
                 choice.settings,
                 ProviderContext(profiles=config.profiles, log=logging.getLogger(f"vc.transport.{name}")),
             )
-        self.started_at = time.monotonic()
+        #: When this service began starting: its engine's creation (the models may have
+        #: begun loading before this App was made).
+        self.started_at = self.engine.created_at
         self.ready_at: float | None = None
         self.error: str | None = None
         self.stopping = False
@@ -162,7 +169,7 @@ class App:
         """Start providers, then transports. Raises EngineStartError with every failure."""
         for name in self.transports:  # a series from the start, so autoscalers see idle pods
             self.engine.metrics.active_calls.labels(name).set(0)
-        await self.engine.start()
+        await (self._engine_start if self._engine_start is not None else self.engine.start())
         for name, transport in self.transports.items():
             await transport.start(self.engine)
             log.info("transport %s started", name)
@@ -277,13 +284,27 @@ def install_stop_signals(stop: asyncio.Event) -> None:
             log.debug("cannot handle %s: %s", sig.name, e)
 
 
+async def abandon(engine: Engine | None, engine_start: asyncio.Future[None] | None) -> None:
+    """Stop an engine begun before vc could listen (its LLM child process, its threads)."""
+    if engine_start is None or engine is None:
+        return
+    engine_start.cancel()
+    with contextlib.suppress(BaseException):
+        await engine_start
+    await engine.stop()
+
+
 async def serve(
-    config: Config, registry: Registry, *, port: int | None = None, host: str | None = None
+    config: Config, registry: Registry, *, port: int | None = None, host: str | None = None,
+    engine: Engine | None = None, engine_start: asyncio.Future[None] | None = None,
 ) -> int:
+    """Listen, start (or go on starting) the engine, then the transports; serve until SIGTERM
+    or SIGINT, then drain. ``engine``/``engine_start``: see :class:`App`."""
     try:
-        app = App(config, registry)
+        app = App(config, registry, engine, engine_start)
     except RouteConflict as e:
         log.error("cannot start: %s", e)
+        await abandon(engine, engine_start)
         return 1
     http = HTTPServer(app, listen_host(config, host), listen_port(config, port))
     stop = asyncio.Event()
@@ -292,6 +313,7 @@ async def serve(
         await http.start()
     except (OSError, SystemExit, RuntimeError) as e:
         log.error("cannot listen on %s:%s: %s", http.host, http.port, e)
+        await abandon(app.engine, engine_start)
         return 1
     # Again, now that uvicorn runs: whatever it did with the process's signal handlers,
     # SIGTERM/SIGINT are vc's (readiness off, drain, then uvicorn is told to exit).

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-import ollama
 
 from vc.providers import ModelCatalog, ModelInfo, ProviderError
+
+if TYPE_CHECKING:
+    import ollama
 
 DEFAULT_HOST = "http://127.0.0.1:11434"
 
@@ -22,6 +24,8 @@ def configured_host() -> str:
 
 def describe_error(e: BaseException, host: str, model: str) -> str:
     """One clear line for what went wrong talking to Ollama."""
+    import ollama  # in the functions that use it: every `vc` command loads this plugin
+
     if isinstance(e, ollama.ResponseError):
         text = str(e.error)
         if e.status_code == 404 or "not found" in text:
@@ -48,6 +52,8 @@ async def pull_model(
     host: str = "",
 ) -> None:
     """Pull ``name`` on the server, reporting bytes done/total across its layers."""
+    import ollama
+
     layers: dict[str, tuple[int, int]] = {}
     try:
         stream = await client.pull(name, stream=True)
@@ -92,6 +98,8 @@ class OllamaModels(ModelCatalog):
         return self._host or configured_host()
 
     def list(self) -> list[ModelInfo]:
+        import ollama
+
         try:
             listed = ollama.Client(host=self.host, timeout=10).list()
         except Exception as e:
@@ -113,6 +121,8 @@ class OllamaModels(ModelCatalog):
         return rows
 
     def show(self, model: str) -> dict[str, Any]:
+        import ollama
+
         name = model.removeprefix("ollama:")
         try:
             info = ollama.Client(host=self.host, timeout=30).show(name)
@@ -124,6 +134,8 @@ class OllamaModels(ModelCatalog):
         name = model.removeprefix("ollama:")
 
         async def run() -> None:
+            import ollama
+
             client = ollama.AsyncClient(host=self.host, timeout=httpx.Timeout(10.0, read=None))
             try:
                 await pull_model(client, name, progress, self.host)

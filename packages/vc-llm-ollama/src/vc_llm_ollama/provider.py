@@ -16,11 +16,10 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 import httpx
-import ollama
 
 from vc.llm import (
     DEFAULT_APOLOGY,
@@ -34,6 +33,9 @@ from vc.reconnect import RemoteProvider, ServiceUnavailable
 from vc.settings import setting
 from vc_llm_ollama.convert import to_ollama_messages, to_ollama_tools
 from vc_llm_ollama.models import DEFAULT_HOST, describe_error, pull_model
+
+if TYPE_CHECKING:
+    import ollama
 
 log = logging.getLogger("vc.llm.ollama")
 
@@ -226,6 +228,8 @@ class OllamaProvider(RemoteProvider, LLMProvider):
         return self._client
 
     def _make_client(self) -> ollama.AsyncClient:
+        import ollama  # here, not at import: every `vc` command loads this plugin
+
         s = self.settings
         # Reads have no limit here: vc.llm enforces first-token and per-token timeouts.
         timeout = httpx.Timeout(connect=s.connect_timeout, read=None, write=30.0, pool=30.0)

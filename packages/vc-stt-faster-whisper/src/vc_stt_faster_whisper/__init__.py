@@ -1,3 +1,3 @@
 """faster-whisper (CTranslate2 Whisper) speech-to-text."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -2,21 +2,25 @@
 
 Requests never block the event loop (aiohttp underneath). ``api_base_url`` replaces
 ``https://api.twilio.com`` in every request, so tests (and regional proxies) can point the
-real client at another server.
+real client at another server. The client and its HTTP layer (``requests`` among them) are
+imported when the first request is made: a transport without REST credentials never needs
+them, and every ``vc`` command imports this module.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from twilio.base.exceptions import TwilioException, TwilioRestException
-from twilio.http.async_http_client import AsyncTwilioHttpClient
-from twilio.rest import Client
 
 from vc.call import CallControlError
 from vc_transport_twilio.settings import TWILIO_API, TwilioSettings
+
+if TYPE_CHECKING:
+    from twilio.http.async_http_client import AsyncTwilioHttpClient
+    from twilio.rest import Client
 
 log = logging.getLogger("vc.transport.twilio")
 _NETWORK_ERRORS = (TwilioException, aiohttp.ClientError, OSError, TimeoutError)
@@ -29,17 +33,23 @@ class _QuietLog(logging.LoggerAdapter):  # type: ignore[type-arg]
         self.debug(msg, *args, **kwargs)
 
 
-class _RebasedHttpClient(AsyncTwilioHttpClient):
-    """The twilio library's async HTTP client, sending requests to another base URL."""
+def rebased_http_client(base_url: str, **kwargs: Any) -> AsyncTwilioHttpClient:
+    """The twilio library's async HTTP client, sending requests to ``base_url`` instead of
+    Twilio's (unless they are the same)."""
+    from twilio.http.async_http_client import AsyncTwilioHttpClient
 
-    def __init__(self, base_url: str, **kwargs: Any) -> None:
-        super().__init__(logger=_QuietLog(logging.getLogger("vc.transport.twilio.http")), **kwargs)
-        self._base = base_url.rstrip("/")
+    class RebasedHttpClient(AsyncTwilioHttpClient):
+        def __init__(self) -> None:
+            super().__init__(logger=_QuietLog(logging.getLogger("vc.transport.twilio.http")),
+                             **kwargs)
+            self._base = base_url.rstrip("/")
 
-    async def request(self, method: str, url: str, *args: Any, **kwargs: Any):  # type: ignore[override]
-        if self._base != TWILIO_API and url.startswith(TWILIO_API):
-            url = self._base + url[len(TWILIO_API) :]
-        return await super().request(method, url, *args, **kwargs)
+        async def request(self, method: str, url: str, *args: Any, **kw: Any):  # type: ignore[override]
+            if self._base != TWILIO_API and url.startswith(TWILIO_API):
+                url = self._base + url[len(TWILIO_API) :]
+            return await super().request(method, url, *args, **kw)
+
+    return RebasedHttpClient()
 
 
 class CallEnded(CallControlError):
@@ -58,17 +68,19 @@ class TwilioREST:
 
     def __init__(self, settings: TwilioSettings) -> None:
         self.settings = settings
-        self._http: _RebasedHttpClient | None = None
+        self._http: AsyncTwilioHttpClient | None = None
         self._client: Client | None = None
 
     def _make_client(self) -> Client:
+        from twilio.rest import Client
+
         s = self.settings
         if not s.has_rest_credentials():
             raise CallControlError(
                 "Twilio REST credentials are not configured ([transport.twilio] account_sid and "
                 "auth_token, or api_key and api_secret)"
             )
-        self._http = _RebasedHttpClient(s.api_base_url, timeout=s.rest_timeout)
+        self._http = rebased_http_client(s.api_base_url, timeout=s.rest_timeout)
         if s.api_key and s.api_secret:
             return Client(s.api_key, s.api_secret, s.account_sid, http_client=self._http)
         return Client(s.account_sid, s.auth_token, s.account_sid, http_client=self._http)

@@ -148,3 +148,49 @@ def test_text_commands_still_show_plugin_load_errors(tmp_path) -> None:
         "broken on import"
     )
     assert "vc-broken-test" in proc.stdout
+
+
+class Shelf(ModelCatalog):
+    """Two installed models (one of them damaged) and one that is not installed."""
+
+    name = "shelf"
+
+    def __init__(self) -> None:
+        self.prepared: list[str] = []
+
+    def list(self) -> list[ModelInfo]:
+        return [ModelInfo("good", "stt", True, "/m/good"), ModelInfo("damaged", "tts", True, "/m/d"),
+                ModelInfo("absent", "llm", False, install_hint="pip install absent")]
+
+    def prepare(self, model: str, progress: Any) -> str:
+        from vc.providers import ProviderError
+
+        self.prepared.append(model)
+        if model == "damaged":
+            raise ProviderError("its sha256 is not the pinned one")
+        return f"/m/{model}"
+
+
+class Unreachable(ModelCatalog):
+    name = "remote"
+
+    def list(self) -> list[ModelInfo]:
+        raise ConnectionError("no server here")
+
+
+def test_models_prepare_installed_prepares_every_installed_model(monkeypatch) -> None:
+    """What an image build runs to fill the cache it ships (deploy/Dockerfile)."""
+    reg = fake_registry(env={"VC_LOAD_PLUGINS": ""})
+    shelf = Shelf()
+    reg.catalogs += [Unreachable(), shelf]
+    monkeypatch.setattr("vc.plugins._loaded", reg)
+    result = CliRunner().invoke(cli.cli, ["models", "prepare", "--installed"])
+    assert shelf.prepared == ["good", "damaged"]  # not the one that is not installed
+    assert result.exit_code == 1
+    assert "good: ready at /m/good" in result.output
+    assert "damaged: its sha256 is not the pinned one" in result.output
+    assert "warning: remote: no server here" in result.output
+    assert "not prepared: damaged" in result.output
+    for args in (["models", "prepare"], ["models", "prepare", "good", "--installed"]):
+        refused = CliRunner().invoke(cli.cli, args)
+        assert refused.exit_code == 2 and "NAME or --installed" in refused.output

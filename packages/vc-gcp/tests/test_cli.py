@@ -161,7 +161,9 @@ async def test_vc_serve_on_cloud_run_logs_only_cloud_logging_json(tmp_path: Path
                             K_SERVICE="vc", K_REVISION="vc-00001-abc", GCE_METADATA_HOST=metadata)
             proc, out_path, err_path = start_vc(["serve", "-c", str(ini), "--port", "0"], env, tmp_path)
             try:
-                port = await _wait_for_port(err_path, proc)
+                # (on stdout once the observer has started: vc serve starts its engine, the
+                # observers first, before it listens)
+                port = await _wait_for_port([err_path, out_path], proc)
                 cloud.local_url = f"http://127.0.0.1:{port}"
                 async with httpx.AsyncClient() as client:
                     deadline = time.monotonic() + 120
@@ -213,10 +215,10 @@ def read(path: Path) -> str:
     return path.read_text()
 
 
-async def _wait_for_port(path: Path, proc: subprocess.Popen, within: float = 60) -> int:
+async def _wait_for_port(paths: list[Path], proc: subprocess.Popen, within: float = 60) -> int:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        text = read(path)
+        text = "".join(read(path) for path in paths)
         m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", text)
         if m:
             return int(m.group(1))

@@ -459,6 +459,25 @@ def test_dockerfile_stages_and_runtime_image() -> None:
                 assert m.group(1) in names[:i]
 
 
+def test_the_image_ships_a_prepared_cache_that_seeds_every_container() -> None:
+    """The runtime stage prepares its models into a folder (as it will run: same paths, same
+    files) before it drops root, and names that folder VC_CACHE_SEED; the cache itself stays
+    where the container can write (XDG_CACHE_HOME under /tmp, an emptyDir on GKE)."""
+    docker = Dockerfile(DOCKERFILE)
+    vc = docker.stage("vc")
+    env = dockerfile_env(docker, "vc")
+    seed = env["VC_CACHE_SEED"]
+    runs = [rest for w, rest in vc["instructions"] if w == "RUN"]
+    prepare = [r for r in runs if "vc models prepare --installed" in r]
+    assert len(prepare) == 1 and f"VC_CACHE_DIR={seed} " in prepare[0]
+    steps = vc["instructions"]
+    copied = next(i for i, (w, rest) in enumerate(steps) if w == "COPY" and "/opt/vc " in rest)
+    prepared = steps.index(("RUN", prepare[0]))
+    dropped_root = next(i for i, (w, _) in enumerate(steps) if w == "USER")
+    assert copied < prepared < dropped_root
+    assert env["XDG_CACHE_HOME"].startswith("/tmp/") and not seed.startswith("/tmp/")
+
+
 def test_dockerfile_copies_only_what_exists_and_is_in_the_context() -> None:
     docker = Dockerfile(DOCKERFILE)
     patterns = ignore_patterns(DEPLOY / "Dockerfile.dockerignore")

@@ -200,3 +200,32 @@ def test_models_prepare_measures_the_gain_ahead(
     assert VoiceCache(JOE.model).gain() is not None
     no_calibration(monkeypatch)
     assert LoadedVoice(JOE, 1).gain > 0
+
+
+async def test_a_cache_seeded_from_an_image_build_serves_the_first_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """deploy/Dockerfile prepares the models into a folder of the image; a container's cache
+    (empty at start) is seeded from it: the voice comes up in parts with its kept gain, and
+    what the start makes (its greeting) is kept in the cache, not in the image's folder."""
+    from vc_tts_piper.catalog import PiperVoiceCatalog
+
+    from vc.cache_seed import seed_cache
+
+    seed, cache = tmp_path / "image", tmp_path / "container"
+    monkeypatch.setenv("VC_CACHE_DIR", str(seed))
+    PiperVoiceCatalog().prepare(JOE.name, lambda done, total: None)
+    baked = sorted(p.relative_to(seed) for p in seed.rglob("*") if p.is_file())
+    monkeypatch.setenv("VC_CACHE_DIR", str(cache))
+    assert seed_cache(seed, cache) == len(baked) > 4
+    no_calibration(monkeypatch)
+    provider = await started()
+    try:
+        voice = provider.voice_for(profile())
+        assert voice.parts is not None  # no cut needed: the parts came with the image
+        assert not provider._preparing
+        await provider.synthesize(GREETING, profile())
+    finally:
+        await provider.stop()
+    assert sorted(p.relative_to(seed) for p in seed.rglob("*") if p.is_file()) == baked
+    assert [p.name for p in cache.rglob("phrase-*.pcm") if not p.is_symlink()]

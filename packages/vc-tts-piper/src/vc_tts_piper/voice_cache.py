@@ -40,9 +40,12 @@ MAX_PHRASES = 64
 
 
 def file_digest(model: Path, layout: int) -> str:
-    """A short digest of ``model``'s path, size and modification time (and ``layout``)."""
+    """A short digest of ``model``'s path, size and modification time in whole seconds (and
+    ``layout``): an image layer may keep a file's time to the second only (a tar header), and
+    a cache prepared when the image was built must be found by its containers
+    (``vc.cache_seed``)."""
     st = model.stat()
-    key = f"{layout}|{model.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    key = f"{layout}|{model.resolve()}|{st.st_size}|{st.st_mtime_ns // 1_000_000_000}"
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 

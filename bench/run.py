@@ -5,7 +5,8 @@
     python bench/run.py --only latency,barge-in --no-baseline
     python bench/run.py --only latency --vc-config bench/variants/stop-0.3.ini --label stop-0.3
 
-Benchmarks (see bench/README.md): ``models`` (pure model times), ``cold-start``, ``latency``
+Benchmarks (see bench/README.md): ``models`` (pure model times), ``cold-start``,
+``container-start`` (each start with an empty cache, then seeded as the image does), ``latency``
 (voice to voice), ``barge-in``, ``capacity`` (media path with fake AI). vc runs as
 ``vc serve`` runs with no configuration file (the embedded default stack) unless
 ``--vc-config`` names a variant; the baseline is the same models in a plain pipecat bot
@@ -26,6 +27,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
@@ -39,7 +41,8 @@ import scenarios  # noqa: E402
 from scenarios import log  # noqa: E402
 from utterances import QUESTION_SETS  # noqa: E402
 
-ALL = ("models", "cold-start", "latency", "pauses", "barge-in", "false-interruptions", "capacity")
+ALL = ("models", "cold-start", "container-start", "latency", "pauses", "barge-in",
+       "false-interruptions", "capacity")
 CAPACITY_STEPS = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96]
 FAKE_INI = """[vc]
 transports = twilio
@@ -222,6 +225,17 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         name = phase("cold start: vc serve, one core busy")
         results["vc"]["cold_start_busy"] = await scenarios.cold_start_vc(cold_runs, vc_env, busy=True)
         phase_done(name)
+    if "container-start" in only:  # each start with an empty cache, as a new container's
+        starts: dict[str, Any] = {}
+        with tempfile.TemporaryDirectory(prefix="vc-image-cache-") as seed:
+            await scenarios.prepare_cache_seed(seed, vc_env)
+            for key, seeded, busy in (("empty", None, False), ("empty_busy", None, True),
+                                      ("seeded", seed, False), ("seeded_busy", seed, True)):
+                name = phase(f"container start: {'seeded' if seeded else 'empty'} cache"
+                             + (", one core busy" if busy else ""))
+                starts[key] = await scenarios.container_start_vc(cold_runs, vc_env, seeded, busy)
+                phase_done(name)
+        results["vc"]["container_start"] = starts
 
     if {"latency", "pauses", "barge-in", "false-interruptions"} & only and not args.no_vc:
         with open(logs_dir / "vc-server.log", "w", encoding="utf-8") as vlog:
@@ -337,6 +351,9 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
             s["cold_start"] = report.summarise_cold(r["cold_start"])
         if r.get("cold_start_busy"):
             s["cold_start_busy"] = report.summarise_cold(r["cold_start_busy"])
+        if r.get("container_start"):
+            s["container_start"] = {k: report.summarise_cold(v)
+                                    for k, v in r["container_start"].items()}
         if r.get("capacity"):
             s["capacity"] = {k: v for k, v in r["capacity"].items()}
         out[side] = s

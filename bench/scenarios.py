@@ -13,6 +13,7 @@ import os
 import random
 import re
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -345,6 +346,36 @@ async def cold_start_vc(runs: int, env: dict[str, str] | None = None, busy: bool
     for _ in range(runs):
         async with busy_core() if busy else contextlib.nullcontext():
             out.append(await _cold_start_once(env))
+    return out
+
+
+async def prepare_cache_seed(folder: str, env: dict[str, str]) -> None:
+    """What deploy/Dockerfile does when it builds the image: every installed model prepared
+    into ``folder`` (``vc models prepare --installed``), the cache its containers are seeded
+    from."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "vc.cli", "models", "prepare", "--installed",
+        env={**env, "VC_CACHE_DIR": folder},
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    _, err = await proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"vc models prepare --installed failed: {err.decode()[-2000:]}")
+
+
+async def container_start_vc(runs: int, env: dict[str, str], seed: str | None,
+                             busy: bool = False) -> list[dict[str, Any]]:
+    """``vc serve`` as a new container starts it: its cache directory empty (a GKE pod's /tmp
+    emptyDir, a new Cloud Run instance), seeded from ``seed`` (``VC_CACHE_SEED``) when given;
+    with ``busy``, while another process keeps one core busy."""
+    out = []
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory(prefix="vc-container-cache-") as cache:
+            run_env = {k: v for k, v in env.items() if k != "VC_CACHE_SEED"}
+            run_env["VC_CACHE_DIR"] = cache
+            if seed:
+                run_env["VC_CACHE_SEED"] = seed
+            async with busy_core() if busy else contextlib.nullcontext():
+                out.append(await _cold_start_once(run_env))
     return out
 
 

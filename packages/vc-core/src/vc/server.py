@@ -1,7 +1,8 @@
 """``vc serve``: one asyncio process with the HTTP server, the engine and every transport.
 
-The HTTP server answers from the first moment (``/healthz``: 200 unless a transport reports
-itself dead, see ``TransportProvider.alive``); ``/readyz`` turns ready once
+The HTTP server answers while the models load (``/healthz``: 200 unless a transport reports
+itself dead, see ``TransportProvider.alive``; ``vc serve`` begins loading them before this
+module is imported, see ``vc.cli.serve_loading_first``); ``/readyz`` turns ready once
 plugins are loaded, providers started (models warm, greetings rendered) and every transport
 is listening. A provider whose remote service is not reachable (yet) keeps it not ready, named
 in the body's ``not_ready`` with the reason, until the service answers (see

@@ -18,6 +18,8 @@ from vc_tts_piper.local import PiperProvider, PiperSettings
 from vc_tts_piper.voice_cache import GAIN_FILE, SOURCE_FILE, VoiceCache, drop_replaced
 from vc_tts_piper.voices import LoadedVoice, resolve
 
+from vc.providers import AudioClip
+
 JOE = resolve("")
 GREETING = "Hello! Thanks for calling. How can I help you today?"
 
@@ -63,14 +65,19 @@ async def started(**settings: object) -> PiperProvider:
     return provider
 
 
+async def greeting_of_a_start(**settings: object) -> AudioClip:
+    """Start a provider, have it say the greeting as vc's start does, stop it."""
+    provider = await started(**settings)
+    try:
+        return await provider.synthesize(GREETING, profile())
+    finally:
+        await provider.stop()
+
+
 async def test_a_greeting_made_once_is_found_by_the_next_start(
     cache: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    first = await started(first_audio_seconds=0)
-    try:
-        made = await first.synthesize(GREETING, profile())
-    finally:
-        await first.stop()
+    made = await greeting_of_a_start(first_audio_seconds=0)
     assert made.duration > 1.0
 
     async def refuse(*args: object, **kwargs: object) -> bytes:
@@ -91,11 +98,7 @@ async def test_a_greeting_made_once_is_found_by_the_next_start(
 async def test_a_setting_that_changes_the_audio_makes_it_anew(
     cache: Path, change: dict[str, object],
 ) -> None:
-    plain = await started(first_audio_seconds=0)
-    try:
-        before = await plain.synthesize(GREETING, profile())
-    finally:
-        await plain.stop()
+    before = await greeting_of_a_start(first_audio_seconds=0)
     changed = await started(first_audio_seconds=0, **change)
     spoken = [0]
     real = changed.synthesize_piece

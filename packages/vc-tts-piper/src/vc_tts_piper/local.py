@@ -30,7 +30,6 @@ from vc_tts_piper.clauses import split_for_synthesis
 from vc_tts_piper.normalize import normalize
 from vc_tts_piper.schedule import DeadlineGate, Playout
 from vc_tts_piper.service import ClauseStreamingTTSService, without_leading_silence
-from vc_tts_piper.voice_parts import prepare_elsewhere
 from vc_tts_piper.voices import DEFAULT_VOICE, LoadedVoice, Synthesis, resolve, voice_language
 
 T = TypeVar("T")
@@ -230,14 +229,12 @@ class PiperProvider(TTSProvider):
 
     async def _prepare_parts(self, voice: LoadedVoice) -> None:
         """Cut ``voice`` into its parts in a separate, low-priority process, then use them."""
-        why = await prepare_elsewhere(voice.file.model)
-        loop = asyncio.get_running_loop()
-        if not why and await loop.run_in_executor(self._executor, voice.use_parts):
+        why = await voice.switch_to_parts()
+        if not why:
             self.log.info("piper voice %s is decoded in parts from now on (a piece's first "
                           "audio before the rest)", voice.name)
             return
-        self.log.warning("piper voice %s stays decoded whole: %s", voice.name,
-                         why or "its parts could not be loaded")
+        self.log.warning("piper voice %s stays decoded whole: %s", voice.name, why)
 
     async def stop(self) -> None:
         for task in list(self._preparing):
@@ -329,14 +326,14 @@ class PiperProvider(TTSProvider):
         if self.settings.normalize:
             text = normalize(text, profile.language)
         key = self._phrase_key(voice, text)
-        pcm = voice.cache.phrase(key)
+        loop = asyncio.get_running_loop()
+        pcm = await loop.run_in_executor(self._executor, voice.cache.phrase, key)
         if pcm is None:
             pcm = b"".join([await self.synthesize_piece(voice, piece)
                             for piece in split_for_synthesis(voice.speakable(text),
                                                              self.settings.max_piece_words)])
             pcm = without_leading_silence(pcm, voice.sample_rate)
-            await asyncio.get_running_loop().run_in_executor(
-                self._executor, voice.cache.keep_phrase, key, pcm)
+            await loop.run_in_executor(self._executor, voice.cache.keep_phrase, key, pcm)
         return AudioClip(pcm, voice.sample_rate)
 
     def _phrase_key(self, voice: LoadedVoice, text: str) -> str:

@@ -46,7 +46,6 @@ from vc.wsauth import token_ok
 from vc_tts_piper import protocol
 from vc_tts_piper.clauses import split_for_synthesis
 from vc_tts_piper.normalize import normalize
-from vc_tts_piper.voice_parts import prepare_elsewhere
 from vc_tts_piper.voices import DEFAULT_VOICE, LoadedVoice, Synthesis, resolve
 
 log = logging.getLogger("vc_tts_piper.server")
@@ -111,12 +110,11 @@ class PiperWebSocketServer:
         return int(bound)
 
     async def _prepare_parts(self, voice: LoadedVoice) -> None:
-        why = await prepare_elsewhere(voice.file.model)
-        if not why and await asyncio.to_thread(voice.use_parts):
+        why = await voice.switch_to_parts()
+        if not why:
             log.info("voice %s is decoded in parts from now on", voice.name)
         else:
-            log.warning("voice %s stays decoded whole: %s", voice.name,
-                        why or "its parts could not be loaded")
+            log.warning("voice %s stays decoded whole: %s", voice.name, why)
 
     async def stop(self) -> None:
         for task in self._preparing:

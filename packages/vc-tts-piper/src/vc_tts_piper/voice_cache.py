@@ -11,7 +11,7 @@ was the last model ready, and the greeting was made after it):
 Both are kept per voice file, in ``piper-voices/<name>-<digest>`` under
 ``vc.providers.cache_dir()``; the digest is of the file's path, size and modification time,
 so a changed or reinstalled voice starts afresh. A phrase is found by a key that names every
-setting that shapes its audio (see ``PiperTTS.synthesize``). Reading or writing the cache
+setting that shapes its audio (see ``PiperProvider.synthesize``). Reading or writing the cache
 never fails a start: an unreadable entry is made again, one that cannot be written is not
 kept (logged at debug).
 """

@@ -15,6 +15,7 @@ equal sequential ones).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -40,6 +41,7 @@ from vc_tts_piper.voice_parts import (
     VoiceParts,
     first_frames,
     load_parts,
+    prepare_elsewhere,
 )
 
 if TYPE_CHECKING:
@@ -325,6 +327,15 @@ class LoadedVoice:
                 self.parts = parts
                 self._whole = None
         return self.parts is not None
+
+    async def switch_to_parts(self) -> str:
+        """Have this voice cut into its parts in a separate low-priority process
+        (:func:`~vc_tts_piper.voice_parts.prepare_elsewhere`), then use them; "" once it is
+        decoded in parts, else why not."""
+        why = await prepare_elsewhere(self.file.model)
+        if why:
+            return why
+        return "" if await asyncio.to_thread(self.use_parts) else "its parts could not be loaded"
 
     def speaker_id(self, speaker: str) -> int | None:
         """A speaker name or number -> its id (multi-speaker voices); ProviderError if unknown."""

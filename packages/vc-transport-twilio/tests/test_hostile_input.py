@@ -207,6 +207,9 @@ async def test_unknown_mark_flood_through_the_server_logs_a_handful(env, records
     await call.hangup()
     await call.wait_closed()
     await call.wait_for(lambda: call.call_sid not in vc.engine.sessions, what="call end")
+    # The count is logged as the stream's handler ends, a few steps after the session does.
+    await call.wait_for(lambda: logged(records, f"stream {call.stream_sid} ended"),
+                        what="stream end")
     assert logged(records, "more warnings about unknown marks suppressed")
 
 

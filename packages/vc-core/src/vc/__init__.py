@@ -1,3 +1,7 @@
 """vc, the voice connector: phone calls answered by an AI voice agent."""
 
-__version__ = "0.11.0"
+from vc.cpu import single_threaded_blas
+
+__version__ = "0.11.1"
+
+single_threaded_blas()

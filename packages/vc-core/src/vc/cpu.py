@@ -5,6 +5,13 @@ A pod limited to 2 CPUs on a 16-core node sees 16 cores in ``os.cpu_count()`` an
 affinity; threads sized to 16 then share 2 cores' worth of time, and spinning ones (llama.cpp,
 OpenMP) stall each other. Providers size their default thread counts from
 :func:`usable_cores`.
+
+numpy's OpenBLAS starts a thread per core when numpy is imported, and they spin after every
+matrix product. vc's only sizable ones are Whisper's mel filter bank (one per transcription),
+where the spinning thread took a core from CTranslate2's threads: one transcription of a
+3-second question cost 0.33 CPU-s and 200 ms instead of 0.23 CPU-s and 155 ms (2 cores). So
+importing vc keeps OpenBLAS to one thread (:func:`single_threaded_blas`) unless
+``OPENBLAS_NUM_THREADS`` is set already.
 """
 
 from __future__ import annotations
@@ -14,6 +21,13 @@ import os
 from pathlib import Path
 
 CGROUP = Path("/sys/fs/cgroup")
+
+
+def single_threaded_blas() -> None:
+    """Ask numpy's OpenBLAS for one thread, unless ``OPENBLAS_NUM_THREADS`` is set. OpenBLAS
+    reads it once, when numpy is first imported: ``import vc`` does this before that in every
+    vc program; where numpy was imported first it changes nothing."""
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
 def usable_cores(cgroup: Path = CGROUP) -> int:

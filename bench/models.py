@@ -28,11 +28,11 @@ from vc.audio import pcm_to_ulaw, resample, ulaw_to_pcm
 REPEATS = 3
 
 
-def _context(kind: str, cls: type) -> Any:
+def _context(kind: str, cls: type, **settings_: Any) -> Any:
     from vc.profiles import Profile
     from vc.providers import ProviderContext
 
-    settings = cls.Settings() if cls.Settings is not None else None
+    settings = cls.Settings(**settings_) if cls.Settings is not None else None
     return cls(settings, ProviderContext(profiles=[Profile("default")], log=logging.getLogger(kind)))
 
 
@@ -74,7 +74,10 @@ async def measure(stop_secs: float) -> dict[str, Any]:
 
     from vc.profiles import DEFAULT_GREETING, DEFAULT_SYSTEM_PROMPT, Profile
 
-    stt, llm, tts = (_context("stt", FasterWhisperSTT), _context("llm", LlamaCppProvider),
+    # The model in this process (isolation = thread), so that each repeat can put its cache
+    # back to the system prompt alone (the child process's model has no such call).
+    stt, llm, tts = (_context("stt", FasterWhisperSTT),
+                     _context("llm", LlamaCppProvider, isolation="thread"),
                      _context("tts", PiperProvider))
     for p in (stt, llm, tts):
         await p.start()

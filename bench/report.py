@@ -150,6 +150,7 @@ def markdown(results: dict[str, Any]) -> str:
             rows.append(f"| replies whose audio stalled > {STALL_S * 1000:.0f} ms (longest) | "
                         f"{lat['stalled']} ({_s(lat['longest_stall'], 'ms')}) | "
                         f"{blat.get('stalled', '–') if blat else '–'} | | |")
+    rows += _turn_taking_rows(vc, base)
     bi, bbi = vc.get("barge_in"), base.get("barge_in")
     if bi:
         for key, label in (("clear", "barge-in: onset -> clear"),
@@ -232,6 +233,23 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append("")
     lines += ["Plots: " + ", ".join(f"`{p}`" for p in results.get("plots", [])), ""]
     return "\n".join(lines)
+
+
+def _turn_taking_rows(vc: dict[str, Any], base: dict[str, Any]) -> list[str]:
+    """Premature answers to a mid-sentence pause and sounds taken for a turn (targets: 0, 5 %)."""
+    rows = []
+    p, bp = vc.get("pauses"), base.get("pauses")
+    if p:
+        b = f"{bp['premature']} of {bp['trials']} ({bp.get('cut_inside') or 0})" if bp else "–"
+        rows.append(f"| pause inside a sentence: premature answers (turn ended at the pause, "
+                    f"answer not heard) | {p['premature']} of {p['trials']} "
+                    f"({p.get('cut_inside') or 0}) | {b} | | 0 |")
+    f, bf = vc.get("false_interruptions"), base.get("false_interruptions")
+    if f:
+        b = f"{bf['interrupted']} of {bf['trials']}" if bf else "–"
+        rows.append(f"| cough, noise or backchannel over an answer: bot interrupted | "
+                    f"{f['interrupted']} of {f['trials']} | {b} | | ≤ 5 % |")
+    return rows
 
 
 def _cpu_per_call(cap: dict[str, Any]) -> str:

@@ -28,11 +28,11 @@ from vc.audio import pcm_to_ulaw, resample, ulaw_to_pcm
 REPEATS = 3
 
 
-def _context(kind: str, cls: type, **settings_: Any) -> Any:
+def _context(kind: str, cls: type, **overrides: Any) -> Any:
     from vc.profiles import Profile
     from vc.providers import ProviderContext
 
-    settings = cls.Settings(**settings_) if cls.Settings is not None else None
+    settings = cls.Settings(**overrides) if cls.Settings is not None else None
     return cls(settings, ProviderContext(profiles=[Profile("default")], log=logging.getLogger(kind)))
 
 

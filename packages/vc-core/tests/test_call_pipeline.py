@@ -214,6 +214,29 @@ async def test_llm_failure_is_apologised_for_and_next_turn_works(make_engine) ->
     await finish(conn, task)
 
 
+async def test_the_model_does_not_see_the_apology_after_its_own_half_answer(make_engine) -> None:
+    """The model fails after half an answer: the caller hears both and the context keeps both,
+    but the next request shows the model only its half answer (a small model shown the apology
+    after its own words ends its next answers with the apology too: vc.llm)."""
+    engine = await make_engine(stack(["please fail halfway", "are you back"]))
+    conn, task = await start_call(engine)
+    await conn.wait_for_bot_silence()
+    for words in ("please fail halfway", "are you back"):
+        end = conn.say(speech(words, 8000))
+        await conn.wait_for_bot_audio(end, timeout=15)
+        await conn.wait_for_bot_silence()
+    session = engine.sessions[conn.info.call_id]
+    heard = [m["content"] for m in session.context.get_messages() if m["role"] == "assistant"]
+    assert heard[1].startswith("Here is half an answer.") and "Sorry" in heard[1], heard
+    request = engine.providers["llm"]["fake"].services[-1].requests[-1]
+    shown = [m["content"] for m in request if m["role"] == "assistant"]
+    assert shown[1] == "Here is half an answer.", shown
+    assert [m["content"] for m in request if m["role"] == "user"] == [
+        "please fail halfway", "are you back"]
+    assert heard[2] == "You said: are you back."
+    await finish(conn, task)
+
+
 async def test_many_concurrent_calls_are_isolated(make_engine) -> None:
     engine = await make_engine(stack(["one", "two"]))
     calls = [await start_call(engine) for _ in range(4)]

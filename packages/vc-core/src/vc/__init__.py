@@ -2,6 +2,6 @@
 
 from vc.cpu import single_threaded_blas
 
-__version__ = "0.11.1"
+__version__ = "0.11.2"
 
 single_threaded_blas()

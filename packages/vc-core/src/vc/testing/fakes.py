@@ -4,7 +4,8 @@
   script (so tests can speak real audio and know what was "heard").
 * ``fake`` LLM: streams "You said: <text>." word by word (more sentences for "everything",
   paragraphs for "paragraphs"); says goodbye and calls ``end_call``
-  when the caller says goodbye; fails on demand ("fail" in the text, but not "tts-fail").
+  when the caller says goodbye; fails on demand ("fail" in the text, but not "tts-fail"),
+  after half an answer for "fail halfway".
 * ``fake`` TTS: a 440 Hz tone, ``ms_per_char`` long per character, in 20 ms chunks; fails a
   text with "tts-fail" in it (an ErrorFrame, as a service that cannot speak it) or "tts-raise"
   (the service raises, as one that went away).
@@ -112,6 +113,9 @@ class FakeLLMService(StreamingLLMService):
         try:
             if self._s.first_token_delay:
                 await asyncio.sleep(self._s.first_token_delay)
+            if "fail halfway" in text.lower():
+                yield "Here is half an answer."
+                raise ConnectionError("the fake model failed halfway as asked")
             if "fail" in text.lower() and "tts-fail" not in text.lower():
                 raise ConnectionError("the fake model failed as asked")
             names = {t["function"]["name"] for t in tools}

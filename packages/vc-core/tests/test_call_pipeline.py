@@ -211,6 +211,10 @@ async def test_llm_failure_is_apologised_for_and_next_turn_works(make_engine) ->
     said = [m["content"] for m in session.context.get_messages() if m["role"] == "assistant"]
     assert any("Sorry" in s for s in said), said
     assert said[-1] == "You said: are you back."
+    # The model was shown neither the apology nor the words it answered (vc.llm).
+    request = engine.providers["llm"]["fake"].services[-1].requests[-1]
+    assert [(m["role"], m["content"]) for m in request if m["role"] != "system"] == [
+        ("assistant", "Hello! How can I help you today?"), ("user", "are you back")]
     await finish(conn, task)
 
 

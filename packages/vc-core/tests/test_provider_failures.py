@@ -108,9 +108,11 @@ async def test_failed_turn_plays_the_pre_rendered_apology_and_the_next_turn_work
     # The context holds what the caller heard: the apology where the unspoken reply was (vc.heard).
     failed_turn = [DEFAULT_APOLOGY] if kind == "tts" else []
     assert said[1:] == [*failed_turn, "You said: hello again."], said
-    # ... and the model already saw it when it answered the next turn.
+    # The model, answering the next turn, saw neither the unspoken reply nor the apology, nor
+    # the words they answered (vc.llm): the caller was asked to say them again.
     asked = engine.providers["llm"]["fake"].services[-1].requests[-1]
-    assert [m["content"] for m in asked if m["role"] == "assistant"][1:] == failed_turn
+    assert [(m["role"], m["content"]) for m in asked if m["role"] != "system"] == [
+        ("assistant", "Hello! How can I help you today?"), ("user", "hello again")]
     assert f'vc_provider_failures_total{{kind="{kind}",provider="fake"}} 1.0' in metric(
         engine, "vc_provider_failures_total")
     assert f'vc_apologies_total{{kind="{kind}"}} 1.0' in metric(engine, "vc_apologies_total")

@@ -7,7 +7,7 @@ hears the reply. Left in the context, that unheard reply is what the model copie
 small model that echoed a garbled transcript once echoes it every turn after (SmolLM2-135M:
 24 of 24 replies with the echo in the history, 0 of 32 with the apology there instead), and
 each of those replies fails the TTS again. :class:`UnheardReply` puts the apology where the
-reply was.
+reply was (the model is not shown it either: vc.llm leaves apologies out of its requests).
 """
 
 from __future__ import annotations

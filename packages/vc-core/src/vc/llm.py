@@ -138,25 +138,35 @@ class StreamingLLMService(LLMService):
             convert_developer_to_user=True,
         )
         tools = params.get("tools")
-        messages = [self._as_generated(self._without_apology(m)) for m in params["messages"]]
+        shown = self._without_apologies(params["messages"])
+        messages = [self._as_generated(m) for m in shown]
         return messages, list(tools) if isinstance(tools, list) else []
 
-    def _without_apology(self, message: dict[str, Any]) -> dict[str, Any]:
-        """``message`` without the apology at the end of a reply the model's failure cut off.
+    def _without_apologies(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``messages`` without the apologies vc said when a turn failed.
 
-        The context keeps what the caller heard: half an answer, then the apology. Shown that,
-        a small model ends its next answers with the apology too (SmolLM2-135M: 13 of 20 with
-        it there, 0 of 20 with the half answer alone, 0 of 20 with a reply that is only the
-        apology); the model sees its half answer as it wrote it instead.
+        The context keeps what the caller heard, the apology included (alone, or after half an
+        answer the failure cut off). Shown its own apology, a small model answers the next
+        question with the apology again (SmolLM2-135M, after a garbled question: 2 of 40;
+        after half an answer: 13 of 20; with the apology left out: 0 of 40 and 0 of 20). A
+        half answer stays, without the apology; a reply that was only the apology goes with
+        the caller's words it answered (the caller was asked to say them again), so the turns
+        still alternate as chat templates may require.
         """
-        content = message.get("content")
         apology = _squash(self.apology)
-        if message.get("role") != "assistant" or not isinstance(content, str) or not apology:
-            return message
-        text = _squash(content)
-        if text == apology or not text.endswith(apology):
-            return message
-        return {**message, "content": text[: -len(apology)].rstrip()}
+        shown: list[dict[str, Any]] = []
+        for message in messages:
+            content = message.get("content")
+            if (apology and message.get("role") == "assistant" and isinstance(content, str)
+                    and not message.get("tool_calls") and _squash(content).endswith(apology)):
+                text = _squash(content)[: -len(apology)].rstrip()
+                if not text:
+                    while shown and shown[-1].get("role") == "user":
+                        shown.pop()
+                    continue
+                message = {**message, "content": text}
+            shown.append(message)
+        return shown
 
     def _as_generated(self, message: dict[str, Any]) -> dict[str, Any]:
         """``message`` with the text the model generated, where the context holds it respaced."""

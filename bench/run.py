@@ -239,7 +239,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
     if {"latency", "pauses", "barge-in", "false-interruptions"} & only and not args.no_vc:
         with open(logs_dir / "vc-server.log", "w", encoding="utf-8") as vlog:
-            async with ServerProcess(args.vc_config, log=vlog, log_level="info") as server:
+            async with ServerProcess(args.vc_config, log=vlog, log_level=args.server_log_level) as server:
                 name = phase("vc: starting the default stack")
                 await server.ready(600)
                 phase_done(name)
@@ -307,7 +307,7 @@ async def compare(args: argparse.Namespace) -> dict[str, Any]:
             label = Path(name).stem
             logf = stack.enter_context(open(logs_dir / f"compare-{label}.log", "w", encoding="utf-8"))
             server = await stack.enter_async_context(ServerProcess(config, log=logf,
-                                                                   log_level="info"))
+                                                                   log_level=args.server_log_level))
             await server.ready(600)  # one at a time: starts do not overlap
             servers[label] = server
             log(f"  {label}: ready ({config or 'built-in defaults'})")
@@ -392,6 +392,8 @@ def cli() -> None:
                         "word that could go on (the adaptive end of turn waits longer after them)")
     parser.add_argument("--block", type=int, default=4, help="turns per call in --compare")
     parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--server-log-level", default="info",
+                        help="vc's log level in bench/results/logs/vc-server.log (debug: every piece)")
     args = parser.parse_args()
     meta = machine()
     started = dt.datetime.now(dt.UTC)

@@ -270,6 +270,31 @@ async def test_closing_the_model_ends_replies_in_flight(smollm2: LlamaModel) -> 
     assert stats.finish_reason == "cancelled" and len(rest) < 150
 
 
+async def test_warming_at_a_start_stays_on_n_threads() -> None:
+    """At a start the other models load meanwhile: the warm-up's prompts do not take every
+    core (threads spinning at each layer slowed an idle start by ~0.7 s, bench/README.md)."""
+    model = LlamaModel(resolve_model(SMOLLM2), name="warm-threads", n_ctx=512, parallel=2,
+                       n_threads=1, n_threads_batch=2)
+    model._load()
+    decoder = model._decoder
+    assert decoder is not None
+    used: list[tuple[int, int]] = []  # (tokens fed, batch threads)
+    real = decoder._threads_for
+
+    def spy(fed):  # type: ignore[no-untyped-def]
+        n = real(fed)
+        used.append((sum(len(tokens) for _, tokens, _ in fed), n))
+        return n
+
+    decoder._threads_for = spy  # type: ignore[method-assign]
+    try:
+        await model.warm([["You are a helpful assistant on the phone.", "Hello, how can I help?"]])
+        assert any(tokens > 1 for tokens, _ in used), used
+        assert {n for _, n in used} == {1}, used
+    finally:
+        await model.close()
+
+
 async def test_a_prompt_uses_the_batch_threads_only_while_its_call_is_alone() -> None:
     """n_threads_batch for a lone prompt of the only call up; n_threads for a prompt while
     other calls are up and for batches of several sequences (the context really switches)."""

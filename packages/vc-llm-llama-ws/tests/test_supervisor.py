@@ -161,6 +161,7 @@ async def test_the_child_threads_sleep_when_idle_and_then_prompts_use_every_core
     wait: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
     monkeypatch.setattr("vc_llm_llama_ws.embedded.default_threads", lambda: 6)
     settings = LlamaCppSettings(thread_wait=wait, n_threads=1)  # type: ignore[arg-type]
     provider = LlamaCppProvider(settings, provider_context())
@@ -171,13 +172,23 @@ async def test_the_child_threads_sleep_when_idle_and_then_prompts_use_every_core
         (model,) = provider.worker.spec["models"]
         if wait == "sleep":
             assert env.get("OMP_WAIT_POLICY") == "passive"
+            assert env.get("GOMP_SPINCOUNT") == "10000"  # a short spin at each step first
             assert (model["n_threads"], model["n_threads_batch"]) == (1, 6)
         else:
-            assert "OMP_WAIT_POLICY" not in env
+            assert "OMP_WAIT_POLICY" not in env and "GOMP_SPINCOUNT" not in env
             assert (model["n_threads"], model["n_threads_batch"]) == (1, 1)
         assert "PATH" in env  # vc's own environment is passed on
     finally:
         await provider.stop()
+
+
+def test_the_spin_before_the_threads_sleep_is_a_setting_and_zero_sleeps_at_once() -> None:
+    from vc_llm_llama_ws.embedded import worker_env
+
+    assert worker_env(LlamaCppSettings(spin_count=0)) == {
+        "OMP_WAIT_POLICY": "passive", "GOMP_SPINCOUNT": "0"}
+    assert worker_env(LlamaCppSettings(spin_count=2500))["GOMP_SPINCOUNT"] == "2500"
+    assert worker_env(LlamaCppSettings(thread_wait="spin", spin_count=2500)) == {}
 
 
 def test_prompt_threads_set_by_hand_win_and_thread_isolation_keeps_n_threads() -> None:

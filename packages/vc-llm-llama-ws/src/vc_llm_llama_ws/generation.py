@@ -278,7 +278,10 @@ class LlamaModel:
     async def warm(self, openings: Sequence[str | Sequence[str]]) -> float:
         """Evaluate how calls open: each a system prompt, or a ``[system prompt, greeting]``
         pair (every call's first prompt then finds its greeting cached too, not only the
-        system prompt). The last one stays cached; returns the seconds spent."""
+        system prompt). The last one stays cached; returns the seconds spent.
+
+        On ``n_threads`` (not alone): at a start the other models load and warm meanwhile,
+        and threads that spin at every layer would take their cores (bench/README.md)."""
         t0 = time.monotonic()
         for opening in openings:
             prompt, greeting = (opening, "") if isinstance(opening, str) else (*opening, "")[:2]
@@ -286,7 +289,8 @@ class LlamaModel:
             if greeting:
                 messages.append({"role": "assistant", "content": greeting})
             messages.append({"role": "user", "content": "Hello."})
-            async for _ in self.stream(messages, Sampling(max_tokens=1, temperature=0.0)):
+            async for _ in self.stream(messages, Sampling(max_tokens=1, temperature=0.0),
+                                       alone=False):
                 pass
         return time.monotonic() - t0
 

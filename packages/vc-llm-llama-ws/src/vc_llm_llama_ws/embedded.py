@@ -73,12 +73,13 @@ class LlamaCppSettings:
         "STT and the TTS; spin keeps OpenMP's own default (spin a while, then sleep)",
     )
     spin_count: int = setting(
-        10000, min=0, max=1 << 40,
+        0, min=0, max=1 << 40,
         help="thread_wait = sleep: how often an idle llama.cpp thread checks for work before it "
         "sleeps (libgomp's GOMP_SPINCOUNT in the child; about 100,000 a millisecond). The "
-        "threads of a prompt meet at every step of every layer: a short spin saves a sleep and "
-        "a wake-up at each (a 13-token prompt on 2 cores: ~60 ms instead of ~110), and leaves "
-        "the core idle between replies. 0: sleep at once",
+        "threads of a prompt meet at every step of every layer: a short spin (10000) saves a "
+        "sleep and a wake-up at each (a 13-token prompt on 2 cores: ~60 ms instead of ~110) and "
+        "still leaves the core idle between replies; not the default yet, because the faster "
+        "reply then beats more callers who pause mid-sentence (bench/README.md). 0: sleep at once",
     )
     parallel: int = setting(
         8, min=1, max=64,

@@ -276,23 +276,30 @@ async def test_warming_at_a_start_stays_on_n_threads() -> None:
     model = LlamaModel(resolve_model(SMOLLM2), name="warm-threads", n_ctx=512, parallel=2,
                        n_threads=1, n_threads_batch=2)
     model._load()
+    steps = record_threads(model)
+    try:
+        await model.warm([["You are a helpful assistant on the phone.", "Hello, how can I help?"]])
+        assert any(tokens > 1 for _, tokens, _ in steps), steps
+        assert {n for _, _, n in steps} == {1}, steps
+    finally:
+        await model.close()
+
+
+def record_threads(model: LlamaModel) -> list[tuple[int, int, int]]:
+    """The batch threads each of ``model``'s decoder steps used: (sequences fed, tokens fed,
+    batch threads), appended as the steps run."""
     decoder = model._decoder
     assert decoder is not None
-    used: list[tuple[int, int]] = []  # (tokens fed, batch threads)
+    steps: list[tuple[int, int, int]] = []
     real = decoder._threads_for
 
     def spy(fed):  # type: ignore[no-untyped-def]
         n = real(fed)
-        used.append((sum(len(tokens) for _, tokens, _ in fed), n))
+        steps.append((len(fed), sum(len(tokens) for _, tokens, _ in fed), n))
         return n
 
     decoder._threads_for = spy  # type: ignore[method-assign]
-    try:
-        await model.warm([["You are a helpful assistant on the phone.", "Hello, how can I help?"]])
-        assert any(tokens > 1 for tokens, _ in used), used
-        assert {n for _, n in used} == {1}, used
-    finally:
-        await model.close()
+    return steps
 
 
 async def test_a_prompt_uses_the_batch_threads_only_while_its_call_is_alone() -> None:
@@ -305,14 +312,7 @@ async def test_a_prompt_uses_the_batch_threads_only_while_its_call_is_alone() ->
     model._load()
     decoder = model._decoder
     assert decoder is not None
-    steps: list[tuple[int, int, int]] = []  # sequences fed, tokens fed, batch threads after
-
-    def spy(fed):  # type: ignore[no-untyped-def]
-        n = real(fed)
-        steps.append((len(fed), sum(len(tokens) for _, tokens, _ in fed), n))
-        return n
-
-    real, decoder._threads_for = decoder._threads_for, spy  # type: ignore[method-assign]
+    steps = record_threads(model)
     try:
         async def reply(question: str, alone: bool, sampling: Sampling = GREEDY) -> str:
             pieces = model.stream(ask(question), sampling, conversation=question, alone=alone)

@@ -41,6 +41,8 @@ import scenarios  # noqa: E402
 from scenarios import log  # noqa: E402
 from utterances import QUESTION_SETS  # noqa: E402
 
+from vc.config import DEFAULT_STOP_SECS  # noqa: E402
+
 ALL = ("models", "cold-start", "container-start", "latency", "pauses", "barge-in",
        "false-interruptions", "capacity")
 CAPACITY_STEPS = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96]
@@ -201,7 +203,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             results[side]["barge_in"] = await scenarios.barge_in(server, trials)
             phase_done(name)
 
-    stop_secs = 0.4
+    stop_secs = DEFAULT_STOP_SECS
     if args.vc_config:
         m = re.search(r"stop_secs\s*=\s*([0-9.]+)", Path(args.vc_config).read_text())
         stop_secs = float(m.group(1)) if m else stop_secs

@@ -60,6 +60,7 @@ PUBLIC: dict[str, tuple[str, ...]] = {
     ),
     "vc.turns": (
         "phrase_breaks", "late_breaks", "SpeechPausedFrame", "SpeechResumedFrame", "HeldReplyFrame",
+        "last_word_guessed",
     ),
     "vc.textnorm": ("normalize", "cardinal", "ordinal", "digits", "year_en", "primary", "lower", "upper"),
     "vc.profiles": ("Profile", "ProfileSettings"),

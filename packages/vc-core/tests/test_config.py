@@ -116,7 +116,7 @@ a = 1
         f"[vad] confidence = 'high' ({src} [vad]): expected a number",
         f"[profile.sales] max_tokens = 'many' ({src} [profile.sales]): expected an integer or empty",
         f"[stt.fake] delay = 'soon' ({src} [stt.fake]): expected a number",
-        f"[stt.fake] colour = 'blue' ({src} [stt.fake]): unknown key; known keys: script, delay",
+        f"[stt.fake] colour = 'blue' ({src} [stt.fake]): unknown key; known keys: script, delay, guessed",
         "[nonsense]: unknown section",
     ]
 

@@ -28,6 +28,8 @@ TR = CONTINUATIONS["tr"]
     ("What is the capital of France?", False),
     ("Book a table for two.", False),
     ("I need to change my flight", False),  # could end a sentence: waits complete_secs
+    ("The problem started when", True),
+    ("I was charged twice while", True),
     ("", False),
 ])
 def test_english_words_that_expect_more(text: str, unfinished: bool) -> None:
@@ -61,8 +63,9 @@ async def caller_pauses_mid_sentence(
 ) -> tuple[list[str], list[str]]:
     """The caller says "... a table for", pauses, says "two people"; returns what the LLM was
     asked and what the bot answered. The pause is 0.6 s: 0.2 s of silence between the clips
-    and the silence espeak leaves at their ends."""
-    engine = await make_engine(config)
+    and the silence espeak leaves at their ends. Words that sound finished end the turn after
+    0.4 s here (``[vad] stop_secs``, longer by default) unless ``config`` says otherwise."""
+    engine = await make_engine("[vad]\nstop_secs = 0.4\n" + config)
     if engines is not None:
         engines.append(engine)
     conn = LoopbackConnection()
@@ -134,6 +137,32 @@ async def test_without_speculation_the_model_is_asked_once_the_turn_ends(make_en
     llm = engines[0].providers["llm"]["fake"].services[-1]
     assert [r[-1]["content"] for r in llm.requests] == ["I would like a table for two people"]
     assert engines[0].providers["tts"]["fake"].services[-1].held == []  # nothing was held
+
+
+async def test_a_last_word_the_stt_wrote_for_the_pause_does_not_end_the_turn(make_engine) -> None:
+    """Whisper finishes a sentence cut at a pause ("... a table for it."): words that sound
+    finished, but the STT says their last word came after the speech stopped."""
+    script = ["I would like a table for it.", "two people"]
+    asked, said = await caller_pauses_mid_sentence(
+        make_engine, turn_stack(script, f"guessed = {script[0]}\n"))
+    assert asked == ["I would like a table for it. two people"]
+    assert said == ["You said: I would like a table for it. two people."]
+
+
+async def test_the_same_words_not_guessed_end_the_turn_at_the_pause(make_engine) -> None:
+    """The control: the same transcripts without the STT's word."""
+    asked, _ = await caller_pauses_mid_sentence(
+        make_engine, turn_stack(["I would like a table for it.", "two people"]))
+    assert asked == ["I would like a table for it.", "two people"]
+
+
+async def test_by_default_a_pause_after_finished_sounding_words_is_not_answered(
+        make_engine) -> None:
+    """The default ``[vad] stop_secs`` outlasts the 0.6 s pause of the control above."""
+    asked, _ = await caller_pauses_mid_sentence(
+        make_engine, turn_stack(["I would like a table for it.", "two people"],
+                                "\n[vad]\nstop_secs =\n"))
+    assert asked == ["I would like a table for it. two people"]
 
 
 async def test_with_the_fixed_silence_the_same_pause_is_answered_too_soon(make_engine) -> None:

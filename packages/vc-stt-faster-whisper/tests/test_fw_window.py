@@ -8,7 +8,7 @@ from fw_helpers import ENGLISH, piper, telephone, wer
 from test_fw_accuracy import transcribe_set
 from vc_stt_faster_whisper.models import resolve_model
 from vc_stt_faster_whisper.settings import FasterWhisperSettings
-from vc_stt_faster_whisper.transcriber import Transcriber, repeats_itself
+from vc_stt_faster_whisper.transcriber import Transcriber, Transcript, repeats_itself
 
 
 @pytest.mark.parametrize(("text", "loops"), [
@@ -51,8 +51,10 @@ def test_a_looping_short_window_falls_back_to_the_full_window(monkeypatch) -> No
     t = transcriber()
     t.load()
     try:
-        monkeypatch.setattr(t, "_run_windowed",
-                            lambda samples, language: ("Hello there my friend. Hello there my", 0.0, 0.0))
+        looping = Transcript(text="Hello there my friend. Hello there my", language="en",
+                             audio_seconds=2.0, seconds=0.0, queued=0.0, no_speech_prob=0.0,
+                             avg_logprob=0.0)
+        monkeypatch.setattr(t, "_run_windowed", lambda samples, language: looping)
         got = t.transcribe_sync(telephone(piper("What is the capital of France?")), "en")
     finally:
         t.close()

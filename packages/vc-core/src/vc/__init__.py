@@ -2,6 +2,6 @@
 
 from vc.cpu import single_threaded_blas
 
-__version__ = "0.11.2"
+__version__ = "0.12.0"
 
 single_threaded_blas()

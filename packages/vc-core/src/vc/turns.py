@@ -1,6 +1,6 @@
 """When the caller's turn ends: sooner when the words sound finished, later when they do not.
 
-With a fixed silence (``[vad] stop_secs``, 0.4 s) every turn waits the same, and only then is
+With a fixed silence (``[vad] stop_secs``, 0.7 s) every turn waits the same, and only then is
 the utterance transcribed. :class:`AdaptiveTurnEnd` lets the VAD close a *segment* after a
 short silence (``[turn] segment_secs``, 0.2 s), so the transcript is being made while the
 silence is still being waited out, and then ends the turn after
@@ -12,7 +12,10 @@ silence is still being waited out, and then ends the turn after
 Speech that resumes before then continues the same turn: the next segment's transcript is
 added to it. The check is on words, per language (:data:`CONTINUATIONS`), so it works the same
 on any voice; it does not catch a pause after words that could end a sentence ("I want to
-change my flight ... to Tuesday"), which waits ``complete_secs`` as before.
+change my flight ... to Tuesday"), which waits ``complete_secs`` as before. An STT may also
+say that it wrote the last word for the silence after the speech (Whisper finishing a sentence
+cut at a pause: "... a table for it."; :func:`last_word_guessed`): that turn waits
+``incomplete_secs`` too.
 
 With ``speculate``, the reply is started as soon as a transcript arrives, while the silence is
 still being waited out (pipecat's speculative inference: the LLM answers a provisional copy of
@@ -80,6 +83,7 @@ class HeldReplyFrame(SystemFrame):
 CONTINUATIONS: dict[str, frozenset[str]] = {
     "en": frozenset("""
         and or but so because if that which who whose than then also plus as
+        when while until unless although whether
         the a an to for of in on at with from about into by like
         my your our their his her its this these those some any
         is are was were am be been can could would should will shall may might must
@@ -174,6 +178,17 @@ def sounds_unfinished(text: str, language: str, words: frozenset[str]) -> bool:
     return last in words
 
 
+def last_word_guessed(frame: TranscriptionFrame) -> bool:
+    """Whether the STT says it wrote the transcript's last word for the silence after the
+    speech, not for speech: its ``result`` has a true ``last_word_guessed`` attribute.
+
+    A model that finishes sentences cut at a pause ("... a table for" written as "... a table
+    for it.") makes a caller who paused sound finished; an STT that can tell (vc-stt-faster-whisper
+    aligns its words to the audio) marks those transcripts, and the turn waits as for words that
+    expect more."""
+    return getattr(frame.result, "last_word_guessed", False) is True
+
+
 class AdaptiveTurnEnd(BaseUserTurnStopStrategy):
     """Ends the turn ``complete_secs`` or ``incomplete_secs`` after the speech (see module)."""
 
@@ -202,6 +217,8 @@ class AdaptiveTurnEnd(BaseUserTurnStopStrategy):
         self._speculation: UserTurnSpeculation | None = None
         #: The words are all the caller said: no speech since the last transcript.
         self._heard_all = False
+        #: The latest transcript's last word was written for the silence (last_word_guessed).
+        self._guessed = False
         #: Turns whose end was put off because the words sounded unfinished (for tests, logs).
         self.deferred = 0
         #: Replies started before the turn ended, and those of them the turn's end kept.
@@ -235,6 +252,7 @@ class AdaptiveTurnEnd(BaseUserTurnStopStrategy):
         elif isinstance(frame, TranscriptionFrame) and frame.text.strip():
             self._text = f"{self._text} {frame.text.strip()}".strip()
             self._heard_all = True
+            self._guessed = last_word_guessed(frame)
             if not self._speaking and self._silent_since is None:
                 self._silent_since = self._clock()  # a transcript without speech: DTMF
             await self._schedule()
@@ -252,8 +270,10 @@ class AdaptiveTurnEnd(BaseUserTurnStopStrategy):
         await self._schedule()
 
     def wait_for(self, text: str) -> float:
-        """Silence that ends a turn whose words so far are ``text``."""
-        return self.incomplete_secs if self._unfinished(text) else self.complete_secs
+        """Silence that ends a turn whose words so far are ``text`` (and whose latest
+        transcript's last word was guessed or not)."""
+        unfinished = self._guessed or self._unfinished(text)
+        return self.incomplete_secs if unfinished else self.complete_secs
 
     async def _schedule(self) -> None:
         if self._speaking or self._held or not self._text or self._silent_since is None:
@@ -310,7 +330,7 @@ class AdaptiveTurnEnd(BaseUserTurnStopStrategy):
 
     async def _reset(self) -> None:
         self._text = ""
-        self._held = self._heard_all = False
+        self._held = self._heard_all = self._guessed = False
         self._silent_since = None
         await self._cancel()
         await self._withdraw()

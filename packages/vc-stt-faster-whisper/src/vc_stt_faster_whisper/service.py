@@ -157,8 +157,9 @@ class FasterWhisperSTTService(SegmentedSTTService):
         self.transcripts.append(result)
         self._observe(result)
         self._log.debug(
-            "faster-whisper: %.2fs of audio in %.3fs (queued %.3fs, no_speech_prob %.2f): %r",
+            "faster-whisper: %.2fs of audio in %.3fs (queued %.3fs, no_speech_prob %.2f): %r%s",
             result.audio_seconds, result.seconds, result.queued, result.no_speech_prob, result.text,
+            " (last word written for the silence)" if result.last_word_guessed else "",
         )
         if not result.text.strip():
             return

@@ -82,6 +82,13 @@ class FasterWhisperSettings:
         "is decoded again on the full window",
         validator=_non_negative,
     )
+    last_word_check: bool = setting(
+        True,
+        help="find a last word Whisper wrote for the silence after the speech (a sentence cut "
+        "at a pause, finished by the model: '... a table for' heard as '... a table for it.'), "
+        "so the turn waits as after an unfinished sentence ([turn] incomplete_secs); an "
+        "alignment pass of ~15 ms per transcript with tiny.en, ~30 ms with base (docs/stt.md)",
+    )
     cache_dir: str = setting(
         "",
         help="where split models are assembled (empty: $VC_CACHE_DIR/models, else "

@@ -11,6 +11,13 @@ conditioning on previous text, no temperature fallback, and a cap on decoded tok
 proportional to the audio's length (hallucination loops end early); only utterances longer
 than ``LONG_FORM_SECONDS`` use timestamps, which long-form decoding needs. Whisper's "no speech"
 filter is off: a segment the VAD found speech in is never dropped for its ``no_speech_prob``.
+
+A sentence cut at a pause is sometimes finished by the model: "... a table for" comes back as
+"... a table for it." (the decoder's language model writes an ending for the silence after the
+cut), and the turn would end as after a finished sentence. With ``last_word_check`` the short
+window's transcript is aligned to the audio (Whisper's cross-attention, the alignment its word
+timestamps use) and a last word that starts where the sound has already stopped is reported
+(``Transcript.last_word_guessed``; vc.turns then waits as for an unfinished sentence).
 """
 
 from __future__ import annotations
@@ -41,6 +48,10 @@ FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 LONG_FORM_SECONDS = 24.0
 #: Whisper's window: 30 s of 10 ms feature frames.
 WINDOW_FRAMES = 3000
+#: Seconds per step of Whisper's alignment (one encoder frame).
+ALIGNED_FRAME_SECONDS = 0.02
+#: A 10 ms stretch this far below an utterance's loudest is not its speech (``speech_end``).
+SPEECH_FLOOR_DB = 35.0
 
 
 @attrs.frozen
@@ -56,6 +67,9 @@ class Transcript:
     queued: float
     no_speech_prob: float
     avg_logprob: float
+    #: The last word starts after the sound stopped: the model wrote it for the silence
+    #: (vc.turns reads this as "the sentence may not be over").
+    last_word_guessed: bool = False
 
 
 def cuda_available() -> bool:
@@ -169,15 +183,12 @@ class Transcriber:
         started = time.monotonic()
         seconds = len(samples) / SAMPLE_RATE
         if self.windowed(seconds, language):
-            text, no_speech_prob, avg_logprob = self._run_windowed(samples, language)
-            if not repeats_itself(text):
-                return Transcript(
-                    text=text, language=language, audio_seconds=seconds,
-                    seconds=time.monotonic() - submitted, queued=started - submitted,
-                    no_speech_prob=no_speech_prob, avg_logprob=avg_logprob,
-                )
+            short = self._run_windowed(samples, language)
+            if not repeats_itself(short.text):
+                return attrs.evolve(short, seconds=time.monotonic() - submitted,
+                                    queued=started - submitted)
             log.debug("faster-whisper: the short window's transcript repeats itself (%r); "
-                      "decoding the full window", text)
+                      "decoding the full window", short.text)
         segments, info = model.transcribe(samples, language=language, **self.options(seconds))
         texts: list[str] = []
         no_speech: list[float] = []
@@ -197,8 +208,9 @@ class Transcriber:
             avg_logprob=min(logprobs, default=0.0),
         )
 
-    def _run_windowed(self, samples: np.ndarray, language: str | None) -> tuple[str, float, float]:
-        """Greedy decoding of ``samples`` followed by ``window_padding`` seconds of silence."""
+    def _run_windowed(self, samples: np.ndarray, language: str | None) -> Transcript:
+        """Greedy decoding of ``samples`` followed by ``window_padding`` seconds of silence
+        (``seconds`` and ``queued`` left for the caller to fill in)."""
         from faster_whisper.tokenizer import Tokenizer
         from faster_whisper.transcribe import get_suppressed_tokens
 
@@ -211,8 +223,9 @@ class Transcriber:
             if self.settings.initial_prompt else []
         prompt = model.get_prompt(tokenizer, previous, without_timestamps=True)
         opts = self.options(len(samples) / SAMPLE_RATE)
+        encoded = model.encode(features)
         result = model.model.generate(
-            model.encode(features),
+            encoded,
             [prompt],
             beam_size=1,
             max_length=len(prompt) + opts.get("max_new_tokens", MAX_LENGTH - len(prompt)),
@@ -222,8 +235,22 @@ class Transcriber:
             suppress_tokens=get_suppressed_tokens(tokenizer, (-1,)),
         )[0]
         tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
-        avg_logprob = result.scores[0] if result.scores else 0.0
-        return tokenizer.decode(tokens).strip(), result.no_speech_prob, avg_logprob
+        guessed = self.settings.last_word_check and self._last_word_guessed(
+            encoded, tokenizer, tokens, samples, features.shape[-1])
+        return Transcript(
+            text=tokenizer.decode(tokens).strip(), language=language,
+            audio_seconds=len(samples) / SAMPLE_RATE, seconds=0.0, queued=0.0,
+            no_speech_prob=result.no_speech_prob,
+            avg_logprob=result.scores[0] if result.scores else 0.0,
+            last_word_guessed=guessed,
+        )
+
+    def _last_word_guessed(self, encoded: Any, tokenizer: Any, tokens: list[int],
+                           samples: np.ndarray, frames: int) -> bool:
+        """Whether the last word of ``tokens`` starts where the sound of ``samples`` has
+        already stopped."""
+        start = last_word_start(self._model.model, encoded, tokenizer, tokens, frames)
+        return start is not None and start >= speech_end(samples)
 
     def transcribe_sync(self, pcm: bytes, language: str | None) -> Transcript:
         return self._run(pcm_to_float(pcm), language, time.monotonic())
@@ -234,6 +261,32 @@ class Transcriber:
         loop = asyncio.get_running_loop()
         submitted = time.monotonic()
         return await loop.run_in_executor(self._pool, self._run, samples, language, submitted)
+
+
+def speech_end(samples: np.ndarray) -> float:
+    """Seconds into ``samples`` (16 kHz) where the last 10 ms within ``SPEECH_FLOOR_DB`` of
+    the loudest ends (0 where all is silence)."""
+    hop = SAMPLE_RATE // 100
+    frames = samples[: len(samples) // hop * hop].reshape(-1, hop).astype(np.float64)
+    if not len(frames):
+        return 0.0
+    rms = np.sqrt((frames**2).mean(axis=1))
+    floor = max(float(rms.max()) * 10 ** (-SPEECH_FLOOR_DB / 20), 1e-3)
+    loud = np.flatnonzero(rms > floor)
+    return (int(loud[-1]) + 1) / 100 if len(loud) else 0.0
+
+
+def last_word_start(whisper: Any, encoded: Any, tokenizer: Any, tokens: list[int],
+                    frames: int) -> float | None:
+    """Seconds into the audio where Whisper's alignment (``ctranslate2.models.Whisper.align``)
+    puts the first token of the last word of ``tokens`` (a token opening with a space); None
+    where there is no such token (no text, or a script written without spaces)."""
+    opening = [k for k, t in enumerate(tokens) if tokenizer.decode([t]).startswith(" ")]
+    if not opening:
+        return None
+    result = whisper.align(encoded, tokenizer.sot_sequence, [tokens], frames)[0]
+    steps = [step for index, step in result.alignments if index == opening[-1]]
+    return min(steps) * ALIGNED_FRAME_SECONDS if steps else None
 
 
 def repeats_itself(text: str, words: int = 3) -> bool:

@@ -20,7 +20,7 @@ import functools
 import math
 import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from typing import Any
 
 import attrs
@@ -51,14 +51,27 @@ from vc.turns import HeldReplyFrame
 class FakeSTTSettings:
     script: list[str] = setting(factory=lambda: ["hello there"], help="transcripts, in order (cycled)")
     delay: float = setting(0.0, help="seconds each transcription takes")
+    guessed: list[str] = setting(
+        factory=list, help="script lines whose last word is reported as written for the "
+        "silence after the speech (vc.turns.last_word_guessed)",
+    )
+
+
+@attrs.frozen
+class FakeTranscript:
+    """The fake STT's ``TranscriptionFrame.result``."""
+
+    last_word_guessed: bool = False
 
 
 class FakeSTTService(SegmentedSTTService):
-    def __init__(self, script: list[str], delay: float, **kwargs: Any) -> None:
+    def __init__(self, script: list[str], delay: float, guessed: Iterable[str] = (),
+                 **kwargs: Any) -> None:
         super().__init__(settings=STTSettings(model="fake", language=None),
                          ttfs_p99_latency=max(0.05, delay * 2), **kwargs)
         self._script = script
         self._delay = delay
+        self._guessed = set(guessed)
         self._n = 0
         self.segments: list[int] = []  # bytes of each segment received
 
@@ -74,7 +87,8 @@ class FakeSTTService(SegmentedSTTService):
         self._n += 1
         if text == "stt-raise":  # the STT crashes on this turn
             raise ConnectionError("the fake STT failed as asked")
-        yield TranscriptionFrame(text, stt_user_id(self), time_now_iso8601(), finalized=True)
+        yield TranscriptionFrame(text, stt_user_id(self), time_now_iso8601(), finalized=True,
+                                 result=FakeTranscript(text in self._guessed))
 
 
 class FakeSTT(STTProvider):
@@ -83,7 +97,8 @@ class FakeSTT(STTProvider):
     description = "scripted transcripts (tests)"
 
     def create_service(self, call: CallContext) -> FakeSTTService:
-        return FakeSTTService(self.settings.script, self.settings.delay, sample_rate=call.input_sample_rate)
+        return FakeSTTService(self.settings.script, self.settings.delay, self.settings.guessed,
+                              sample_rate=call.input_sample_rate)
 
 
 @attrs.define

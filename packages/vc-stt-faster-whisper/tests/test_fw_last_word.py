@@ -73,3 +73,37 @@ def test_whole_sentences_are_not_reported(tiny) -> None:
     results = [transcriber.transcribe_sync(telephone(piper(s)) + SILENCE, "en") for s in ENGLISH]
     assert [r.text for r in results if r.last_word_guessed] == []
     assert all(r.text for r in results)
+
+
+def test_a_model_that_cannot_align_keeps_its_transcripts(monkeypatch, caplog) -> None:
+    from vc_stt_faster_whisper.models import resolve_model
+    from vc_stt_faster_whisper.settings import FasterWhisperSettings
+    from vc_stt_faster_whisper.transcriber import Transcriber
+
+    transcriber = Transcriber(resolve_model("tiny.en"), FasterWhisperSettings())
+    transcriber.load()
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("no alignment heads")
+
+    # ctranslate2's Whisper is a C++ class: replace the model object's ``align`` by a wrapper.
+    class Unaligned:
+        def __init__(self, model):
+            self._model = model
+
+        def __getattr__(self, name):
+            return broken if name == "align" else getattr(self._model, name)
+
+    monkeypatch.setattr(transcriber._model, "model", Unaligned(transcriber._model.model))
+    try:
+        pcm = telephone(piper(ENGLISH[0])) + SILENCE
+        first = transcriber.transcribe_sync(pcm, "en")
+        second = transcriber.transcribe_sync(pcm, "en")
+    finally:
+        transcriber.close()
+    assert "table for two" in first.text.lower() and second.text == first.text
+    assert not first.last_word_guessed and not second.last_word_guessed
+    assert calls == [1]  # tried once, then left off for this model
+    assert "cannot align" in caplog.text

@@ -96,6 +96,8 @@ class Transcriber:
         self._pool = ThreadPoolExecutor(settings.num_workers, thread_name_prefix="whisper")
         self._token_budget = MAX_LENGTH - 8
         self.multilingual = True
+        #: The model's alignment failed once: last_word_check is off for it.
+        self._align_failed = False
 
     # -- lifecycle (blocking; called through asyncio.to_thread) ---------------------------------
 
@@ -235,7 +237,8 @@ class Transcriber:
             suppress_tokens=get_suppressed_tokens(tokenizer, (-1,)),
         )[0]
         tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
-        guessed = self.settings.last_word_check and self._last_word_guessed(
+        check = self.settings.last_word_check and not self._align_failed
+        guessed = check and self._last_word_guessed(
             encoded, tokenizer, tokens, samples, features.shape[-1])
         return Transcript(
             text=tokenizer.decode(tokens).strip(), language=language,
@@ -248,8 +251,16 @@ class Transcriber:
     def _last_word_guessed(self, encoded: Any, tokenizer: Any, tokens: list[int],
                            samples: np.ndarray, frames: int) -> bool:
         """Whether the last word of ``tokens`` starts where the sound of ``samples`` has
-        already stopped."""
-        start = last_word_start(self._model.model, encoded, tokenizer, tokens, frames)
+        already stopped. A model that cannot align (a converted model without usable
+        alignment heads) loses the check, never the transcript."""
+        try:
+            start = last_word_start(self._model.model, encoded, tokenizer, tokens, frames)
+        except (RuntimeError, ValueError, IndexError) as e:
+            if not self._align_failed:
+                log.warning("faster-whisper: cannot align the last word to the audio (%s); "
+                            "last_word_check is skipped for this model", e)
+            self._align_failed = True
+            return False
         return start is not None and start >= speech_end(samples)
 
     def transcribe_sync(self, pcm: bytes, language: str | None) -> Transcript:

@@ -256,9 +256,9 @@ class Transcriber:
         try:
             start = last_word_start(self._model.model, encoded, tokenizer, tokens, frames)
         except (RuntimeError, ValueError, IndexError) as e:
-            if not self._align_failed:
-                log.warning("faster-whisper: cannot align the last word to the audio (%s); "
-                            "last_word_check is skipped for this model", e)
+            # Called only while no alignment has failed: this warning is said once.
+            log.warning("faster-whisper: cannot align the last word to the audio (%s); "
+                        "last_word_check is skipped for this model", e)
             self._align_failed = True
             return False
         return start is not None and start >= speech_end(samples)

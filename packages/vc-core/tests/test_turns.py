@@ -174,6 +174,25 @@ async def test_with_the_fixed_silence_the_same_pause_is_answered_too_soon(make_e
     assert said[-1] == "You said: two people."
 
 
+async def test_a_slow_stt_is_waited_for_before_the_turn_ends(make_engine) -> None:
+    """Each segment takes the STT 0.9 s (Whisper base on Turkish takes longer): "two people" is
+    still being transcribed when 0.4 s of silence have passed after it. The turn waits for it
+    (at most the STT's announced p99, 1.8 s here) instead of ending on the words before."""
+    asked, said = await caller_pauses_mid_sentence(
+        make_engine, turn_stack(["I would like a table.", "two people"], "delay = 0.9\n"))
+    assert asked == ["I would like a table. two people"]
+    assert said == ["You said: I would like a table. two people."]
+
+
+async def test_speech_the_stt_finds_empty_still_ends_the_turn(make_engine) -> None:
+    """The second segment's transcript is empty: the turn ends on the words before it once the
+    STT's p99 time (0.6 s) has passed, and they are answered."""
+    asked, said = await caller_pauses_mid_sentence(
+        make_engine, turn_stack(["I would like a table.", "stt-empty"], "delay = 0.3\n"))
+    assert asked == ["I would like a table."]
+    assert said == ["You said: I would like a table."]
+
+
 async def test_a_finished_sentence_ends_the_turn_after_the_usual_silence(make_engine) -> None:
     engine = await make_engine(turn_stack(["What time is it?"]))
     conn = LoopbackConnection()

@@ -2,6 +2,6 @@
 
 from vc.cpu import single_threaded_blas
 
-__version__ = "0.12.0"
+__version__ = "0.12.1"
 
 single_threaded_blas()

@@ -17,6 +17,13 @@ say that it wrote the last word for the silence after the speech (Whisper finish
 cut at a pause: "... a table for it."; :func:`last_word_guessed`): that turn waits
 ``incomplete_secs`` too.
 
+The words of the latest segment must be in before the turn ends on them: an STT slower than the
+silence (Whisper base on Turkish takes over a second a segment on 2 cores) would otherwise end
+the turn on the segments before it, and its last words would start a turn of their own. While
+the latest speech is being transcribed the turn waits for it, at most the STT's own p99 time to
+a transcript (``ttfs_p99_latency``, which pipecat's ``STTMetadataFrame`` announces), so speech
+that the STT finds empty still ends the turn.
+
 With ``speculate``, the reply is started as soon as a transcript arrives, while the silence is
 still being waited out (pipecat's speculative inference: the LLM answers a provisional copy of
 the context, and its :class:`~pipecat.turns.speculation_gate.SpeculationGate` holds the reply
@@ -38,6 +45,7 @@ from pipecat.frames.frames import (
     BotStoppedSpeakingFrame,
     EagerEndOfTurnCancelFrame,
     Frame,
+    STTMetadataFrame,
     SystemFrame,
     TranscriptionFrame,
     VADUserStartedSpeakingFrame,
@@ -219,6 +227,10 @@ class AdaptiveTurnEnd(BaseUserTurnStopStrategy):
         self._heard_all = False
         #: The latest transcript's last word was written for the silence (last_word_guessed).
         self._guessed = False
+        #: The STT's p99 seconds from the end of speech to its transcript (STTMetadataFrame).
+        self._stt_wait = 0.0
+        #: The caller's latest speech has stopped and its transcript has not come yet.
+        self._awaiting = False
         #: Turns whose end was put off because the words sounded unfinished (for tests, logs).
         self.deferred = 0
         #: Replies started before the turn ended, and those of them the turn's end kept.
@@ -236,7 +248,9 @@ class AdaptiveTurnEnd(BaseUserTurnStopStrategy):
         await self._cancel()
 
     async def process_frame(self, frame: Frame) -> ProcessFrameResult:
-        if isinstance(frame, VADUserStartedSpeakingFrame):
+        if isinstance(frame, STTMetadataFrame):
+            self._stt_wait = frame.ttfs_p99_latency
+        elif isinstance(frame, VADUserStartedSpeakingFrame):
             self._speaking, self._held, self._silent_since = True, False, None
             self._heard_all = False
             await self._cancel()
@@ -244,6 +258,7 @@ class AdaptiveTurnEnd(BaseUserTurnStopStrategy):
         elif isinstance(frame, VADUserStoppedSpeakingFrame):
             self._speaking = False
             self._silent_since = self._clock() - frame.stop_secs
+            self._awaiting = self._stt_wait > 0
             await self._schedule()
         elif isinstance(frame, EagerEndOfTurnCancelFrame):
             # The LLM withdrew the reply itself (it wanted a tool: tools do not wait for the
@@ -252,6 +267,7 @@ class AdaptiveTurnEnd(BaseUserTurnStopStrategy):
         elif isinstance(frame, TranscriptionFrame) and frame.text.strip():
             self._text = f"{self._text} {frame.text.strip()}".strip()
             self._heard_all = True
+            self._awaiting = False
             self._guessed = last_word_guessed(frame)
             if not self._speaking and self._silent_since is None:
                 self._silent_since = self._clock()  # a transcript without speech: DTMF
@@ -282,6 +298,8 @@ class AdaptiveTurnEnd(BaseUserTurnStopStrategy):
         wait = self.wait_for(self._text)
         if wait > self.complete_secs:
             self.deferred += 1
+        if self._awaiting:  # not before the latest speech's words, or the STT's p99 time
+            wait = max(wait, self._stt_wait)
         remaining = self._silent_since + wait - self._clock()
         if remaining <= 0:
             await self._end()
@@ -309,7 +327,7 @@ class AdaptiveTurnEnd(BaseUserTurnStopStrategy):
     async def _speculate(self) -> None:
         """Start the reply to the words so far, unless it is already started on them or
         speech since has not been transcribed yet."""
-        if not self.speculate or not self._heard_all or (
+        if not self.speculate or not self._heard_all or self._awaiting or (
                 self._speculation and self._speculation.text == self._text):
             return
         await self._withdraw()
@@ -330,7 +348,7 @@ class AdaptiveTurnEnd(BaseUserTurnStopStrategy):
 
     async def _reset(self) -> None:
         self._text = ""
-        self._held = self._heard_all = self._guessed = False
+        self._held = self._heard_all = self._guessed = self._awaiting = False
         self._silent_since = None
         await self._cancel()
         await self._withdraw()

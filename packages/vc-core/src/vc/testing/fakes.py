@@ -49,7 +49,10 @@ from vc.turns import HeldReplyFrame
 
 @attrs.define
 class FakeSTTSettings:
-    script: list[str] = setting(factory=lambda: ["hello there"], help="transcripts, in order (cycled)")
+    script: list[str] = setting(
+        factory=lambda: ["hello there"],
+        help="transcripts, in order (cycled); stt-raise: the STT fails, stt-empty: no words",
+    )
     delay: float = setting(0.0, help="seconds each transcription takes")
     guessed: list[str] = setting(
         factory=list, help="script lines whose last word is reported as written for the "
@@ -87,6 +90,8 @@ class FakeSTTService(SegmentedSTTService):
         self._n += 1
         if text == "stt-raise":  # the STT crashes on this turn
             raise ConnectionError("the fake STT failed as asked")
+        if text == "stt-empty":  # no words in this segment (faster-whisper yields nothing)
+            return
         yield TranscriptionFrame(text, stt_user_id(self), time_now_iso8601(), finalized=True,
                                  result=FakeTranscript(text in self._guessed))
 
